@@ -1,0 +1,367 @@
+//! Accounting: one [`RequestRecord`] per request, built by a [`Tap`] that observes the
+//! response as it passes (it never holds a token back), then turned into Prometheus series
+//! and one structured log line. Prices, the durable ledger and limits build on this record.
+//!
+//! Token counts come from the backend's usage report when there is one (`TokenSource::Reported`);
+//! otherwise they are counted with tiktoken's cl100k_base (`TokenSource::Counted`), so a
+//! stream never loses its usage.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::protocol::{Endpoint, Usage};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenSource {
+    Reported,
+    Counted,
+    None,
+}
+
+/// Everything the gateway knows about one request once it has ended.
+#[derive(Clone, Debug, Serialize)]
+pub struct RequestRecord {
+    pub request_id: String,
+    /// Unix milliseconds at arrival.
+    pub started_at_ms: u64,
+    pub key: Option<String>,
+    pub user: Option<String>,
+    pub endpoint: &'static str,
+    pub alias: String,
+    pub deployment: Option<String>,
+    pub backend_kind: Option<&'static str>,
+    pub upstream_model: Option<String>,
+    pub stream: bool,
+    pub status: u16,
+    pub error: Option<&'static str>,
+    pub attempts: u32,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub tokens_source: TokenSource,
+    pub ttft_ms: Option<f64>,
+    pub total_ms: f64,
+    pub finish_reason: Option<String>,
+    /// The client went away before the response ended.
+    pub client_closed: bool,
+}
+
+impl RequestRecord {
+    pub fn new(request_id: String, endpoint: Endpoint, alias: String, stream: bool) -> Self {
+        RequestRecord {
+            request_id,
+            started_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            key: None,
+            user: None,
+            endpoint: endpoint.as_str(),
+            alias,
+            deployment: None,
+            backend_kind: None,
+            upstream_model: None,
+            stream,
+            status: 200,
+            error: None,
+            attempts: 0,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cached_tokens: 0,
+            tokens_source: TokenSource::None,
+            ttft_ms: None,
+            total_ms: 0.0,
+            finish_reason: None,
+            client_closed: false,
+        }
+    }
+}
+
+/// Observes a response: first token time, usage, finish reason, and the text needed to
+/// count tokens when the backend reported none.
+pub struct Tap {
+    start: Instant,
+    first_token: Option<Duration>,
+    usage: Option<Usage>,
+    finish: Option<String>,
+    text: String,
+    prompt_text: Option<String>,
+}
+
+impl Tap {
+    pub fn new(start: Instant, prompt_text: Option<String>) -> Self {
+        Tap {
+            start,
+            first_token: None,
+            usage: None,
+            finish: None,
+            text: String::new(),
+            prompt_text,
+        }
+    }
+
+    /// Looks at one chunk (or a full body: same fields, `message` instead of `delta`).
+    pub fn observe(&mut self, chunk: &serde_json::Map<String, Value>) {
+        if let Some(u) = chunk.get("usage").and_then(Usage::from_json) {
+            self.usage = Some(u);
+        }
+        let Some(Value::Array(choices)) = chunk.get("choices") else {
+            return;
+        };
+        for c in choices {
+            let piece = c
+                .get("delta")
+                .or_else(|| c.get("message"))
+                .and_then(|d| d.get("content"))
+                .and_then(Value::as_str)
+                .or_else(|| c.get("text").and_then(Value::as_str));
+            if let Some(p) = piece.filter(|p| !p.is_empty()) {
+                if self.first_token.is_none() {
+                    self.first_token = Some(self.start.elapsed());
+                }
+                if self.usage.is_none() {
+                    self.text.push_str(p);
+                }
+            }
+            if let Some(f) = c.get("finish_reason").and_then(Value::as_str) {
+                self.finish = Some(f.to_owned());
+            }
+        }
+    }
+
+    pub fn set_usage(&mut self, u: Usage) {
+        self.usage = Some(u);
+    }
+
+    /// Fills the record's tokens, times and finish reason.
+    pub fn finish_into(self, rec: &mut RequestRecord) {
+        rec.total_ms = ms(self.start.elapsed());
+        rec.ttft_ms = self.first_token.map(ms);
+        rec.finish_reason = self.finish;
+        match self.usage {
+            Some(u) => {
+                rec.prompt_tokens = u.prompt_tokens;
+                rec.completion_tokens = u.completion_tokens;
+                rec.cached_tokens = u.cached_tokens.unwrap_or(0);
+                rec.tokens_source = TokenSource::Reported;
+            }
+            None if rec.status < 400 || !self.text.is_empty() => {
+                rec.prompt_tokens = self.prompt_text.as_deref().map(count_tokens).unwrap_or(0);
+                rec.completion_tokens = count_tokens(&self.text);
+                rec.tokens_source = TokenSource::Counted;
+            }
+            None => {}
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Counts tokens with cl100k_base, loaded on first use (only for backends that report none).
+pub fn count_tokens(text: &str) -> u64 {
+    static BPE: OnceLock<Option<tiktoken_rs::CoreBPE>> = OnceLock::new();
+    match BPE.get_or_init(|| tiktoken_rs::cl100k_base().ok()) {
+        Some(bpe) => bpe.encode_ordinary(text).len() as u64,
+        None => text.len().div_ceil(4) as u64,
+    }
+}
+
+/// Latency buckets in seconds.
+const BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, secs: f64) {
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.counts[i] += 1;
+        }
+        self.sum += secs;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cum = 0;
+        for (b, c) in BUCKETS.iter().zip(self.counts) {
+            cum += c;
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cum}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+    }
+}
+
+#[derive(Default)]
+struct Series {
+    by_status: HashMap<u16, u64>,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    cached_tokens: u64,
+    latency: Histogram,
+    ttft: Histogram,
+}
+
+/// Prometheus series per (alias, deployment).
+#[derive(Default)]
+pub struct Metrics {
+    series: Mutex<HashMap<(String, String), Series>>,
+}
+
+impl Metrics {
+    pub fn record(&self, r: &RequestRecord) {
+        let key = (r.alias.clone(), r.deployment.clone().unwrap_or_default());
+        let mut m = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let s = m.entry(key).or_default();
+        *s.by_status.entry(r.status).or_default() += 1;
+        s.prompt_tokens += r.prompt_tokens;
+        s.completion_tokens += r.completion_tokens;
+        s.cached_tokens += r.cached_tokens;
+        s.latency.observe(r.total_ms / 1000.0);
+        if let Some(t) = r.ttft_ms {
+            s.ttft.observe(t / 1000.0);
+        }
+    }
+
+    pub fn render(&self, out: &mut String) {
+        let m = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let mut keys: Vec<_> = m.keys().cloned().collect();
+        keys.sort();
+        let lbl =
+            |k: &(String, String)| format!("alias=\"{}\",deployment=\"{}\"", esc(&k.0), esc(&k.1));
+        out.push_str("# HELP tollgate_requests_total Requests by alias, deployment and HTTP status.\n# TYPE tollgate_requests_total counter\n");
+        for k in &keys {
+            let mut st: Vec<_> = m[k].by_status.iter().collect();
+            st.sort();
+            for (code, n) in st {
+                let _ = writeln!(
+                    out,
+                    "tollgate_requests_total{{{},status=\"{code}\"}} {n}",
+                    lbl(k)
+                );
+            }
+        }
+        out.push_str("# HELP tollgate_tokens_total Tokens by alias, deployment and kind.\n# TYPE tollgate_tokens_total counter\n");
+        for k in &keys {
+            let s = &m[k];
+            for (kind, n) in [
+                ("prompt", s.prompt_tokens),
+                ("completion", s.completion_tokens),
+                ("cached", s.cached_tokens),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "tollgate_tokens_total{{{},kind=\"{kind}\"}} {n}",
+                    lbl(k)
+                );
+            }
+        }
+        out.push_str("# HELP tollgate_request_duration_seconds Total request time.\n# TYPE tollgate_request_duration_seconds histogram\n");
+        for k in &keys {
+            m[k].latency
+                .render(out, "tollgate_request_duration_seconds", &lbl(k));
+        }
+        out.push_str("# HELP tollgate_time_to_first_token_seconds Time to the first generated token.\n# TYPE tollgate_time_to_first_token_seconds histogram\n");
+        for k in &keys {
+            m[k].ttft
+                .render(out, "tollgate_time_to_first_token_seconds", &lbl(k));
+        }
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Where finished records go.
+#[derive(Default)]
+pub struct Accounting {
+    pub metrics: Metrics,
+}
+
+impl Accounting {
+    pub fn finish(&self, rec: RequestRecord) {
+        self.metrics.record(&rec);
+        tracing::info!(
+            target: "tollgate::request",
+            request_id = %rec.request_id,
+            key = rec.key.as_deref().unwrap_or("-"),
+            alias = %rec.alias,
+            deployment = rec.deployment.as_deref().unwrap_or("-"),
+            endpoint = rec.endpoint,
+            stream = rec.stream,
+            status = rec.status,
+            error = rec.error.unwrap_or("-"),
+            attempts = rec.attempts,
+            prompt_tokens = rec.prompt_tokens,
+            completion_tokens = rec.completion_tokens,
+            cached_tokens = rec.cached_tokens,
+            tokens = ?rec.tokens_source,
+            ttft_ms = rec.ttft_ms.map(|t| (t * 1000.0).round() / 1000.0),
+            total_ms = (rec.total_ms * 1000.0).round() / 1000.0,
+            finish = rec.finish_reason.as_deref().unwrap_or("-"),
+            client_closed = rec.client_closed,
+            "request"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tap_reads_usage_ttft_and_finish() {
+        let mut tap = Tap::new(Instant::now(), None);
+        let c = |v: Value| v.as_object().unwrap().clone();
+        tap.observe(&c(
+            json!({"choices":[{"delta":{"role":"assistant","content":""}}]}),
+        ));
+        tap.observe(&c(json!({"choices":[{"delta":{"content":"Hi"}}]})));
+        tap.observe(&c(
+            json!({"choices":[{"delta":{},"finish_reason":"length"}]}),
+        ));
+        tap.observe(&c(json!({"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4,"prompt_tokens_details":{"cached_tokens":2}}})));
+        let mut r = RequestRecord::new("r".into(), Endpoint::Chat, "a".into(), true);
+        tap.finish_into(&mut r);
+        assert_eq!(
+            (r.prompt_tokens, r.completion_tokens, r.cached_tokens),
+            (3, 1, 2)
+        );
+        assert_eq!(r.tokens_source, TokenSource::Reported);
+        assert_eq!(r.finish_reason.as_deref(), Some("length"));
+        assert!(r.ttft_ms.is_some());
+    }
+
+    #[test]
+    fn tokens_are_counted_without_usage() {
+        let mut tap = Tap::new(Instant::now(), Some("hello world".into()));
+        tap.observe(
+            json!({"choices":[{"delta":{"content":"Hello there"}}]})
+                .as_object()
+                .unwrap(),
+        );
+        let mut r = RequestRecord::new("r".into(), Endpoint::Chat, "a".into(), true);
+        tap.finish_into(&mut r);
+        assert_eq!(r.tokens_source, TokenSource::Counted);
+        assert_eq!((r.prompt_tokens, r.completion_tokens), (2, 2));
+    }
+}

@@ -1,0 +1,181 @@
+//! The inference endpoints: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`.
+//! Thin: authenticate, read and validate the body, route, render (JSON or SSE).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::{auth, sse, AppState};
+use crate::accounting::{RequestRecord, Tap};
+use crate::backend::{BackendRequest, Priority};
+use crate::protocol::{self, Endpoint, Prompt};
+use crate::router::{self, Committed};
+
+pub const DEPLOYMENT_HEADER: &str = "x-tollgate-deployment";
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The client's `x-request-id` when it is sane, else a fresh one.
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("req_{}", uuid::Uuid::new_v4().simple()))
+}
+
+pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::payload_too_large(limit))
+        }
+        Err(e) => Err(ApiError::invalid_request(
+            format!("Could not read the request body: {e}"),
+            None,
+        )),
+    }
+}
+
+pub async fn handle(
+    st: Arc<AppState>,
+    endpoint: Endpoint,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let start = Instant::now();
+    let rid = request_id(&headers);
+    let mut resp = match serve(&st, endpoint, &headers, body, &rid, start).await {
+        Ok(r) => r,
+        Err((e, rec)) => {
+            if let Some(mut rec) = rec {
+                rec.status = e.status.as_u16();
+                rec.error = Some(e.kind());
+                rec.total_ms = start.elapsed().as_secs_f64() * 1000.0;
+                st.accounting.finish(rec);
+            }
+            e.into_response()
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    resp
+}
+
+type Fail = (ApiError, Option<RequestRecord>);
+
+async fn serve(
+    st: &Arc<AppState>,
+    endpoint: Endpoint,
+    headers: &HeaderMap,
+    body: Body,
+    rid: &str,
+    start: Instant,
+) -> Result<Response, Fail> {
+    let live = st.live();
+    let caller = auth::authenticate(&live.auth, headers).map_err(|e| (e, None))?;
+    let bytes = read_body(body, st.server.max_body_bytes)
+        .await
+        .map_err(|e| (e, None))?;
+    let req = protocol::validate(endpoint, &bytes).map_err(|e| (e, None))?;
+    let mut rec = RequestRecord::new(rid.to_owned(), endpoint, req.model.clone(), req.stream);
+    rec.key = caller.name().map(str::to_owned);
+    rec.user = req.user.clone();
+    let alias = match live.routes.get(&req.model) {
+        Some(a) if caller.allows(&a.name) => a.clone(),
+        _ => return Err((ApiError::model_not_found(&req.model), Some(rec))),
+    };
+    let prompt_text = match &req.prompt {
+        Prompt::Chat(m) => Some(
+            m.iter()
+                .map(|m| m.content.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        ),
+        Prompt::Text(t) => Some(t.clone()),
+        Prompt::Embed(v) => Some(v.join("\n")),
+    };
+    let include_usage = req.include_usage;
+    let stream = req.stream;
+    let br = BackendRequest {
+        req: Arc::new(req),
+        request_id: rid.to_owned(),
+        traceparent: headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        priority: Priority::Interactive,
+    };
+    let d = match router::dispatch(&alias, &br).await {
+        Ok(d) => d,
+        Err(f) => {
+            rec.deployment = f.deployment;
+            rec.attempts = f.attempts;
+            return Err((f.error, Some(rec)));
+        }
+    };
+    rec.deployment = Some(d.deployment.name().to_owned());
+    rec.backend_kind = Some(d.deployment.cfg.kind.name());
+    rec.attempts = d.attempts;
+    let mut tap = Tap::new(start, prompt_text);
+    let dep_header =
+        HeaderValue::from_str(d.deployment.name()).unwrap_or(HeaderValue::from_static("-"));
+    match d.reply {
+        Committed::Full { mut body, usage } => {
+            if let Some(m) = body.get_mut("model") {
+                *m = Value::String(alias.name.clone());
+            }
+            tap.observe(&body);
+            if let Some(u) = usage {
+                tap.set_usage(u);
+            }
+            tap.finish_into(&mut rec);
+            drop(d.permit);
+            st.accounting.finish(rec);
+            let bytes = serde_json::to_vec(&body).unwrap_or_default();
+            let mut resp = (
+                StatusCode::OK,
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                bytes,
+            )
+                .into_response();
+            resp.headers_mut().insert(DEPLOYMENT_HEADER, dep_header);
+            Ok(resp)
+        }
+        Committed::Stream { first, rest } => {
+            debug_assert!(stream);
+            let setup = sse::SseSetup {
+                alias: alias.name.clone(),
+                include_usage,
+                keepalive: st.server.keepalive,
+                stall: d.deployment.cfg.stall_timeout,
+                hard_stop: st.hard_stop.clone(),
+                accounting: st.accounting.clone(),
+                deployment: d.deployment.clone(),
+                permit: d.permit,
+                record: rec,
+                tap,
+            };
+            let mut resp = Response::new(sse::body(first, rest, setup));
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+            h.insert(DEPLOYMENT_HEADER, dep_header);
+            Ok(resp)
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The HTTP API (axum): routes, shared state, the ops endpoints (`/health`, `/ready`,
+//! `/metrics`, `/v1/models`), OpenAI-shaped 404/405, CORS, and the server's lifecycle:
+//! start, reload (keys and routes swapped without dropping streams), graceful shutdown.
+
+pub mod auth;
+pub mod error;
+pub mod inference;
+pub mod sse;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::accounting::Accounting;
+use crate::config::{AuthConfig, Config, ServerConfig};
+use crate::protocol::Endpoint;
+use crate::router::{Clock, Routes, SystemClock};
+use error::ApiError;
+
+/// What a reload replaces.
+pub struct Live {
+    pub routes: Routes,
+    pub auth: AuthConfig,
+}
+
+pub struct AppState {
+    live: RwLock<Arc<Live>>,
+    pub server: ServerConfig,
+    pub accounting: Arc<Accounting>,
+    /// Cancelled when the shutdown grace period is over: open streams end cleanly.
+    pub hard_stop: CancellationToken,
+    pub clock: Arc<dyn Clock>,
+    pub created: u64,
+}
+
+impl AppState {
+    pub fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Applies a new configuration's keys and routes. Deployments whose settings did not
+    /// change are kept as they are (their engines, breakers and in-flight streams).
+    pub async fn reload(&self, cfg: &Config) -> Result<(), String> {
+        let old = self.live();
+        let routes =
+            crate::deploy::build_routes(cfg, Some(&old.routes), self.clock.clone()).await?;
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Live {
+            routes,
+            auth: cfg.auth.clone(),
+        });
+        Ok(())
+    }
+}
+
+pub async fn state(cfg: &Config) -> anyhow::Result<Arc<AppState>> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let routes = crate::deploy::build_routes(cfg, None, clock.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok(Arc::new(AppState {
+        live: RwLock::new(Arc::new(Live {
+            routes,
+            auth: cfg.auth.clone(),
+        })),
+        server: cfg.server.clone(),
+        accounting: Arc::new(Accounting::default()),
+        hard_stop: CancellationToken::new(),
+        clock,
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    }))
+}
+
+pub fn router(st: Arc<AppState>) -> Router {
+    let mut r = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/v1/models/{*id}", get(model))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(st.clone());
+    if !st.server.cors_origins.is_empty() {
+        use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+        let origins = &st.server.cors_origins;
+        let allow = if origins.iter().any(|o| o == "*") {
+            AllowOrigin::any()
+        } else {
+            AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+        };
+        r = r.layer(
+            CorsLayer::new()
+                .allow_origin(allow)
+                .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+                .allow_headers(Any)
+                .expose_headers(Any)
+                .max_age(Duration::from_secs(600)),
+        );
+    }
+    r
+}
+
+async fn chat(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    inference::handle(st, Endpoint::Chat, headers, body).await
+}
+async fn completions(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    inference::handle(st, Endpoint::Completions, headers, body).await
+}
+async fn embeddings(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    inference::handle(st, Endpoint::Embeddings, headers, body).await
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("Unknown path: {}.", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::method_not_allowed(format!("{method} is not allowed on {}.", uri.path()))
+}
+
+fn model_object(st: &AppState, alias: &crate::router::Alias) -> Value {
+    let deployments: Vec<Value> = alias
+        .deployments
+        .iter()
+        .map(|d| {
+            let mut o = json!({ "name": d.name(), "kind": d.cfg.kind.name() });
+            if let Some(info) = d.backend.info() {
+                o["model"] = info;
+            }
+            o
+        })
+        .collect();
+    json!({
+        "id": alias.name,
+        "object": "model",
+        "created": st.created,
+        "owned_by": "tollgate",
+        "deployments": deployments,
+    })
+}
+
+async fn models(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let live = st.live();
+    let caller = auth::authenticate(&live.auth, &headers)?;
+    let data: Vec<Value> = live
+        .routes
+        .order
+        .iter()
+        .filter_map(|n| live.routes.get(n))
+        .filter(|a| caller.allows(&a.name))
+        .map(|a| model_object(&st, a))
+        .collect();
+    Ok(axum::Json(json!({ "object": "list", "data": data })).into_response())
+}
+
+async fn model(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let live = st.live();
+    let caller = auth::authenticate(&live.auth, &headers)?;
+    match live.routes.get(&id) {
+        Some(a) if caller.allows(&a.name) => Ok(axum::Json(model_object(&st, a)).into_response()),
+        _ => Err(ApiError::model_not_found(&id)),
+    }
+}
+
+async fn health() -> Response {
+    axum::Json(json!({ "status": "ok" })).into_response()
+}
+
+/// Green when every alias has at least one deployment that answers its health check and
+/// whose breaker is closed.
+async fn ready(State(st): State<Arc<AppState>>) -> Response {
+    let live = st.live();
+    let mut checks = Vec::new();
+    for name in &live.routes.order {
+        let Some(alias) = live.routes.get(name) else {
+            continue;
+        };
+        for d in &alias.deployments {
+            let d = d.clone();
+            let alias = name.clone();
+            checks.push(async move {
+                let r = match tokio::time::timeout(Duration::from_secs(5), d.backend.health()).await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err("health check timed out".into()),
+                };
+                let r = r.and_then(|_| {
+                    if d.breaker.is_open() {
+                        Err("circuit breaker open".into())
+                    } else {
+                        Ok(())
+                    }
+                });
+                (alias, d.name().to_owned(), r)
+            });
+        }
+    }
+    let results = futures::future::join_all(checks).await;
+    let mut aliases = serde_json::Map::new();
+    let mut all_ok = true;
+    for name in &live.routes.order {
+        let mine: Vec<_> = results.iter().filter(|(a, _, _)| a == name).collect();
+        let ok = mine.iter().any(|(_, _, r)| r.is_ok());
+        all_ok &= ok;
+        let deps: serde_json::Map<String, Value> = mine
+            .iter()
+            .map(|(_, d, r)| {
+                (
+                    d.clone(),
+                    match r {
+                        Ok(()) => json!({"ok": true}),
+                        Err(e) => json!({"ok": false, "error": e}),
+                    },
+                )
+            })
+            .collect();
+        aliases.insert(name.clone(), json!({ "ready": ok, "deployments": deps }));
+    }
+    let status = if all_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({ "ready": all_ok, "aliases": aliases })),
+    )
+        .into_response()
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let mut out = String::with_capacity(4096);
+    st.accounting.metrics.render(&mut out);
+    let live = st.live();
+    out.push_str("# HELP tollgate_deployment_in_flight Requests holding a deployment's concurrency permit.\n# TYPE tollgate_deployment_in_flight gauge\n");
+    for name in &live.routes.order {
+        if let Some(a) = live.routes.get(name) {
+            for d in &a.deployments {
+                let used = d.cfg.max_concurrency - d.permits.available_permits();
+                out.push_str(&format!(
+                    "tollgate_deployment_in_flight{{deployment=\"{}\"}} {used}\n",
+                    d.name()
+                ));
+                let open = u8::from(d.breaker.is_open());
+                out.push_str(&format!(
+                    "tollgate_deployment_breaker_open{{deployment=\"{}\"}} {open}\n",
+                    d.name()
+                ));
+            }
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// A running server: its address, its state, and how to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    pub shutdown: CancellationToken,
+    pub done: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets streams finish up to the grace period, then closes them.
+    pub async fn stop(self) -> std::io::Result<()> {
+        self.shutdown.cancel();
+        self.done.await.unwrap_or(Ok(()))
+    }
+}
+
+/// Binds and serves in the background (tests bind `127.0.0.1:0`).
+pub async fn spawn(cfg: &Config, listen: SocketAddr) -> anyhow::Result<Running> {
+    let st = state(cfg).await?;
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let done = tokio::spawn(serve(listener, st.clone(), shutdown.clone()));
+    Ok(Running {
+        addr,
+        state: st,
+        shutdown,
+        done,
+    })
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    st: Arc<AppState>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        // Nagle's algorithm would hold small SSE events and responses back ~40 ms.
+        let _ = tcp.set_nodelay(true);
+    });
+    let app = router(st.clone());
+    let tracker = TaskTracker::new();
+    let grace = st.server.shutdown_grace;
+    let hard_stop = st.hard_stop.clone();
+    let sd = shutdown.clone();
+    tracker.spawn(async move {
+        sd.cancelled().await;
+        tokio::select! {
+            _ = tokio::time::sleep(grace) => hard_stop.cancel(),
+            _ = hard_stop.cancelled() => {}
+        }
+    });
+    tracker.close();
+    let started = Instant::now();
+    let r = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    st.hard_stop.cancel();
+    tracker.wait().await;
+    tracing::info!(uptime_s = started.elapsed().as_secs(), "server stopped");
+    r
+}

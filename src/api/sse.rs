@@ -1,0 +1,197 @@
+//! The SSE body sent to clients: `data: {chunk}\n\n` per event, `data: [DONE]\n\n` at the end,
+//! `: keep-alive` comments while the backend is silent, an OpenAI-shaped in-band error event
+//! when the stream fails after it started (or stalls past the deployment's stall timeout,
+//! or the gateway's shutdown deadline passes).
+//!
+//! The body owns the deployment's concurrency permit and the request's accounting record:
+//! both are released when the body ends or is dropped (the client went away), and dropping
+//! it drops the backend stream, which cancels the upstream request at once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use super::error::ApiError;
+use crate::accounting::{Accounting, RequestRecord, Tap};
+use crate::backend::{Chunk, EventStream};
+use crate::router::Deployment;
+
+pub struct SseSetup {
+    pub alias: String,
+    pub include_usage: bool,
+    pub keepalive: Duration,
+    pub stall: Duration,
+    pub hard_stop: CancellationToken,
+    pub accounting: Arc<Accounting>,
+    pub deployment: Arc<Deployment>,
+    pub permit: OwnedSemaphorePermit,
+    pub record: RequestRecord,
+    pub tap: Tap,
+}
+
+/// Finishes the record exactly once: at the end of the stream, or when dropped early.
+struct Finisher {
+    accounting: Arc<Accounting>,
+    record: Option<(RequestRecord, Tap)>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Finisher {
+    fn finish(&mut self, client_closed: bool) {
+        if let Some((mut rec, tap)) = self.record.take() {
+            rec.client_closed = client_closed;
+            tap.finish_into(&mut rec);
+            self.accounting.finish(rec);
+        }
+    }
+    fn tap(&mut self) -> Option<&mut Tap> {
+        self.record.as_mut().map(|(_, t)| t)
+    }
+    fn fail(&mut self, e: &ApiError) {
+        if let Some((rec, _)) = self.record.as_mut() {
+            rec.status = e.status.as_u16();
+            rec.error = Some(e.kind());
+        }
+    }
+}
+
+impl Drop for Finisher {
+    fn drop(&mut self) {
+        self.finish(true);
+    }
+}
+
+struct State {
+    first: Option<Box<Chunk>>,
+    rest: EventStream,
+    alias: Value,
+    include_usage: bool,
+    keepalive: Duration,
+    stall: Duration,
+    hard_stop: CancellationToken,
+    deployment: Arc<Deployment>,
+    fin: Finisher,
+    last_event: Instant,
+    done: bool,
+}
+
+pub fn body(first: Box<Chunk>, rest: EventStream, s: SseSetup) -> Body {
+    let st = State {
+        first: Some(first),
+        rest,
+        alias: Value::String(s.alias),
+        include_usage: s.include_usage,
+        keepalive: s.keepalive,
+        stall: s.stall,
+        hard_stop: s.hard_stop,
+        deployment: s.deployment,
+        fin: Finisher {
+            accounting: s.accounting,
+            record: Some((s.record, s.tap)),
+            _permit: s.permit,
+        },
+        last_event: Instant::now(),
+        done: false,
+    };
+    let stream = futures::stream::unfold(st, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        if let Some(first) = st.first.take() {
+            if let Some(b) = st.encode(*first) {
+                return Some((Ok::<Bytes, std::convert::Infallible>(b), st));
+            }
+        }
+        loop {
+            let stall_at = st.last_event + st.stall;
+            let wake = (Instant::now() + st.keepalive).min(stall_at);
+            tokio::select! {
+                biased;
+                _ = st.hard_stop.cancelled() => {
+                    let e = ApiError::unavailable("The gateway is shutting down; the stream was closed.").with_code("shutting_down");
+                    return Some((Ok(st.error_event(e)), st));
+                }
+                item = st.rest.next() => {
+                    st.last_event = Instant::now();
+                    match item {
+                        Some(Ok(chunk)) => {
+                            if let Some(b) = st.encode(chunk) {
+                                return Some((Ok(b), st));
+                            }
+                        }
+                        Some(Err(e)) => {
+                            if e.counts_against_breaker() {
+                                st.deployment.breaker.failure();
+                            }
+                            let api = e.to_api(st.deployment.name());
+                            return Some((Ok(st.error_event(api)), st));
+                        }
+                        None => {
+                            st.done = true;
+                            st.fin.finish(false);
+                            return Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), st));
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    if Instant::now() >= stall_at {
+                        st.deployment.breaker.failure();
+                        let e = ApiError::upstream_timeout(format!(
+                            "The upstream '{}' stalled: no token for {} ms.",
+                            st.deployment.name(),
+                            st.stall.as_millis()
+                        ));
+                        return Some((Ok(st.error_event(e)), st));
+                    }
+                    return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), st));
+                }
+            }
+        }
+    });
+    Body::from_stream(stream)
+}
+
+impl State {
+    /// One chunk as an SSE event; `None` for a usage chunk the client did not ask for.
+    fn encode(&mut self, mut chunk: Chunk) -> Option<Bytes> {
+        if let Some(tap) = self.fin.tap() {
+            tap.observe(&chunk);
+        }
+        if !self.include_usage && chunk.contains_key("usage") {
+            let usage_only = chunk
+                .get("choices")
+                .and_then(Value::as_array)
+                .is_some_and(|c| c.is_empty());
+            if usage_only {
+                return None;
+            }
+            chunk.remove("usage");
+        }
+        if let Some(m) = chunk.get_mut("model") {
+            *m = self.alias.clone();
+        }
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(b"data: ");
+        if serde_json::to_writer(&mut out, &chunk).is_err() {
+            return None;
+        }
+        out.extend_from_slice(b"\n\n");
+        Some(Bytes::from(out))
+    }
+
+    fn error_event(&mut self, e: ApiError) -> Bytes {
+        self.done = true;
+        self.fin.fail(&e);
+        self.fin.finish(false);
+        let mut out = b"data: ".to_vec();
+        let _ = serde_json::to_writer(&mut out, &e.to_json());
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    }
+}

@@ -1,0 +1,194 @@
+//! The `Backend` trait and the remote kinds: OpenAI-compatible servers ([`openai`]) and
+//! Ollama ([`ollama`]). The embedded engine implements the same trait in `crate::engine`.
+//!
+//! A backend answers a validated request with either one full OpenAI-shaped body or a stream
+//! of OpenAI-shaped chunks. It knows nothing of HTTP on the client side, of retries or of
+//! fallbacks: the router owns those, and classifies failures through [`BackendError`].
+
+pub mod ollama;
+pub mod openai;
+pub mod sse;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use http::StatusCode;
+use serde_json::{Map, Value};
+
+use crate::api::error::ApiError;
+use crate::protocol::{Usage, ValidRequest};
+
+/// One OpenAI-shaped streaming chunk (`chat.completion.chunk` or `text_completion`).
+pub type Chunk = Map<String, Value>;
+
+pub type EventStream = BoxStream<'static, Result<Chunk, BackendError>>;
+
+/// What the router hands a backend.
+#[derive(Clone, Debug)]
+pub struct BackendRequest {
+    pub req: Arc<ValidRequest>,
+    pub request_id: String,
+    pub traceparent: Option<String>,
+    /// Batch work yields to interactive work where the backend can tell them apart.
+    pub priority: Priority,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Priority {
+    #[default]
+    Interactive,
+    Batch,
+}
+
+pub enum BackendReply {
+    /// A whole response body, as the upstream sent it (the API layer sets `model`).
+    Full {
+        body: Map<String, Value>,
+        usage: Option<Usage>,
+    },
+    Stream(EventStream),
+}
+
+/// How a backend failed; the router decides from this whether to retry, fall back, or
+/// pass the failure to the client.
+#[derive(Debug)]
+pub enum BackendError {
+    /// Could not connect, or the connection broke before a response.
+    Connect(String),
+    /// No response, or no first event, within the deployment's timeout.
+    Timeout(String),
+    /// The upstream answered with a non-success status.
+    Status {
+        status: StatusCode,
+        body: Bytes,
+        retry_after: Option<Duration>,
+    },
+    /// The upstream sent something that is not the protocol it should speak.
+    Protocol(String),
+    /// An in-band error event in a stream (`data: {"error": ...}`).
+    InBand(ApiError),
+    /// The backend's queue is full: try the next deployment.
+    Full,
+    /// The request cannot be served by this backend (a 400 naming the parameter, a prompt
+    /// longer than the context): never retried, never a fallback.
+    Rejected(ApiError),
+    /// The backend failed in a way that is its own fault (engine decode failure).
+    Internal(String),
+}
+
+impl BackendError {
+    /// Worth another try on the same or the next deployment (before the first byte).
+    pub fn retryable(&self) -> bool {
+        match self {
+            BackendError::Connect(_) | BackendError::Timeout(_) | BackendError::Protocol(_) => true,
+            BackendError::InBand(_) | BackendError::Internal(_) => true,
+            BackendError::Status { status, .. } => {
+                *status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+            }
+            BackendError::Full | BackendError::Rejected(_) => false,
+        }
+    }
+
+    /// Counts against the deployment's circuit breaker: its own failures, not the load
+    /// it sheds (429) nor the client's mistakes (4xx).
+    pub fn counts_against_breaker(&self) -> bool {
+        match self {
+            BackendError::Connect(_) | BackendError::Timeout(_) | BackendError::Protocol(_) => true,
+            BackendError::InBand(_) | BackendError::Internal(_) => true,
+            BackendError::Status { status, .. } => status.is_server_error(),
+            BackendError::Full | BackendError::Rejected(_) => false,
+        }
+    }
+
+    pub fn to_api(&self, deployment: &str) -> ApiError {
+        match self {
+            BackendError::Connect(m) => ApiError::upstream(format!(
+                "The upstream '{deployment}' could not be reached: {m}"
+            )),
+            BackendError::Timeout(m) => {
+                ApiError::upstream_timeout(format!("The upstream '{deployment}' timed out: {m}"))
+            }
+            BackendError::Protocol(m) => ApiError::upstream(format!(
+                "The upstream '{deployment}' sent an invalid response: {m}"
+            )),
+            BackendError::InBand(e) => {
+                let mut e = e.clone();
+                if e.status.is_success() || e.status.is_server_error() {
+                    e.status = StatusCode::BAD_GATEWAY;
+                }
+                e
+            }
+            BackendError::Status {
+                status,
+                body,
+                retry_after,
+            } => {
+                if status.is_server_error() {
+                    let inner = ApiError::from_upstream(*status, body);
+                    ApiError::upstream(format!(
+                        "The upstream '{deployment}' failed ({}): {}",
+                        status.as_u16(),
+                        inner.message
+                    ))
+                } else {
+                    let mut e = ApiError::from_upstream(*status, body);
+                    e.retry_after = retry_after.map(|d| d.as_secs().max(1));
+                    e
+                }
+            }
+            BackendError::Full => ApiError::overloaded(deployment, 1),
+            BackendError::Rejected(e) => e.clone(),
+            BackendError::Internal(m) => {
+                ApiError::upstream(format!("The backend '{deployment}' failed: {m}"))
+            }
+        }
+    }
+}
+
+pub trait Backend: Send + Sync + 'static {
+    /// Serves one request. For a streamed request the returned stream yields its chunks;
+    /// dropping it cancels the work upstream.
+    fn call(&self, req: BackendRequest) -> BoxFuture<'static, Result<BackendReply, BackendError>>;
+
+    /// Whether the backend can serve now (for `/ready`).
+    fn health(&self) -> BoxFuture<'static, Result<(), String>>;
+
+    /// Extra facts for `/v1/models` (the engine's model metadata).
+    fn info(&self) -> Option<Value> {
+        None
+    }
+}
+
+/// Parses `retry-after` given in seconds (the form upstreams use); dates are ignored.
+pub fn parse_retry_after(h: &http::HeaderMap) -> Option<Duration> {
+    let v = h.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+}
+
+/// One pooled HTTP client for a remote deployment: keep-alive, TCP_NODELAY.
+pub fn http_client(connect_timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .connect_timeout(connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// Maps a reqwest failure onto our classes.
+pub fn classify_reqwest(e: reqwest::Error) -> BackendError {
+    if e.is_timeout() {
+        BackendError::Timeout(e.to_string())
+    } else if e.is_connect() {
+        BackendError::Connect(e.to_string())
+    } else {
+        BackendError::Connect(format!("{e}"))
+    }
+}

@@ -1,0 +1,236 @@
+//! OpenAI-compatible upstreams: vLLM, llama-server, OpenAI and the like.
+//!
+//! The client's body goes upstream with its unknown fields intact; only `model` (the
+//! upstream's name), the completion-length field and `stream_options` are rewritten. A
+//! streamed request streams upstream and its SSE is parsed event by event; usage is always
+//! requested on streamed calls (the API layer drops the usage chunk again when the client
+//! did not ask for it). A non-streamed request goes upstream non-streamed and its body
+//! passes through, parsed only for usage.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use serde_json::{Map, Value};
+
+use super::sse::SseParser;
+use super::{
+    classify_reqwest, parse_retry_after, Backend, BackendError, BackendReply, BackendRequest, Chunk,
+};
+use crate::api::error::ApiError;
+use crate::config::{DeploymentConfig, RemoteConfig};
+use crate::protocol::{Endpoint, Usage};
+
+pub struct OpenAiBackend {
+    client: reqwest::Client,
+    cfg: RemoteConfig,
+    health_timeout: Duration,
+    first_token_timeout: Duration,
+}
+
+impl OpenAiBackend {
+    pub fn new(dep: &DeploymentConfig, cfg: RemoteConfig) -> Self {
+        OpenAiBackend {
+            client: super::http_client(dep.connect_timeout),
+            cfg,
+            health_timeout: dep.connect_timeout.max(Duration::from_secs(2)),
+            first_token_timeout: dep.first_token_timeout,
+        }
+    }
+
+    /// The upstream body: the client's, with the few fields tollgate owns rewritten.
+    pub fn upstream_body(cfg: &RemoteConfig, br: &BackendRequest) -> Map<String, Value> {
+        let req = &br.req;
+        let mut body = req.body.clone();
+        body.insert("model".into(), Value::String(cfg.model.clone()));
+        if req.endpoint != Endpoint::Embeddings {
+            body.remove("max_tokens");
+            body.remove("max_completion_tokens");
+            if let Some(n) = req.sampling.max_tokens {
+                body.insert(cfg.max_tokens_field.clone(), n.into());
+            }
+        }
+        if req.stream {
+            let mut so = match body.remove("stream_options") {
+                Some(Value::Object(o)) => o,
+                _ => Map::new(),
+            };
+            so.insert("include_usage".into(), Value::Bool(true));
+            body.insert("stream_options".into(), Value::Object(so));
+        } else {
+            body.remove("stream_options");
+        }
+        body
+    }
+}
+
+impl Backend for OpenAiBackend {
+    fn call(&self, br: BackendRequest) -> BoxFuture<'static, Result<BackendReply, BackendError>> {
+        let url = format!("{}/{}", self.cfg.base_url, br.req.endpoint.path());
+        let body = Self::upstream_body(&self.cfg, &br);
+        let mut rb = self
+            .client
+            .post(url)
+            .header("x-request-id", &br.request_id)
+            .json(&body);
+        if let Some(k) = &self.cfg.api_key {
+            rb = rb.bearer_auth(&k.0);
+        }
+        if let Some(tp) = &br.traceparent {
+            rb = rb.header("traceparent", tp);
+        }
+        for (k, v) in &self.cfg.headers {
+            rb = rb.header(k, &v.0);
+        }
+        let stream = br.req.stream;
+        // A non-streamed body must arrive whole within the first-token timeout's budget,
+        // stretched for long generations; the router bounds the wait for a streamed one.
+        let full_timeout = self.first_token_timeout * 10;
+        async move {
+            let resp = rb.send().await.map_err(classify_reqwest)?;
+            let status = resp.status();
+            if !status.is_success() {
+                let retry_after = parse_retry_after(resp.headers());
+                let body = tokio::time::timeout(Duration::from_secs(10), resp.bytes())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
+                return Err(BackendError::Status {
+                    status,
+                    body,
+                    retry_after,
+                });
+            }
+            if !stream {
+                let bytes = tokio::time::timeout(full_timeout, resp.bytes())
+                    .await
+                    .map_err(|_| {
+                        BackendError::Timeout("the response body did not complete".into())
+                    })?
+                    .map_err(classify_reqwest)?;
+                let body: Map<String, Value> = serde_json::from_slice(&bytes).map_err(|e| {
+                    BackendError::Protocol(format!("the body is not a JSON object: {e}"))
+                })?;
+                let usage = body.get("usage").and_then(Usage::from_json);
+                return Ok(BackendReply::Full { body, usage });
+            }
+            Ok(BackendReply::Stream(sse_chunks(resp)))
+        }
+        .boxed()
+    }
+
+    fn health(&self) -> BoxFuture<'static, Result<(), String>> {
+        let mut rb = self
+            .client
+            .get(format!("{}/models", self.cfg.base_url))
+            .timeout(self.health_timeout);
+        if let Some(k) = &self.cfg.api_key {
+            rb = rb.bearer_auth(&k.0);
+        }
+        async move {
+            let r = rb.send().await.map_err(|e| e.to_string())?;
+            if r.status().is_success() {
+                Ok(())
+            } else {
+                Err(format!("GET /models answered {}", r.status()))
+            }
+        }
+        .boxed()
+    }
+}
+
+/// The upstream's SSE body as a stream of chunks; `[DONE]` ends it; an in-band error
+/// event becomes an error item.
+fn sse_chunks(resp: reqwest::Response) -> super::EventStream {
+    struct St {
+        body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+        parser: SseParser,
+        done: bool,
+    }
+    let st = St {
+        body: resp.bytes_stream().boxed(),
+        parser: SseParser::default(),
+        done: false,
+    };
+    futures::stream::unfold(st, |mut st| async move {
+        loop {
+            if st.done {
+                return None;
+            }
+            if let Some(ev) = st.parser.next_event() {
+                match parse_event(&ev.data) {
+                    Parsed::Done => return None,
+                    Parsed::Skip => continue,
+                    Parsed::Item(item) => {
+                        if item.is_err() {
+                            st.done = true;
+                        }
+                        return Some((item, st));
+                    }
+                }
+            }
+            match st.body.next().await {
+                Some(Ok(b)) => st.parser.push(&b),
+                Some(Err(e)) => {
+                    st.done = true;
+                    return Some((
+                        Err(BackendError::Connect(format!("the stream broke: {e}"))),
+                        st,
+                    ));
+                }
+                None => {
+                    st.done = true;
+                    if let Some(ev) = st.parser.finish() {
+                        if let Parsed::Item(item) = parse_event(&ev.data) {
+                            return Some((item, st));
+                        }
+                    }
+                    // The body ended without `[DONE]`: the upstream cut the stream.
+                    return Some((
+                        Err(BackendError::Connect(
+                            "the stream ended before [DONE]".into(),
+                        )),
+                        st,
+                    ));
+                }
+            }
+        }
+    })
+    .boxed()
+}
+
+enum Parsed {
+    Done,
+    Skip,
+    Item(Result<Chunk, BackendError>),
+}
+
+fn parse_event(data: &str) -> Parsed {
+    let data = data.trim();
+    if data == "[DONE]" {
+        return Parsed::Done;
+    }
+    if data.is_empty() {
+        return Parsed::Skip;
+    }
+    match serde_json::from_str::<Map<String, Value>>(data) {
+        Ok(obj) => {
+            if let Some(err) = obj.get("error") {
+                let status = err
+                    .get("code")
+                    .and_then(Value::as_u64)
+                    .and_then(|c| http::StatusCode::from_u16(c as u16).ok())
+                    .unwrap_or(http::StatusCode::BAD_GATEWAY);
+                let bytes = serde_json::to_vec(&obj).unwrap_or_default();
+                return Parsed::Item(Err(BackendError::InBand(ApiError::from_upstream(
+                    status, &bytes,
+                ))));
+            }
+            Parsed::Item(Ok(obj))
+        }
+        Err(e) => Parsed::Item(Err(BackendError::Protocol(format!(
+            "an SSE event is not JSON: {e}"
+        )))),
+    }
+}

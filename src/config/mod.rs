@@ -1,0 +1,794 @@
+//! Configuration: the gateway file (`tollgate.toml`), the alias files in `routes/*.toml`, and
+//! the named prompts in `prompts/`.
+//!
+//! Files are read into the unchecked forms of [`raw`] (unknown keys are errors) and then
+//! checked into [`Config`]. Loading never stops at the first problem: every problem is
+//! collected, each naming its file and key path, so `tollgate check-config` lists them all
+//! and `serve` refuses to start with all of them printed. Secrets come only from the
+//! environment (`"${VAR}"`); a literal secret in a file is refused.
+
+pub mod raw;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+/// A secret value read from the environment; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The gateway file, if one was read.
+    pub source: Option<PathBuf>,
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub aliases: Vec<AliasConfig>,
+    pub prompts: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+    /// SSE keep-alive comment interval while an upstream is silent.
+    pub keepalive: Duration,
+    pub log_json: bool,
+    pub log_content: bool,
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("data"),
+            max_body_bytes: 16 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+            keepalive: Duration::from_secs(15),
+            log_json: false,
+            log_content: false,
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AuthConfig {
+    pub open: bool,
+    pub admin_key_sha256: Option<[u8; 32]>,
+    pub keys: Vec<ApiKeyConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApiKeyConfig {
+    pub name: String,
+    pub sha256: [u8; 32],
+    /// Aliases this key may call; `*` means all.
+    pub aliases: Vec<String>,
+}
+
+impl ApiKeyConfig {
+    pub fn allows(&self, alias: &str) -> bool {
+        self.aliases.iter().any(|a| a == "*" || a == alias)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AliasConfig {
+    pub name: String,
+    pub description: Option<String>,
+    pub file: PathBuf,
+    pub deployments: Vec<DeploymentConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeploymentConfig {
+    pub name: String,
+    pub kind: DeploymentKind,
+    pub max_concurrency: usize,
+    pub weight: u32,
+    pub connect_timeout: Duration,
+    pub first_token_timeout: Duration,
+    pub stall_timeout: Duration,
+    pub max_retries: u32,
+    pub embeddings: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum DeploymentKind {
+    OpenAi(RemoteConfig),
+    Ollama(RemoteConfig),
+    Local(LocalConfig),
+}
+
+impl DeploymentKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            DeploymentKind::OpenAi(_) => "openai",
+            DeploymentKind::Ollama(_) => "ollama",
+            DeploymentKind::Local(_) => "local",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RemoteConfig {
+    /// Without a trailing slash; for `openai` it includes the `/v1` part.
+    pub base_url: String,
+    pub model: String,
+    pub api_key: Option<Secret>,
+    /// The name the upstream takes for the completion length (`max_tokens` by default).
+    pub max_tokens_field: String,
+    pub headers: Vec<(String, Secret)>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocalConfig {
+    pub path: PathBuf,
+    pub context: u32,
+    pub threads: Option<u32>,
+    pub parallel: u32,
+    pub batch: u32,
+    pub ubatch: u32,
+    pub queue_depth: usize,
+    pub chat_template: Option<String>,
+    pub gpu_layers: u32,
+}
+
+impl Config {
+    pub fn alias(&self, name: &str) -> Option<&AliasConfig> {
+        self.aliases.iter().find(|a| a.name == name)
+    }
+}
+
+/// Every problem found, one per line, each naming its file and key path.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Where the configuration comes from.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// The gateway file; `None` reads `./tollgate.toml` if it exists, else uses defaults.
+    pub config: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    /// Zero-config: serve this GGUF as one alias.
+    pub model: Option<PathBuf>,
+    pub model_name: Option<String>,
+}
+
+/// Reads the environment through a function, so tests need not mutate the process's.
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub fn load(opts: &LoadOptions) -> Result<Config, ConfigErrors> {
+    load_with_env(opts, &|k| std::env::var(k).ok())
+}
+
+pub fn load_with_env(opts: &LoadOptions, env: Env<'_>) -> Result<Config, ConfigErrors> {
+    let mut errs = Vec::new();
+    let (gateway_path, explicit) = match &opts.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from("tollgate.toml"), false),
+    };
+    let (gw, source): (raw::GatewayFile, Option<PathBuf>) = if gateway_path.exists() {
+        match read_toml::<raw::GatewayFile>(&gateway_path) {
+            Ok(g) => (g, Some(gateway_path.clone())),
+            Err(e) => {
+                errs.push(e);
+                (raw::GatewayFile::default(), Some(gateway_path.clone()))
+            }
+        }
+    } else if explicit {
+        return Err(ConfigErrors(vec![format!(
+            "{}: the config file does not exist",
+            gateway_path.display()
+        )]));
+    } else {
+        (raw::GatewayFile::default(), None)
+    };
+    let base = source
+        .as_ref()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let gfile = gateway_path.display().to_string();
+
+    let server = server_config(&gw, &base, &gfile, opts, &mut errs);
+    let auth = auth_config(&gw.auth, &gfile, env, &mut errs);
+
+    let mut aliases = Vec::new();
+    // The routes directory is read when a gateway file names it, or by default beside it;
+    // a zero-config start without a gateway file serves only what the command line gives.
+    let routes_dir = base.join(gw.routes_dir.as_deref().unwrap_or("routes"));
+    if source.is_some() || opts.model.is_none() {
+        if gw.routes_dir.is_some() && !routes_dir.is_dir() {
+            errs.push(format!(
+                "{gfile}: routes_dir: {} is not a directory",
+                routes_dir.display()
+            ));
+        }
+        for file in toml_files(&routes_dir) {
+            match read_toml::<raw::RoutesFile>(&file) {
+                Ok(r) => {
+                    for (i, a) in r.alias.into_iter().enumerate() {
+                        if let Some(a) = alias_config(a, i, &file, env, &mut errs) {
+                            aliases.push(a);
+                        }
+                    }
+                }
+                Err(e) => errs.push(e),
+            }
+        }
+    }
+    if let Some(model) = &opts.model {
+        let name = opts.model_name.clone().unwrap_or_else(|| {
+            model
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "local".into())
+        });
+        aliases.push(AliasConfig {
+            name: name.clone(),
+            description: Some("served from the command line (--model)".into()),
+            file: PathBuf::from("--model"),
+            deployments: vec![DeploymentConfig {
+                name: format!("{name}-local"),
+                kind: DeploymentKind::Local(LocalConfig::for_path(model.clone())),
+                ..DeploymentConfig::defaults()
+            }],
+        });
+    }
+    let mut seen = HashSet::new();
+    for a in &aliases {
+        if !seen.insert(a.name.clone()) {
+            errs.push(format!(
+                "{}: alias '{}' is declared more than once",
+                a.file.display(),
+                a.name
+            ));
+        }
+    }
+    let mut dep_names = HashSet::new();
+    for a in &aliases {
+        for d in &a.deployments {
+            if !dep_names.insert(d.name.clone()) {
+                errs.push(format!(
+                    "{}: alias '{}': deployment name '{}' is used twice; deployment names are global",
+                    a.file.display(),
+                    a.name,
+                    d.name
+                ));
+            }
+        }
+    }
+    for k in &auth.keys {
+        for al in &k.aliases {
+            if al != "*" && !aliases.iter().any(|a| &a.name == al) {
+                errs.push(format!(
+                    "{gfile}: auth.keys '{}': aliases: unknown alias '{al}'",
+                    k.name
+                ));
+            }
+        }
+    }
+    let prompts_dir = base.join(gw.prompts_dir.as_deref().unwrap_or("prompts"));
+    let prompts = load_prompts(&prompts_dir, &mut errs);
+    if errs.is_empty() {
+        Ok(Config {
+            source,
+            server,
+            auth,
+            aliases,
+            prompts,
+        })
+    } else {
+        Err(ConfigErrors(errs))
+    }
+}
+
+impl DeploymentConfig {
+    fn defaults() -> Self {
+        DeploymentConfig {
+            name: String::new(),
+            kind: DeploymentKind::Local(LocalConfig::for_path(PathBuf::new())),
+            max_concurrency: 256,
+            weight: 1,
+            connect_timeout: Duration::from_secs(5),
+            first_token_timeout: Duration::from_secs(120),
+            stall_timeout: Duration::from_secs(60),
+            max_retries: 2,
+            embeddings: false,
+        }
+    }
+}
+
+impl LocalConfig {
+    pub fn for_path(path: PathBuf) -> Self {
+        LocalConfig {
+            path,
+            context: 4096,
+            threads: None,
+            parallel: 4,
+            batch: 512,
+            ubatch: 512,
+            queue_depth: 16,
+            chat_template: None,
+            gpu_layers: 0,
+        }
+    }
+}
+
+fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let de = toml::Deserializer::new(&text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let msg = inner.message().to_owned();
+        let at = inner
+            .span()
+            .map(|s| {
+                let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                format!(" (line {line})")
+            })
+            .unwrap_or_default();
+        if key.is_empty() || key == "." {
+            format!("{}{at}: {msg}", path.display())
+        } else {
+            format!("{}{at}: {key}: {msg}", path.display())
+        }
+    })
+}
+
+fn toml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+fn server_config(
+    gw: &raw::GatewayFile,
+    base: &Path,
+    file: &str,
+    opts: &LoadOptions,
+    errs: &mut Vec<String>,
+) -> ServerConfig {
+    let mut s = ServerConfig::default();
+    if let Some(l) = &gw.listen {
+        match l.parse() {
+            Ok(a) => s.listen = a,
+            Err(_) => errs.push(format!(
+                "{file}: listen: '{l}' is not an address like 127.0.0.1:8080"
+            )),
+        }
+    }
+    if let Some(l) = opts.listen {
+        s.listen = l;
+    }
+    if let Some(d) = &gw.data_dir {
+        s.data_dir = base.join(d);
+    }
+    if let Some(b) = gw.max_body_bytes {
+        if b < 1024 {
+            errs.push(format!(
+                "{file}: max_body_bytes: {b} is too small (at least 1024)"
+            ));
+        }
+        s.max_body_bytes = b;
+    }
+    if let Some(g) = gw.shutdown_grace_secs {
+        s.shutdown_grace = Duration::from_secs(g);
+    }
+    if let Some(k) = gw.keepalive_secs {
+        if k == 0 {
+            errs.push(format!("{file}: keepalive_secs: must be at least 1"));
+        }
+        s.keepalive = Duration::from_secs(k.max(1));
+    }
+    match gw.log.format.as_deref() {
+        None | Some("text") => {}
+        Some("json") => s.log_json = true,
+        Some(o) => errs.push(format!(
+            "{file}: log.format: '{o}' is not one of \"text\", \"json\""
+        )),
+    }
+    s.log_content = gw.log.content.unwrap_or(false);
+    s.cors_origins = gw.cors.allow_origins.clone();
+    s
+}
+
+/// `"${VAR}"` → the variable's value. Anything else is a literal.
+fn env_ref(value: &str) -> Option<&str> {
+    value.strip_prefix("${")?.strip_suffix('}')
+}
+
+/// A secret must be an environment reference; a literal is refused with how to fix it.
+fn secret(
+    value: &str,
+    file: &str,
+    key: &str,
+    env: Env<'_>,
+    errs: &mut Vec<String>,
+) -> Option<Secret> {
+    match env_ref(value) {
+        Some(var) => match env(var) {
+            Some(v) if !v.is_empty() => Some(Secret(v)),
+            _ => {
+                errs.push(format!(
+                    "{file}: {key}: the environment variable {var} is not set"
+                ));
+                None
+            }
+        },
+        None => {
+            errs.push(format!(
+                "{file}: {key}: a literal secret is not allowed in a config file; export it as an \
+                 environment variable (e.g. TOLLGATE_SECRET=...) and write {key} = \"${{TOLLGATE_SECRET}}\""
+            ));
+            None
+        }
+    }
+}
+
+/// A non-secret value that may still come from the environment (paths, URLs).
+fn plain(
+    value: &str,
+    file: &str,
+    key: &str,
+    env: Env<'_>,
+    errs: &mut Vec<String>,
+) -> Option<String> {
+    match env_ref(value) {
+        Some(var) => match env(var) {
+            Some(v) => Some(v),
+            None => {
+                errs.push(format!(
+                    "{file}: {key}: the environment variable {var} is not set"
+                ));
+                None
+            }
+        },
+        None => Some(value.to_owned()),
+    }
+}
+
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+fn parse_sha256(hex_str: &str) -> Option<[u8; 32]> {
+    let v = hex::decode(hex_str.trim()).ok()?;
+    v.try_into().ok()
+}
+
+fn auth_config(a: &raw::AuthFile, file: &str, env: Env<'_>, errs: &mut Vec<String>) -> AuthConfig {
+    let mut out = AuthConfig {
+        open: a.open.unwrap_or(false),
+        ..Default::default()
+    };
+    match (&a.admin_key, &a.admin_key_sha256) {
+        (Some(_), Some(_)) => errs.push(format!(
+            "{file}: auth: give admin_key or admin_key_sha256, not both"
+        )),
+        (Some(k), None) => {
+            out.admin_key_sha256 =
+                secret(k, file, "auth.admin_key", env, errs).map(|s| sha256(s.0.as_bytes()))
+        }
+        (None, Some(h)) => match parse_sha256(h) {
+            Some(h) => out.admin_key_sha256 = Some(h),
+            None => errs.push(format!("{file}: auth.admin_key_sha256: not 64 hex digits")),
+        },
+        (None, None) => {}
+    }
+    let mut names = HashSet::new();
+    for (i, k) in a.keys.iter().enumerate() {
+        let key = format!("auth.keys[{i}]");
+        if !names.insert(k.name.clone()) {
+            errs.push(format!("{file}: {key}.name: '{}' is used twice", k.name));
+        }
+        let hash = match (&k.sha256, &k.key) {
+            (Some(h), None) => parse_sha256(h).or_else(|| {
+                errs.push(format!("{file}: {key}.sha256: not 64 hex digits"));
+                None
+            }),
+            (None, Some(v)) => {
+                secret(v, file, &format!("{key}.key"), env, errs).map(|s| sha256(s.0.as_bytes()))
+            }
+            _ => {
+                errs.push(format!("{file}: {key}: give exactly one of sha256 or key"));
+                None
+            }
+        };
+        if k.aliases.is_empty() {
+            errs.push(format!(
+                "{file}: {key}.aliases: list the aliases this key may call (\"*\" for all)"
+            ));
+        }
+        if let Some(sha256) = hash {
+            out.keys.push(ApiKeyConfig {
+                name: k.name.clone(),
+                sha256,
+                aliases: k.aliases.clone(),
+            });
+        }
+    }
+    out
+}
+
+fn alias_config(
+    a: raw::AliasFile,
+    i: usize,
+    file: &Path,
+    env: Env<'_>,
+    errs: &mut Vec<String>,
+) -> Option<AliasConfig> {
+    let f = file.display().to_string();
+    let at = format!("alias[{i}]");
+    let before = errs.len();
+    if a.name.is_empty() || a.name.contains(char::is_whitespace) {
+        errs.push(format!(
+            "{f}: {at}.name: '{}' must be non-empty without spaces",
+            a.name
+        ));
+    }
+    if a.deployment.is_empty() {
+        errs.push(format!(
+            "{f}: {at}: alias '{}' has no [[alias.deployment]]",
+            a.name
+        ));
+    }
+    let mut deployments = Vec::new();
+    for (j, d) in a.deployment.into_iter().enumerate() {
+        if let Some(d) = deployment_config(d, &format!("{at}.deployment[{j}]"), &f, file, env, errs)
+        {
+            deployments.push(d);
+        }
+    }
+    (errs.len() == before).then(|| AliasConfig {
+        name: a.name,
+        description: a.description,
+        file: file.to_path_buf(),
+        deployments,
+    })
+}
+
+fn deployment_config(
+    d: raw::DeploymentFile,
+    at: &str,
+    f: &str,
+    file: &Path,
+    env: Env<'_>,
+    errs: &mut Vec<String>,
+) -> Option<DeploymentConfig> {
+    let before = errs.len();
+    let mut out = DeploymentConfig {
+        name: d.name.clone(),
+        ..DeploymentConfig::defaults()
+    };
+    let ms = |v: Option<u64>, default: Duration| v.map(Duration::from_millis).unwrap_or(default);
+    out.connect_timeout = ms(d.connect_timeout_ms, out.connect_timeout);
+    out.first_token_timeout = ms(d.first_token_timeout_ms, out.first_token_timeout);
+    out.stall_timeout = ms(d.stall_timeout_ms, out.stall_timeout);
+    out.max_retries = d.max_retries.unwrap_or(out.max_retries);
+    out.weight = d.weight.unwrap_or(1);
+    out.embeddings = d.embeddings.unwrap_or(false);
+    if let Some(c) = d.max_concurrency {
+        if c == 0 {
+            errs.push(format!("{f}: {at}.max_concurrency: must be at least 1"));
+        }
+        out.max_concurrency = c;
+    }
+    let local_only = [
+        ("path", d.path.is_some()),
+        ("context", d.context.is_some()),
+        ("threads", d.threads.is_some()),
+        ("parallel", d.parallel.is_some()),
+        ("batch", d.batch.is_some()),
+        ("ubatch", d.ubatch.is_some()),
+        ("queue_depth", d.queue_depth.is_some()),
+        ("chat_template", d.chat_template.is_some()),
+        ("gpu_layers", d.gpu_layers.is_some()),
+    ];
+    let remote_only = [
+        ("base_url", d.base_url.is_some()),
+        ("model", d.model.is_some()),
+        ("api_key", d.api_key.is_some()),
+        ("max_tokens_field", d.max_tokens_field.is_some()),
+        ("headers", !d.headers.is_empty()),
+    ];
+    let misplaced = |fields: &[(&str, bool)], kind: &str, errs: &mut Vec<String>| {
+        for (name, set) in fields {
+            if *set {
+                errs.push(format!(
+                    "{f}: {at}.{name}: not a setting of kind = \"{kind}\""
+                ));
+            }
+        }
+    };
+    match d.kind.as_str() {
+        "openai" | "ollama" => {
+            misplaced(&local_only, &d.kind, errs);
+            let base_url = match &d.base_url {
+                Some(u) => plain(u, f, &format!("{at}.base_url"), env, errs),
+                None => {
+                    errs.push(format!(
+                        "{f}: {at}.base_url: required for kind = \"{}\"",
+                        d.kind
+                    ));
+                    None
+                }
+            };
+            if let Some(u) = &base_url {
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    errs.push(format!(
+                        "{f}: {at}.base_url: '{u}' is not an http:// or https:// URL"
+                    ));
+                }
+            }
+            let model = d.model.clone().unwrap_or_else(|| {
+                errs.push(format!(
+                    "{f}: {at}.model: required (the upstream's model name)"
+                ));
+                String::new()
+            });
+            let api_key = d
+                .api_key
+                .as_deref()
+                .and_then(|k| secret(k, f, &format!("{at}.api_key"), env, errs));
+            let max_tokens_field = d
+                .max_tokens_field
+                .clone()
+                .unwrap_or_else(|| "max_tokens".into());
+            if !matches!(
+                max_tokens_field.as_str(),
+                "max_tokens" | "max_completion_tokens"
+            ) {
+                errs.push(format!("{f}: {at}.max_tokens_field: must be \"max_tokens\" or \"max_completion_tokens\""));
+            }
+            let headers = d
+                .headers
+                .iter()
+                .filter_map(|(k, v)| {
+                    let v = match env_ref(v) {
+                        Some(_) => secret(v, f, &format!("{at}.headers.{k}"), env, errs)?,
+                        None => Secret(v.clone()),
+                    };
+                    Some((k.clone(), v))
+                })
+                .collect();
+            let remote = RemoteConfig {
+                base_url: base_url
+                    .unwrap_or_default()
+                    .trim_end_matches('/')
+                    .to_owned(),
+                model,
+                api_key,
+                max_tokens_field,
+                headers,
+            };
+            out.kind = if d.kind == "openai" {
+                DeploymentKind::OpenAi(remote)
+            } else {
+                DeploymentKind::Ollama(remote)
+            };
+        }
+        "local" => {
+            misplaced(&remote_only, "local", errs);
+            let path = match &d.path {
+                Some(p) => plain(p, f, &format!("{at}.path"), env, errs).map(|p| {
+                    let p = PathBuf::from(p);
+                    if p.is_relative() {
+                        file.parent()
+                            .and_then(Path::parent)
+                            .unwrap_or(Path::new("."))
+                            .join(p)
+                    } else {
+                        p
+                    }
+                }),
+                None => {
+                    errs.push(format!(
+                        "{f}: {at}.path: required for kind = \"local\" (the GGUF file)"
+                    ));
+                    None
+                }
+            };
+            let mut l = LocalConfig::for_path(path.unwrap_or_default());
+            l.context = d.context.unwrap_or(l.context);
+            l.threads = d.threads;
+            l.parallel = d.parallel.unwrap_or(l.parallel);
+            l.batch = d.batch.unwrap_or(l.batch);
+            l.ubatch = d.ubatch.unwrap_or(l.batch.min(l.ubatch));
+            l.queue_depth = d.queue_depth.unwrap_or(4 * l.parallel as usize);
+            l.chat_template = d.chat_template.clone();
+            l.gpu_layers = d.gpu_layers.unwrap_or(0);
+            for (name, v) in [
+                ("context", l.context),
+                ("parallel", l.parallel),
+                ("batch", l.batch),
+                ("ubatch", l.ubatch),
+            ] {
+                if v == 0 {
+                    errs.push(format!("{f}: {at}.{name}: must be at least 1"));
+                }
+            }
+            if l.context < 64 {
+                errs.push(format!(
+                    "{f}: {at}.context: {} is too small (at least 64)",
+                    l.context
+                ));
+            }
+            out.kind = DeploymentKind::Local(l);
+        }
+        other => errs.push(format!(
+            "{f}: {at}.kind: '{other}' is not one of \"openai\", \"ollama\", \"local\""
+        )),
+    }
+    (errs.len() == before).then_some(out)
+}
+
+/// `prompts/NAME.txt` or `prompts/NAME@VERSION.txt` (or `.md`): named system prompts.
+fn load_prompts(dir: &Path, errs: &mut Vec<String>) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let Some(ext) = p.extension().and_then(|x| x.to_str()) else {
+            continue;
+        };
+        if !matches!(ext, "txt" | "md") {
+            continue;
+        }
+        let Some(stem) = p.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        if stem.eq_ignore_ascii_case("readme") {
+            continue;
+        }
+        match std::fs::read_to_string(&p) {
+            Ok(t) => {
+                out.insert(stem.to_owned(), t);
+            }
+            Err(err) => errs.push(format!("{}: cannot read: {err}", p.display())),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,595 @@
+//! The embedded llama.cpp engine: the `local` deployment kind.
+//!
+//! [`LocalBackend`] is the async side: it validates what the engine can honour (a 400
+//! naming any parameter it cannot, never a silent ignore), renders the chat template,
+//! tokenizes, checks the context, and hands a job to the engine thread ([`worker`])
+//! through a bounded two-priority queue. When every slot is busy and the queue is at its
+//! bound, the engine is full and the router falls back to the alias's next deployment.
+//! Events from the thread become OpenAI chunks, or one body for a non-streamed request.
+
+pub mod model_info;
+pub mod text;
+pub mod worker;
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+
+use crate::api::error::ApiError;
+use crate::backend::{Backend, BackendError, BackendReply, BackendRequest, Chunk};
+use crate::config::{DeploymentConfig, LocalConfig};
+use crate::protocol::{Endpoint, Prompt, Usage, ValidRequest};
+use model_info::ModelInfo;
+use worker::{EngineSettings, Event, GenParams, Job, Queue, Timings};
+
+/// llama.cpp's backend, initialised once per process with ggml's CPU variants loaded.
+pub fn llama_backend() -> Result<&'static LlamaBackend, String> {
+    static B: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+    B.get_or_init(|| {
+        llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+        let dir = backends_dir();
+        match &dir {
+            Some(d) => llama_cpp_2::llama_backend::load_backends_from_path(d),
+            None => tracing::warn!("no ggml backends directory found; set TOLLGATE_GGML_BACKENDS"),
+        }
+        let devices = llama_cpp_2::list_llama_ggml_backend_devices();
+        tracing::info!(
+            dir = ?dir,
+            devices = ?devices.iter().map(|d| format!("{} ({})", d.name, d.description)).collect::<Vec<_>>(),
+            "ggml backends loaded"
+        );
+        LlamaBackend::init().map_err(|e| format!("cannot initialise llama.cpp: {e}"))
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
+
+/// Where ggml's CPU variants are: `$TOLLGATE_GGML_BACKENDS`, else `ggml-backends/` beside
+/// the executable (an installed layout), else the directory the build prepared.
+fn backends_dir() -> Option<std::path::PathBuf> {
+    if let Some(d) = std::env::var_os("TOLLGATE_GGML_BACKENDS") {
+        return Some(d.into());
+    }
+    if let Some(d) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|p| p.join("ggml-backends")))
+    {
+        if d.is_dir() {
+            return Some(d);
+        }
+    }
+    option_env!("TOLLGATE_BUILD_GGML_BACKENDS").map(Into::into)
+}
+
+pub struct LocalBackend {
+    name: String,
+    model: Arc<LlamaModel>,
+    template: LlamaChatTemplate,
+    queue: Arc<Queue>,
+    info: ModelInfo,
+    ctx_per_seq: u32,
+    embeddings: bool,
+}
+
+impl Drop for LocalBackend {
+    fn drop(&mut self) {
+        // The thread finishes what it runs and exits; the model is freed with the last Arc.
+        self.queue.close();
+    }
+}
+
+impl LocalBackend {
+    pub async fn start(
+        dep: &DeploymentConfig,
+        l: &LocalConfig,
+    ) -> Result<Arc<LocalBackend>, String> {
+        let backend = llama_backend()?;
+        let path = l.path.clone();
+        let size = model_info::precheck(&path)?;
+        let gpu_layers = l.gpu_layers;
+        let loaded = tokio::task::spawn_blocking(move || {
+            let sha =
+                model_info::sha256_cached(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
+            let model = LlamaModel::load_from_file(backend, &path, &params).map_err(|e| {
+                format!(
+                    "{}: llama.cpp could not load the model: {e}",
+                    path.display()
+                )
+            })?;
+            Ok::<_, String>((sha, model))
+        })
+        .await
+        .map_err(|e| format!("the model loader panicked: {e}"))??;
+        let (sha256, model) = loaded;
+        let model = Arc::new(model);
+        let arch = model
+            .meta_val_str("general.architecture")
+            .unwrap_or_else(|_| "unknown".into());
+        let (template, tpl_name, tpl_source) = match (&l.chat_template, model.chat_template(None)) {
+            (Some(name), _) => (
+                LlamaChatTemplate::new(name).map_err(|e| e.to_string())?,
+                name.clone(),
+                "config",
+            ),
+            (None, Ok(t)) => {
+                let shown = t
+                    .to_str()
+                    .map(|s| s.chars().take(80).collect())
+                    .unwrap_or_default();
+                (t, shown, "gguf")
+            }
+            (None, Err(_)) => {
+                let name = model_info::builtin_template_for(&arch);
+                tracing::info!(model = %l.path.display(), architecture = %arch, template = name, "the model has no chat template; using llama.cpp's built-in one for its architecture");
+                (
+                    LlamaChatTemplate::new(name).map_err(|e| e.to_string())?,
+                    name.to_owned(),
+                    "builtin",
+                )
+            }
+        };
+        let probe = [LlamaChatMessage::new("user".into(), "hi".into()).map_err(|e| e.to_string())?];
+        model
+            .apply_chat_template(&template, &probe, true)
+            .map_err(|e| {
+                format!(
+                    "{}: the chat template '{tpl_name}' cannot be applied: {e}",
+                    l.path.display()
+                )
+            })?;
+        let ctx_per_seq = l.context.min(model.n_ctx_train().max(64));
+        let info = ModelInfo {
+            path: l.path.display().to_string(),
+            sha256,
+            size_bytes: size,
+            architecture: arch,
+            name: model.meta_val_str("general.name").ok(),
+            quantization: model
+                .meta_val_str("general.file_type")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .map(model_info::file_type_name)
+                .unwrap_or_else(|| "unknown".into()),
+            parameters: model.n_params(),
+            context_trained: model.n_ctx_train(),
+            context: ctx_per_seq,
+            parallel: l.parallel,
+            chat_template: tpl_name,
+            chat_template_source: tpl_source,
+        };
+        let queue = Arc::new(Queue::new(l.queue_depth.max(1)));
+        let threads = l.threads.map(|t| t as i32).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as i32)
+                .unwrap_or(4)
+        });
+        let settings = EngineSettings {
+            name: dep.name.clone(),
+            ctx_per_seq,
+            parallel: l.parallel,
+            n_batch: l.batch,
+            n_ubatch: l.ubatch,
+            threads,
+        };
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (m, q) = (model.clone(), queue.clone());
+        std::thread::Builder::new()
+            .name(format!("engine-{}", dep.name))
+            .spawn(move || worker::run(backend, m, settings, q, ready_tx))
+            .map_err(|e| format!("cannot start the engine thread: {e}"))?;
+        ready_rx
+            .await
+            .map_err(|_| "the engine thread died while starting".to_owned())??;
+        tracing::info!(
+            deployment = %dep.name,
+            model = %info.path,
+            sha256 = %info.sha256,
+            architecture = %info.architecture,
+            quantization = %info.quantization,
+            parameters = info.parameters,
+            context_trained = info.context_trained,
+            context = info.context,
+            chat_template = %info.chat_template,
+            "model loaded"
+        );
+        Ok(Arc::new(LocalBackend {
+            name: dep.name.clone(),
+            model,
+            template,
+            queue,
+            info,
+            ctx_per_seq,
+            embeddings: dep.embeddings,
+        }))
+    }
+
+    pub fn info_ref(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Refuses what the engine cannot honour, naming the parameter.
+    fn check_supported(&self, req: &ValidRequest) -> Result<(), ApiError> {
+        if req.endpoint == Endpoint::Embeddings {
+            return Err(ApiError::invalid_request(
+                format!("The deployment '{}' does not serve embeddings.", self.name),
+                Some("model"),
+            ));
+        }
+        let b = &req.body;
+        let set = |k: &str| b.get(k).is_some_and(|v| !v.is_null());
+        for p in [
+            "tools",
+            "tool_choice",
+            "functions",
+            "function_call",
+            "logit_bias",
+            "top_logprobs",
+            "suffix",
+            "audio",
+            "modalities",
+            "prediction",
+        ] {
+            if set(p) {
+                return Err(ApiError::unsupported_param(p, "local engine"));
+            }
+        }
+        if b.get("logprobs")
+            .is_some_and(|v| v.as_bool() == Some(true) || v.as_u64().is_some_and(|n| n > 0))
+        {
+            return Err(ApiError::unsupported_param("logprobs", "local engine"));
+        }
+        if b.get("echo").and_then(Value::as_bool) == Some(true) {
+            return Err(ApiError::unsupported_param("echo", "local engine"));
+        }
+        if b.get("best_of")
+            .and_then(Value::as_u64)
+            .is_some_and(|n| n > 1)
+        {
+            return Err(ApiError::unsupported_param("best_of", "local engine"));
+        }
+        if let Some(rf) = b.get("response_format").filter(|v| !v.is_null()) {
+            if rf.get("type").and_then(Value::as_str) != Some("text") {
+                return Err(ApiError::unsupported_param(
+                    "response_format",
+                    "local engine",
+                ));
+            }
+        }
+        if req.sampling.n > 1 {
+            return Err(ApiError::invalid_request(
+                "The local engine generates one choice per request: 'n' must be 1.",
+                Some("n"),
+            )
+            .with_code("unsupported_parameter"));
+        }
+        Ok(())
+    }
+
+    fn render(&self, req: &ValidRequest) -> Result<String, ApiError> {
+        match &req.prompt {
+            Prompt::Text(t) => Ok(t.clone()),
+            Prompt::Chat(msgs) => {
+                let chat = msgs
+                    .iter()
+                    .map(|m| {
+                        let role = match m.role.as_str() {
+                            "developer" => "system",
+                            "tool" | "function" => "user",
+                            r => r,
+                        };
+                        LlamaChatMessage::new(role.to_owned(), m.content.clone())
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| {
+                        ApiError::invalid_request(
+                            "A message contains a NUL character.",
+                            Some("messages"),
+                        )
+                    })?;
+                self.model
+                    .apply_chat_template(&self.template, &chat, true)
+                    .map_err(|e| {
+                        ApiError::internal(format!("The chat template could not be applied: {e}"))
+                    })
+            }
+            Prompt::Embed(_) => Err(ApiError::invalid_request(
+                "Embeddings are not served here.",
+                Some("input"),
+            )),
+        }
+    }
+
+    fn params(&self, req: &ValidRequest, prompt_len: usize) -> GenParams {
+        let s = &req.sampling;
+        let room = (self.ctx_per_seq as usize).saturating_sub(prompt_len) as u32;
+        GenParams {
+            temperature: s.temperature.unwrap_or(1.0) as f32,
+            top_p: s.top_p.unwrap_or(1.0) as f32,
+            top_k: s.top_k.unwrap_or(0).max(0) as i32,
+            min_p: s.min_p.unwrap_or(0.0) as f32,
+            presence_penalty: s.presence_penalty.unwrap_or(0.0) as f32,
+            frequency_penalty: s.frequency_penalty.unwrap_or(0.0) as f32,
+            repetition_penalty: s.repetition_penalty.unwrap_or(1.0) as f32,
+            seed: match s.seed {
+                // 0xFFFFFFFF asks llama.cpp for a random seed; keep a given seed fixed.
+                Some(v) => (v as u64 & 0xFFFF_FFFF).min(0xFFFF_FFFE) as u32,
+                None => rand::random::<u32>() & 0x7FFF_FFFF,
+            },
+            max_tokens: s.max_tokens.unwrap_or(room).min(room.max(1)),
+            stops: s.stop.clone(),
+        }
+    }
+}
+
+impl Backend for LocalBackend {
+    fn call(&self, br: BackendRequest) -> BoxFuture<'static, Result<BackendReply, BackendError>> {
+        let prepared = (|| {
+            let req = &br.req;
+            self.check_supported(req).map_err(BackendError::Rejected)?;
+            let text = self.render(req).map_err(BackendError::Rejected)?;
+            let tokens = self.model.vocab().tokenize(text.as_bytes(), true, true);
+            if tokens.is_empty() {
+                return Err(BackendError::Rejected(ApiError::invalid_request(
+                    "The prompt is empty.",
+                    Some("prompt"),
+                )));
+            }
+            if tokens.len() >= self.ctx_per_seq as usize {
+                let param = if req.endpoint == Endpoint::Chat {
+                    "messages"
+                } else {
+                    "prompt"
+                };
+                return Err(BackendError::Rejected(
+                    ApiError::invalid_request(
+                        format!(
+                            "This model's maximum context length is {} tokens. However, your prompt is {} tokens, \
+                             which leaves no room for the completion.",
+                            self.ctx_per_seq,
+                            tokens.len()
+                        ),
+                        Some(param),
+                    )
+                    .with_code("context_length_exceeded"),
+                ));
+            }
+            let params = self.params(req, tokens.len());
+            let (tx, rx) = mpsc::unbounded_channel();
+            let job = Job {
+                tokens,
+                params,
+                tx,
+                enqueued: Instant::now(),
+            };
+            self.queue
+                .try_push(job, br.priority)
+                .map_err(|_| BackendError::Full)?;
+            Ok(rx)
+        })();
+        let shape = Shape {
+            endpoint: br.req.endpoint,
+            id: format!(
+                "{}{}",
+                if br.req.endpoint == Endpoint::Chat {
+                    "chatcmpl-"
+                } else {
+                    "cmpl-"
+                },
+                uuid::Uuid::new_v4().simple()
+            ),
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            model: self.name.clone(),
+            fingerprint: format!(
+                "tollgate-{}",
+                &self.info.sha256[..12.min(self.info.sha256.len())]
+            ),
+        };
+        let stream = br.req.stream;
+        async move {
+            let rx = prepared?;
+            if stream {
+                Ok(BackendReply::Stream(chunks(shape, rx)))
+            } else {
+                full(shape, rx).await
+            }
+        }
+        .boxed()
+    }
+
+    fn health(&self) -> BoxFuture<'static, Result<(), String>> {
+        let ok = self.queue.is_open();
+        async move {
+            if ok {
+                Ok(())
+            } else {
+                Err("the engine has stopped".into())
+            }
+        }
+        .boxed()
+    }
+
+    fn info(&self) -> Option<Value> {
+        serde_json::to_value(&self.info).ok().map(|mut v| {
+            v["waiting"] = self.queue.waiting().into();
+            v["embeddings"] = self.embeddings.into();
+            v
+        })
+    }
+}
+
+/// What every chunk or body of one response shares.
+struct Shape {
+    endpoint: Endpoint,
+    id: String,
+    created: u64,
+    model: String,
+    fingerprint: String,
+}
+
+impl Shape {
+    fn chunk(&self, choice: Value) -> Chunk {
+        let mut o = Map::new();
+        o.insert("id".into(), Value::String(self.id.clone()));
+        let object = if self.endpoint == Endpoint::Chat {
+            "chat.completion.chunk"
+        } else {
+            "text_completion"
+        };
+        o.insert("object".into(), object.into());
+        o.insert("created".into(), self.created.into());
+        o.insert("model".into(), Value::String(self.model.clone()));
+        o.insert(
+            "system_fingerprint".into(),
+            Value::String(self.fingerprint.clone()),
+        );
+        o.insert(
+            "choices".into(),
+            Value::Array(if choice.is_null() {
+                vec![]
+            } else {
+                vec![choice]
+            }),
+        );
+        o
+    }
+
+    fn text_choice(&self, text: &str, finish: Option<&str>) -> Value {
+        match self.endpoint {
+            Endpoint::Chat => {
+                let delta = if finish.is_some() && text.is_empty() {
+                    json!({})
+                } else {
+                    json!({ "content": text })
+                };
+                json!({ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish })
+            }
+            _ => json!({ "text": text, "index": 0, "logprobs": null, "finish_reason": finish }),
+        }
+    }
+}
+
+fn usage(prompt: u64, completion: u64, cached: u64) -> Usage {
+    Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        total_tokens: prompt + completion,
+        cached_tokens: Some(cached),
+    }
+}
+
+/// llama-server's `timings` object.
+fn timings_json(t: &Timings) -> Value {
+    let per = |ms: f64, n: u64| if n > 0 { ms / n as f64 } else { 0.0 };
+    let rate = |ms: f64, n: u64| {
+        if ms > 0.0 {
+            n as f64 * 1000.0 / ms
+        } else {
+            0.0
+        }
+    };
+    json!({
+        "cache_n": t.cache_n,
+        "prompt_n": t.prompt_n,
+        "prompt_ms": t.prompt_ms,
+        "prompt_per_token_ms": per(t.prompt_ms, t.prompt_n),
+        "prompt_per_second": rate(t.prompt_ms, t.prompt_n),
+        "predicted_n": t.predicted_n,
+        "predicted_ms": t.predicted_ms,
+        "predicted_per_token_ms": per(t.predicted_ms, t.predicted_n),
+        "predicted_per_second": rate(t.predicted_ms, t.predicted_n),
+        "queued_ms": t.queued_ms,
+    })
+}
+
+fn chunks(shape: Shape, rx: mpsc::UnboundedReceiver<Event>) -> crate::backend::EventStream {
+    let first = (shape.endpoint == Endpoint::Chat).then(|| {
+        Ok(shape.chunk(json!({ "index": 0, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null })))
+    });
+    let shape = Arc::new(shape);
+    let events = tokio_stream_from(rx).flat_map(move |ev| {
+        let out: Vec<Result<Chunk, BackendError>> = match ev {
+            Event::Text(t) => vec![Ok(shape.chunk(shape.text_choice(&t, None)))],
+            Event::Done {
+                finish,
+                prompt_tokens,
+                completion_tokens,
+                timings,
+            } => {
+                let mut last = shape.chunk(shape.text_choice("", Some(finish)));
+                last.insert("timings".into(), timings_json(&timings));
+                let mut u = shape.chunk(Value::Null);
+                u.insert(
+                    "usage".into(),
+                    usage(prompt_tokens, completion_tokens, timings.cache_n).to_json(),
+                );
+                vec![Ok(last), Ok(u)]
+            }
+            Event::Error(e) => vec![Err(BackendError::Internal(e))],
+        };
+        futures::stream::iter(out)
+    });
+    futures::stream::iter(first).chain(events).boxed()
+}
+
+fn tokio_stream_from(mut rx: mpsc::UnboundedReceiver<Event>) -> impl futures::Stream<Item = Event> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn full(
+    shape: Shape,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+) -> Result<BackendReply, BackendError> {
+    let mut text = String::new();
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            Event::Text(t) => text.push_str(&t),
+            Event::Error(e) => return Err(BackendError::Internal(e)),
+            Event::Done {
+                finish,
+                prompt_tokens,
+                completion_tokens,
+                timings,
+            } => {
+                let u = usage(prompt_tokens, completion_tokens, timings.cache_n);
+                let choice = match shape.endpoint {
+                    Endpoint::Chat => json!({
+                        "index": 0,
+                        "message": { "role": "assistant", "content": text },
+                        "logprobs": null,
+                        "finish_reason": finish,
+                    }),
+                    _ => {
+                        json!({ "text": text, "index": 0, "logprobs": null, "finish_reason": finish })
+                    }
+                };
+                let mut body = shape.chunk(choice);
+                let object = if shape.endpoint == Endpoint::Chat {
+                    "chat.completion"
+                } else {
+                    "text_completion"
+                };
+                body.insert("object".into(), object.into());
+                body.insert("usage".into(), u.to_json());
+                body.insert("timings".into(), timings_json(&timings));
+                return Ok(BackendReply::Full {
+                    body,
+                    usage: Some(u),
+                });
+            }
+        }
+    }
+    Err(BackendError::Internal(
+        "the engine stopped before the request finished".into(),
+    ))
+}

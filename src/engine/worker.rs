@@ -1,0 +1,399 @@
+//! The engine thread: one named OS thread per loaded model owns the llama.cpp context and
+//! runs continuous batching over a fixed set of sequence slots.
+//!
+//! Each step:
+//! 1. drops sequences whose client is gone (their reply channel is closed) and frees their
+//!    KV cells;
+//! 2. admits waiting jobs into free slots, interactive before batch;
+//! 3. builds one batch: one token for every decoding sequence first, then prompt tokens of
+//!    prefilling sequences, oldest first, up to `n_batch` tokens in all (chunked prefill: a
+//!    long prompt takes several steps, so running streams keep flowing);
+//! 4. decodes it; a decode failure fails the sequences in that batch, never the process;
+//! 5. samples one token for every sequence that produced logits, turns it into text
+//!    (UTF-8 and stop strings handled by [`TextStream`]) and sends it; finished sequences
+//!    free their slot.
+//!
+//! When no sequence is active and nothing waits, the thread sleeps on the queue's condvar.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::text::TextStream;
+use crate::backend::Priority;
+
+/// Sampling settings as the engine applies them.
+#[derive(Clone, Debug)]
+pub struct GenParams {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: i32,
+    pub min_p: f32,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    pub repetition_penalty: f32,
+    pub seed: u32,
+    pub max_tokens: u32,
+    pub stops: Vec<String>,
+}
+
+pub struct Job {
+    pub tokens: Vec<LlamaToken>,
+    pub params: GenParams,
+    pub tx: UnboundedSender<Event>,
+    pub enqueued: Instant,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Timings {
+    pub queued_ms: f64,
+    pub cache_n: u64,
+    pub prompt_n: u64,
+    pub prompt_ms: f64,
+    pub predicted_n: u64,
+    pub predicted_ms: f64,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Text(String),
+    Done {
+        finish: &'static str,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+        timings: Timings,
+    },
+    Error(String),
+}
+
+/// The bounded two-priority wait queue between the async side and the engine thread.
+pub struct Queue {
+    state: Mutex<QueueState>,
+    cv: Condvar,
+}
+
+struct QueueState {
+    interactive: VecDeque<Job>,
+    batch: VecDeque<Job>,
+    depth: usize,
+    closed: bool,
+}
+
+impl Queue {
+    pub fn new(depth: usize) -> Self {
+        Queue {
+            state: Mutex::new(QueueState {
+                interactive: VecDeque::new(),
+                batch: VecDeque::new(),
+                depth,
+                closed: false,
+            }),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Enqueues unless the queue is at its bound (the engine is then full) or closed.
+    pub fn try_push(&self, job: Job, prio: Priority) -> Result<(), Job> {
+        let mut st = self.lock();
+        if st.closed || st.interactive.len() + st.batch.len() >= st.depth {
+            return Err(job);
+        }
+        match prio {
+            Priority::Interactive => st.interactive.push_back(job),
+            Priority::Batch => st.batch.push_back(job),
+        }
+        drop(st);
+        self.cv.notify_one();
+        Ok(())
+    }
+
+    pub fn waiting(&self) -> usize {
+        let st = self.lock();
+        st.interactive.len() + st.batch.len()
+    }
+
+    pub fn is_open(&self) -> bool {
+        !self.lock().closed
+    }
+
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.cv.notify_all();
+    }
+}
+
+pub struct EngineSettings {
+    pub name: String,
+    pub ctx_per_seq: u32,
+    pub parallel: u32,
+    pub n_batch: u32,
+    pub n_ubatch: u32,
+    pub threads: i32,
+}
+
+struct Seq {
+    job: Job,
+    sampler: LlamaSampler,
+    text: TextStream,
+    /// Tokens in this sequence's KV cache.
+    n_past: usize,
+    /// Prompt tokens added to batches so far.
+    prefilled: usize,
+    /// The token sampled last step, to be decoded this step.
+    next: Option<LlamaToken>,
+    /// Index in the current batch whose logits this sequence samples from.
+    logits_at: Option<i32>,
+    generated: u32,
+    admitted: Instant,
+    first_token: Option<Instant>,
+}
+
+/// Creates the context and runs the loop until the queue closes. `ready` reports whether
+/// the context could be created.
+pub fn run(
+    backend: &'static LlamaBackend,
+    model: Arc<LlamaModel>,
+    set: EngineSettings,
+    queue: Arc<Queue>,
+    ready: tokio::sync::oneshot::Sender<Result<(), String>>,
+) {
+    let n_ctx = set.ctx_per_seq.saturating_mul(set.parallel);
+    let params = LlamaContextParams::default()
+        .with_n_ctx(std::num::NonZeroU32::new(n_ctx))
+        .with_n_batch(set.n_batch)
+        .with_n_ubatch(set.n_ubatch.min(set.n_batch))
+        .with_n_seq_max(set.parallel)
+        .with_n_threads(set.threads)
+        .with_n_threads_batch(set.threads)
+        .with_kv_unified(true);
+    let mut ctx = match model.new_context(backend, params) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(format!(
+                "cannot create a llama.cpp context of {n_ctx} tokens for {} sequences: {e} (too little memory?)",
+                set.parallel
+            )));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    tracing::info!(engine = %set.name, n_ctx, parallel = set.parallel, n_batch = set.n_batch, "engine thread ready");
+    let mut batch = LlamaBatch::new(set.n_batch as usize, 1);
+    let mut slots: Vec<Option<Seq>> = (0..set.parallel).map(|_| None).collect();
+    let n_vocab = model.n_vocab();
+    loop {
+        // 1. Clients gone: free their slots.
+        for (i, slot) in slots.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(|s| s.job.tx.is_closed()) {
+                *slot = None;
+                free_seq(&mut ctx, i);
+            }
+        }
+        // 2. Admit, or sleep when idle.
+        {
+            let mut q = queue.lock();
+            loop {
+                let free = slots.iter().position(Option::is_none);
+                let Some(free) = free else { break };
+                let Some(job) = q.interactive.pop_front().or_else(|| q.batch.pop_front()) else {
+                    break;
+                };
+                if job.tx.is_closed() {
+                    continue;
+                }
+                free_seq(&mut ctx, free);
+                slots[free] = Some(Seq {
+                    sampler: sampler(&job.params, n_vocab),
+                    text: TextStream::new(job.params.stops.clone()),
+                    job,
+                    n_past: 0,
+                    prefilled: 0,
+                    next: None,
+                    logits_at: None,
+                    generated: 0,
+                    admitted: Instant::now(),
+                    first_token: None,
+                });
+            }
+            if slots.iter().all(Option::is_none) {
+                if q.closed {
+                    break;
+                }
+                drop(queue.cv.wait(q).unwrap_or_else(|p| p.into_inner()));
+                continue;
+            }
+        }
+        // 3. One batch: decode tokens first, then prompt chunks.
+        batch.clear();
+        let mut overflow = false;
+        for (i, s) in slots.iter_mut().enumerate() {
+            let Some(s) = s else { continue };
+            s.logits_at = None;
+            if let Some(t) = s.next.take() {
+                overflow |= batch.add(t, s.n_past as i32, &[i as i32], true).is_err();
+                s.n_past += 1;
+                s.logits_at = Some(batch.n_tokens() - 1);
+            }
+        }
+        let mut budget = (set.n_batch as i32 - batch.n_tokens()).max(0) as usize;
+        let mut order: Vec<usize> = (0..slots.len())
+            .filter(|&i| {
+                slots[i]
+                    .as_ref()
+                    .is_some_and(|s| s.prefilled < s.job.tokens.len())
+            })
+            .collect();
+        order.sort_by_key(|&i| slots[i].as_ref().map(|s| s.admitted));
+        for i in order {
+            let Some(s) = slots[i].as_mut() else { continue };
+            if budget == 0 {
+                break;
+            }
+            let take = budget.min(s.job.tokens.len() - s.prefilled);
+            for k in 0..take {
+                let idx = s.prefilled + k;
+                let last = idx + 1 == s.job.tokens.len();
+                overflow |= batch
+                    .add(s.job.tokens[idx], s.n_past as i32, &[i as i32], last)
+                    .is_err();
+                s.n_past += 1;
+                if last {
+                    s.logits_at = Some(batch.n_tokens() - 1);
+                }
+            }
+            s.prefilled += take;
+            budget -= take;
+        }
+        if batch.n_tokens() == 0 {
+            continue;
+        }
+        // 4. Decode; a failure fails the sequences in this batch.
+        let res = if overflow {
+            Err("the batch overflowed".to_owned())
+        } else {
+            ctx.decode(&mut batch).map_err(|e| e.to_string())
+        };
+        if let Err(e) = res {
+            tracing::error!(engine = %set.name, error = %e, "decode failed; failing the requests in this batch");
+            for (i, slot) in slots.iter_mut().enumerate() {
+                if let Some(s) = slot.take() {
+                    let _ = s
+                        .job
+                        .tx
+                        .send(Event::Error(format!("the engine failed to decode: {e}")));
+                    free_seq(&mut ctx, i);
+                }
+            }
+            continue;
+        }
+        // 5. Sample and emit.
+        let vocab = model.vocab();
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let Some(s) = slot.as_mut() else { continue };
+            let Some(at) = s.logits_at else { continue };
+            let token = s.sampler.sample(&ctx, at);
+            let now = Instant::now();
+            s.first_token.get_or_insert(now);
+            let mut finish = None;
+            if vocab.is_eog(token) {
+                finish = Some("stop");
+            } else {
+                s.generated += 1;
+                let bytes = vocab.token_to_piece(token, false, None);
+                let piece = s.text.push(&bytes);
+                if !piece.text.is_empty() && s.job.tx.send(Event::Text(piece.text)).is_err() {
+                    *slot = None;
+                    free_seq(&mut ctx, i);
+                    continue;
+                }
+                if piece.stopped {
+                    finish = Some("stop");
+                } else if s.generated >= s.job.params.max_tokens
+                    || s.n_past + 1 >= set.ctx_per_seq as usize
+                {
+                    finish = Some("length");
+                } else {
+                    s.next = Some(token);
+                }
+            }
+            if let Some(reason) = finish {
+                if let Some(mut s) = slot.take() {
+                    // After a stop string nothing is held; after EOG or the length limit,
+                    // text held for a possible stop string is released.
+                    let rest = s.text.finish();
+                    if !rest.is_empty() {
+                        let _ = s.job.tx.send(Event::Text(rest));
+                    }
+                    let first = s.first_token.unwrap_or(now);
+                    let timings = Timings {
+                        queued_ms: ms(s.admitted.duration_since(s.job.enqueued)),
+                        cache_n: 0,
+                        prompt_n: s.job.tokens.len() as u64,
+                        prompt_ms: ms(first.duration_since(s.admitted)),
+                        predicted_n: u64::from(s.generated),
+                        predicted_ms: ms(now.duration_since(first)),
+                    };
+                    let _ = s.job.tx.send(Event::Done {
+                        finish: reason,
+                        prompt_tokens: s.job.tokens.len() as u64,
+                        completion_tokens: u64::from(s.generated),
+                        timings,
+                    });
+                    free_seq(&mut ctx, i);
+                }
+            }
+        }
+    }
+    queue.close();
+    tracing::info!(engine = %set.name, "engine thread stopped");
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn free_seq(ctx: &mut LlamaContext<'_>, i: usize) {
+    let _ = ctx.clear_kv_cache_seq(Some(i as u32), None, None);
+}
+
+fn sampler(p: &GenParams, n_vocab: i32) -> LlamaSampler {
+    let mut chain = Vec::new();
+    if p.repetition_penalty != 1.0 || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
+        chain.push(LlamaSampler::penalties(
+            n_vocab,
+            64,
+            p.repetition_penalty,
+            p.frequency_penalty,
+            p.presence_penalty,
+        ));
+    }
+    if p.temperature <= 0.0 {
+        chain.push(LlamaSampler::greedy());
+    } else {
+        if p.top_k > 0 {
+            chain.push(LlamaSampler::top_k(p.top_k));
+        }
+        if p.top_p < 1.0 {
+            chain.push(LlamaSampler::top_p(p.top_p, 1));
+        }
+        if p.min_p > 0.0 {
+            chain.push(LlamaSampler::min_p(p.min_p, 1));
+        }
+        chain.push(LlamaSampler::temp(p.temperature));
+        chain.push(LlamaSampler::dist(p.seed));
+    }
+    LlamaSampler::chain_simple(chain)
+}

@@ -1,0 +1,15 @@
+//! tollgate: an LLM inference gateway. See `README.md` for use and `../shared/design.md`
+//! for the map; each module's header says what it owns.
+
+pub mod accounting;
+pub mod api;
+pub mod backend;
+pub mod cli;
+pub mod config;
+pub mod deploy;
+#[cfg(feature = "engine")]
+pub mod engine;
+pub mod logging;
+pub mod protocol;
+pub mod router;
+pub mod server;

