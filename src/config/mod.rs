@@ -220,7 +220,11 @@ pub fn load_with_env(opts: &LoadOptions, env: Env<'_>) -> Result<Config, ConfigE
     let gfile = gateway_path.display().to_string();
 
     let server = server_config(&gw, &base, &gfile, opts, &mut errs);
-    let auth = auth_config(&gw.auth, &gfile, env, &mut errs);
+    let mut auth = auth_config(&gw.auth, &gfile, env, &mut errs);
+    if source.is_none() {
+        // No gateway file: a local, zero-config start. Said loudly at start.
+        auth.open = true;
+    }
 
     let mut aliases = Vec::new();
     // The routes directory is read when a gateway file names it, or by default beside it;

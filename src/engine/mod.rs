@@ -422,6 +422,7 @@ impl Backend for LocalBackend {
     fn info(&self) -> Option<Value> {
         serde_json::to_value(&self.info).ok().map(|mut v| {
             v["waiting"] = self.queue.waiting().into();
+            v["active"] = self.queue.active().into();
             v["embeddings"] = self.embeddings.into();
             v
         })

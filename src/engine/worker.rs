@@ -16,6 +16,7 @@
 //! When no sequence is active and nothing waits, the thread sleeps on the queue's condvar.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
@@ -79,6 +80,8 @@ pub enum Event {
 pub struct Queue {
     state: Mutex<QueueState>,
     cv: Condvar,
+    /// Occupied sequence slots, as of the engine's last step.
+    active: AtomicUsize,
 }
 
 struct QueueState {
@@ -98,6 +101,7 @@ impl Queue {
                 closed: false,
             }),
             cv: Condvar::new(),
+            active: AtomicUsize::new(0),
         }
     }
 
@@ -118,6 +122,10 @@ impl Queue {
         drop(st);
         self.cv.notify_one();
         Ok(())
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
     }
 
     pub fn waiting(&self) -> usize {
@@ -228,6 +236,10 @@ pub fn run(
                     first_token: None,
                 });
             }
+            queue.active.store(
+                slots.iter().filter(|s| s.is_some()).count(),
+                Ordering::Relaxed,
+            );
             if slots.iter().all(Option::is_none) {
                 if q.closed {
                     break;

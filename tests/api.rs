@@ -1,0 +1,314 @@
+//! Bad input and authentication: every error is OpenAI-shaped with the status the SDKs map.
+
+mod common;
+
+use common::fake::{Fake, Reply};
+use common::{openai_route, Gateway};
+use serde_json::{json, Value};
+
+const KEYS: &str = "[auth]\nadmin_key = \"${ADMIN}\"\n[[auth.keys]]\nname = \"team-a\"\nkey = \"${KEY_A}\"\naliases = [\"chat\"]\n[[auth.keys]]\nname = \"team-b\"\nkey = \"${KEY_B}\"\naliases = [\"other\"]\n";
+
+async fn gateway(extra_gateway: &str) -> (Fake, Gateway) {
+    let fake = Fake::start(vec![]).await;
+    fake.set_default(Reply::Fixture("chat"));
+    let gw = Gateway::start_env(
+        &format!("max_body_bytes = 2048\n{extra_gateway}{KEYS}"),
+        &[
+            ("a.toml", &openai_route("chat", "up", &fake.base(), "m", "")),
+            (
+                "b.toml",
+                &openai_route("other", "up2", &fake.base(), "m", ""),
+            ),
+        ],
+        &[
+            ("ADMIN", "admin-secret"),
+            ("KEY_A", "key-a"),
+            ("KEY_B", "key-b"),
+        ],
+    )
+    .await;
+    (fake, gw)
+}
+
+fn assert_openai_error(v: &Value) {
+    let e = v["error"]
+        .as_object()
+        .unwrap_or_else(|| panic!("not an OpenAI error: {v}"));
+    assert!(e["message"].is_string() && !e["message"].as_str().unwrap().is_empty());
+    assert!(e["type"].is_string());
+    assert!(e.contains_key("param") && e.contains_key("code"), "{v}");
+    assert!(e["code"].is_string() || e["code"].is_null());
+}
+
+async fn send(
+    gw: &Gateway,
+    method: reqwest::Method,
+    path: &str,
+    key: Option<&str>,
+    body: Option<String>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut rb = reqwest::Client::new().request(method, gw.url(path));
+    if let Some(k) = key {
+        rb = rb.bearer_auth(k);
+    }
+    if let Some(b) = body {
+        rb = rb.header("content-type", "application/json").body(b);
+    }
+    let r = rb.send().await.unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json"),
+        "{path}: {headers:?}"
+    );
+    let v: Value = r.json().await.unwrap();
+    assert_openai_error(&v);
+    (status, v, headers)
+}
+
+#[tokio::test]
+async fn bad_requests_are_400s_naming_the_parameter() {
+    let (fake, gw) = gateway("").await;
+    let post = reqwest::Method::POST;
+    let ok_msgs = json!([{"role": "user", "content": "hi"}]);
+    let cases: Vec<(String, Option<&str>)> = vec![
+        (r#"{"model":"chat","messages":"#.into(), None),
+        ("[1,2]".into(), None),
+        (json!({"messages": ok_msgs}).to_string(), Some("model")),
+        (json!({"model": "chat"}).to_string(), Some("messages")),
+        (
+            json!({"model": "chat", "messages": []}).to_string(),
+            Some("messages"),
+        ),
+        (
+            json!({"model": "chat", "messages": ok_msgs, "temperature": 2.5}).to_string(),
+            Some("temperature"),
+        ),
+        (
+            json!({"model": "chat", "messages": ok_msgs, "temperature": "hot"}).to_string(),
+            Some("temperature"),
+        ),
+        (
+            json!({"model": "chat", "messages": ok_msgs, "max_tokens": 0}).to_string(),
+            Some("max_tokens"),
+        ),
+        (
+            json!({"model": "chat", "messages": ok_msgs, "max_completion_tokens": -3}).to_string(),
+            Some("max_completion_tokens"),
+        ),
+        (
+            json!({"model": "chat", "messages": ok_msgs, "top_p": 1.5}).to_string(),
+            Some("top_p"),
+        ),
+        (
+            json!({"model": "chat", "messages": ok_msgs, "stream": "yes"}).to_string(),
+            Some("stream"),
+        ),
+        (
+            json!({"model": "chat", "messages": [{"content": "x"}]}).to_string(),
+            Some("messages[0].role"),
+        ),
+        (
+            json!({"model": "chat", "messages": ok_msgs, "stop": ["a", "b", "c", "d", "e"]})
+                .to_string(),
+            Some("stop"),
+        ),
+    ];
+    for (body, param) in cases {
+        let (s, v, _) = send(
+            &gw,
+            post.clone(),
+            "/v1/chat/completions",
+            Some("key-a"),
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(s, 400, "{body}: {v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"].as_str(), param, "{body}: {v}");
+    }
+    let (s, v, _) = send(
+        &gw,
+        post,
+        "/v1/completions",
+        Some("key-a"),
+        Some(json!({"model": "chat"}).to_string()),
+    )
+    .await;
+    assert_eq!((s, v["error"]["param"].as_str()), (400, Some("prompt")));
+    assert!(
+        fake.posts().is_empty(),
+        "nothing invalid reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn keys_are_checked_and_scoped_to_their_aliases() {
+    let (_fake, gw) = gateway("").await;
+    let body =
+        json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let post = reqwest::Method::POST;
+    let (s, v, _) = send(
+        &gw,
+        post.clone(),
+        "/v1/chat/completions",
+        None,
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(s, 401, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_api_key");
+    let (s, _, _) = send(
+        &gw,
+        post.clone(),
+        "/v1/chat/completions",
+        Some("wrong"),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(s, 401);
+    let (s, v, _) = send(
+        &gw,
+        post.clone(),
+        "/v1/chat/completions",
+        Some("key-b"),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(
+        s, 404,
+        "another team's alias looks like an unknown model: {v}"
+    );
+    assert_eq!(v["error"]["code"], "model_not_found");
+    let r = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .header("api-key", "key-a")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the api-key header is accepted");
+    let models: Value = reqwest::Client::new()
+        .get(gw.url("/v1/models"))
+        .bearer_auth("key-b")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["other"]);
+}
+
+#[tokio::test]
+async fn unknown_models_paths_methods_and_big_bodies() {
+    let (_fake, gw) = gateway("").await;
+    let post = reqwest::Method::POST;
+    let (s, v, _) = send(
+        &gw,
+        post.clone(),
+        "/v1/chat/completions",
+        Some("key-a"),
+        Some(json!({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}).to_string()),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
+    let (s, _, _) = send(
+        &gw,
+        reqwest::Method::GET,
+        "/v1/nothing",
+        Some("key-a"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (s, _, _) = send(
+        &gw,
+        reqwest::Method::GET,
+        "/v1/chat/completions",
+        Some("key-a"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 405);
+    let (s, _, _) = send(
+        &gw,
+        reqwest::Method::DELETE,
+        "/v1/models",
+        Some("key-a"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 405);
+    let big = json!({"model": "chat", "messages": [{"role": "user", "content": "x".repeat(5000)}]})
+        .to_string();
+    let (s, v, _) = send(&gw, post, "/v1/chat/completions", Some("key-a"), Some(big)).await;
+    assert_eq!(s, 413, "{v}");
+    let (s, _, _) = send(
+        &gw,
+        reqwest::Method::GET,
+        "/v1/models/nope",
+        Some("key-a"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn cors_is_answered_for_configured_origins() {
+    let (_fake, gw) = gateway("[cors]\nallow_origins = [\"http://app.example\"]\n").await;
+    let r = reqwest::Client::new()
+        .request(reqwest::Method::OPTIONS, gw.url("/v1/chat/completions"))
+        .header("origin", "http://app.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "http://app.example"
+    );
+}
+
+#[tokio::test]
+async fn the_sdk_sees_gateway_errors_as_api_errors() {
+    use async_openai::error::OpenAIError;
+    use async_openai::types::{
+        ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs,
+    };
+    let (_fake, gw) = gateway("").await;
+    let req = CreateChatCompletionRequestArgs::default()
+        .model("missing")
+        .messages([ChatCompletionRequestUserMessageArgs::default()
+            .content("hi")
+            .build()
+            .unwrap()
+            .into()])
+        .build()
+        .unwrap();
+    match gw.openai("key-a").chat().create(req).await {
+        Err(OpenAIError::ApiError(e)) => {
+            assert_eq!(e.code.as_deref(), Some("model_not_found"));
+            assert!(e.message.contains("missing"));
+        }
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}

@@ -1,0 +1,197 @@
+//! The `tollgate` binary as a user runs it: check-config, keys new, and graceful shutdown
+//! on SIGTERM with a stream in flight.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::fake::{chunk, End, Fake, Reply};
+use common::sse_data;
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+#[test]
+fn the_shipped_example_passes_check_config() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(BIN)
+        .current_dir(root)
+        .args(["check-config", "--config", "tollgate.example.toml"])
+        .env("TOLLGATE_MODEL", "/models/gemma.gguf")
+        .env("TOLLGATE_ADMIN_KEY", "a")
+        .env("TOLLGATE_DEV_KEY", "d")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("gemma-3-270m"), "{stdout}");
+    assert!(stdout.contains("gemma-local [local]"), "{stdout}");
+}
+
+#[test]
+fn check_config_lists_every_problem_and_fails() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("tollgate.toml"),
+        "listen = \"x\"\nbogus = 1\n",
+    )
+    .unwrap();
+    std::fs::create_dir(d.path().join("routes")).unwrap();
+    std::fs::write(
+        d.path().join("routes/a.toml"),
+        "[[alias]]\nname = \"a\"\n[[alias.deployment]]\nname = \"d\"\nkind = \"openai\"\nbase_url = \"http://h/v1\"\nmodel = \"m\"\napi_key = \"sk-123\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.path().join("routes/b.toml"),
+        "[[alias]]\nname = \"b\"\n[[alias.deployment]]\nname = \"e\"\nkind = \"vllm\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(d.path().join("tollgate.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tollgate.toml") && err.contains("bogus"),
+        "{err}"
+    );
+    assert!(
+        err.contains("a.toml")
+            && err.contains("alias[0].deployment[0].api_key")
+            && err.contains("environment variable"),
+        "{err}"
+    );
+    assert!(
+        err.contains("b.toml") && err.contains("alias[0].deployment[0].kind"),
+        "{err}"
+    );
+}
+
+#[test]
+fn keys_new_prints_a_key_and_its_config_lines() {
+    let out = Command::new(BIN)
+        .args(["keys", "new", "--name", "web"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8_lossy(&out.stdout);
+    let key = s
+        .lines()
+        .next()
+        .unwrap()
+        .strip_prefix("key:")
+        .unwrap()
+        .trim()
+        .to_owned();
+    let hash = s
+        .lines()
+        .find_map(|l| l.strip_prefix("sha256 = \""))
+        .unwrap()
+        .trim_end_matches('"');
+    assert_eq!(
+        hash,
+        tollgate::config::sha256(key.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    assert!(s.contains("name = \"web\""));
+}
+
+/// Starts `tollgate serve` on port 0 and reads the address it logs.
+fn serve(dir: &std::path::Path) -> (std::process::Child, String) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(dir.join("tollgate.toml"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("the server exited before listening")
+            .unwrap();
+        if let Some(i) = line.find("listening on http://") {
+            break line[i + "listening on http://".len()..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_a_stream_finish_then_exits() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let fake = Fake::start(vec![Reply::Sse(
+        vec![chunk("Hel"), chunk("lo")],
+        End::Stall(release.clone()),
+    )])
+    .await;
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("tollgate.toml"),
+        "shutdown_grace_secs = 1\n[auth]\nopen = true\n",
+    )
+    .unwrap();
+    std::fs::create_dir(d.path().join("routes")).unwrap();
+    std::fs::write(
+        d.path().join("routes/a.toml"),
+        common::openai_route("chat", "up", &fake.base(), "m", "stall_timeout_ms = 60000"),
+    )
+    .unwrap();
+    let (mut child, addr) = serve(d.path());
+    let client = reqwest::Client::new();
+    let body =
+        json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "stream": true});
+    let mut r = client
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let first = r.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("Hel"));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    // The stream stays open through the grace period, then ends with an OpenAI-shaped event.
+    let mut rest = String::new();
+    while let Some(c) = r.chunk().await.unwrap() {
+        rest.push_str(&String::from_utf8_lossy(&c));
+    }
+    let last = sse_data(&rest).pop().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(v["error"]["code"], "shutting_down", "{rest}");
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        client
+            .get(format!("http://{addr}/health"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .is_err(),
+        "no longer accepting"
+    );
+}
