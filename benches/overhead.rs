@@ -1,0 +1,319 @@
+//! What the gateway adds in front of a fast upstream: latency (p50, p99) and throughput,
+//! gateway against direct, interleaved runs, the gateway pinned to one core.
+//!
+//! `cargo bench --bench overhead` (builds `target/release/tollgate` first). Core 0: the
+//! gateway. Core 1: this load generator and the stub upstream (a hyper server answering
+//! with llama-server's recorded bodies, and a 20-chunk SSE stream). Scenarios: closed loop at
+//! concurrency 1, 16 and 64; a fixed 1,000 requests/s (open loop); streaming at concurrency 1
+//! (time to the first `data:` event and to the end of the stream). Each scenario runs
+//! `ROUNDS` times (default 5), alternating direct and gateway; the report is the median of
+//! the rounds with the spread (min..max). Also: the gateway's resident memory and its CPU
+//! time per request (from /proc).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+
+const CHAT: &[u8] = include_bytes!("../tests/fixtures/llama-server/chat.body");
+
+fn pin_to(core: usize) {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// The stub upstream: a non-streamed chat body, or 20 chunks + usage + [DONE].
+async fn stub(listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = sock.set_nodelay(true);
+        tokio::spawn(async move {
+            let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                let body = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes())
+                    .unwrap_or_default();
+                let stream = memchr::memmem::find(&body, b"\"stream\":true").is_some();
+                if !stream {
+                    let r = Response::builder()
+                        .header("content-type", "application/json")
+                        .body(http_body_util::Either::Left(Full::new(Bytes::from_static(
+                            CHAT,
+                        ))))
+                        .unwrap();
+                    return Ok::<_, Infallible>(r);
+                }
+                let mut events: Vec<Result<Frame<Bytes>, Infallible>> = (0..20)
+                    .map(|i| {
+                        Ok(Frame::data(Bytes::from(format!(
+                            "data: {{\"choices\":[{{\"finish_reason\":null,\"index\":0,\"delta\":{{\"content\":\" w{i}\"}}}}],\"created\":1,\"id\":\"c\",\"model\":\"m\",\"object\":\"chat.completion.chunk\"}}\n\n"
+                        ))))
+                    })
+                    .collect();
+                events.push(Ok(Frame::data(Bytes::from_static(b"data: {\"choices\":[],\"created\":1,\"id\":\"c\",\"model\":\"m\",\"object\":\"chat.completion.chunk\",\"usage\":{\"completion_tokens\":20,\"prompt_tokens\":9,\"total_tokens\":29}}\n\n"))));
+                events.push(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))));
+                let r = Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(http_body_util::Either::Right(StreamBody::new(
+                        futures::stream::iter(events),
+                    )))
+                    .unwrap();
+                Ok(r)
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
+                .await;
+        });
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Load {
+    Closed(usize),
+    Rate(u32),
+    Stream,
+}
+
+struct Sample {
+    p50_ms: f64,
+    p99_ms: f64,
+    rps: f64,
+    ttfb_p50_ms: f64,
+    ttfb_p99_ms: f64,
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn run(client: &reqwest::Client, url: &str, load: Load, dur: Duration) -> Sample {
+    let chat = br#"{"model":"chat","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":16}"#;
+    let streamed = br#"{"model":"chat","messages":[{"role":"user","content":"Say hello."}],"max_tokens":20,"stream":true}"#;
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut lat = Vec::new();
+    let mut ttfb = Vec::new();
+    match load {
+        Load::Closed(_) | Load::Stream => {
+            let (c, body): (usize, &'static [u8]) = match load {
+                Load::Closed(c) => (c, chat),
+                _ => (1, streamed),
+            };
+            let tasks: Vec<_> = (0..c)
+                .map(|_| {
+                    let (stop, client, url) = (stop.clone(), client.clone(), url.to_owned());
+                    tokio::spawn(async move {
+                        let mut v = Vec::new();
+                        while !stop.load(Ordering::Relaxed) {
+                            v.push(one(client.clone(), url.clone(), body).await);
+                        }
+                        v
+                    })
+                })
+                .collect();
+            tokio::time::sleep(dur).await;
+            stop.store(true, Ordering::Relaxed);
+            for t in tasks {
+                for (l, f) in t.await.unwrap() {
+                    lat.push(l.as_secs_f64() * 1e3);
+                    ttfb.push(f.as_secs_f64() * 1e3);
+                }
+            }
+        }
+        Load::Rate(rps) => {
+            let n = (rps as f64 * dur.as_secs_f64()) as u32;
+            let mut tasks = Vec::with_capacity(n as usize);
+            for i in 0..n {
+                let due = start + Duration::from_secs_f64(i as f64 / rps as f64);
+                tokio::time::sleep_until(due.into()).await;
+                tasks.push(tokio::spawn(one(client.clone(), url.to_owned(), chat)));
+            }
+            for t in tasks {
+                let (l, f) = t.await.unwrap();
+                lat.push(l.as_secs_f64() * 1e3);
+                ttfb.push(f.as_secs_f64() * 1e3);
+            }
+        }
+    }
+    let n = lat.len() as f64;
+    Sample {
+        rps: n / start.elapsed().as_secs_f64(),
+        p50_ms: pct(&mut lat.clone(), 0.5),
+        p99_ms: pct(&mut lat, 0.99),
+        ttfb_p50_ms: pct(&mut ttfb.clone(), 0.5),
+        ttfb_p99_ms: pct(&mut ttfb, 0.99),
+    }
+}
+
+/// One request; the time to its end and to its first `data:` event.
+async fn one(client: reqwest::Client, url: String, body: &'static [u8]) -> (Duration, Duration) {
+    let t0 = Instant::now();
+    let mut r = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    assert!(r.status().is_success(), "{}", r.status());
+    let mut first = None;
+    while let Some(c) = r.chunk().await.expect("body") {
+        if first.is_none() && memchr::memmem::find(&c, b"data:").is_some() {
+            first = Some(t0.elapsed());
+        }
+    }
+    (t0.elapsed(), first.unwrap_or_default())
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = s
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn start_gateway(upstream: SocketAddr) -> (Child, SocketAddr, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tollgate.toml"),
+        "[auth]\nopen = true\n[log]\nformat = \"text\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("routes")).unwrap();
+    std::fs::write(
+        dir.path().join("routes/r.toml"),
+        format!("[[alias]]\nname = \"chat\"\n[[alias.deployment]]\nname = \"stub\"\nkind = \"openai\"\nbase_url = \"http://{upstream}/v1\"\nmodel = \"m\"\nmax_concurrency = 4096\n"),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/tollgate");
+    assert!(bin.exists(), "build it first: cargo build --release");
+    let child = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(bin)
+        .args(["serve", "--config"])
+        .arg(dir.path().join("tollgate.toml"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .env("TOKIO_WORKER_THREADS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("taskset (util-linux) and the gateway binary");
+    (child, SocketAddr::from(([127, 0, 0, 1], port)), dir)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    pin_to(1);
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let secs: f64 = std::env::var("SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4.0);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = l.local_addr().unwrap();
+        tokio::spawn(stub(l));
+        let (mut gw, gw_addr, _dir) = start_gateway(up);
+        let client = reqwest::Client::builder().tcp_nodelay(true).pool_max_idle_per_host(1024).build().unwrap();
+        let health = format!("http://{gw_addr}/health");
+        for _ in 0..200 {
+            if client.get(&health).send().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let direct = format!("http://{up}/v1/chat/completions");
+        let via = format!("http://{gw_addr}/v1/chat/completions");
+        let dur = Duration::from_secs_f64(secs);
+        let scenarios = [("closed c=1", Load::Closed(1)), ("closed c=16", Load::Closed(16)), ("closed c=64", Load::Closed(64)), ("fixed 1000 rps", Load::Rate(1000)), ("stream c=1", Load::Stream)];
+        println!("tollgate overhead: {rounds} interleaved rounds of {secs} s per scenario; gateway on core 0, load + stub on core 1");
+        for (name, load) in scenarios {
+            // Warm both paths' connection pools.
+            run(&client, &direct, load, Duration::from_millis(300)).await;
+            run(&client, &via, load, Duration::from_millis(300)).await;
+            let (mut d, mut g, mut cpu_us) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                d.push(run(&client, &direct, load, dur).await);
+                let t0 = cpu_ticks(gw.id());
+                let s = run(&client, &via, load, dur).await;
+                let ticks = cpu_ticks(gw.id()) - t0;
+                let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+                cpu_us.push(ticks as f64 / hz * 1e6 / (s.rps * dur.as_secs_f64()));
+                g.push(s);
+            }
+            let med = |v: &mut Vec<f64>| {
+                v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                (v[v.len() / 2], v[0], v[v.len() - 1])
+            };
+            let col = |f: fn(&Sample) -> f64, v: &[Sample]| v.iter().map(f).collect::<Vec<_>>();
+            let (dp50, gp50) = (med(&mut col(|s| s.p50_ms, &d)), med(&mut col(|s| s.p50_ms, &g)));
+            let (dp99, gp99) = (med(&mut col(|s| s.p99_ms, &d)), med(&mut col(|s| s.p99_ms, &g)));
+            let (drps, grps) = (med(&mut col(|s| s.rps, &d)), med(&mut col(|s| s.rps, &g)));
+            let mut added50: Vec<f64> = d.iter().zip(&g).map(|(a, b)| b.p50_ms - a.p50_ms).collect();
+            let mut added99: Vec<f64> = d.iter().zip(&g).map(|(a, b)| b.p99_ms - a.p99_ms).collect();
+            let (a50, a99) = (med(&mut added50), med(&mut added99));
+            println!("\n[{name}]");
+            println!("  direct : p50 {:.3} ms ({:.3}..{:.3})  p99 {:.3} ms ({:.3}..{:.3})  {:.0} req/s ({:.0}..{:.0})", dp50.0, dp50.1, dp50.2, dp99.0, dp99.1, dp99.2, drps.0, drps.1, drps.2);
+            println!("  gateway: p50 {:.3} ms ({:.3}..{:.3})  p99 {:.3} ms ({:.3}..{:.3})  {:.0} req/s ({:.0}..{:.0})", gp50.0, gp50.1, gp50.2, gp99.0, gp99.1, gp99.2, grps.0, grps.1, grps.2);
+            println!("  added  : p50 {:.3} ms ({:.3}..{:.3})  p99 {:.3} ms ({:.3}..{:.3})  gateway CPU {:.0} us/request", a50.0, a50.1, a50.2, a99.0, a99.1, a99.2, med(&mut cpu_us).0);
+            if matches!(load, Load::Stream) {
+                let (dt, gt) = (med(&mut col(|s| s.ttfb_p50_ms, &d)), med(&mut col(|s| s.ttfb_p50_ms, &g)));
+                let mut at: Vec<f64> = d.iter().zip(&g).map(|(a, b)| b.ttfb_p50_ms - a.ttfb_p50_ms).collect();
+                let a = med(&mut at);
+                let (dt99, gt99) = (med(&mut col(|s| s.ttfb_p99_ms, &d)), med(&mut col(|s| s.ttfb_p99_ms, &g)));
+                println!("  first data event: direct p50 {:.3} ms p99 {:.3}; gateway p50 {:.3} ms p99 {:.3}; added p50 {:.3} ms ({:.3}..{:.3})", dt.0, dt99.0, gt.0, gt99.0, a.0, a.1, a.2);
+            }
+        }
+        println!("\ngateway resident memory after the runs: {:.1} MB", rss_mb(gw.id()));
+        let _ = gw.kill();
+    });
+}
