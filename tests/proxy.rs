@@ -593,3 +593,96 @@ async fn ready_reflects_upstream_health() {
     assert_eq!(v["aliases"]["chat"]["ready"], true);
     assert_eq!(v["aliases"]["other"]["ready"], false);
 }
+
+#[tokio::test]
+async fn embeddings_pass_through_to_upstreams_that_serve_them() {
+    let emb = json!({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, -0.2]}], "model": "e5", "usage": {"prompt_tokens": 3, "total_tokens": 3}}).to_string();
+    let (fake, gw) = one_upstream(vec![Reply::Status(200, vec![], emb)], "embeddings = true").await;
+    let v: Value = reqwest::Client::new()
+        .post(gw.url("/v1/embeddings"))
+        .json(&json!({"model": "chat", "input": ["hello"], "encoding_format": "float"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["data"][0]["embedding"], json!([0.1, -0.2]));
+    assert_eq!(v["model"], "chat");
+    let sent = &fake.posts()[0];
+    assert_eq!(sent.path, "/v1/embeddings");
+    assert_eq!(sent.json()["encoding_format"], "float");
+}
+
+#[tokio::test]
+async fn a_reload_applies_new_routes_and_keys_without_dropping_a_stream() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (fake, gw) = one_upstream(
+        vec![Reply::Sse(
+            vec![chunk("still ")],
+            End::Stall(release.clone()),
+        )],
+        "",
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let mut r = client
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    let first = r.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("still"));
+    // New config: a second alias, and keys required now.
+    std::fs::write(
+        gw.dir.path().join("routes/b.toml"),
+        openai_route("chat2", "up2", &fake.base(), "m", ""),
+    )
+    .unwrap();
+    std::fs::write(
+        gw.dir.path().join("tollgate.toml"),
+        "[[auth.keys]]\nname = \"k\"\nkey = \"${RELOAD_KEY}\"\naliases = [\"*\"]\n",
+    )
+    .unwrap();
+    let opts = tollgate::config::LoadOptions {
+        config: Some(gw.dir.path().join("tollgate.toml")),
+        ..Default::default()
+    };
+    let cfg = tollgate::config::load_with_env(&opts, &|k| {
+        (k == "RELOAD_KEY").then(|| "new-key".to_string())
+    })
+    .unwrap();
+    gw.running.state.reload(&cfg).await.unwrap();
+    let mut b = chat_body(false);
+    b["model"] = json!("chat2");
+    fake.push(Reply::Fixture("chat"));
+    assert_eq!(
+        client
+            .post(gw.url("/v1/chat/completions"))
+            .json(&b)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth("new-key")
+            .json(&b)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // The stream that began before the reload still runs to its end.
+    release.notify_one();
+    let mut rest = String::new();
+    while let Ok(Some(c)) = r.chunk().await {
+        rest.push_str(&String::from_utf8_lossy(&c));
+    }
+    assert!(!rest.contains("\"error\""), "{rest}");
+}

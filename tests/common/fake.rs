@@ -49,7 +49,7 @@ pub enum Reply {
 pub enum End {
     /// A proper end (`data: [DONE]` for SSE) and the terminating chunk.
     Done,
-    /// Silence until the client goes away (or `release` is notified).
+    /// Silence until the client goes away, or until `release` is notified (then a proper end).
     Stall(Arc<Notify>),
     /// The connection is closed without the terminating chunk.
     Cut,
@@ -286,13 +286,22 @@ async fn finish(sock: &mut TcpStream, end: End, done: Option<&[u8]>, closed: &No
             sock.write_all(b"0\r\n\r\n").await.is_ok()
         }
         End::Stall(release) => {
-            // Wait until released or the peer closes the connection.
+            // Silence until released (then a proper end) or until the peer closes.
             let mut b = [0u8; 1];
             tokio::select! {
-                _ = release.notified() => {}
-                _ = sock.read(&mut b) => closed.notify_one(),
+                _ = release.notified() => {
+                    if let Some(d) = done {
+                        if write_chunk(sock, d).await.is_err() {
+                            return false;
+                        }
+                    }
+                    sock.write_all(b"0\r\n\r\n").await.is_ok()
+                }
+                _ = sock.read(&mut b) => {
+                    closed.notify_one();
+                    false
+                }
             }
-            false
         }
         End::Cut => {
             let _ = sock.shutdown().await;
