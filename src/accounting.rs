@@ -50,6 +50,9 @@ pub struct RequestRecord {
     pub finish_reason: Option<String>,
     /// The client went away before the response ended.
     pub client_closed: bool,
+    /// Prompt and completion text, only when `log.content` is on.
+    #[serde(skip)]
+    pub content: Option<(String, String)>,
 }
 
 impl RequestRecord {
@@ -79,6 +82,7 @@ impl RequestRecord {
             total_ms: 0.0,
             finish_reason: None,
             client_closed: false,
+            content: None,
         }
     }
 }
@@ -92,10 +96,16 @@ pub struct Tap {
     finish: Option<String>,
     text: String,
     prompt_text: Option<String>,
+    /// Keep the texts for the log (`log.content = true`); off by default.
+    keep_content: bool,
 }
 
 impl Tap {
     pub fn new(start: Instant, prompt_text: Option<String>) -> Self {
+        Self::with_content(start, prompt_text, false)
+    }
+
+    pub fn with_content(start: Instant, prompt_text: Option<String>, keep_content: bool) -> Self {
         Tap {
             start,
             first_token: None,
@@ -103,6 +113,7 @@ impl Tap {
             finish: None,
             text: String::new(),
             prompt_text,
+            keep_content,
         }
     }
 
@@ -125,7 +136,7 @@ impl Tap {
                 if self.first_token.is_none() {
                     self.first_token = Some(self.start.elapsed());
                 }
-                if self.usage.is_none() {
+                if self.usage.is_none() || self.keep_content {
                     self.text.push_str(p);
                 }
             }
@@ -157,6 +168,9 @@ impl Tap {
                 rec.tokens_source = TokenSource::Counted;
             }
             None => {}
+        }
+        if self.keep_content {
+            rec.content = Some((self.prompt_text.unwrap_or_default(), self.text));
         }
     }
 }
@@ -318,6 +332,8 @@ impl Accounting {
             total_ms = (rec.total_ms * 1000.0).round() / 1000.0,
             finish = rec.finish_reason.as_deref().unwrap_or("-"),
             client_closed = rec.client_closed,
+            prompt = rec.content.as_ref().map(|c| c.0.as_str()),
+            completion = rec.content.as_ref().map(|c| c.1.as_str()),
             "request"
         );
     }

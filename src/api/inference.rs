@@ -124,7 +124,7 @@ async fn serve(
     rec.deployment = Some(d.deployment.name().to_owned());
     rec.backend_kind = Some(d.deployment.cfg.kind.name());
     rec.attempts = d.attempts;
-    let mut tap = Tap::new(start, prompt_text);
+    let mut tap = Tap::with_content(start, prompt_text, st.server.log_content);
     let dep_header =
         HeaderValue::from_str(d.deployment.name()).unwrap_or(HeaderValue::from_static("-"));
     match d.reply {
@@ -150,6 +150,7 @@ async fn serve(
             )
                 .into_response();
             resp.headers_mut().insert(DEPLOYMENT_HEADER, dep_header);
+            timing_headers(&body, resp.headers_mut());
             Ok(resp)
         }
         Committed::Stream { first, rest } => {
@@ -176,6 +177,28 @@ async fn serve(
             h.insert("x-accel-buffering", HeaderValue::from_static("no"));
             h.insert(DEPLOYMENT_HEADER, dep_header);
             Ok(resp)
+        }
+    }
+}
+
+/// llama-server-style `timings` (the engine's, or an upstream llama-server's) as headers.
+fn timing_headers(body: &serde_json::Map<String, Value>, h: &mut HeaderMap) {
+    let Some(t) = body.get("timings").and_then(Value::as_object) else {
+        return;
+    };
+    for (field, name) in [
+        ("prompt_ms", "x-tollgate-prompt-ms"),
+        ("prompt_per_second", "x-tollgate-prompt-tokens-per-second"),
+        ("predicted_ms", "x-tollgate-generation-ms"),
+        (
+            "predicted_per_second",
+            "x-tollgate-generation-tokens-per-second",
+        ),
+    ] {
+        if let Some(v) = t.get(field).and_then(Value::as_f64) {
+            if let Ok(v) = HeaderValue::from_str(&format!("{v:.3}")) {
+                h.insert(name, v);
+            }
         }
     }
 }
