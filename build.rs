@@ -26,8 +26,7 @@ fn main() {
             println!("cargo:rustc-link-arg=-Wl,-rpath,{}", d.display());
         }
     }
-    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"))
-        .join("ggml-backends");
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("ggml-backends");
     let _ = std::fs::remove_dir_all(&out);
     std::fs::create_dir_all(&out).expect("OUT_DIR is writable");
     if let Ok(rd) = std::fs::read_dir(&backends) {
@@ -39,12 +38,6 @@ fn main() {
             std::fs::copy(e.path(), out.join(&name)).expect("copy a ggml backend");
         }
     }
-    println!(
-        "cargo:rustc-env=TOLLGATE_BUILD_GGML_BACKENDS={}",
-        out.display()
-    );
-    println!(
-        "cargo:rustc-env=TOLLGATE_BUILD_LLAMA_LIBS={}",
-        root.join("lib").display()
-    );
+    println!("cargo:rustc-env=TOLLGATE_BUILD_GGML_BACKENDS={}", out.display());
+    println!("cargo:rustc-env=TOLLGATE_BUILD_LLAMA_LIBS={}", root.join("lib").display());
 }

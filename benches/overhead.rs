@@ -42,19 +42,12 @@ async fn stub(listener: tokio::net::TcpListener) {
         let _ = sock.set_nodelay(true);
         tokio::spawn(async move {
             let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
-                let body = req
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|c| c.to_bytes())
-                    .unwrap_or_default();
+                let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
                 let stream = memchr::memmem::find(&body, b"\"stream\":true").is_some();
                 if !stream {
                     let r = Response::builder()
                         .header("content-type", "application/json")
-                        .body(http_body_util::Either::Left(Full::new(Bytes::from_static(
-                            CHAT,
-                        ))))
+                        .body(http_body_util::Either::Left(Full::new(Bytes::from_static(CHAT))))
                         .unwrap();
                     return Ok::<_, Infallible>(r);
                 }
@@ -69,9 +62,7 @@ async fn stub(listener: tokio::net::TcpListener) {
                 events.push(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))));
                 let r = Response::builder()
                     .header("content-type", "text/event-stream")
-                    .body(http_body_util::Either::Right(StreamBody::new(
-                        futures::stream::iter(events),
-                    )))
+                    .body(http_body_util::Either::Right(StreamBody::new(futures::stream::iter(events))))
                     .unwrap();
                 Ok(r)
             });
@@ -107,7 +98,8 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 
 async fn run(client: &reqwest::Client, url: &str, load: Load, dur: Duration) -> Sample {
     let chat = br#"{"model":"chat","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":16}"#;
-    let streamed = br#"{"model":"chat","messages":[{"role":"user","content":"Say hello."}],"max_tokens":20,"stream":true}"#;
+    let streamed =
+        br#"{"model":"chat","messages":[{"role":"user","content":"Say hello."}],"max_tokens":20,"stream":true}"#;
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let mut lat = Vec::new();
@@ -167,13 +159,7 @@ async fn run(client: &reqwest::Client, url: &str, load: Load, dur: Duration) -> 
 /// One request; the time to its end and to its first `data:` event.
 async fn one(client: reqwest::Client, url: String, body: &'static [u8]) -> (Duration, Duration) {
     let t0 = Instant::now();
-    let mut r = client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .expect("request");
+    let mut r = client.post(&url).header("content-type", "application/json").body(body).send().await.expect("request");
     assert!(r.status().is_success(), "{}", r.status());
     let mut first = None;
     while let Some(c) = r.chunk().await.expect("body") {
@@ -186,12 +172,7 @@ async fn one(client: reqwest::Client, url: String, body: &'static [u8]) -> (Dura
 
 fn cpu_ticks(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = s
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
+    let f: Vec<&str> = s.rsplit(')').next().unwrap_or("").split_whitespace().collect();
     f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
         + f.get(12).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
 }
@@ -207,22 +188,14 @@ fn rss_mb(pid: u32) -> f64 {
 
 fn start_gateway(upstream: SocketAddr) -> (Child, SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("tollgate.toml"),
-        "[auth]\nopen = true\n[log]\nformat = \"text\"\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("tollgate.toml"), "[auth]\nopen = true\n[log]\nformat = \"text\"\n").unwrap();
     std::fs::create_dir(dir.path().join("routes")).unwrap();
     std::fs::write(
         dir.path().join("routes/r.toml"),
         format!("[[alias]]\nname = \"chat\"\n[[alias.deployment]]\nname = \"stub\"\nkind = \"openai\"\nbase_url = \"http://{upstream}/v1\"\nmodel = \"m\"\nmax_concurrency = 4096\n"),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/tollgate");
     assert!(bin.exists(), "build it first: cargo build --release");
     let child = Command::new("taskset")
@@ -245,19 +218,9 @@ fn main() {
         return;
     }
     pin_to(1);
-    let rounds: usize = std::env::var("ROUNDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    let secs: f64 = std::env::var("SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4.0);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let secs: f64 = std::env::var("SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(4.0);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     rt.block_on(async move {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let up = l.local_addr().unwrap();

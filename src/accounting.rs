@@ -59,10 +59,7 @@ impl RequestRecord {
     pub fn new(request_id: String, endpoint: Endpoint, alias: String, stream: bool) -> Self {
         RequestRecord {
             request_id,
-            started_at_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0),
+            started_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
             key: None,
             user: None,
             endpoint: endpoint.as_str(),
@@ -106,15 +103,7 @@ impl Tap {
     }
 
     pub fn with_content(start: Instant, prompt_text: Option<String>, keep_content: bool) -> Self {
-        Tap {
-            start,
-            first_token: None,
-            usage: None,
-            finish: None,
-            text: String::new(),
-            prompt_text,
-            keep_content,
-        }
+        Tap { start, first_token: None, usage: None, finish: None, text: String::new(), prompt_text, keep_content }
     }
 
     /// Looks at one chunk (or a full body: same fields, `message` instead of `delta`).
@@ -189,9 +178,7 @@ pub fn count_tokens(text: &str) -> u64 {
 }
 
 /// Latency buckets in seconds.
-const BUCKETS: [f64; 14] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
-];
+const BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
 
 #[derive(Default)]
 struct Histogram {
@@ -256,52 +243,37 @@ impl Metrics {
         let m = self.series.lock().unwrap_or_else(|p| p.into_inner());
         let mut keys: Vec<_> = m.keys().cloned().collect();
         keys.sort();
-        let lbl =
-            |k: &(String, String)| format!("alias=\"{}\",deployment=\"{}\"", esc(&k.0), esc(&k.1));
+        let lbl = |k: &(String, String)| format!("alias=\"{}\",deployment=\"{}\"", esc(&k.0), esc(&k.1));
         out.push_str("# HELP tollgate_requests_total Requests by alias, deployment and HTTP status.\n# TYPE tollgate_requests_total counter\n");
         for k in &keys {
             let mut st: Vec<_> = m[k].by_status.iter().collect();
             st.sort();
             for (code, n) in st {
-                let _ = writeln!(
-                    out,
-                    "tollgate_requests_total{{{},status=\"{code}\"}} {n}",
-                    lbl(k)
-                );
+                let _ = writeln!(out, "tollgate_requests_total{{{},status=\"{code}\"}} {n}", lbl(k));
             }
         }
         out.push_str("# HELP tollgate_tokens_total Tokens by alias, deployment and kind.\n# TYPE tollgate_tokens_total counter\n");
         for k in &keys {
             let s = &m[k];
-            for (kind, n) in [
-                ("prompt", s.prompt_tokens),
-                ("completion", s.completion_tokens),
-                ("cached", s.cached_tokens),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "tollgate_tokens_total{{{},kind=\"{kind}\"}} {n}",
-                    lbl(k)
-                );
+            for (kind, n) in
+                [("prompt", s.prompt_tokens), ("completion", s.completion_tokens), ("cached", s.cached_tokens)]
+            {
+                let _ = writeln!(out, "tollgate_tokens_total{{{},kind=\"{kind}\"}} {n}", lbl(k));
             }
         }
         out.push_str("# HELP tollgate_request_duration_seconds Total request time.\n# TYPE tollgate_request_duration_seconds histogram\n");
         for k in &keys {
-            m[k].latency
-                .render(out, "tollgate_request_duration_seconds", &lbl(k));
+            m[k].latency.render(out, "tollgate_request_duration_seconds", &lbl(k));
         }
         out.push_str("# HELP tollgate_time_to_first_token_seconds Time to the first generated token.\n# TYPE tollgate_time_to_first_token_seconds histogram\n");
         for k in &keys {
-            m[k].ttft
-                .render(out, "tollgate_time_to_first_token_seconds", &lbl(k));
+            m[k].ttft.render(out, "tollgate_time_to_first_token_seconds", &lbl(k));
         }
     }
 }
 
 fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// Where finished records go.
@@ -348,20 +320,13 @@ mod tests {
     fn tap_reads_usage_ttft_and_finish() {
         let mut tap = Tap::new(Instant::now(), None);
         let c = |v: Value| v.as_object().unwrap().clone();
-        tap.observe(&c(
-            json!({"choices":[{"delta":{"role":"assistant","content":""}}]}),
-        ));
+        tap.observe(&c(json!({"choices":[{"delta":{"role":"assistant","content":""}}]})));
         tap.observe(&c(json!({"choices":[{"delta":{"content":"Hi"}}]})));
-        tap.observe(&c(
-            json!({"choices":[{"delta":{},"finish_reason":"length"}]}),
-        ));
+        tap.observe(&c(json!({"choices":[{"delta":{},"finish_reason":"length"}]})));
         tap.observe(&c(json!({"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4,"prompt_tokens_details":{"cached_tokens":2}}})));
         let mut r = RequestRecord::new("r".into(), Endpoint::Chat, "a".into(), true);
         tap.finish_into(&mut r);
-        assert_eq!(
-            (r.prompt_tokens, r.completion_tokens, r.cached_tokens),
-            (3, 1, 2)
-        );
+        assert_eq!((r.prompt_tokens, r.completion_tokens, r.cached_tokens), (3, 1, 2));
         assert_eq!(r.tokens_source, TokenSource::Reported);
         assert_eq!(r.finish_reason.as_deref(), Some("length"));
         assert!(r.ttft_ms.is_some());
@@ -370,11 +335,7 @@ mod tests {
     #[test]
     fn tokens_are_counted_without_usage() {
         let mut tap = Tap::new(Instant::now(), Some("hello world".into()));
-        tap.observe(
-            json!({"choices":[{"delta":{"content":"Hello there"}}]})
-                .as_object()
-                .unwrap(),
-        );
+        tap.observe(json!({"choices":[{"delta":{"content":"Hello there"}}]}).as_object().unwrap());
         let mut r = RequestRecord::new("r".into(), Endpoint::Chat, "a".into(), true);
         tap.finish_into(&mut r);
         assert_eq!(r.tokens_source, TokenSource::Counted);

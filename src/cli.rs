@@ -67,34 +67,17 @@ pub enum KeysCommand {
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve {
-            config,
-            listen,
-            model,
-            name,
-            log_json,
-        } => {
-            let opts = LoadOptions {
-                config,
-                listen,
-                model,
-                model_name: name,
-            };
+        Command::Serve { config, listen, model, name, log_json } => {
+            let opts = LoadOptions { config, listen, model, model_name: name };
             let cfg = match config::load(&opts) {
                 Ok(c) => c,
                 Err(errs) => {
-                    eprintln!(
-                        "tollgate: the configuration has {} problem(s):\n{errs}",
-                        errs.0.len()
-                    );
+                    eprintln!("tollgate: the configuration has {} problem(s):\n{errs}", errs.0.len());
                     return std::process::ExitCode::from(2);
                 }
             };
             crate::logging::init(cfg.server.log_json || log_json);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("tollgate: cannot start the runtime: {e}");
@@ -110,17 +93,8 @@ pub fn main() -> std::process::ExitCode {
                 }
             }
         }
-        Command::CheckConfig {
-            config,
-            model,
-            name,
-        } => {
-            let opts = LoadOptions {
-                config,
-                model,
-                model_name: name,
-                ..Default::default()
-            };
+        Command::CheckConfig { config, model, name } => {
+            let opts = LoadOptions { config, model, model_name: name, ..Default::default() };
             match config::load(&opts) {
                 Ok(cfg) => {
                     print_config(&cfg);
@@ -132,9 +106,7 @@ pub fn main() -> std::process::ExitCode {
                 }
             }
         }
-        Command::Keys {
-            command: KeysCommand::New { name },
-        } => {
+        Command::Keys { command: KeysCommand::New { name } } => {
             let (key, hash) = crate::api::auth::new_key();
             println!("key:  {key}");
             println!("\nGive the key to its user; put its hash in the gateway file:\n");
@@ -156,11 +128,7 @@ fn print_config(cfg: &Config) {
         println!(
             "auth:   {} key(s), admin key {}",
             cfg.auth.keys.len(),
-            if cfg.auth.admin_key_sha256.is_some() {
-                "set"
-            } else {
-                "not set"
-            }
+            if cfg.auth.admin_key_sha256.is_some() { "set" } else { "not set" }
         );
     }
     println!("aliases:");
@@ -171,12 +139,7 @@ fn print_config(cfg: &Config) {
                 DeploymentKind::OpenAi(r) | DeploymentKind::Ollama(r) => {
                     format!("{} model={}", r.base_url, r.model)
                 }
-                DeploymentKind::Local(l) => format!(
-                    "{} ctx={} parallel={}",
-                    l.path.display(),
-                    l.context,
-                    l.parallel
-                ),
+                DeploymentKind::Local(l) => format!("{} ctx={} parallel={}", l.path.display(), l.context, l.parallel),
             };
             println!(
                 "    {}. {} [{}] {} (max_concurrency={}, weight={})",
@@ -190,9 +153,6 @@ fn print_config(cfg: &Config) {
         }
     }
     if !cfg.prompts.is_empty() {
-        println!(
-            "prompts: {}",
-            cfg.prompts.keys().cloned().collect::<Vec<_>>().join(", ")
-        );
+        println!("prompts: {}", cfg.prompts.keys().cloned().collect::<Vec<_>>().join(", "));
     }
 }

@@ -11,11 +11,7 @@ use crate::backend::Backend;
 use crate::config::{Config, DeploymentConfig, DeploymentKind};
 use crate::router::{Alias, Clock, Deployment, Routes};
 
-pub async fn build_routes(
-    cfg: &Config,
-    old: Option<&Routes>,
-    clock: Arc<dyn Clock>,
-) -> Result<Routes, String> {
+pub async fn build_routes(cfg: &Config, old: Option<&Routes>, clock: Arc<dyn Clock>) -> Result<Routes, String> {
     let mut existing: HashMap<String, Arc<Deployment>> = HashMap::new();
     if let Some(old) = old {
         for a in old.aliases.values() {
@@ -31,9 +27,7 @@ pub async fn build_routes(
             let dep = match existing.get(&d.name) {
                 Some(old) if old.cfg == *d => old.clone(),
                 _ => {
-                    let backend = backend(d)
-                        .await
-                        .map_err(|e| format!("deployment '{}': {e}", d.name))?;
+                    let backend = backend(d).await.map_err(|e| format!("deployment '{}': {e}", d.name))?;
                     let dep = Arc::new(Deployment::new(d.clone(), backend, clock.clone()));
                     existing.insert(d.name.clone(), dep.clone());
                     dep
@@ -44,11 +38,7 @@ pub async fn build_routes(
         routes.order.push(a.name.clone());
         routes.aliases.insert(
             a.name.clone(),
-            Arc::new(Alias {
-                name: a.name.clone(),
-                description: a.description.clone(),
-                deployments,
-            }),
+            Arc::new(Alias { name: a.name.clone(), description: a.description.clone(), deployments }),
         );
     }
     Ok(routes)
@@ -59,9 +49,7 @@ async fn backend(d: &DeploymentConfig) -> Result<Arc<dyn Backend>, String> {
         DeploymentKind::OpenAi(r) => Ok(Arc::new(OpenAiBackend::new(d, r.clone()))),
         DeploymentKind::Ollama(r) => Ok(Arc::new(OllamaBackend::new(d, r.clone()))),
         #[cfg(feature = "engine")]
-        DeploymentKind::Local(l) => crate::engine::LocalBackend::start(d, l)
-            .await
-            .map(|b| b as Arc<dyn Backend>),
+        DeploymentKind::Local(l) => crate::engine::LocalBackend::start(d, l).await.map(|b| b as Arc<dyn Backend>),
         #[cfg(not(feature = "engine"))]
         DeploymentKind::Local(_) => {
             Err("this build has no embedded engine (built without the `engine` feature)".into())

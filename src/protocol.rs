@@ -101,24 +101,10 @@ impl Usage {
     pub fn from_json(v: &Value) -> Option<Usage> {
         let o = v.as_object()?;
         let prompt = o.get("prompt_tokens")?.as_u64()?;
-        let completion = o
-            .get("completion_tokens")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        let total = o
-            .get("total_tokens")
-            .and_then(Value::as_u64)
-            .unwrap_or(prompt + completion);
-        let cached = o
-            .get("prompt_tokens_details")
-            .and_then(|d| d.get("cached_tokens"))
-            .and_then(Value::as_u64);
-        Some(Usage {
-            prompt_tokens: prompt,
-            completion_tokens: completion,
-            total_tokens: total,
-            cached_tokens: cached,
-        })
+        let completion = o.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0);
+        let total = o.get("total_tokens").and_then(Value::as_u64).unwrap_or(prompt + completion);
+        let cached = o.get("prompt_tokens_details").and_then(|d| d.get("cached_tokens")).and_then(Value::as_u64);
+        Some(Usage { prompt_tokens: prompt, completion_tokens: completion, total_tokens: total, cached_tokens: cached })
     }
 
     pub fn to_json(self) -> Value {
@@ -138,24 +124,15 @@ impl Usage {
 /// Parses and validates a request body for `endpoint`.
 pub fn validate(endpoint: Endpoint, bytes: &[u8]) -> Result<ValidRequest, ApiError> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::invalid_request(
-            format!("We could not parse the JSON body of your request: {e}"),
-            None,
-        )
+        ApiError::invalid_request(format!("We could not parse the JSON body of your request: {e}"), None)
     })?;
     let Value::Object(body) = value else {
-        return Err(ApiError::invalid_request(
-            "The request body must be a JSON object.",
-            None,
-        ));
+        return Err(ApiError::invalid_request("The request body must be a JSON object.", None));
     };
     let model = match body.get("model") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(Value::String(_)) | None | Some(Value::Null) => {
-            return Err(ApiError::invalid_request(
-                "you must provide a model parameter",
-                Some("model"),
-            ))
+            return Err(ApiError::invalid_request("you must provide a model parameter", Some("model")))
         }
         Some(_) => return Err(type_error("model", "a string")),
     };
@@ -182,14 +159,8 @@ pub fn validate(endpoint: Endpoint, bytes: &[u8]) -> Result<ValidRequest, ApiErr
         Endpoint::Completions => Prompt::Text(completion_prompt(&body)?),
         Endpoint::Embeddings => Prompt::Embed(embedding_input(&body)?),
     };
-    let sampling = if endpoint == Endpoint::Embeddings {
-        Sampling {
-            n: 1,
-            ..Sampling::default()
-        }
-    } else {
-        sampling(&body)?
-    };
+    let sampling =
+        if endpoint == Endpoint::Embeddings { Sampling { n: 1, ..Sampling::default() } } else { sampling(&body)? };
     let user = match body.get("user") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
@@ -208,10 +179,7 @@ pub fn validate(endpoint: Endpoint, bytes: &[u8]) -> Result<ValidRequest, ApiErr
 }
 
 fn type_error(param: &str, want: &str) -> ApiError {
-    ApiError::invalid_request(
-        format!("Invalid type for '{param}': expected {want}."),
-        Some(param),
-    )
+    ApiError::invalid_request(format!("Invalid type for '{param}': expected {want}."), Some(param))
 }
 
 fn opt_bool(body: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
@@ -222,21 +190,14 @@ fn opt_bool(body: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiErr
     }
 }
 
-fn opt_f64(
-    body: &Map<String, Value>,
-    key: &str,
-    lo: f64,
-    hi: f64,
-) -> Result<Option<f64>, ApiError> {
+fn opt_f64(body: &Map<String, Value>, key: &str, lo: f64, hi: f64) -> Result<Option<f64>, ApiError> {
     match body.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => {
             let v = n.as_f64().unwrap_or(f64::NAN);
             if !(lo..=hi).contains(&v) {
                 return Err(ApiError::invalid_request(
-                    format!(
-                        "Invalid '{key}': {v} is out of range; it must be between {lo} and {hi}."
-                    ),
+                    format!("Invalid '{key}': {v} is out of range; it must be between {lo} and {hi}."),
                     Some(key),
                 ));
             }
@@ -249,10 +210,7 @@ fn opt_f64(
 fn opt_int(body: &Map<String, Value>, key: &str) -> Result<Option<i64>, ApiError> {
     match body.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .map(Some)
-            .ok_or_else(|| type_error(key, "an integer")),
+        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| type_error(key, "an integer")),
         Some(_) => Err(type_error(key, "an integer")),
     }
 }
@@ -261,10 +219,9 @@ fn positive_u32(body: &Map<String, Value>, key: &str) -> Result<Option<u32>, Api
     match opt_int(body, key)? {
         None => Ok(None),
         Some(v) if v >= 1 && v <= u32::MAX as i64 => Ok(Some(v as u32)),
-        Some(v) => Err(ApiError::invalid_request(
-            format!("Invalid '{key}': {v}; it must be a positive integer."),
-            Some(key),
-        )),
+        Some(v) => {
+            Err(ApiError::invalid_request(format!("Invalid '{key}': {v}; it must be a positive integer."), Some(key)))
+        }
     }
 }
 
@@ -283,19 +240,14 @@ fn sampling(body: &Map<String, Value>) -> Result<Sampling, ApiError> {
             }
             a.iter()
                 .map(|v| {
-                    v.as_str()
-                        .map(str::to_owned)
-                        .ok_or_else(|| type_error("stop", "a string or an array of strings"))
+                    v.as_str().map(str::to_owned).ok_or_else(|| type_error("stop", "a string or an array of strings"))
                 })
                 .collect::<Result<_, _>>()?
         }
         Some(_) => return Err(type_error("stop", "a string or an array of strings")),
     };
     if stop.iter().any(String::is_empty) {
-        return Err(ApiError::invalid_request(
-            "Invalid 'stop': a stop sequence must not be empty.",
-            Some("stop"),
-        ));
+        return Err(ApiError::invalid_request("Invalid 'stop': a stop sequence must not be empty.", Some("stop")));
     }
     let n = match opt_int(body, "n")? {
         None => 1,
@@ -323,7 +275,7 @@ fn sampling(body: &Map<String, Value>) -> Result<Sampling, ApiError> {
         min_p: opt_f64(body, "min_p", 0.0, 1.0)?,
         presence_penalty: opt_f64(body, "presence_penalty", -2.0, 2.0)?,
         frequency_penalty: opt_f64(body, "frequency_penalty", -2.0, 2.0)?,
-        repetition_penalty: opt_f64(body, "repetition_penalty", 0.0, 10.0)?,
+        repetition_penalty: opt_f64(body, "repetition_penalty", 0.01, 10.0)?,
         seed: opt_int(body, "seed")?,
         max_tokens: max_completion.or(max_tokens),
         stop,
@@ -334,10 +286,7 @@ fn sampling(body: &Map<String, Value>) -> Result<Sampling, ApiError> {
 fn messages(body: &Map<String, Value>) -> Result<Vec<ChatMessage>, ApiError> {
     let list = match body.get("messages") {
         None | Some(Value::Null) => {
-            return Err(ApiError::invalid_request(
-                "Missing required parameter: 'messages'.",
-                Some("messages"),
-            ))
+            return Err(ApiError::invalid_request("Missing required parameter: 'messages'.", Some("messages")))
         }
         Some(Value::Array(a)) => a,
         Some(_) => return Err(type_error("messages", "an array")),
@@ -351,9 +300,7 @@ fn messages(body: &Map<String, Value>) -> Result<Vec<ChatMessage>, ApiError> {
     let mut out = Vec::with_capacity(list.len());
     for (i, m) in list.iter().enumerate() {
         let param = format!("messages[{i}]");
-        let o = m
-            .as_object()
-            .ok_or_else(|| type_error(&param, "an object"))?;
+        let o = m.as_object().ok_or_else(|| type_error(&param, "an object"))?;
         let role = match o.get("role") {
             Some(Value::String(r)) => r.clone(),
             _ => {
@@ -363,10 +310,7 @@ fn messages(body: &Map<String, Value>) -> Result<Vec<ChatMessage>, ApiError> {
                 ))
             }
         };
-        if !matches!(
-            role.as_str(),
-            "system" | "developer" | "user" | "assistant" | "tool" | "function"
-        ) {
+        if !matches!(role.as_str(), "system" | "developer" | "user" | "assistant" | "tool" | "function") {
             return Err(ApiError::invalid_request(
                 format!("Invalid value for '{param}.role': '{role}'. Supported values are: 'system', 'developer', 'user', 'assistant', 'tool' and 'function'."),
                 Some(&format!("{param}.role")),
@@ -386,12 +330,7 @@ fn messages(body: &Map<String, Value>) -> Result<Vec<ChatMessage>, ApiError> {
                 }
                 text
             }
-            Some(_) => {
-                return Err(type_error(
-                    &format!("{param}.content"),
-                    "a string or an array of content parts",
-                ))
-            }
+            Some(_) => return Err(type_error(&format!("{param}.content"), "a string or an array of content parts")),
         };
         out.push(ChatMessage { role, content });
     }
@@ -400,7 +339,9 @@ fn messages(body: &Map<String, Value>) -> Result<Vec<ChatMessage>, ApiError> {
 
 fn completion_prompt(body: &Map<String, Value>) -> Result<String, ApiError> {
     match body.get("prompt") {
-        None | Some(Value::Null) => Err(ApiError::invalid_request("Missing required parameter: 'prompt'.", Some("prompt"))),
+        None | Some(Value::Null) => {
+            Err(ApiError::invalid_request("Missing required parameter: 'prompt'.", Some("prompt")))
+        }
         Some(Value::String(s)) => Ok(s.clone()),
         Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => Ok(a[0].as_str().unwrap_or_default().to_owned()),
         Some(Value::Array(_)) => Err(ApiError::invalid_request(
@@ -413,21 +354,15 @@ fn completion_prompt(body: &Map<String, Value>) -> Result<String, ApiError> {
 
 fn embedding_input(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
     match body.get("input") {
-        None | Some(Value::Null) => Err(ApiError::invalid_request(
-            "Missing required parameter: 'input'.",
-            Some("input"),
-        )),
+        None | Some(Value::Null) => {
+            Err(ApiError::invalid_request("Missing required parameter: 'input'.", Some("input")))
+        }
         Some(Value::String(s)) => Ok(vec![s.clone()]),
         Some(Value::Array(a)) if !a.is_empty() => {
             // Token-id arrays are passed through to upstreams; text is what local embeddings take.
-            Ok(a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect())
+            Ok(a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
         }
-        Some(Value::Array(_)) => Err(ApiError::invalid_request(
-            "Invalid 'input': empty array.",
-            Some("input"),
-        )),
+        Some(Value::Array(_)) => Err(ApiError::invalid_request("Invalid 'input': empty array.", Some("input"))),
         Some(_) => Err(type_error("input", "a string or an array")),
     }
 }
@@ -442,30 +377,15 @@ mod tests {
 
     #[test]
     fn names_the_bad_parameter() {
-        let e = err(
-            Endpoint::Chat,
-            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":3}"#,
-        );
+        let e = err(Endpoint::Chat, r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":3}"#);
         assert_eq!(e.param.as_deref(), Some("temperature"));
-        let e = err(
-            Endpoint::Chat,
-            r#"{"model":"m","messages":[],"max_tokens":3}"#,
-        );
+        let e = err(Endpoint::Chat, r#"{"model":"m","messages":[],"max_tokens":3}"#);
         assert_eq!(e.param.as_deref(), Some("messages"));
-        let e = err(
-            Endpoint::Chat,
-            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":0}"#,
-        );
+        let e = err(Endpoint::Chat, r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":0}"#);
         assert_eq!(e.param.as_deref(), Some("max_tokens"));
-        let e = err(
-            Endpoint::Chat,
-            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"top_p":"x"}"#,
-        );
+        let e = err(Endpoint::Chat, r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"top_p":"x"}"#);
         assert_eq!(e.param.as_deref(), Some("top_p"));
-        let e = err(
-            Endpoint::Chat,
-            r#"{"model":"m","messages":[{"role":"wizard","content":"hi"}]}"#,
-        );
+        let e = err(Endpoint::Chat, r#"{"model":"m","messages":[{"role":"wizard","content":"hi"}]}"#);
         assert_eq!(e.param.as_deref(), Some("messages[0].role"));
         let e = err(
             Endpoint::Chat,

@@ -145,12 +145,7 @@ pub async fn dispatch(alias: &Alias, req: &BackendRequest) -> Result<Dispatched,
             match attempt(dep, req).await {
                 Ok(reply) => {
                     dep.breaker.success();
-                    return Ok(Dispatched {
-                        deployment: dep.clone(),
-                        permit,
-                        attempts,
-                        reply,
-                    });
+                    return Ok(Dispatched { deployment: dep.clone(), permit, attempts, reply });
                 }
                 Err(e) => {
                     if e.counts_against_breaker() {
@@ -171,14 +166,8 @@ pub async fn dispatch(alias: &Alias, req: &BackendRequest) -> Result<Dispatched,
                         });
                     }
                     let wait = match &e {
-                        BackendError::Status {
-                            retry_after: Some(ra),
-                            ..
-                        } if *ra > MAX_RETRY_AFTER => None,
-                        BackendError::Status {
-                            retry_after: Some(ra),
-                            ..
-                        } => Some(*ra),
+                        BackendError::Status { retry_after: Some(ra), .. } if *ra > MAX_RETRY_AFTER => None,
+                        BackendError::Status { retry_after: Some(ra), .. } => Some(*ra),
                         _ => Some(backoff(tries)),
                     };
                     last = Some((dep.name().to_owned(), e));
@@ -205,45 +194,35 @@ pub async fn dispatch(alias: &Alias, req: &BackendRequest) -> Result<Dispatched,
         }
         None => ApiError::overloaded(&alias.name, 1),
     };
-    Err(Failed {
-        error,
-        deployment: last.map(|(n, _)| n),
-        attempts,
-    })
+    Err(Failed { error, deployment: last.map(|(n, _)| n), attempts })
 }
 
 fn backoff(try_no: u32) -> Duration {
-    let exp = BACKOFF_BASE
-        .saturating_mul(1 << try_no.min(10))
-        .min(BACKOFF_CAP);
+    let exp = BACKOFF_BASE.saturating_mul(1 << try_no.min(10)).min(BACKOFF_CAP);
     let jitter = rand::rng().random_range(0.5..=1.0);
     exp.mul_f64(jitter)
 }
 
 /// One call; for a stream, wait (bounded) for its first event before committing.
 async fn attempt(dep: &Deployment, req: &BackendRequest) -> Result<Committed, BackendError> {
-    let timeout = dep.cfg.first_token_timeout;
+    // A stream commits at its first event; a whole body may take the whole generation.
+    let timeout = if req.req.stream { dep.cfg.first_token_timeout } else { dep.cfg.request_timeout };
     let fut = async {
         match dep.backend.call(req.clone()).await? {
             BackendReply::Full { body, usage } => Ok(Committed::Full { body, usage }),
             BackendReply::Stream(mut s) => match s.next().await {
-                Some(Ok(first)) => Ok(Committed::Stream {
-                    first: Box::new(first),
-                    rest: s,
-                }),
+                Some(Ok(first)) => Ok(Committed::Stream { first: Box::new(first), rest: s }),
                 Some(Err(e)) => Err(e),
-                None => Err(BackendError::Protocol(
-                    "the stream ended without an event".into(),
-                )),
+                None => Err(BackendError::Protocol("the stream ended without an event".into())),
             },
         }
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
-        Err(_) => Err(BackendError::Timeout(format!(
-            "no first token within {} ms",
-            timeout.as_millis()
-        ))),
+        Err(_) if req.req.stream => {
+            Err(BackendError::Timeout(format!("no first token within {} ms", timeout.as_millis())))
+        }
+        Err(_) => Err(BackendError::Timeout(format!("no response within {} ms", timeout.as_millis()))),
     }
 }
 
@@ -260,17 +239,16 @@ enum BreakerState {
     Open {
         until: Instant,
     },
-    /// A probe is in flight.
-    HalfOpen,
+    /// A probe is in flight since then. A probe whose request vanished (its client left
+    /// mid-attempt) is given up after `OPEN_FOR`, and another caller probes.
+    HalfOpen {
+        since: Instant,
+    },
 }
 
 impl Breaker {
     pub fn new(clock: Arc<dyn Clock>) -> Self {
-        Breaker {
-            clock,
-            failures: AtomicU32::new(0),
-            state: Mutex::new(BreakerState::Closed),
-        }
+        Breaker { clock, failures: AtomicU32::new(0), state: Mutex::new(BreakerState::Closed) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BreakerState> {
@@ -281,13 +259,18 @@ impl Breaker {
     /// becomes the probe.
     pub fn allow(&self) -> bool {
         let mut st = self.lock();
+        let now = self.clock.now();
         match *st {
             BreakerState::Closed => true,
-            BreakerState::Open { until } if self.clock.now() >= until => {
-                *st = BreakerState::HalfOpen;
+            BreakerState::Open { until } if now >= until => {
+                *st = BreakerState::HalfOpen { since: now };
                 true
             }
-            BreakerState::Open { .. } | BreakerState::HalfOpen => false,
+            BreakerState::HalfOpen { since } if now >= since + OPEN_FOR => {
+                *st = BreakerState::HalfOpen { since: now };
+                true
+            }
+            BreakerState::Open { .. } | BreakerState::HalfOpen { .. } => false,
         }
     }
 
@@ -308,20 +291,16 @@ impl Breaker {
     /// A half-open probe that ended with a client error proves nothing either way.
     fn release_probe(&self) {
         let mut st = self.lock();
-        if *st == BreakerState::HalfOpen {
-            *st = BreakerState::Open {
-                until: self.clock.now(),
-            };
+        if matches!(*st, BreakerState::HalfOpen { .. }) {
+            *st = BreakerState::Open { until: self.clock.now() };
         }
     }
 
     pub fn failure(&self) {
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         let mut st = self.lock();
-        if *st == BreakerState::HalfOpen || n >= FAILURE_THRESHOLD {
-            *st = BreakerState::Open {
-                until: self.clock.now() + OPEN_FOR,
-            };
+        if matches!(*st, BreakerState::HalfOpen { .. }) || n >= FAILURE_THRESHOLD {
+            *st = BreakerState::Open { until: self.clock.now() + OPEN_FOR };
         }
     }
 }
@@ -352,6 +331,9 @@ mod tests {
         assert!(!b.allow(), "only one probe at a time");
         b.failure();
         assert!(!b.allow(), "a failed probe opens it again");
+        *clock.0.lock().unwrap() += OPEN_FOR;
+        assert!(b.allow(), "probing again after the open period");
+        // That probe's request vanished: after another period someone else probes.
         *clock.0.lock().unwrap() += OPEN_FOR;
         assert!(b.allow());
         b.success();

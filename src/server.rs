@@ -14,9 +14,7 @@ pub async fn run(cfg: Config, opts: LoadOptions) -> anyhow::Result<()> {
         tracing::warn!("AUTH IS OPEN: any client can call this gateway without a key; use it for local work only");
     }
     if cfg.aliases.is_empty() {
-        tracing::warn!(
-            "no model aliases are configured: add routes/*.toml or pass --model FILE.gguf"
-        );
+        tracing::warn!("no model aliases are configured: add routes/*.toml or pass --model FILE.gguf");
     }
     let st = api::state(&cfg).await?;
     let listener = TcpListener::bind(cfg.server.listen)
@@ -33,11 +31,9 @@ pub async fn run(cfg: Config, opts: LoadOptions) -> anyhow::Result<()> {
 #[cfg(unix)]
 async fn signals(st: Arc<AppState>, opts: LoadOptions, shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) =
+        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()), signal(SignalKind::hangup()))
+    else {
         tracing::error!("cannot install signal handlers");
         return;
     };

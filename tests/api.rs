@@ -15,25 +15,16 @@ async fn gateway(extra_gateway: &str) -> (Fake, Gateway) {
         &format!("max_body_bytes = 2048\n{extra_gateway}{KEYS}"),
         &[
             ("a.toml", &openai_route("chat", "up", &fake.base(), "m", "")),
-            (
-                "b.toml",
-                &openai_route("other", "up2", &fake.base(), "m", ""),
-            ),
+            ("b.toml", &openai_route("other", "up2", &fake.base(), "m", "")),
         ],
-        &[
-            ("ADMIN", "admin-secret"),
-            ("KEY_A", "key-a"),
-            ("KEY_B", "key-b"),
-        ],
+        &[("ADMIN", "admin-secret"), ("KEY_A", "key-a"), ("KEY_B", "key-b")],
     )
     .await;
     (fake, gw)
 }
 
 fn assert_openai_error(v: &Value) {
-    let e = v["error"]
-        .as_object()
-        .unwrap_or_else(|| panic!("not an OpenAI error: {v}"));
+    let e = v["error"].as_object().unwrap_or_else(|| panic!("not an OpenAI error: {v}"));
     assert!(e["message"].is_string() && !e["message"].as_str().unwrap().is_empty());
     assert!(e["type"].is_string());
     assert!(e.contains_key("param") && e.contains_key("code"), "{v}");
@@ -57,13 +48,7 @@ async fn send(
     let r = rb.send().await.unwrap();
     let status = r.status().as_u16();
     let headers = r.headers().clone();
-    assert!(
-        headers["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("application/json"),
-        "{path}: {headers:?}"
-    );
+    assert!(headers["content-type"].to_str().unwrap().starts_with("application/json"), "{path}: {headers:?}");
     let v: Value = r.json().await.unwrap();
     assert_openai_error(&v);
     (status, v, headers)
@@ -79,109 +64,42 @@ async fn bad_requests_are_400s_naming_the_parameter() {
         ("[1,2]".into(), None),
         (json!({"messages": ok_msgs}).to_string(), Some("model")),
         (json!({"model": "chat"}).to_string(), Some("messages")),
-        (
-            json!({"model": "chat", "messages": []}).to_string(),
-            Some("messages"),
-        ),
-        (
-            json!({"model": "chat", "messages": ok_msgs, "temperature": 2.5}).to_string(),
-            Some("temperature"),
-        ),
-        (
-            json!({"model": "chat", "messages": ok_msgs, "temperature": "hot"}).to_string(),
-            Some("temperature"),
-        ),
-        (
-            json!({"model": "chat", "messages": ok_msgs, "max_tokens": 0}).to_string(),
-            Some("max_tokens"),
-        ),
+        (json!({"model": "chat", "messages": []}).to_string(), Some("messages")),
+        (json!({"model": "chat", "messages": ok_msgs, "temperature": 2.5}).to_string(), Some("temperature")),
+        (json!({"model": "chat", "messages": ok_msgs, "temperature": "hot"}).to_string(), Some("temperature")),
+        (json!({"model": "chat", "messages": ok_msgs, "max_tokens": 0}).to_string(), Some("max_tokens")),
         (
             json!({"model": "chat", "messages": ok_msgs, "max_completion_tokens": -3}).to_string(),
             Some("max_completion_tokens"),
         ),
-        (
-            json!({"model": "chat", "messages": ok_msgs, "top_p": 1.5}).to_string(),
-            Some("top_p"),
-        ),
-        (
-            json!({"model": "chat", "messages": ok_msgs, "stream": "yes"}).to_string(),
-            Some("stream"),
-        ),
-        (
-            json!({"model": "chat", "messages": [{"content": "x"}]}).to_string(),
-            Some("messages[0].role"),
-        ),
-        (
-            json!({"model": "chat", "messages": ok_msgs, "stop": ["a", "b", "c", "d", "e"]})
-                .to_string(),
-            Some("stop"),
-        ),
+        (json!({"model": "chat", "messages": ok_msgs, "top_p": 1.5}).to_string(), Some("top_p")),
+        (json!({"model": "chat", "messages": ok_msgs, "stream": "yes"}).to_string(), Some("stream")),
+        (json!({"model": "chat", "messages": [{"content": "x"}]}).to_string(), Some("messages[0].role")),
+        (json!({"model": "chat", "messages": ok_msgs, "stop": ["a", "b", "c", "d", "e"]}).to_string(), Some("stop")),
     ];
     for (body, param) in cases {
-        let (s, v, _) = send(
-            &gw,
-            post.clone(),
-            "/v1/chat/completions",
-            Some("key-a"),
-            Some(body.clone()),
-        )
-        .await;
+        let (s, v, _) = send(&gw, post.clone(), "/v1/chat/completions", Some("key-a"), Some(body.clone())).await;
         assert_eq!(s, 400, "{body}: {v}");
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert_eq!(v["error"]["param"].as_str(), param, "{body}: {v}");
     }
-    let (s, v, _) = send(
-        &gw,
-        post,
-        "/v1/completions",
-        Some("key-a"),
-        Some(json!({"model": "chat"}).to_string()),
-    )
-    .await;
+    let (s, v, _) = send(&gw, post, "/v1/completions", Some("key-a"), Some(json!({"model": "chat"}).to_string())).await;
     assert_eq!((s, v["error"]["param"].as_str()), (400, Some("prompt")));
-    assert!(
-        fake.posts().is_empty(),
-        "nothing invalid reached the upstream"
-    );
+    assert!(fake.posts().is_empty(), "nothing invalid reached the upstream");
 }
 
 #[tokio::test]
 async fn keys_are_checked_and_scoped_to_their_aliases() {
     let (_fake, gw) = gateway("").await;
-    let body =
-        json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let body = json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}).to_string();
     let post = reqwest::Method::POST;
-    let (s, v, _) = send(
-        &gw,
-        post.clone(),
-        "/v1/chat/completions",
-        None,
-        Some(body.clone()),
-    )
-    .await;
+    let (s, v, _) = send(&gw, post.clone(), "/v1/chat/completions", None, Some(body.clone())).await;
     assert_eq!(s, 401, "{v}");
     assert_eq!(v["error"]["code"], "invalid_api_key");
-    let (s, _, _) = send(
-        &gw,
-        post.clone(),
-        "/v1/chat/completions",
-        Some("wrong"),
-        Some(body.clone()),
-    )
-    .await;
+    let (s, _, _) = send(&gw, post.clone(), "/v1/chat/completions", Some("wrong"), Some(body.clone())).await;
     assert_eq!(s, 401);
-    let (s, v, _) = send(
-        &gw,
-        post.clone(),
-        "/v1/chat/completions",
-        Some("key-b"),
-        Some(body.clone()),
-    )
-    .await;
-    assert_eq!(
-        s, 404,
-        "another team's alias looks like an unknown model: {v}"
-    );
+    let (s, v, _) = send(&gw, post.clone(), "/v1/chat/completions", Some("key-b"), Some(body.clone())).await;
+    assert_eq!(s, 404, "another team's alias looks like an unknown model: {v}");
     assert_eq!(v["error"]["code"], "model_not_found");
     let r = reqwest::Client::new()
         .post(gw.url("/v1/chat/completions"))
@@ -200,12 +118,7 @@ async fn keys_are_checked_and_scoped_to_their_aliases() {
         .json()
         .await
         .unwrap();
-    let ids: Vec<&str> = models["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
+    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["other"]);
 }
 
@@ -221,49 +134,17 @@ async fn unknown_models_paths_methods_and_big_bodies() {
         Some(json!({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}).to_string()),
     )
     .await;
-    assert_eq!(
-        (s, v["error"]["code"].as_str()),
-        (404, Some("model_not_found"))
-    );
-    let (s, _, _) = send(
-        &gw,
-        reqwest::Method::GET,
-        "/v1/nothing",
-        Some("key-a"),
-        None,
-    )
-    .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("model_not_found")));
+    let (s, _, _) = send(&gw, reqwest::Method::GET, "/v1/nothing", Some("key-a"), None).await;
     assert_eq!(s, 404);
-    let (s, _, _) = send(
-        &gw,
-        reqwest::Method::GET,
-        "/v1/chat/completions",
-        Some("key-a"),
-        None,
-    )
-    .await;
+    let (s, _, _) = send(&gw, reqwest::Method::GET, "/v1/chat/completions", Some("key-a"), None).await;
     assert_eq!(s, 405);
-    let (s, _, _) = send(
-        &gw,
-        reqwest::Method::DELETE,
-        "/v1/models",
-        Some("key-a"),
-        None,
-    )
-    .await;
+    let (s, _, _) = send(&gw, reqwest::Method::DELETE, "/v1/models", Some("key-a"), None).await;
     assert_eq!(s, 405);
-    let big = json!({"model": "chat", "messages": [{"role": "user", "content": "x".repeat(5000)}]})
-        .to_string();
+    let big = json!({"model": "chat", "messages": [{"role": "user", "content": "x".repeat(5000)}]}).to_string();
     let (s, v, _) = send(&gw, post, "/v1/chat/completions", Some("key-a"), Some(big)).await;
     assert_eq!(s, 413, "{v}");
-    let (s, _, _) = send(
-        &gw,
-        reqwest::Method::GET,
-        "/v1/models/nope",
-        Some("key-a"),
-        None,
-    )
-    .await;
+    let (s, _, _) = send(&gw, reqwest::Method::GET, "/v1/models/nope", Some("key-a"), None).await;
     assert_eq!(s, 404);
 }
 
@@ -274,34 +155,22 @@ async fn cors_is_answered_for_configured_origins() {
         .request(reqwest::Method::OPTIONS, gw.url("/v1/chat/completions"))
         .header("origin", "http://app.example")
         .header("access-control-request-method", "POST")
-        .header(
-            "access-control-request-headers",
-            "authorization,content-type",
-        )
+        .header("access-control-request-headers", "authorization,content-type")
         .send()
         .await
         .unwrap();
     assert!(r.status().is_success());
-    assert_eq!(
-        r.headers()["access-control-allow-origin"],
-        "http://app.example"
-    );
+    assert_eq!(r.headers()["access-control-allow-origin"], "http://app.example");
 }
 
 #[tokio::test]
 async fn the_sdk_sees_gateway_errors_as_api_errors() {
     use async_openai::error::OpenAIError;
-    use async_openai::types::{
-        ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs,
-    };
+    use async_openai::types::{ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs};
     let (_fake, gw) = gateway("").await;
     let req = CreateChatCompletionRequestArgs::default()
         .model("missing")
-        .messages([ChatCompletionRequestUserMessageArgs::default()
-            .content("hi")
-            .build()
-            .unwrap()
-            .into()])
+        .messages([ChatCompletionRequestUserMessageArgs::default().content("hi").build().unwrap().into()])
         .build()
         .unwrap();
     match gw.openai("key-a").chat().create(req).await {

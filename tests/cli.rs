@@ -26,11 +26,7 @@ fn the_shipped_example_passes_check_config() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("gemma-3-270m"), "{stdout}");
     assert!(stdout.contains("gemma-local [local]"), "{stdout}");
 }
@@ -38,11 +34,7 @@ fn the_shipped_example_passes_check_config() {
 #[test]
 fn check_config_lists_every_problem_and_fails() {
     let d = tempfile::tempdir().unwrap();
-    std::fs::write(
-        d.path().join("tollgate.toml"),
-        "listen = \"x\"\nbogus = 1\n",
-    )
-    .unwrap();
+    std::fs::write(d.path().join("tollgate.toml"), "listen = \"x\"\nbogus = 1\n").unwrap();
     std::fs::create_dir(d.path().join("routes")).unwrap();
     std::fs::write(
         d.path().join("routes/a.toml"),
@@ -54,57 +46,28 @@ fn check_config_lists_every_problem_and_fails() {
         "[[alias]]\nname = \"b\"\n[[alias.deployment]]\nname = \"e\"\nkind = \"vllm\"\n",
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(d.path().join("tollgate.toml"))
-        .output()
-        .unwrap();
+    let out =
+        Command::new(BIN).args(["check-config", "--config"]).arg(d.path().join("tollgate.toml")).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("tollgate.toml") && err.contains("bogus"),
-        "{err}"
-    );
+    assert!(err.contains("tollgate.toml") && err.contains("bogus"), "{err}");
     assert!(
         err.contains("a.toml")
             && err.contains("alias[0].deployment[0].api_key")
             && err.contains("environment variable"),
         "{err}"
     );
-    assert!(
-        err.contains("b.toml") && err.contains("alias[0].deployment[0].kind"),
-        "{err}"
-    );
+    assert!(err.contains("b.toml") && err.contains("alias[0].deployment[0].kind"), "{err}");
 }
 
 #[test]
 fn keys_new_prints_a_key_and_its_config_lines() {
-    let out = Command::new(BIN)
-        .args(["keys", "new", "--name", "web"])
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["keys", "new", "--name", "web"]).output().unwrap();
     assert!(out.status.success());
     let s = String::from_utf8_lossy(&out.stdout);
-    let key = s
-        .lines()
-        .next()
-        .unwrap()
-        .strip_prefix("key:")
-        .unwrap()
-        .trim()
-        .to_owned();
-    let hash = s
-        .lines()
-        .find_map(|l| l.strip_prefix("sha256 = \""))
-        .unwrap()
-        .trim_end_matches('"');
-    assert_eq!(
-        hash,
-        tollgate::config::sha256(key.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
+    let key = s.lines().next().unwrap().strip_prefix("key:").unwrap().trim().to_owned();
+    let hash = s.lines().find_map(|l| l.strip_prefix("sha256 = \"")).unwrap().trim_end_matches('"');
+    assert_eq!(hash, tollgate::config::sha256(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>());
     assert!(s.contains("name = \"web\""));
 }
 
@@ -123,16 +86,9 @@ fn serve(dir: &std::path::Path) -> (std::process::Child, String) {
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let addr = loop {
-        let line = lines
-            .next()
-            .expect("the server exited before listening")
-            .unwrap();
+        let line = lines.next().expect("the server exited before listening").unwrap();
         if let Some(i) = line.find("listening on http://") {
-            break line[i + "listening on http://".len()..]
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_owned();
+            break line[i + "listening on http://".len()..].split_whitespace().next().unwrap().to_owned();
         }
     };
     std::thread::spawn(move || for _ in lines {});
@@ -142,17 +98,9 @@ fn serve(dir: &std::path::Path) -> (std::process::Child, String) {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_a_stream_finish_then_exits() {
     let release = Arc::new(tokio::sync::Notify::new());
-    let fake = Fake::start(vec![Reply::Sse(
-        vec![chunk("Hel"), chunk("lo")],
-        End::Stall(release.clone()),
-    )])
-    .await;
+    let fake = Fake::start(vec![Reply::Sse(vec![chunk("Hel"), chunk("lo")], End::Stall(release.clone()))]).await;
     let d = tempfile::tempdir().unwrap();
-    std::fs::write(
-        d.path().join("tollgate.toml"),
-        "shutdown_grace_secs = 1\n[auth]\nopen = true\n",
-    )
-    .unwrap();
+    std::fs::write(d.path().join("tollgate.toml"), "shutdown_grace_secs = 1\n[auth]\nopen = true\n").unwrap();
     std::fs::create_dir(d.path().join("routes")).unwrap();
     std::fs::write(
         d.path().join("routes/a.toml"),
@@ -161,14 +109,8 @@ async fn sigterm_lets_a_stream_finish_then_exits() {
     .unwrap();
     let (mut child, addr) = serve(d.path());
     let client = reqwest::Client::new();
-    let body =
-        json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "stream": true});
-    let mut r = client
-        .post(format!("http://{addr}/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let body = json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "stream": true});
+    let mut r = client.post(format!("http://{addr}/v1/chat/completions")).json(&body).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let first = r.chunk().await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&first).contains("Hel"));
@@ -181,17 +123,10 @@ async fn sigterm_lets_a_stream_finish_then_exits() {
     let last = sse_data(&rest).pop().unwrap();
     let v: serde_json::Value = serde_json::from_str(&last).unwrap();
     assert_eq!(v["error"]["code"], "shutting_down", "{rest}");
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
     assert!(status.success());
     assert!(
-        client
-            .get(format!("http://{addr}/health"))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-            .is_err(),
+        client.get(format!("http://{addr}/health")).timeout(Duration::from_secs(2)).send().await.is_err(),
         "no longer accepting"
     );
 }

@@ -11,12 +11,8 @@ use common::{sse_data, sse_text, Gateway, OPEN};
 use futures::future::join_all;
 use serde_json::{json, Value};
 
-static RT: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-});
+static RT: LazyLock<tokio::runtime::Runtime> =
+    LazyLock::new(|| tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap());
 
 fn gw() -> &'static Gateway {
     static GW: OnceLock<Gateway> = OnceLock::new();
@@ -28,23 +24,13 @@ fn gw() -> &'static Gateway {
 }
 
 async fn post(path: &str, body: Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(gw().url(path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = reqwest::Client::new().post(gw().url(path)).json(&body).send().await.unwrap();
     let status = r.status().as_u16();
     (status, r.json().await.unwrap())
 }
 
 async fn post_stream(path: &str, body: Value) -> String {
-    let r = reqwest::Client::new()
-        .post(gw().url(path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = reqwest::Client::new().post(gw().url(path)).json(&body).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     r.text().await.unwrap()
@@ -65,9 +51,16 @@ fn chat_and_completions_answer_with_exact_usage() {
         assert_eq!(v["choices"][0]["message"]["role"], "assistant");
         let u = &v["usage"];
         assert!(u["prompt_tokens"].as_u64().unwrap() > 5);
-        assert_eq!(u["total_tokens"].as_u64(), Some(u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap()));
+        assert_eq!(
+            u["total_tokens"].as_u64(),
+            Some(u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap())
+        );
         assert!(v["timings"]["predicted_n"].as_u64().is_some(), "llama-server-style timings: {v}");
-        let (s, v) = post("/v1/completions", json!({"model": "gemma", "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0})).await;
+        let (s, v) = post(
+            "/v1/completions",
+            json!({"model": "gemma", "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0}),
+        )
+        .await;
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["object"], "text_completion");
         assert!(!v["choices"][0]["text"].as_str().unwrap().is_empty());
@@ -78,7 +71,8 @@ fn chat_and_completions_answer_with_exact_usage() {
 fn max_tokens_ends_with_length_and_exact_completion_tokens() {
     gw();
     RT.block_on(async {
-        let mut body = json!({"model": "gemma", "prompt": "One, two, three, four,", "max_completion_tokens": 7, "temperature": 0});
+        let mut body =
+            json!({"model": "gemma", "prompt": "One, two, three, four,", "max_completion_tokens": 7, "temperature": 0});
         let (_, v) = post("/v1/completions", body.clone()).await;
         assert_eq!(v["choices"][0]["finish_reason"], "length");
         assert_eq!(v["usage"]["completion_tokens"], 7);
@@ -97,19 +91,12 @@ fn max_tokens_ends_with_length_and_exact_completion_tokens() {
 fn streamed_text_equals_the_non_streamed_text_at_temperature_zero() {
     gw();
     RT.block_on(async {
-        let (_, full) = post(
-            "/v1/chat/completions",
-            chat("Write a short sentence about the sea.", 16),
-        )
-        .await;
+        let (_, full) = post("/v1/chat/completions", chat("Write a short sentence about the sea.", 16)).await;
         let mut body = chat("Write a short sentence about the sea.", 16);
         body["stream"] = json!(true);
         let text = post_stream("/v1/chat/completions", body).await;
         assert_eq!(sse_data(&text).last().map(String::as_str), Some("[DONE]"));
-        assert_eq!(
-            sse_text(&text),
-            full["choices"][0]["message"]["content"].as_str().unwrap()
-        );
+        assert_eq!(sse_text(&text), full["choices"][0]["message"]["content"].as_str().unwrap());
     });
 }
 
@@ -164,10 +151,7 @@ fn unsupported_parameters_are_named_in_a_400() {
     gw();
     RT.block_on(async {
         for (k, val) in [
-            (
-                "tools",
-                json!([{"type": "function", "function": {"name": "f"}}]),
-            ),
+            ("tools", json!([{"type": "function", "function": {"name": "f"}}])),
             ("response_format", json!({"type": "json_object"})),
             ("logprobs", json!(true)),
             ("logit_bias", json!({"1": 5})),
@@ -225,12 +209,7 @@ fn non_ascii_text_arrives_intact() {
 fn models_show_the_gguf_facts() {
     gw();
     RT.block_on(async {
-        let v: Value = reqwest::get(gw().url("/v1/models/gemma"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = reqwest::get(gw().url("/v1/models/gemma")).await.unwrap().json().await.unwrap();
         let m = &v["deployments"][0]["model"];
         assert_eq!(m["sha256"].as_str().unwrap().len(), 64);
         assert!(m["sha256"].as_str().unwrap().starts_with("a5fd3b62"));
@@ -240,9 +219,6 @@ fn models_show_the_gguf_facts() {
         assert_eq!(m["chat_template"], "gemma");
         assert_eq!(m["chat_template_source"], "builtin");
         assert!(m["parameters"].as_u64().unwrap() > 200_000_000);
-        assert_eq!(
-            reqwest::get(gw().url("/ready")).await.unwrap().status(),
-            200
-        );
+        assert_eq!(reqwest::get(gw().url("/ready")).await.unwrap().status(), 200);
     });
 }

@@ -5,8 +5,7 @@
 mod common;
 
 use async_openai::types::{
-    ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs,
-    CreateCompletionRequestArgs,
+    ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs, CreateCompletionRequestArgs,
 };
 use common::{openai_route, sse_data, sse_text, Gateway, OPEN};
 use futures::StreamExt;
@@ -14,14 +13,7 @@ use serde_json::{json, Value};
 
 async fn gateway() -> Gateway {
     let up = common::llama_server();
-    Gateway::start(
-        OPEN,
-        &[(
-            "a.toml",
-            &openai_route("gemma", "llama-server", &up, "gemma", ""),
-        )],
-    )
-    .await
+    Gateway::start(OPEN, &[("a.toml", &openai_route("gemma", "llama-server", &up, "gemma", ""))]).await
 }
 
 #[tokio::test]
@@ -38,60 +30,30 @@ async fn chat_through_the_gateway_matches_going_direct() {
         .json()
         .await
         .unwrap();
-    let r = c
-        .post(gw.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = c.post(gw.url("/v1/chat/completions")).json(&body).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-tollgate-deployment"], "llama-server");
     let via: Value = r.json().await.unwrap();
-    assert_eq!(
-        via["choices"][0]["message"]["content"],
-        direct["choices"][0]["message"]["content"]
-    );
-    assert_eq!(
-        via["usage"]["completion_tokens"],
-        direct["usage"]["completion_tokens"]
-    );
+    assert_eq!(via["choices"][0]["message"]["content"], direct["choices"][0]["message"]["content"]);
+    assert_eq!(via["usage"]["completion_tokens"], direct["usage"]["completion_tokens"]);
     assert_eq!(via["model"], "gemma");
-    assert!(
-        via["timings"].is_object(),
-        "llama-server's own fields pass through"
-    );
+    assert!(via["timings"].is_object(), "llama-server's own fields pass through");
 
     let mut sbody = body.clone();
     sbody["stream"] = json!(true);
-    let text = c
-        .post(gw.url("/v1/chat/completions"))
-        .json(&sbody)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(
-        sse_text(&text),
-        direct["choices"][0]["message"]["content"].as_str().unwrap()
-    );
+    let text = c.post(gw.url("/v1/chat/completions")).json(&sbody).send().await.unwrap().text().await.unwrap();
+    assert_eq!(sse_text(&text), direct["choices"][0]["message"]["content"].as_str().unwrap());
     let data = sse_data(&text);
     assert_eq!(data.last().unwrap(), "[DONE]");
-    assert!(
-        data.iter().all(|d| !d.contains("\"usage\"")),
-        "no usage chunk the client did not ask for"
-    );
-    let m = c
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    assert!(data.iter().all(|d| !d.contains("\"usage\"")), "no usage chunk the client did not ask for");
+    let m = c.get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap();
     let completion = direct["usage"]["completion_tokens"].as_u64().unwrap() * 2;
-    assert!(m.contains(&format!("tollgate_tokens_total{{alias=\"gemma\",deployment=\"llama-server\",kind=\"completion\"}} {completion}")), "{m}");
+    assert!(
+        m.contains(&format!(
+            "tollgate_tokens_total{{alias=\"gemma\",deployment=\"llama-server\",kind=\"completion\"}} {completion}"
+        )),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -102,14 +64,8 @@ async fn the_openai_sdk_streams_chat_and_completions() {
         .model("gemma")
         .max_tokens(8u32)
         .temperature(0.0)
-        .messages([ChatCompletionRequestUserMessageArgs::default()
-            .content("Name a fruit.")
-            .build()
-            .unwrap()
-            .into()])
-        .stream_options(async_openai::types::ChatCompletionStreamOptions {
-            include_usage: true,
-        })
+        .messages([ChatCompletionRequestUserMessageArgs::default().content("Name a fruit.").build().unwrap().into()])
+        .stream_options(async_openai::types::ChatCompletionStreamOptions { include_usage: true })
         .build()
         .unwrap();
     let mut s = client.chat().create_stream(req).await.unwrap();

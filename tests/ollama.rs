@@ -23,11 +23,9 @@ fn done(reason: &str) -> String {
 
 #[tokio::test]
 async fn chat_streams_are_translated_with_usage_and_finish_reason() {
-    let fake = Fake::start(vec![Reply::Ndjson(
-        vec![line("Hello"), line(" there"), line("!"), done("length")],
-        End::Done,
-    )])
-    .await;
+    let fake =
+        Fake::start(vec![Reply::Ndjson(vec![line("Hello"), line(" there"), line("!"), done("length")], End::Done)])
+            .await;
     let gw = Gateway::start(OPEN, &[("o.toml", &route(&fake))]).await;
     let body = json!({"model": "llama", "messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "hi"}],
                       "max_tokens": 3, "temperature": 0.2, "seed": 7, "stop": ["\n"], "stream": true, "stream_options": {"include_usage": true}});
@@ -43,26 +41,14 @@ async fn chat_streams_are_translated_with_usage_and_finish_reason() {
     assert_eq!(sse_text(&text), "Hello there!");
     let data = sse_data(&text);
     assert_eq!(data.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
-    assert!(chunks
-        .iter()
-        .all(|c| c["object"] == "chat.completion.chunk" && c["model"] == "llama"));
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk" && c["model"] == "llama"));
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    let finish = chunks
-        .iter()
-        .find_map(|c| c["choices"][0]["finish_reason"].as_str())
-        .unwrap();
+    let finish = chunks.iter().find_map(|c| c["choices"][0]["finish_reason"].as_str()).unwrap();
     assert_eq!(finish, "length");
     let usage = &chunks.last().unwrap()["usage"];
     assert_eq!(
-        (
-            usage["prompt_tokens"].as_u64(),
-            usage["completion_tokens"].as_u64(),
-            usage["total_tokens"].as_u64()
-        ),
+        (usage["prompt_tokens"].as_u64(), usage["completion_tokens"].as_u64(), usage["total_tokens"].as_u64()),
         (Some(26), Some(3), Some(29))
     );
 
@@ -81,11 +67,7 @@ async fn chat_streams_are_translated_with_usage_and_finish_reason() {
 async fn non_streamed_chat_and_generate_become_openai_bodies() {
     let full = json!({"model": "llama3.2:1b", "created_at": "2026-11-29T21:00:01Z", "message": {"role": "assistant", "content": "Hi!"}, "done_reason": "stop", "done": true, "prompt_eval_count": 10, "eval_count": 2}).to_string();
     let gen = json!({"model": "llama3.2:1b", "created_at": "2026-11-29T21:00:01Z", "response": " Paris.", "done": true, "done_reason": "stop", "prompt_eval_count": 4, "eval_count": 2}).to_string();
-    let fake = Fake::start(vec![
-        Reply::Status(200, vec![], full),
-        Reply::Status(200, vec![], gen),
-    ])
-    .await;
+    let fake = Fake::start(vec![Reply::Status(200, vec![], full), Reply::Status(200, vec![], gen)]).await;
     let gw = Gateway::start(OPEN, &[("o.toml", &route(&fake))]).await;
     let c = reqwest::Client::new();
     let v: Value = c
@@ -117,16 +99,12 @@ async fn non_streamed_chat_and_generate_become_openai_bodies() {
 #[tokio::test]
 async fn an_ollama_error_mid_stream_is_an_error_event() {
     let fake = Fake::start(vec![Reply::Ndjson(
-        vec![
-            line("Hel"),
-            json!({"error": "model runner crashed"}).to_string(),
-        ],
+        vec![line("Hel"), json!({"error": "model runner crashed"}).to_string()],
         End::Done,
     )])
     .await;
     let gw = Gateway::start(OPEN, &[("o.toml", &route(&fake))]).await;
-    let body =
-        json!({"model": "llama", "messages": [{"role": "user", "content": "hi"}], "stream": true});
+    let body = json!({"model": "llama", "messages": [{"role": "user", "content": "hi"}], "stream": true});
     let text = reqwest::Client::new()
         .post(gw.url("/v1/chat/completions"))
         .json(&body)
@@ -137,13 +115,7 @@ async fn an_ollama_error_mid_stream_is_an_error_event() {
         .await
         .unwrap();
     let last: Value = serde_json::from_str(sse_data(&text).last().unwrap()).unwrap();
-    assert!(
-        last["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("model runner crashed"),
-        "{text}"
-    );
+    assert!(last["error"]["message"].as_str().unwrap().contains("model runner crashed"), "{text}");
 }
 
 #[tokio::test]
@@ -163,8 +135,5 @@ async fn an_unknown_ollama_model_is_a_404_in_openai_shape() {
         .unwrap();
     assert_eq!(r.status(), 404);
     let v: Value = r.json().await.unwrap();
-    assert!(v["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("not found"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("not found"));
 }

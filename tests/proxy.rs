@@ -16,14 +16,8 @@ fn chat_body(stream: bool) -> Value {
 
 async fn one_upstream(script: Vec<Reply>, extra: &str) -> (Fake, Gateway) {
     let fake = Fake::start(script).await;
-    let gw = Gateway::start(
-        OPEN,
-        &[(
-            "a.toml",
-            &openai_route("chat", "up", &fake.base(), "gemma-upstream", extra),
-        )],
-    )
-    .await;
+    let gw =
+        Gateway::start(OPEN, &[("a.toml", &openai_route("chat", "up", &fake.base(), "gemma-upstream", extra))]).await;
     (fake, gw)
 }
 
@@ -36,10 +30,7 @@ async fn stream_is_forwarded_event_by_event_with_alias_and_without_injected_usag
     let r = reqwest::Client::new()
         .post(gw.url("/v1/chat/completions"))
         .header("x-request-id", "req-abc")
-        .header(
-            "traceparent",
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-        )
+        .header("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
         .json(&body)
         .send()
         .await
@@ -54,10 +45,7 @@ async fn stream_is_forwarded_event_by_event_with_alias_and_without_injected_usag
     for d in &data[..data.len() - 1] {
         let v: Value = serde_json::from_str(d).unwrap();
         assert_eq!(v["model"], "chat", "the alias, not the upstream's name");
-        assert!(
-            v.get("usage").is_none(),
-            "the client did not ask for usage: {d}"
-        );
+        assert!(v.get("usage").is_none(), "the client did not ask for usage: {d}");
     }
     assert_eq!(sse_text(&text), "Say hello in five words.<|im_end|>\n<|im_");
 
@@ -65,33 +53,16 @@ async fn stream_is_forwarded_event_by_event_with_alias_and_without_injected_usag
     assert_eq!(sent.path, "/v1/chat/completions");
     let up = sent.json();
     assert_eq!(up["model"], "gemma-upstream");
-    assert_eq!(
-        up["stream_options"]["include_usage"], true,
-        "usage is always requested on streams"
-    );
+    assert_eq!(up["stream_options"]["include_usage"], true, "usage is always requested on streams");
     assert_eq!(up["top_k"], 7, "unknown fields pass untouched");
     assert_eq!(up["guided_json"], json!({"type": "object"}));
     assert_eq!(sent.header("x-request-id"), Some("req-abc"));
-    assert_eq!(
-        sent.header("traceparent"),
-        Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
-    );
+    assert_eq!(sent.header("traceparent"), Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
 
     // The usage the client never saw is still accounted.
-    let m = reqwest::get(gw.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        m.contains(r#"tollgate_tokens_total{alias="chat",deployment="up",kind="completion"} 16"#),
-        "{m}"
-    );
-    assert!(
-        m.contains(r#"tollgate_tokens_total{alias="chat",deployment="up",kind="prompt"} 29"#),
-        "{m}"
-    );
+    let m = reqwest::get(gw.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(m.contains(r#"tollgate_tokens_total{alias="chat",deployment="up",kind="completion"} 16"#), "{m}");
+    assert!(m.contains(r#"tollgate_tokens_total{alias="chat",deployment="up",kind="prompt"} 29"#), "{m}");
 }
 
 #[tokio::test]
@@ -117,48 +88,27 @@ async fn usage_chunk_is_kept_when_the_client_asks() {
 
 #[tokio::test]
 async fn full_bodies_pass_through_with_their_extra_fields() {
-    let (fake, gw) = one_upstream(
-        vec![Reply::Fixture("chat")],
-        "max_tokens_field = \"max_completion_tokens\"",
-    )
-    .await;
+    let (fake, gw) = one_upstream(vec![Reply::Fixture("chat")], "max_tokens_field = \"max_completion_tokens\"").await;
     let mut body = chat_body(false);
     body.as_object_mut().unwrap().remove("max_tokens");
     body["max_completion_tokens"] = json!(16);
-    let r = reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = reqwest::Client::new().post(gw.url("/v1/chat/completions")).json(&body).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["model"], "chat");
-    assert_eq!(
-        v["timings"]["predicted_n"], 16,
-        "fields only full bodies carry survive"
-    );
+    assert_eq!(v["timings"]["predicted_n"], 16, "fields only full bodies carry survive");
     assert_eq!(v["usage"]["total_tokens"], 45);
     let up = fake.posts()[0].json();
     assert_eq!(up["max_completion_tokens"], 16);
     assert!(up.get("max_tokens").is_none());
-    assert!(
-        up.get("stream_options").is_none(),
-        "stream_options only on streamed upstream calls"
-    );
+    assert!(up.get("stream_options").is_none(), "stream_options only on streamed upstream calls");
 }
 
 #[tokio::test]
 async fn the_openai_sdk_works_through_the_gateway() {
-    use async_openai::types::{
-        ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs,
-    };
+    use async_openai::types::{ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequestArgs};
     use futures::StreamExt;
-    let (_fake, gw) = one_upstream(
-        vec![Reply::Fixture("chat"), Reply::Fixture("chat-stream")],
-        "",
-    )
-    .await;
+    let (_fake, gw) = one_upstream(vec![Reply::Fixture("chat"), Reply::Fixture("chat-stream")], "").await;
     let client = gw.openai("unused");
     let req = CreateChatCompletionRequestArgs::default()
         .model("chat")
@@ -172,10 +122,7 @@ async fn the_openai_sdk_works_through_the_gateway() {
         .unwrap();
     let r = client.chat().create(req.clone()).await.unwrap();
     assert_eq!(r.model, "chat");
-    assert_eq!(
-        r.choices[0].message.content.as_deref(),
-        Some("Say hello in five words.<|im_end|>\n<|im_")
-    );
+    assert_eq!(r.choices[0].message.content.as_deref(), Some("Say hello in five words.<|im_end|>\n<|im_"));
     assert_eq!(r.usage.unwrap().completion_tokens, 16);
     let mut s = client.chat().create_stream(req).await.unwrap();
     let mut text = String::new();
@@ -194,17 +141,8 @@ async fn the_openai_sdk_works_through_the_gateway() {
 #[tokio::test]
 async fn a_500_is_retried_then_served() {
     let err = r#"{"error":{"code":500,"message":"boom","type":"server_error"}}"#.to_string();
-    let (fake, gw) = one_upstream(
-        vec![Reply::Status(500, vec![], err), Reply::Fixture("chat")],
-        "",
-    )
-    .await;
-    let r = reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let (fake, gw) = one_upstream(vec![Reply::Status(500, vec![], err), Reply::Fixture("chat")], "").await;
+    let r = reqwest::Client::new().post(gw.url("/v1/chat/completions")).json(&chat_body(false)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(fake.posts().len(), 2);
 }
@@ -213,19 +151,11 @@ async fn a_500_is_retried_then_served() {
 async fn a_429_is_retried_after_its_retry_after() {
     let err = r#"{"error":{"message":"slow down","type":"rate_limit_error"}}"#.to_string();
     let (fake, gw) = one_upstream(
-        vec![
-            Reply::Status(429, vec![("Retry-After", "0".into())], err),
-            Reply::Fixture("chat-stream"),
-        ],
+        vec![Reply::Status(429, vec![("Retry-After", "0".into())], err), Reply::Fixture("chat-stream")],
         "",
     )
     .await;
-    let r = reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let r = reqwest::Client::new().post(gw.url("/v1/chat/completions")).json(&chat_body(true)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().ends_with("data: [DONE]\n\n"));
     assert_eq!(fake.posts().len(), 2);
@@ -234,17 +164,8 @@ async fn a_429_is_retried_after_its_retry_after() {
 #[tokio::test]
 async fn a_429_with_a_long_retry_after_reaches_the_client() {
     let err = r#"{"error":{"message":"slow down","type":"rate_limit_error","code":"rate_limit_exceeded"}}"#.to_string();
-    let (fake, gw) = one_upstream(
-        vec![Reply::Status(429, vec![("Retry-After", "30".into())], err)],
-        "",
-    )
-    .await;
-    let r = reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let (fake, gw) = one_upstream(vec![Reply::Status(429, vec![("Retry-After", "30".into())], err)], "").await;
+    let r = reqwest::Client::new().post(gw.url("/v1/chat/completions")).json(&chat_body(false)).send().await.unwrap();
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after"], "30");
     let v: Value = r.json().await.unwrap();
@@ -262,48 +183,21 @@ async fn failures_fall_back_to_the_next_deployment() {
         good.base()
     );
     let gw = Gateway::start(OPEN, &[("a.toml", &routes)]).await;
-    let r = reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = reqwest::Client::new().post(gw.url("/v1/chat/completions")).json(&chat_body(false)).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-tollgate-deployment"], "good");
-    assert_eq!(
-        bad.posts().len(),
-        2,
-        "one try and one retry on the failing deployment"
-    );
+    assert_eq!(bad.posts().len(), 2, "one try and one retry on the failing deployment");
 }
 
 #[tokio::test]
 async fn an_unreachable_upstream_is_a_502() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let gw = Gateway::start(
         OPEN,
-        &[(
-            "a.toml",
-            &openai_route(
-                "chat",
-                "gone",
-                &format!("http://127.0.0.1:{port}/v1"),
-                "m",
-                "max_retries = 0",
-            ),
-        )],
+        &[("a.toml", &openai_route("chat", "gone", &format!("http://127.0.0.1:{port}/v1"), "m", "max_retries = 0"))],
     )
     .await;
-    let r = reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = reqwest::Client::new().post(gw.url("/v1/chat/completions")).json(&chat_body(false)).send().await.unwrap();
     assert_eq!(r.status(), 502);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["type"], "api_error");
@@ -313,21 +207,12 @@ async fn an_unreachable_upstream_is_a_502() {
 #[tokio::test]
 async fn upstream_client_errors_pass_through_normalised_and_are_not_retried() {
     let (fake, gw) = one_upstream(vec![Reply::Fixture("error-no-messages")], "").await;
-    let r = reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = reqwest::Client::new().post(gw.url("/v1/chat/completions")).json(&chat_body(false)).send().await.unwrap();
     assert_eq!(r.status(), 400);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["message"], "'messages' is required");
     assert_eq!(v["error"]["type"], "invalid_request_error");
-    assert_eq!(
-        v["error"]["code"],
-        Value::Null,
-        "llama-server's numeric code becomes null"
-    );
+    assert_eq!(v["error"]["code"], Value::Null, "llama-server's numeric code becomes null");
     assert_eq!(fake.posts().len(), 1);
 }
 
@@ -335,10 +220,7 @@ async fn upstream_client_errors_pass_through_normalised_and_are_not_retried() {
 async fn a_stall_mid_stream_ends_with_an_error_event_and_closes_upstream() {
     let release = Arc::new(tokio::sync::Notify::new());
     let (fake, gw) = one_upstream(
-        vec![Reply::Sse(
-            vec![chunk("Hel"), chunk("lo")],
-            End::Stall(release.clone()),
-        )],
+        vec![Reply::Sse(vec![chunk("Hel"), chunk("lo")], End::Stall(release.clone()))],
         "stall_timeout_ms = 300\nmax_retries = 0",
     )
     .await;
@@ -363,11 +245,7 @@ async fn a_stall_mid_stream_ends_with_an_error_event_and_closes_upstream() {
 
 #[tokio::test]
 async fn a_cut_connection_ends_with_an_error_event() {
-    let (_fake, gw) = one_upstream(
-        vec![Reply::Sse(vec![chunk("Hel")], End::Cut)],
-        "max_retries = 0",
-    )
-    .await;
+    let (_fake, gw) = one_upstream(vec![Reply::Sse(vec![chunk("Hel")], End::Cut)], "max_retries = 0").await;
     let text = reqwest::Client::new()
         .post(gw.url("/v1/chat/completions"))
         .json(&chat_body(true))
@@ -385,10 +263,8 @@ async fn a_cut_connection_ends_with_an_error_event() {
 
 #[tokio::test]
 async fn an_in_band_error_reaches_the_client_as_an_openai_error_event() {
-    let inband =
-        r#"{"error":{"code":500,"message":"the model crashed","type":"server_error"}}"#.to_string();
-    let (_fake, gw) =
-        one_upstream(vec![Reply::Sse(vec![chunk("Hi"), inband], End::Done)], "").await;
+    let inband = r#"{"error":{"code":500,"message":"the model crashed","type":"server_error"}}"#.to_string();
+    let (_fake, gw) = one_upstream(vec![Reply::Sse(vec![chunk("Hi"), inband], End::Done)], "").await;
     let text = reqwest::Client::new()
         .post(gw.url("/v1/chat/completions"))
         .json(&chat_body(true))
@@ -402,12 +278,7 @@ async fn an_in_band_error_reaches_the_client_as_an_openai_error_event() {
     let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
     assert_eq!(last["error"]["message"], "the model crashed");
     assert!(last["error"]["type"].is_string());
-    let m = reqwest::get(gw.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = reqwest::get(gw.url("/metrics")).await.unwrap().text().await.unwrap();
     assert!(
         m.contains(r#"tollgate_requests_total{alias="chat",deployment="up",status="502"} 1"#),
         "counted as a failure: {m}"
@@ -416,16 +287,8 @@ async fn an_in_band_error_reaches_the_client_as_an_openai_error_event() {
 
 #[tokio::test]
 async fn an_in_band_error_before_the_first_token_is_retried() {
-    let inband =
-        r#"{"error":{"code":503,"message":"loading","type":"unavailable_error"}}"#.to_string();
-    let (fake, gw) = one_upstream(
-        vec![
-            Reply::Sse(vec![inband], End::Done),
-            Reply::Fixture("chat-stream"),
-        ],
-        "",
-    )
-    .await;
+    let inband = r#"{"error":{"code":503,"message":"loading","type":"unavailable_error"}}"#.to_string();
+    let (fake, gw) = one_upstream(vec![Reply::Sse(vec![inband], End::Done), Reply::Fixture("chat-stream")], "").await;
     let text = reqwest::Client::new()
         .post(gw.url("/v1/chat/completions"))
         .json(&chat_body(true))
@@ -442,25 +305,12 @@ async fn an_in_band_error_before_the_first_token_is_retried() {
 #[tokio::test]
 async fn every_deployment_full_is_an_immediate_429() {
     let release = Arc::new(tokio::sync::Notify::new());
-    let (_fake, gw) = one_upstream(
-        vec![Reply::Sse(vec![chunk("a")], End::Stall(release.clone()))],
-        "max_concurrency = 1",
-    )
-    .await;
+    let (_fake, gw) =
+        one_upstream(vec![Reply::Sse(vec![chunk("a")], End::Stall(release.clone()))], "max_concurrency = 1").await;
     let client = reqwest::Client::new();
-    let held = client
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let held = client.post(gw.url("/v1/chat/completions")).json(&chat_body(true)).send().await.unwrap();
     assert_eq!(held.status(), 200);
-    let r = client
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(false))
-        .send()
-        .await
-        .unwrap();
+    let r = client.post(gw.url("/v1/chat/completions")).json(&chat_body(false)).send().await.unwrap();
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
     let v: Value = r.json().await.unwrap();
@@ -472,14 +322,9 @@ async fn every_deployment_full_is_an_immediate_429() {
 #[tokio::test]
 async fn a_client_that_disconnects_cancels_the_upstream_request() {
     let release = Arc::new(tokio::sync::Notify::new());
-    let (fake, gw) =
-        one_upstream(vec![Reply::Sse(vec![chunk("a")], End::Stall(release))], "").await;
-    let mut r = reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let (fake, gw) = one_upstream(vec![Reply::Sse(vec![chunk("a")], End::Stall(release))], "").await;
+    let mut r =
+        reqwest::Client::new().post(gw.url("/v1/chat/completions")).json(&chat_body(true)).send().await.unwrap();
     let first = r.chunk().await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&first).starts_with("data: "));
     drop(r);
@@ -490,103 +335,36 @@ async fn a_client_that_disconnects_cancels_the_upstream_request() {
 
 #[tokio::test]
 async fn completions_and_models_pass_through() {
-    let (fake, gw) = one_upstream(
-        vec![
-            Reply::Fixture("completion"),
-            Reply::Fixture("completion-stream"),
-        ],
-        "",
-    )
-    .await;
+    let (fake, gw) = one_upstream(vec![Reply::Fixture("completion"), Reply::Fixture("completion-stream")], "").await;
     let c = reqwest::Client::new();
     let body = json!({"model": "chat", "prompt": "Paris is", "max_tokens": 8, "temperature": 0});
-    let v: Value = c
-        .post(gw.url("/v1/completions"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        v["choices"][0]["text"],
-        " the capital of the country of France."
-    );
+    let v: Value = c.post(gw.url("/v1/completions")).json(&body).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["choices"][0]["text"], " the capital of the country of France.");
     assert_eq!(v["model"], "chat");
     let mut sbody = body.clone();
     sbody["stream"] = json!(true);
-    let text = c
-        .post(gw.url("/v1/completions"))
-        .json(&sbody)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = c.post(gw.url("/v1/completions")).json(&sbody).send().await.unwrap().text().await.unwrap();
     assert_eq!(sse_text(&text), " the capital of the country of France.");
     assert_eq!(fake.posts()[1].path, "/v1/completions");
-    let models: Value = c
-        .get(gw.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = c.get(gw.url("/v1/models")).send().await.unwrap().json().await.unwrap();
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], "chat");
-    let one: Value = c
-        .get(gw.url("/v1/models/chat"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let one: Value = c.get(gw.url("/v1/models/chat")).send().await.unwrap().json().await.unwrap();
     assert_eq!(one["id"], "chat");
 }
 
 #[tokio::test]
 async fn ready_reflects_upstream_health() {
     let fake = Fake::start(vec![]).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let routes = [
         ("a.toml", openai_route("chat", "up", &fake.base(), "m", "")),
-        (
-            "b.toml",
-            openai_route(
-                "other",
-                "gone",
-                &format!("http://127.0.0.1:{port}/v1"),
-                "m",
-                "",
-            ),
-        ),
+        ("b.toml", openai_route("other", "gone", &format!("http://127.0.0.1:{port}/v1"), "m", "")),
     ];
-    let gw = Gateway::start(
-        OPEN,
-        &routes[..1]
-            .iter()
-            .map(|(a, b)| (*a, b.as_str()))
-            .collect::<Vec<_>>(),
-    )
-    .await;
+    let gw = Gateway::start(OPEN, &routes[..1].iter().map(|(a, b)| (*a, b.as_str())).collect::<Vec<_>>()).await;
     assert_eq!(reqwest::get(gw.url("/ready")).await.unwrap().status(), 200);
     assert_eq!(reqwest::get(gw.url("/health")).await.unwrap().status(), 200);
-    let gw2 = Gateway::start(
-        OPEN,
-        &routes
-            .iter()
-            .map(|(a, b)| (*a, b.as_str()))
-            .collect::<Vec<_>>(),
-    )
-    .await;
+    let gw2 = Gateway::start(OPEN, &routes.iter().map(|(a, b)| (*a, b.as_str())).collect::<Vec<_>>()).await;
     let r = reqwest::get(gw2.url("/ready")).await.unwrap();
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await.unwrap();
@@ -617,65 +395,28 @@ async fn embeddings_pass_through_to_upstreams_that_serve_them() {
 #[tokio::test]
 async fn a_reload_applies_new_routes_and_keys_without_dropping_a_stream() {
     let release = Arc::new(tokio::sync::Notify::new());
-    let (fake, gw) = one_upstream(
-        vec![Reply::Sse(
-            vec![chunk("still ")],
-            End::Stall(release.clone()),
-        )],
-        "",
-    )
-    .await;
+    let (fake, gw) = one_upstream(vec![Reply::Sse(vec![chunk("still ")], End::Stall(release.clone()))], "").await;
     let client = reqwest::Client::new();
-    let mut r = client
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat_body(true))
-        .send()
-        .await
-        .unwrap();
+    let mut r = client.post(gw.url("/v1/chat/completions")).json(&chat_body(true)).send().await.unwrap();
     let first = r.chunk().await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&first).contains("still"));
     // New config: a second alias, and keys required now.
-    std::fs::write(
-        gw.dir.path().join("routes/b.toml"),
-        openai_route("chat2", "up2", &fake.base(), "m", ""),
-    )
-    .unwrap();
+    std::fs::write(gw.dir.path().join("routes/b.toml"), openai_route("chat2", "up2", &fake.base(), "m", "")).unwrap();
     std::fs::write(
         gw.dir.path().join("tollgate.toml"),
         "[[auth.keys]]\nname = \"k\"\nkey = \"${RELOAD_KEY}\"\naliases = [\"*\"]\n",
     )
     .unwrap();
-    let opts = tollgate::config::LoadOptions {
-        config: Some(gw.dir.path().join("tollgate.toml")),
-        ..Default::default()
-    };
-    let cfg = tollgate::config::load_with_env(&opts, &|k| {
-        (k == "RELOAD_KEY").then(|| "new-key".to_string())
-    })
-    .unwrap();
+    let opts =
+        tollgate::config::LoadOptions { config: Some(gw.dir.path().join("tollgate.toml")), ..Default::default() };
+    let cfg = tollgate::config::load_with_env(&opts, &|k| (k == "RELOAD_KEY").then(|| "new-key".to_string())).unwrap();
     gw.running.state.reload(&cfg).await.unwrap();
     let mut b = chat_body(false);
     b["model"] = json!("chat2");
     fake.push(Reply::Fixture("chat"));
+    assert_eq!(client.post(gw.url("/v1/chat/completions")).json(&b).send().await.unwrap().status(), 401);
     assert_eq!(
-        client
-            .post(gw.url("/v1/chat/completions"))
-            .json(&b)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    assert_eq!(
-        client
-            .post(gw.url("/v1/chat/completions"))
-            .bearer_auth("new-key")
-            .json(&b)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        client.post(gw.url("/v1/chat/completions")).bearer_auth("new-key").json(&b).send().await.unwrap().status(),
         200
     );
     // The stream that began before the reload still runs to its end.

@@ -32,22 +32,13 @@ impl Caller {
 }
 
 pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
+    if let Some(v) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let v = v.trim();
-        if let Some(k) = v
-            .strip_prefix("Bearer ")
-            .or_else(|| v.strip_prefix("bearer "))
-        {
+        if let Some(k) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
             return Some(k.trim());
         }
     }
-    headers
-        .get("api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
+    headers.get("api-key").and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
 fn find<'a>(keys: &'a [ApiKeyConfig], presented: &str) -> Option<&'a ApiKeyConfig> {
@@ -78,9 +69,7 @@ pub fn authenticate(auth: &AuthConfig, headers: &HeaderMap) -> Result<Caller, Ap
 
 pub fn authenticate_admin(auth: &AuthConfig, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(h) = auth.admin_key_sha256 else {
-        return Err(ApiError::unauthorized(
-            "No admin key is configured (auth.admin_key).",
-        ));
+        return Err(ApiError::unauthorized("No admin key is configured (auth.admin_key)."));
     };
     match presented_key(headers) {
         Some(k) if bool::from(sha256(k.as_bytes()).ct_eq(&h)) => Ok(()),

@@ -54,8 +54,7 @@ impl ApiError {
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
-            .with_code("invalid_api_key")
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message).with_code("invalid_api_key")
     }
 
     pub fn model_not_found(model: &str) -> Self {
@@ -72,12 +71,7 @@ impl ApiError {
     }
 
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "invalid_request_error",
-            message,
-        )
-        .with_code("method_not_allowed")
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", message).with_code("method_not_allowed")
     }
 
     pub fn payload_too_large(limit: usize) -> Self {
@@ -102,8 +96,8 @@ impl ApiError {
     }
 
     pub fn rate_limited(message: impl Into<String>, retry_after: Option<u64>) -> Self {
-        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message)
-            .with_code("rate_limit_exceeded");
+        let mut e =
+            Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message).with_code("rate_limit_exceeded");
         e.retry_after = retry_after;
         e
     }
@@ -121,17 +115,14 @@ impl ApiError {
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "api_error", message)
-            .with_code("internal_error")
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "api_error", message).with_code("internal_error")
     }
 
     /// An upstream 4xx passed through with its status, normalised to the OpenAI shape.
     /// `body` is the upstream's error body, whatever shape it had.
     pub fn from_upstream(status: StatusCode, body: &[u8]) -> Self {
         let parsed: Option<Value> = serde_json::from_slice(body).ok();
-        let obj = parsed
-            .as_ref()
-            .and_then(|v| v.get("error").cloned().or_else(|| Some(v.clone())));
+        let obj = parsed.as_ref().and_then(|v| v.get("error").cloned().or_else(|| Some(v.clone())));
         let (message, up_type, param, code) = match obj {
             Some(Value::Object(o)) => (
                 o.get("message").and_then(Value::as_str).map(str::to_owned),
@@ -191,18 +182,9 @@ impl ApiError {
     pub fn to_json(&self) -> Value {
         let mut o = Map::new();
         o.insert("message".into(), Value::String(self.message.clone()));
-        o.insert(
-            "type".into(),
-            Value::String(self.type_.clone().into_owned()),
-        );
-        o.insert(
-            "param".into(),
-            self.param.clone().map_or(Value::Null, Value::String),
-        );
-        o.insert(
-            "code".into(),
-            self.code.clone().map_or(Value::Null, Value::String),
-        );
+        o.insert("type".into(), Value::String(self.type_.clone().into_owned()));
+        o.insert("param".into(), self.param.clone().map_or(Value::Null, Value::String));
+        o.insert("code".into(), self.code.clone().map_or(Value::Null, Value::String));
         json!({ "error": Value::Object(o) })
     }
 }
@@ -218,18 +200,11 @@ impl std::error::Error for ApiError {}
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&self.to_json()).unwrap_or_default();
-        let mut resp = (
-            self.status,
-            [(
-                axum::http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            body,
-        )
-            .into_response();
+        let mut resp =
+            (self.status, [(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
+                .into_response();
         if let Some(s) = self.retry_after {
-            resp.headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(s));
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from(s));
         }
         resp
     }
@@ -247,13 +222,8 @@ mod tests {
         );
         let v = e.to_json();
         assert_eq!(v["error"]["message"], "'messages' is required");
-        assert_eq!(
-            v["error"]["code"],
-            Value::Null,
-            "a numeric code becomes null"
-        );
-        let e =
-            ApiError::from_upstream(StatusCode::NOT_FOUND, br#"{"error":"model 'x' not found"}"#);
+        assert_eq!(v["error"]["code"], Value::Null, "a numeric code becomes null");
+        let e = ApiError::from_upstream(StatusCode::NOT_FOUND, br#"{"error":"model 'x' not found"}"#);
         assert_eq!(e.to_json()["error"]["message"], "model 'x' not found");
         let e = ApiError::from_upstream(StatusCode::UNPROCESSABLE_ENTITY, b"plain text");
         assert_eq!(e.to_json()["error"]["message"], "plain text");

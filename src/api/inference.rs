@@ -19,6 +19,27 @@ use crate::router::{self, Committed};
 
 pub const DEPLOYMENT_HEADER: &str = "x-tollgate-deployment";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+const UNKNOWN_ALIAS: &str = "_unknown";
+
+/// Records a request whose client left while it was being routed (the handler's future
+/// was dropped before it could answer): upstream work may have been spent on it.
+struct Abandoned {
+    rec: Option<RequestRecord>,
+    accounting: std::sync::Arc<crate::accounting::Accounting>,
+    start: Instant,
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        if let Some(mut rec) = self.rec.take() {
+            rec.status = 499;
+            rec.error = Some("client_closed");
+            rec.client_closed = true;
+            rec.total_ms = self.start.elapsed().as_secs_f64() * 1000.0;
+            self.accounting.finish(rec);
+        }
+    }
+}
 
 /// The client's `x-request-id` when it is sane, else a fresh one.
 pub fn request_id(headers: &HeaderMap) -> String {
@@ -33,22 +54,12 @@ pub fn request_id(headers: &HeaderMap) -> String {
 pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::payload_too_large(limit))
-        }
-        Err(e) => Err(ApiError::invalid_request(
-            format!("Could not read the request body: {e}"),
-            None,
-        )),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::payload_too_large(limit)),
+        Err(e) => Err(ApiError::invalid_request(format!("Could not read the request body: {e}"), None)),
     }
 }
 
-pub async fn handle(
-    st: Arc<AppState>,
-    endpoint: Endpoint,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+pub async fn handle(st: Arc<AppState>, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
     let start = Instant::now();
     let rid = request_id(&headers);
     let mut resp = match serve(&st, endpoint, &headers, body, &rid, start).await {
@@ -81,24 +92,21 @@ async fn serve(
 ) -> Result<Response, Fail> {
     let live = st.live();
     let caller = auth::authenticate(&live.auth, headers).map_err(|e| (e, None))?;
-    let bytes = read_body(body, st.server.max_body_bytes)
-        .await
-        .map_err(|e| (e, None))?;
+    let bytes = read_body(body, st.server.max_body_bytes).await.map_err(|e| (e, None))?;
     let req = protocol::validate(endpoint, &bytes).map_err(|e| (e, None))?;
     let mut rec = RequestRecord::new(rid.to_owned(), endpoint, req.model.clone(), req.stream);
     rec.key = caller.name().map(str::to_owned);
     rec.user = req.user.clone();
     let alias = match live.routes.get(&req.model) {
         Some(a) if caller.allows(&a.name) => a.clone(),
-        _ => return Err((ApiError::model_not_found(&req.model), Some(rec))),
+        _ => {
+            // One series for every unknown name: clients must not grow the metrics.
+            rec.alias = UNKNOWN_ALIAS.to_owned();
+            return Err((ApiError::model_not_found(&req.model), Some(rec)));
+        }
     };
     let prompt_text = match &req.prompt {
-        Prompt::Chat(m) => Some(
-            m.iter()
-                .map(|m| m.content.as_str())
-                .collect::<Vec<_>>()
-                .join("\n"),
-        ),
+        Prompt::Chat(m) => Some(m.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n")),
         Prompt::Text(t) => Some(t.clone()),
         Prompt::Embed(v) => Some(v.join("\n")),
     };
@@ -107,13 +115,13 @@ async fn serve(
     let br = BackendRequest {
         req: Arc::new(req),
         request_id: rid.to_owned(),
-        traceparent: headers
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+        traceparent: headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned),
         priority: Priority::Interactive,
     };
-    let d = match router::dispatch(&alias, &br).await {
+    let mut abandoned = Abandoned { rec: Some(rec.clone()), accounting: st.accounting.clone(), start };
+    let dispatched = router::dispatch(&alias, &br).await;
+    abandoned.rec = None;
+    let d = match dispatched {
         Ok(d) => d,
         Err(f) => {
             rec.deployment = f.deployment;
@@ -125,8 +133,7 @@ async fn serve(
     rec.backend_kind = Some(d.deployment.cfg.kind.name());
     rec.attempts = d.attempts;
     let mut tap = Tap::with_content(start, prompt_text, st.server.log_content);
-    let dep_header =
-        HeaderValue::from_str(d.deployment.name()).unwrap_or(HeaderValue::from_static("-"));
+    let dep_header = HeaderValue::from_str(d.deployment.name()).unwrap_or(HeaderValue::from_static("-"));
     match d.reply {
         Committed::Full { mut body, usage } => {
             if let Some(m) = body.get_mut("model") {
@@ -140,15 +147,9 @@ async fn serve(
             drop(d.permit);
             st.accounting.finish(rec);
             let bytes = serde_json::to_vec(&body).unwrap_or_default();
-            let mut resp = (
-                StatusCode::OK,
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                )],
-                bytes,
-            )
-                .into_response();
+            let mut resp =
+                (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes)
+                    .into_response();
             resp.headers_mut().insert(DEPLOYMENT_HEADER, dep_header);
             timing_headers(&body, resp.headers_mut());
             Ok(resp)
@@ -169,10 +170,7 @@ async fn serve(
             };
             let mut resp = Response::new(sse::body(first, rest, setup));
             let h = resp.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            );
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             h.insert("x-accel-buffering", HeaderValue::from_static("no"));
             h.insert(DEPLOYMENT_HEADER, dep_header);
@@ -190,10 +188,7 @@ fn timing_headers(body: &serde_json::Map<String, Value>, h: &mut HeaderMap) {
         ("prompt_ms", "x-tollgate-prompt-ms"),
         ("prompt_per_second", "x-tollgate-prompt-tokens-per-second"),
         ("predicted_ms", "x-tollgate-generation-ms"),
-        (
-            "predicted_per_second",
-            "x-tollgate-generation-tokens-per-second",
-        ),
+        ("predicted_per_second", "x-tollgate-generation-tokens-per-second"),
     ] {
         if let Some(v) = t.get(field).and_then(Value::as_f64) {
             if let Ok(v) = HeaderValue::from_str(&format!("{v:.3}")) {

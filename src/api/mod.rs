@@ -53,34 +53,22 @@ impl AppState {
     /// change are kept as they are (their engines, breakers and in-flight streams).
     pub async fn reload(&self, cfg: &Config) -> Result<(), String> {
         let old = self.live();
-        let routes =
-            crate::deploy::build_routes(cfg, Some(&old.routes), self.clock.clone()).await?;
-        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Live {
-            routes,
-            auth: cfg.auth.clone(),
-        });
+        let routes = crate::deploy::build_routes(cfg, Some(&old.routes), self.clock.clone()).await?;
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Live { routes, auth: cfg.auth.clone() });
         Ok(())
     }
 }
 
 pub async fn state(cfg: &Config) -> anyhow::Result<Arc<AppState>> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let routes = crate::deploy::build_routes(cfg, None, clock.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let routes = crate::deploy::build_routes(cfg, None, clock.clone()).await.map_err(|e| anyhow::anyhow!(e))?;
     Ok(Arc::new(AppState {
-        live: RwLock::new(Arc::new(Live {
-            routes,
-            auth: cfg.auth.clone(),
-        })),
+        live: RwLock::new(Arc::new(Live { routes, auth: cfg.auth.clone() })),
         server: cfg.server.clone(),
         accounting: Arc::new(Accounting::default()),
         hard_stop: CancellationToken::new(),
         clock,
-        created: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
     }))
 }
 
@@ -200,18 +188,11 @@ async fn ready(State(st): State<Arc<AppState>>) -> Response {
             let d = d.clone();
             let alias = name.clone();
             checks.push(async move {
-                let r = match tokio::time::timeout(Duration::from_secs(5), d.backend.health()).await
-                {
+                let r = match tokio::time::timeout(Duration::from_secs(5), d.backend.health()).await {
                     Ok(r) => r,
                     Err(_) => Err("health check timed out".into()),
                 };
-                let r = r.and_then(|_| {
-                    if d.breaker.is_open() {
-                        Err("circuit breaker open".into())
-                    } else {
-                        Ok(())
-                    }
-                });
+                let r = r.and_then(|_| if d.breaker.is_open() { Err("circuit breaker open".into()) } else { Ok(()) });
                 (alias, d.name().to_owned(), r)
             });
         }
@@ -237,16 +218,8 @@ async fn ready(State(st): State<Arc<AppState>>) -> Response {
             .collect();
         aliases.insert(name.clone(), json!({ "ready": ok, "deployments": deps }));
     }
-    let status = if all_ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        axum::Json(json!({ "ready": all_ok, "aliases": aliases })),
-    )
-        .into_response()
+    let status = if all_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(json!({ "ready": all_ok, "aliases": aliases }))).into_response()
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
@@ -258,15 +231,9 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
         if let Some(a) = live.routes.get(name) {
             for d in &a.deployments {
                 let used = d.cfg.max_concurrency - d.permits.available_permits();
-                out.push_str(&format!(
-                    "tollgate_deployment_in_flight{{deployment=\"{}\"}} {used}\n",
-                    d.name()
-                ));
+                out.push_str(&format!("tollgate_deployment_in_flight{{deployment=\"{}\"}} {used}\n", d.name()));
                 let open = u8::from(d.breaker.is_open());
-                out.push_str(&format!(
-                    "tollgate_deployment_breaker_open{{deployment=\"{}\"}} {open}\n",
-                    d.name()
-                ));
+                out.push_str(&format!("tollgate_deployment_breaker_open{{deployment=\"{}\"}} {open}\n", d.name()));
             }
         }
     }
@@ -296,19 +263,10 @@ pub async fn spawn(cfg: &Config, listen: SocketAddr) -> anyhow::Result<Running> 
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let done = tokio::spawn(serve(listener, st.clone(), shutdown.clone()));
-    Ok(Running {
-        addr,
-        state: st,
-        shutdown,
-        done,
-    })
+    Ok(Running { addr, state: st, shutdown, done })
 }
 
-pub async fn serve(
-    listener: TcpListener,
-    st: Arc<AppState>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
+pub async fn serve(listener: TcpListener, st: Arc<AppState>, shutdown: CancellationToken) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     let listener = listener.tap_io(|tcp| {
         // Nagle's algorithm would hold small SSE events and responses back ~40 ms.
@@ -328,9 +286,7 @@ pub async fn serve(
     });
     tracker.close();
     let started = Instant::now();
-    let r = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
+    let r = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
     st.hard_stop.cancel();
     tracker.wait().await;
     tracing::info!(uptime_s = started.elapsed().as_secs(), "server stopped");

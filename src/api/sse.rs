@@ -91,11 +91,7 @@ pub fn body(first: Box<Chunk>, rest: EventStream, s: SseSetup) -> Body {
         stall: s.stall,
         hard_stop: s.hard_stop,
         deployment: s.deployment,
-        fin: Finisher {
-            accounting: s.accounting,
-            record: Some((s.record, s.tap)),
-            _permit: s.permit,
-        },
+        fin: Finisher { accounting: s.accounting, record: Some((s.record, s.tap)), _permit: s.permit },
         last_event: Instant::now(),
         done: false,
     };
@@ -164,10 +160,7 @@ impl State {
             tap.observe(&chunk);
         }
         if !self.include_usage && chunk.contains_key("usage") {
-            let usage_only = chunk
-                .get("choices")
-                .and_then(Value::as_array)
-                .is_some_and(|c| c.is_empty());
+            let usage_only = chunk.get("choices").and_then(Value::as_array).is_some_and(|c| c.is_empty());
             if usage_only {
                 return None;
             }

@@ -61,11 +61,7 @@ pub enum BackendError {
     /// No response, or no first event, within the deployment's timeout.
     Timeout(String),
     /// The upstream answered with a non-success status.
-    Status {
-        status: StatusCode,
-        body: Bytes,
-        retry_after: Option<Duration>,
-    },
+    Status { status: StatusCode, body: Bytes, retry_after: Option<Duration> },
     /// The upstream sent something that is not the protocol it should speak.
     Protocol(String),
     /// An in-band error event in a stream (`data: {"error": ...}`).
@@ -84,10 +80,9 @@ impl BackendError {
     pub fn retryable(&self) -> bool {
         match self {
             BackendError::Connect(_) | BackendError::Timeout(_) | BackendError::Protocol(_) => true,
-            BackendError::InBand(_) | BackendError::Internal(_) => true,
-            BackendError::Status { status, .. } => {
-                *status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
-            }
+            BackendError::Internal(_) => true,
+            BackendError::InBand(e) => e.status == StatusCode::TOO_MANY_REQUESTS || e.status.is_server_error(),
+            BackendError::Status { status, .. } => *status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error(),
             BackendError::Full | BackendError::Rejected(_) => false,
         }
     }
@@ -97,7 +92,8 @@ impl BackendError {
     pub fn counts_against_breaker(&self) -> bool {
         match self {
             BackendError::Connect(_) | BackendError::Timeout(_) | BackendError::Protocol(_) => true,
-            BackendError::InBand(_) | BackendError::Internal(_) => true,
+            BackendError::Internal(_) => true,
+            BackendError::InBand(e) => e.status.is_server_error(),
             BackendError::Status { status, .. } => status.is_server_error(),
             BackendError::Full | BackendError::Rejected(_) => false,
         }
@@ -105,15 +101,15 @@ impl BackendError {
 
     pub fn to_api(&self, deployment: &str) -> ApiError {
         match self {
-            BackendError::Connect(m) => ApiError::upstream(format!(
-                "The upstream '{deployment}' could not be reached: {m}"
-            )),
+            BackendError::Connect(m) => {
+                ApiError::upstream(format!("The upstream '{deployment}' could not be reached: {m}"))
+            }
             BackendError::Timeout(m) => {
                 ApiError::upstream_timeout(format!("The upstream '{deployment}' timed out: {m}"))
             }
-            BackendError::Protocol(m) => ApiError::upstream(format!(
-                "The upstream '{deployment}' sent an invalid response: {m}"
-            )),
+            BackendError::Protocol(m) => {
+                ApiError::upstream(format!("The upstream '{deployment}' sent an invalid response: {m}"))
+            }
             BackendError::InBand(e) => {
                 let mut e = e.clone();
                 if e.status.is_success() || e.status.is_server_error() {
@@ -121,11 +117,7 @@ impl BackendError {
                 }
                 e
             }
-            BackendError::Status {
-                status,
-                body,
-                retry_after,
-            } => {
+            BackendError::Status { status, body, retry_after } => {
                 if status.is_server_error() {
                     let inner = ApiError::from_upstream(*status, body);
                     ApiError::upstream(format!(
@@ -141,9 +133,7 @@ impl BackendError {
             }
             BackendError::Full => ApiError::overloaded(deployment, 1),
             BackendError::Rejected(e) => e.clone(),
-            BackendError::Internal(m) => {
-                ApiError::upstream(format!("The backend '{deployment}' failed: {m}"))
-            }
+            BackendError::Internal(m) => ApiError::upstream(format!("The backend '{deployment}' failed: {m}")),
         }
     }
 }
@@ -165,10 +155,7 @@ pub trait Backend: Send + Sync + 'static {
 /// Parses `retry-after` given in seconds (the form upstreams use); dates are ignored.
 pub fn parse_retry_after(h: &http::HeaderMap) -> Option<Duration> {
     let v = h.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
-    v.parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
+    v.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
 }
 
 /// One pooled HTTP client for a remote deployment: keep-alive, TCP_NODELAY.

@@ -19,8 +19,7 @@ use http::StatusCode;
 use serde_json::{json, Map, Value};
 
 use super::{
-    classify_reqwest, parse_retry_after, Backend, BackendError, BackendReply, BackendRequest,
-    Chunk, EventStream,
+    classify_reqwest, parse_retry_after, Backend, BackendError, BackendReply, BackendRequest, Chunk, EventStream,
 };
 use crate::api::error::ApiError;
 use crate::config::{DeploymentConfig, RemoteConfig};
@@ -33,7 +32,6 @@ pub struct OllamaBackend {
     client: reqwest::Client,
     cfg: RemoteConfig,
     health_timeout: Duration,
-    first_token_timeout: Duration,
 }
 
 impl OllamaBackend {
@@ -42,7 +40,6 @@ impl OllamaBackend {
             client: super::http_client(dep.connect_timeout),
             cfg,
             health_timeout: dep.connect_timeout.max(Duration::from_secs(2)),
-            first_token_timeout: dep.first_token_timeout,
         }
     }
 
@@ -64,9 +61,7 @@ impl OllamaBackend {
                 return Ok(("api/embed", body));
             }
             Prompt::Chat(msgs) => {
-                let msgs = msgs
-                    .iter()
-                    .map(|m| json!({"role": ollama_role(&m.role), "content": m.content}));
+                let msgs = msgs.iter().map(|m| json!({"role": ollama_role(&m.role), "content": m.content}));
                 body.insert("messages".into(), msgs.collect());
                 body.insert("stream".into(), Value::Bool(req.stream));
                 "api/chat"
@@ -91,11 +86,7 @@ impl Backend for OllamaBackend {
             Err(e) => return futures::future::ready(Err(e)).boxed(),
         };
         let url = format!("{}/{path}", self.cfg.base_url);
-        let mut rb = self
-            .client
-            .post(url)
-            .header("x-request-id", &br.request_id)
-            .json(&body);
+        let mut rb = self.client.post(url).header("x-request-id", &br.request_id).json(&body);
         if let Some(k) = &self.cfg.api_key {
             rb = rb.bearer_auth(&k.0);
         }
@@ -107,7 +98,6 @@ impl Backend for OllamaBackend {
         }
         let model = self.cfg.model.clone();
         // As for OpenAI upstreams: a whole body gets the first-token budget, stretched.
-        let full_timeout = self.first_token_timeout * 10;
         async move {
             let resp = rb.send().await.map_err(classify_reqwest)?;
             let status = resp.status();
@@ -118,42 +108,29 @@ impl Backend for OllamaBackend {
                     .ok()
                     .and_then(Result::ok)
                     .unwrap_or_default();
-                return Err(BackendError::Status {
-                    status,
-                    body,
-                    retry_after,
-                });
+                return Err(BackendError::Status { status, body, retry_after });
             }
             let endpoint = req.endpoint;
             if req.stream && endpoint != Endpoint::Embeddings {
                 let tr = StreamTranslator::new(endpoint, Head::new(endpoint, &model));
                 return Ok(BackendReply::Stream(ndjson_chunks(resp.bytes_stream(), tr)));
             }
-            let bytes = tokio::time::timeout(full_timeout, resp.bytes())
-                .await
-                .map_err(|_| BackendError::Timeout("the response body did not complete".into()))?
-                .map_err(classify_reqwest)?;
+            // The router bounds the whole attempt (`request_timeout`).
+            let bytes = resp.bytes().await.map_err(classify_reqwest)?;
             let obj = parse_object(&bytes)?;
             let (body, usage) = if endpoint == Endpoint::Embeddings {
-                let base64 =
-                    req.body.get("encoding_format").and_then(Value::as_str) == Some("base64");
+                let base64 = req.body.get("encoding_format").and_then(Value::as_str) == Some("base64");
                 translate_embed(&model, &obj, base64)?
             } else {
                 translate_final(endpoint, &Head::new(endpoint, &model), &obj)?
             };
-            Ok(BackendReply::Full {
-                body,
-                usage: Some(usage),
-            })
+            Ok(BackendReply::Full { body, usage: Some(usage) })
         }
         .boxed()
     }
 
     fn health(&self) -> BoxFuture<'static, Result<(), String>> {
-        let mut rb = self
-            .client
-            .get(format!("{}/api/version", self.cfg.base_url))
-            .timeout(self.health_timeout);
+        let mut rb = self.client.get(format!("{}/api/version", self.cfg.base_url)).timeout(self.health_timeout);
         if let Some(k) = &self.cfg.api_key {
             rb = rb.bearer_auth(&k.0);
         }
@@ -196,23 +173,12 @@ fn check_supported(req: &ValidRequest) -> Result<(), BackendError> {
         return Err(unsupported("n"));
     }
     let b = &req.body;
-    for key in [
-        "tools",
-        "functions",
-        "logit_bias",
-        "logprobs",
-        "top_logprobs",
-        "echo",
-        "suffix",
-    ] {
+    for key in ["tools", "functions", "logit_bias", "logprobs", "top_logprobs", "echo", "suffix"] {
         if b.get(key).is_some_and(truthy) {
             return Err(unsupported(key));
         }
     }
-    if b.get("best_of")
-        .and_then(Value::as_u64)
-        .is_some_and(|n| n > 1)
-    {
+    if b.get("best_of").and_then(Value::as_u64).is_some_and(|n| n > 1) {
         return Err(unsupported("best_of"));
     }
     match b.get("response_format") {
@@ -222,21 +188,10 @@ fn check_supported(req: &ValidRequest) -> Result<(), BackendError> {
     }
     if req.endpoint == Endpoint::Chat {
         // Image and audio parts would be dropped: the prompt carries only the text parts.
-        let msgs = b
-            .get("messages")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        let msgs = b.get("messages").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
         for (i, m) in msgs.iter().enumerate() {
-            let parts = m
-                .get("content")
-                .and_then(Value::as_array)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            if parts
-                .iter()
-                .any(|p| p.get("type").and_then(Value::as_str) != Some("text"))
-            {
+            let parts = m.get("content").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+            if parts.iter().any(|p| p.get("type").and_then(Value::as_str) != Some("text")) {
                 return Err(unsupported(&format!("messages[{i}].content")));
             }
         }
@@ -273,9 +228,7 @@ fn options(s: &Sampling) -> Map<String, Value> {
         ("frequency_penalty", s.frequency_penalty.map(Value::from)),
         ("repeat_penalty", s.repetition_penalty.map(Value::from)),
     ];
-    all.into_iter()
-        .filter_map(|(k, v)| Some((k.to_owned(), v?)))
-        .collect()
+    all.into_iter().filter_map(|(k, v)| Some((k.to_owned(), v?))).collect()
 }
 
 // ---- The reply ----
@@ -308,11 +261,7 @@ impl NdjsonParser {
             let nl = self.scanned + i;
             self.scanned = 0;
             let mut line = self.buf.split_to(nl + 1).freeze();
-            line.truncate(if nl > 0 && line[nl - 1] == b'\r' {
-                nl - 1
-            } else {
-                nl
-            });
+            line.truncate(if nl > 0 && line[nl - 1] == b'\r' { nl - 1 } else { nl });
             if !line.iter().all(u8::is_ascii_whitespace) {
                 return Some(line);
             }
@@ -337,20 +286,9 @@ struct Head {
 
 impl Head {
     fn new(endpoint: Endpoint, model: &str) -> Self {
-        let prefix = if endpoint == Endpoint::Chat {
-            "chatcmpl-"
-        } else {
-            "cmpl-"
-        };
-        let created = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        Head {
-            id: format!("{prefix}{}", uuid::Uuid::new_v4().simple()),
-            created,
-            model: model.to_owned(),
-        }
+        let prefix = if endpoint == Endpoint::Chat { "chatcmpl-" } else { "cmpl-" };
+        let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        Head { id: format!("{prefix}{}", uuid::Uuid::new_v4().simple()), created, model: model.to_owned() }
     }
 
     /// `id`, `object`, `created`, `model`, `choices`, in OpenAI's order.
@@ -401,24 +339,9 @@ fn usage_of(obj: &Map<String, Value>) -> Usage {
 /// The generated text and thinking of one line or body: in `message` for chat, at the top
 /// level for generate.
 fn texts(endpoint: Endpoint, obj: &Map<String, Value>) -> (&str, &str) {
-    let src = if endpoint == Endpoint::Chat {
-        obj.get("message").and_then(Value::as_object)
-    } else {
-        Some(obj)
-    };
-    let field = |k: &str| {
-        src.and_then(|o| o.get(k))
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-    };
-    (
-        field(if endpoint == Endpoint::Chat {
-            "content"
-        } else {
-            "response"
-        }),
-        field("thinking"),
-    )
+    let src = if endpoint == Endpoint::Chat { obj.get("message").and_then(Value::as_object) } else { Some(obj) };
+    let field = |k: &str| src.and_then(|o| o.get(k)).and_then(Value::as_str).unwrap_or_default();
+    (field(if endpoint == Endpoint::Chat { "content" } else { "response" }), field("thinking"))
 }
 
 fn is_done(obj: &Map<String, Value>) -> bool {
@@ -427,16 +350,10 @@ fn is_done(obj: &Map<String, Value>) -> bool {
 
 /// One JSON object; an `{"error": ...}` object is an in-band error.
 fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, BackendError> {
-    let obj: Map<String, Value> = serde_json::from_slice(bytes).map_err(|e| {
-        BackendError::Protocol(format!(
-            "the upstream sent something that is not a JSON object: {e}"
-        ))
-    })?;
+    let obj: Map<String, Value> = serde_json::from_slice(bytes)
+        .map_err(|e| BackendError::Protocol(format!("the upstream sent something that is not a JSON object: {e}")))?;
     if obj.contains_key("error") {
-        return Err(BackendError::InBand(ApiError::from_upstream(
-            StatusCode::BAD_GATEWAY,
-            bytes,
-        )));
+        return Err(BackendError::InBand(ApiError::from_upstream(StatusCode::BAD_GATEWAY, bytes)));
     }
     Ok(obj)
 }
@@ -451,12 +368,7 @@ struct StreamTranslator {
 
 impl StreamTranslator {
     fn new(endpoint: Endpoint, head: Head) -> Self {
-        StreamTranslator {
-            endpoint,
-            head,
-            started: false,
-            finished: false,
-        }
+        StreamTranslator { endpoint, head, started: false, finished: false }
     }
 
     /// The chunks one line becomes; the `done` line adds the finish and usage chunks.
@@ -465,20 +377,12 @@ impl StreamTranslator {
         let (h, chat) = (&self.head, self.endpoint == Endpoint::Chat);
         let mut out = Vec::new();
         if chat && !self.started {
-            out.push(chat_chunk(
-                h,
-                json!({"role": "assistant", "content": ""}),
-                None,
-            ));
+            out.push(chat_chunk(h, json!({"role": "assistant", "content": ""}), None));
         }
         self.started = true;
         let (text, thinking) = texts(self.endpoint, &obj);
         if chat && !thinking.is_empty() {
-            out.push(chat_chunk(
-                h,
-                json!({ "reasoning_content": thinking }),
-                None,
-            ));
+            out.push(chat_chunk(h, json!({ "reasoning_content": thinking }), None));
         }
         if !text.is_empty() {
             out.push(if chat {
@@ -489,19 +393,9 @@ impl StreamTranslator {
         }
         if is_done(&obj) {
             self.finished = true;
-            let fr = Some(finish_reason(
-                obj.get("done_reason").and_then(Value::as_str),
-            ));
-            let object = if chat {
-                "chat.completion.chunk"
-            } else {
-                "text_completion"
-            };
-            out.push(if chat {
-                chat_chunk(h, json!({}), fr)
-            } else {
-                h.with(object, json!([text_choice("", fr)]))
-            });
+            let fr = Some(finish_reason(obj.get("done_reason").and_then(Value::as_str)));
+            let object = if chat { "chat.completion.chunk" } else { "text_completion" };
+            out.push(if chat { chat_chunk(h, json!({}), fr) } else { h.with(object, json!([text_choice("", fr)])) });
             let mut usage = h.with(object, json!([]));
             usage.insert("usage".into(), usage_of(&obj).to_json());
             out.push(usage);
@@ -537,13 +431,7 @@ where
             self.tr.finished
         }
     }
-    let st = St {
-        body: Box::pin(body),
-        parser: NdjsonParser::default(),
-        tr,
-        pending: VecDeque::new(),
-        done: false,
-    };
+    let st = St { body: Box::pin(body), parser: NdjsonParser::default(), tr, pending: VecDeque::new(), done: false };
     futures::stream::unfold(st, |mut st| async move {
         loop {
             if let Some(item) = st.pending.pop_front() {
@@ -558,17 +446,15 @@ where
             }
             if st.parser.buffered() > MAX_LINE {
                 st.done = true;
-                st.pending.push_back(Err(BackendError::Protocol(format!(
-                    "an NDJSON line is longer than {MAX_LINE} bytes"
-                ))));
+                st.pending
+                    .push_back(Err(BackendError::Protocol(format!("an NDJSON line is longer than {MAX_LINE} bytes"))));
                 continue;
             }
             match st.body.next().await {
                 Some(Ok(b)) => st.parser.push(&b),
                 Some(Err(e)) => {
                     st.done = true;
-                    st.pending
-                        .push_back(Err(BackendError::Connect(format!("the stream broke: {e}"))));
+                    st.pending.push_back(Err(BackendError::Connect(format!("the stream broke: {e}"))));
                 }
                 None => {
                     st.done = true;
@@ -577,9 +463,7 @@ where
                         None => false,
                     };
                     if !ended {
-                        st.pending.push_back(Err(BackendError::Connect(
-                            "the stream ended before done".into(),
-                        )));
+                        st.pending.push_back(Err(BackendError::Connect("the stream ended before done".into())));
                     }
                 }
             }
@@ -595,9 +479,7 @@ fn translate_final(
     obj: &Map<String, Value>,
 ) -> Result<(Map<String, Value>, Usage), BackendError> {
     if !is_done(obj) {
-        return Err(BackendError::Protocol(
-            "the body is not a finished response (no \"done\": true)".into(),
-        ));
+        return Err(BackendError::Protocol("the body is not a finished response (no \"done\": true)".into()));
     }
     let (text, thinking) = texts(endpoint, obj);
     let fr = finish_reason(obj.get("done_reason").and_then(Value::as_str));
@@ -608,10 +490,7 @@ fn translate_final(
         } else {
             json!({"role": "assistant", "content": text, "reasoning_content": thinking})
         };
-        h.with(
-            "chat.completion",
-            json!([{"index": 0, "message": msg, "logprobs": null, "finish_reason": fr}]),
-        )
+        h.with("chat.completion", json!([{"index": 0, "message": msg, "logprobs": null, "finish_reason": fr}]))
     } else {
         h.with("text_completion", json!([text_choice(text, Some(fr))]))
     };
@@ -626,57 +505,30 @@ fn translate_embed(
     obj: &Map<String, Value>,
     base64: bool,
 ) -> Result<(Map<String, Value>, Usage), BackendError> {
-    let no_vectors =
-        || BackendError::Protocol("the body has no \"embeddings\" array of arrays".into());
-    let vectors = obj
-        .get("embeddings")
-        .and_then(Value::as_array)
-        .ok_or_else(no_vectors)?;
+    let no_vectors = || BackendError::Protocol("the body has no \"embeddings\" array of arrays".into());
+    let vectors = obj.get("embeddings").and_then(Value::as_array).ok_or_else(no_vectors)?;
     let mut data = Vec::with_capacity(vectors.len());
     for (i, v) in vectors.iter().enumerate() {
         let v = v.as_array().ok_or_else(no_vectors)?;
-        let embedding = if base64 {
-            Value::String(b64_f32(v))
-        } else {
-            Value::Array(v.clone())
-        };
+        let embedding = if base64 { Value::String(b64_f32(v)) } else { Value::Array(v.clone()) };
         data.push(json!({"object": "embedding", "index": i, "embedding": embedding}));
     }
-    let prompt = obj
-        .get("prompt_eval_count")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
+    let prompt = obj.get("prompt_eval_count").and_then(Value::as_u64).unwrap_or(0);
     let usage = json!({"prompt_tokens": prompt, "total_tokens": prompt});
     let body = into_map(json!({"object": "list", "data": data, "model": model, "usage": usage}));
-    Ok((
-        body,
-        Usage {
-            prompt_tokens: prompt,
-            completion_tokens: 0,
-            total_tokens: prompt,
-            cached_tokens: None,
-        },
-    ))
+    Ok((body, Usage { prompt_tokens: prompt, completion_tokens: 0, total_tokens: prompt, cached_tokens: None }))
 }
 
 /// A vector as base64 of its little-endian f32s (standard alphabet, padded).
 fn b64_f32(v: &[Value]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes: Vec<u8> = v
-        .iter()
-        .flat_map(|x| (x.as_f64().unwrap_or(0.0) as f32).to_le_bytes())
-        .collect();
+    let bytes: Vec<u8> = v.iter().flat_map(|x| (x.as_f64().unwrap_or(0.0) as f32).to_le_bytes()).collect();
     let mut s = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for c in bytes.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
         for k in 0..4 {
-            s.push(if k <= c.len() {
-                char::from(A[(n >> (18 - 6 * k)) as usize & 63])
-            } else {
-                '='
-            });
+            s.push(if k <= c.len() { char::from(A[(n >> (18 - 6 * k)) as usize & 63]) } else { '=' });
         }
     }
     s
@@ -691,28 +543,15 @@ mod tests {
     const GENERATE: &[u8] = b"{\"model\":\"llama3.2\",\"created_at\":\"2025-01-20T10:00:00.000000Z\",\"response\":\"The\",\"done\":false}\r\n\r\n{\"model\":\"llama3.2\",\"created_at\":\"2025-01-20T10:00:00.050000Z\",\"response\":\" sky\",\"done\":false}\r\n{\"model\":\"llama3.2\",\"created_at\":\"2025-01-20T10:00:00.100000Z\",\"response\":\"\",\"done\":true,\"done_reason\":\"length\",\"context\":[1,2,3],\"total_duration\":10706818083,\"load_duration\":6338219291,\"prompt_eval_count\":5,\"prompt_eval_duration\":130079000,\"eval_count\":2,\"eval_duration\":4232710000}\r\n";
 
     fn head() -> Head {
-        Head {
-            id: "chatcmpl-x".into(),
-            created: 7,
-            model: "m".into(),
-        }
+        Head { id: "chatcmpl-x".into(), created: 7, model: "m".into() }
     }
 
     fn cfg() -> RemoteConfig {
         let (base_url, model) = ("http://127.0.0.1:11434".into(), "llama3.2".into());
-        RemoteConfig {
-            base_url,
-            model,
-            api_key: None,
-            max_tokens_field: "max_tokens".into(),
-            headers: Vec::new(),
-        }
+        RemoteConfig { base_url, model, api_key: None, max_tokens_field: "max_tokens".into(), headers: Vec::new() }
     }
 
-    fn upstream(
-        endpoint: Endpoint,
-        body: &str,
-    ) -> Result<(&'static str, Map<String, Value>), BackendError> {
+    fn upstream(endpoint: Endpoint, body: &str) -> Result<(&'static str, Map<String, Value>), BackendError> {
         OllamaBackend::upstream_request(&cfg(), &validate(endpoint, body.as_bytes()).unwrap())
     }
 
@@ -720,18 +559,9 @@ mod tests {
         std::iter::from_fn(|| p.next_line()).collect()
     }
 
-    fn run_stream(
-        endpoint: Endpoint,
-        pieces: Vec<&'static [u8]>,
-    ) -> Vec<Result<Chunk, BackendError>> {
-        let body = futures::stream::iter(
-            pieces
-                .into_iter()
-                .map(|p| Ok::<_, std::io::Error>(Bytes::from_static(p))),
-        );
-        futures::executor::block_on(
-            ndjson_chunks(body, StreamTranslator::new(endpoint, head())).collect(),
-        )
+    fn run_stream(endpoint: Endpoint, pieces: Vec<&'static [u8]>) -> Vec<Result<Chunk, BackendError>> {
+        let body = futures::stream::iter(pieces.into_iter().map(|p| Ok::<_, std::io::Error>(Bytes::from_static(p))));
+        futures::executor::block_on(ndjson_chunks(body, StreamTranslator::new(endpoint, head())).collect())
     }
 
     #[test]
@@ -757,10 +587,7 @@ mod tests {
         p.push(b"{\"a\":1}\n{\"b\":");
         assert_eq!(lines(&mut p), vec![Bytes::from_static(b"{\"a\":1}")]);
         p.push(b"2}");
-        assert_eq!(
-            (lines(&mut p).len(), p.finish()),
-            (0, Some(Bytes::from_static(b"{\"b\":2}")))
-        );
+        assert_eq!((lines(&mut p).len(), p.finish()), (0, Some(Bytes::from_static(b"{\"b\":2}"))));
     }
 
     #[test]
@@ -771,10 +598,7 @@ mod tests {
                 .map(Result::unwrap)
                 .collect();
             assert_eq!(out.len(), 5, "split at {split}");
-            assert_eq!(
-                out[0].keys().collect::<Vec<_>>(),
-                ["id", "object", "created", "model", "choices"]
-            );
+            assert_eq!(out[0].keys().collect::<Vec<_>>(), ["id", "object", "created", "model", "choices"]);
             assert_eq!(out[0]["object"], "chat.completion.chunk");
             let deltas: Vec<&Value> = out[..4].iter().map(|c| &c["choices"][0]["delta"]).collect();
             assert_eq!(
@@ -787,97 +611,58 @@ mod tests {
                 ]
             );
             assert_eq!(
-                (
-                    &out[2]["choices"][0]["finish_reason"],
-                    &out[3]["choices"][0]["finish_reason"]
-                ),
+                (&out[2]["choices"][0]["finish_reason"], &out[3]["choices"][0]["finish_reason"]),
                 (&Value::Null, &json!("stop"))
             );
             assert_eq!(out[4]["choices"], json!([]));
-            assert_eq!(
-                out[4]["usage"],
-                json!({"prompt_tokens": 26, "completion_tokens": 2, "total_tokens": 28})
-            );
+            assert_eq!(out[4]["usage"], json!({"prompt_tokens": 26, "completion_tokens": 2, "total_tokens": 28}));
         }
     }
 
     #[test]
     fn generate_stream_becomes_text_completion_chunks() {
-        let out: Vec<Chunk> = run_stream(Endpoint::Completions, vec![GENERATE])
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
+        let out: Vec<Chunk> =
+            run_stream(Endpoint::Completions, vec![GENERATE]).into_iter().map(Result::unwrap).collect();
         assert_eq!(out.len(), 4);
-        assert_eq!(
-            (&out[0]["id"], &out[0]["object"]),
-            (&json!("chatcmpl-x"), &json!("text_completion"))
-        );
-        assert_eq!(
-            out[0]["choices"][0],
-            json!({"text": "The", "index": 0, "logprobs": null, "finish_reason": null})
-        );
+        assert_eq!((&out[0]["id"], &out[0]["object"]), (&json!("chatcmpl-x"), &json!("text_completion")));
+        assert_eq!(out[0]["choices"][0], json!({"text": "The", "index": 0, "logprobs": null, "finish_reason": null}));
         assert_eq!(out[1]["choices"][0]["text"], " sky");
-        assert_eq!(
-            out[2]["choices"][0],
-            json!({"text": "", "index": 0, "logprobs": null, "finish_reason": "length"})
-        );
-        assert_eq!(
-            out[3]["usage"],
-            json!({"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7})
-        );
+        assert_eq!(out[2]["choices"][0], json!({"text": "", "index": 0, "logprobs": null, "finish_reason": "length"}));
+        assert_eq!(out[3]["usage"], json!({"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}));
     }
 
     #[test]
     fn in_band_error_and_cut_stream() {
         let first = CHAT.iter().position(|b| *b == b'\n').unwrap() + 1;
-        let err: &'static [u8] =
-            b"{\"error\":\"an error was encountered while running the model\"}\n";
+        let err: &'static [u8] = b"{\"error\":\"an error was encountered while running the model\"}\n";
         let out = run_stream(Endpoint::Chat, vec![&CHAT[..first], err, &CHAT[first..]]);
         assert_eq!(out.len(), 3);
         match &out[2] {
             Err(BackendError::InBand(e)) => {
                 assert_eq!(
                     (e.status, e.message.as_str()),
-                    (
-                        StatusCode::BAD_GATEWAY,
-                        "an error was encountered while running the model"
-                    )
+                    (StatusCode::BAD_GATEWAY, "an error was encountered while running the model")
                 );
             }
             other => panic!("{other:?}"),
         }
         let out = run_stream(Endpoint::Chat, vec![&CHAT[..first]]);
-        assert!(
-            matches!(out.last(), Some(Err(BackendError::Connect(m))) if m.contains("before done")),
-            "{out:?}"
-        );
+        assert!(matches!(out.last(), Some(Err(BackendError::Connect(m))) if m.contains("before done")), "{out:?}");
         // A last line without its newline still counts.
         let out = run_stream(Endpoint::Chat, vec![CHAT.strip_suffix(b"\n").unwrap()]);
         assert!(out.len() == 5 && out.iter().all(Result::is_ok), "{out:?}");
         let out = run_stream(Endpoint::Chat, vec![&b"not json\n"[..]]);
-        assert!(
-            matches!(out.as_slice(), [Err(BackendError::Protocol(_))]),
-            "{out:?}"
-        );
+        assert!(matches!(out.as_slice(), [Err(BackendError::Protocol(_))]), "{out:?}");
     }
 
     #[test]
     fn finish_reasons_and_usage() {
-        let fr: Vec<&str> = [Some("stop"), Some("length"), Some("load"), None]
-            .into_iter()
-            .map(finish_reason)
-            .collect();
+        let fr: Vec<&str> = [Some("stop"), Some("length"), Some("load"), None].into_iter().map(finish_reason).collect();
         assert_eq!(fr, ["stop", "length", "stop", "stop"]);
-        let obj: Map<String, Value> =
-            serde_json::from_str(r#"{"done":true,"eval_count":4}"#).unwrap();
+        let obj: Map<String, Value> = serde_json::from_str(r#"{"done":true,"eval_count":4}"#).unwrap();
         assert_eq!(
             usage_of(&obj),
-            Usage {
-                prompt_tokens: 0,
-                completion_tokens: 4,
-                total_tokens: 4,
-                cached_tokens: None
-            }
+            Usage { prompt_tokens: 0, completion_tokens: 4, total_tokens: 4, cached_tokens: None }
         );
     }
 
@@ -889,33 +674,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(path, "api/chat");
-        let msgs =
-            json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]);
+        let msgs = json!([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]);
         let options = json!({"temperature": 0.5, "top_k": 40, "seed": 3, "num_predict": 9, "stop": ["\n"], "repeat_penalty": 1.1});
         assert_eq!(
             Value::Object(body),
             json!({"model": "llama3.2", "messages": msgs, "stream": true, "options": options})
         );
-        let (path, body) = upstream(Endpoint::Completions, r#"{"model":"a","prompt":"x","top_p":0.9,"min_p":0.1,"presence_penalty":1,"frequency_penalty":-1}"#).unwrap();
+        let (path, body) = upstream(
+            Endpoint::Completions,
+            r#"{"model":"a","prompt":"x","top_p":0.9,"min_p":0.1,"presence_penalty":1,"frequency_penalty":-1}"#,
+        )
+        .unwrap();
         assert_eq!(path, "api/generate");
-        assert_eq!(
-            body.keys().collect::<Vec<_>>(),
-            ["model", "prompt", "stream", "raw", "options"]
-        );
-        assert_eq!(
-            (&body["raw"], &body["stream"]),
-            (&json!(true), &json!(false))
-        );
+        assert_eq!(body.keys().collect::<Vec<_>>(), ["model", "prompt", "stream", "raw", "options"]);
+        assert_eq!((&body["raw"], &body["stream"]), (&json!(true), &json!(false)));
         let options: Vec<&String> = body["options"].as_object().unwrap().keys().collect();
-        assert_eq!(
-            options,
-            ["top_p", "min_p", "presence_penalty", "frequency_penalty"]
-        );
+        assert_eq!(options, ["top_p", "min_p", "presence_penalty", "frequency_penalty"]);
         let (path, body) = upstream(Endpoint::Embeddings, r#"{"model":"a","input":"x"}"#).unwrap();
-        assert_eq!(
-            (path, Value::Object(body)),
-            ("api/embed", json!({"model": "llama3.2", "input": ["x"]}))
-        );
+        assert_eq!((path, Value::Object(body)), ("api/embed", json!({"model": "llama3.2", "input": ["x"]})));
     }
 
     #[test]
@@ -923,53 +699,35 @@ mod tests {
         let base = r#""model":"a","messages":[{"role":"user","content":"hi"}]"#;
         for (extra, param) in [
             (r#""n":2"#, "n"),
-            (
-                r#""tools":[{"type":"function","function":{"name":"f"}}]"#,
-                "tools",
-            ),
-            (
-                r#""response_format":{"type":"json_object"}"#,
-                "response_format",
-            ),
+            (r#""tools":[{"type":"function","function":{"name":"f"}}]"#, "tools"),
+            (r#""response_format":{"type":"json_object"}"#, "response_format"),
             (r#""logprobs":true"#, "logprobs"),
             (r#""logit_bias":{"50256":-100}"#, "logit_bias"),
         ] {
             match upstream(Endpoint::Chat, &format!("{{{base},{extra}}}")) {
                 Err(BackendError::Rejected(e)) => {
-                    assert_eq!(
-                        (e.param.as_deref(), e.code.as_deref()),
-                        (Some(param), Some("unsupported_parameter"))
-                    );
+                    assert_eq!((e.param.as_deref(), e.code.as_deref()), (Some(param), Some("unsupported_parameter")));
                 }
                 other => panic!("{extra}: {:?}", other.map(|x| x.0)),
             }
         }
-        let images = r#"{"model":"a","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#;
+        let images =
+            r#"{"model":"a","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#;
         assert!(
             matches!(upstream(Endpoint::Chat, images), Err(BackendError::Rejected(e)) if e.param.as_deref() == Some("messages[0].content"))
         );
-        assert!(upstream(
-            Endpoint::Chat,
-            &format!("{{{base},\"tools\":[],\"n\":1,\"logit_bias\":{{}}}}")
-        )
-        .is_ok());
+        assert!(upstream(Endpoint::Chat, &format!("{{{base},\"tools\":[],\"n\":1,\"logit_bias\":{{}}}}")).is_ok());
     }
 
     #[test]
     fn full_bodies() {
         let chat: Map<String, Value> = serde_json::from_str(r#"{"model":"llama3.2","created_at":"2025-01-20T10:00:00.000000Z","message":{"role":"assistant","content":"Hello! How are you today?"},"done_reason":"length","done":true,"total_duration":5191566416,"load_duration":2154458,"prompt_eval_count":26,"prompt_eval_duration":383809000,"eval_count":298,"eval_duration":4799921000}"#).unwrap();
         let (body, usage) = translate_final(Endpoint::Chat, &head(), &chat).unwrap();
-        assert_eq!(
-            body.keys().collect::<Vec<_>>(),
-            ["id", "object", "created", "model", "choices", "usage"]
-        );
+        assert_eq!(body.keys().collect::<Vec<_>>(), ["id", "object", "created", "model", "choices", "usage"]);
         assert_eq!(body["object"], "chat.completion");
         let choice = json!({"index": 0, "message": {"role": "assistant", "content": "Hello! How are you today?"}, "logprobs": null, "finish_reason": "length"});
         assert_eq!(body["choices"], json!([choice]));
-        assert_eq!(
-            (usage.total_tokens, Usage::from_json(&body["usage"])),
-            (324, Some(usage))
-        );
+        assert_eq!((usage.total_tokens, Usage::from_json(&body["usage"])), (324, Some(usage)));
         let gen: Map<String, Value> = serde_json::from_str(r#"{"model":"llama3.2","created_at":"2025-01-20T10:00:00Z","response":"The sky is blue.","done":true,"done_reason":"stop","context":[1],"prompt_eval_count":5,"eval_count":6}"#).unwrap();
         let (body, usage) = translate_final(Endpoint::Completions, &head(), &gen).unwrap();
         assert_eq!(body["object"], "text_completion");

@@ -14,9 +14,7 @@ use futures::{FutureExt, StreamExt};
 use serde_json::{Map, Value};
 
 use super::sse::SseParser;
-use super::{
-    classify_reqwest, parse_retry_after, Backend, BackendError, BackendReply, BackendRequest, Chunk,
-};
+use super::{classify_reqwest, parse_retry_after, Backend, BackendError, BackendReply, BackendRequest, Chunk};
 use crate::api::error::ApiError;
 use crate::config::{DeploymentConfig, RemoteConfig};
 use crate::protocol::{Endpoint, Usage};
@@ -25,7 +23,6 @@ pub struct OpenAiBackend {
     client: reqwest::Client,
     cfg: RemoteConfig,
     health_timeout: Duration,
-    first_token_timeout: Duration,
 }
 
 impl OpenAiBackend {
@@ -34,7 +31,6 @@ impl OpenAiBackend {
             client: super::http_client(dep.connect_timeout),
             cfg,
             health_timeout: dep.connect_timeout.max(Duration::from_secs(2)),
-            first_token_timeout: dep.first_token_timeout,
         }
     }
 
@@ -68,11 +64,7 @@ impl Backend for OpenAiBackend {
     fn call(&self, br: BackendRequest) -> BoxFuture<'static, Result<BackendReply, BackendError>> {
         let url = format!("{}/{}", self.cfg.base_url, br.req.endpoint.path());
         let body = Self::upstream_body(&self.cfg, &br);
-        let mut rb = self
-            .client
-            .post(url)
-            .header("x-request-id", &br.request_id)
-            .json(&body);
+        let mut rb = self.client.post(url).header("x-request-id", &br.request_id).json(&body);
         if let Some(k) = &self.cfg.api_key {
             rb = rb.bearer_auth(&k.0);
         }
@@ -83,9 +75,6 @@ impl Backend for OpenAiBackend {
             rb = rb.header(k, &v.0);
         }
         let stream = br.req.stream;
-        // A non-streamed body must arrive whole within the first-token timeout's budget,
-        // stretched for long generations; the router bounds the wait for a streamed one.
-        let full_timeout = self.first_token_timeout * 10;
         async move {
             let resp = rb.send().await.map_err(classify_reqwest)?;
             let status = resp.status();
@@ -96,22 +85,13 @@ impl Backend for OpenAiBackend {
                     .ok()
                     .and_then(Result::ok)
                     .unwrap_or_default();
-                return Err(BackendError::Status {
-                    status,
-                    body,
-                    retry_after,
-                });
+                return Err(BackendError::Status { status, body, retry_after });
             }
             if !stream {
-                let bytes = tokio::time::timeout(full_timeout, resp.bytes())
-                    .await
-                    .map_err(|_| {
-                        BackendError::Timeout("the response body did not complete".into())
-                    })?
-                    .map_err(classify_reqwest)?;
-                let body: Map<String, Value> = serde_json::from_slice(&bytes).map_err(|e| {
-                    BackendError::Protocol(format!("the body is not a JSON object: {e}"))
-                })?;
+                // The router bounds the whole attempt (`request_timeout`).
+                let bytes = resp.bytes().await.map_err(classify_reqwest)?;
+                let body: Map<String, Value> = serde_json::from_slice(&bytes)
+                    .map_err(|e| BackendError::Protocol(format!("the body is not a JSON object: {e}")))?;
                 let usage = body.get("usage").and_then(Usage::from_json);
                 return Ok(BackendReply::Full { body, usage });
             }
@@ -121,10 +101,7 @@ impl Backend for OpenAiBackend {
     }
 
     fn health(&self) -> BoxFuture<'static, Result<(), String>> {
-        let mut rb = self
-            .client
-            .get(format!("{}/models", self.cfg.base_url))
-            .timeout(self.health_timeout);
+        let mut rb = self.client.get(format!("{}/models", self.cfg.base_url)).timeout(self.health_timeout);
         if let Some(k) = &self.cfg.api_key {
             rb = rb.bearer_auth(&k.0);
         }
@@ -148,11 +125,7 @@ fn sse_chunks(resp: reqwest::Response) -> super::EventStream {
         parser: SseParser,
         done: bool,
     }
-    let st = St {
-        body: resp.bytes_stream().boxed(),
-        parser: SseParser::default(),
-        done: false,
-    };
+    let st = St { body: resp.bytes_stream().boxed(), parser: SseParser::default(), done: false };
     futures::stream::unfold(st, |mut st| async move {
         loop {
             if st.done {
@@ -174,25 +147,19 @@ fn sse_chunks(resp: reqwest::Response) -> super::EventStream {
                 Some(Ok(b)) => st.parser.push(&b),
                 Some(Err(e)) => {
                     st.done = true;
-                    return Some((
-                        Err(BackendError::Connect(format!("the stream broke: {e}"))),
-                        st,
-                    ));
+                    return Some((Err(BackendError::Connect(format!("the stream broke: {e}"))), st));
                 }
                 None => {
                     st.done = true;
                     if let Some(ev) = st.parser.finish() {
-                        if let Parsed::Item(item) = parse_event(&ev.data) {
-                            return Some((item, st));
+                        match parse_event(&ev.data) {
+                            Parsed::Item(item) => return Some((item, st)),
+                            Parsed::Done => return None,
+                            Parsed::Skip => {}
                         }
                     }
                     // The body ended without `[DONE]`: the upstream cut the stream.
-                    return Some((
-                        Err(BackendError::Connect(
-                            "the stream ended before [DONE]".into(),
-                        )),
-                        st,
-                    ));
+                    return Some((Err(BackendError::Connect("the stream ended before [DONE]".into())), st));
                 }
             }
         }
@@ -223,14 +190,10 @@ fn parse_event(data: &str) -> Parsed {
                     .and_then(|c| http::StatusCode::from_u16(c as u16).ok())
                     .unwrap_or(http::StatusCode::BAD_GATEWAY);
                 let bytes = serde_json::to_vec(&obj).unwrap_or_default();
-                return Parsed::Item(Err(BackendError::InBand(ApiError::from_upstream(
-                    status, &bytes,
-                ))));
+                return Parsed::Item(Err(BackendError::InBand(ApiError::from_upstream(status, &bytes))));
             }
             Parsed::Item(Ok(obj))
         }
-        Err(e) => Parsed::Item(Err(BackendError::Protocol(format!(
-            "an SSE event is not JSON: {e}"
-        )))),
+        Err(e) => Parsed::Item(Err(BackendError::Protocol(format!("an SSE event is not JSON: {e}")))),
     }
 }

@@ -104,6 +104,8 @@ pub struct DeploymentConfig {
     pub connect_timeout: Duration,
     pub first_token_timeout: Duration,
     pub stall_timeout: Duration,
+    /// The whole of a non-streamed response.
+    pub request_timeout: Duration,
     pub max_retries: u32,
     pub embeddings: bool,
 }
@@ -206,17 +208,11 @@ pub fn load_with_env(opts: &LoadOptions, env: Env<'_>) -> Result<Config, ConfigE
             }
         }
     } else if explicit {
-        return Err(ConfigErrors(vec![format!(
-            "{}: the config file does not exist",
-            gateway_path.display()
-        )]));
+        return Err(ConfigErrors(vec![format!("{}: the config file does not exist", gateway_path.display())]));
     } else {
         (raw::GatewayFile::default(), None)
     };
-    let base = source
-        .as_ref()
-        .and_then(|p| p.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("."));
+    let base = source.as_ref().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("."));
     let gfile = gateway_path.display().to_string();
 
     let server = server_config(&gw, &base, &gfile, opts, &mut errs);
@@ -232,10 +228,7 @@ pub fn load_with_env(opts: &LoadOptions, env: Env<'_>) -> Result<Config, ConfigE
     let routes_dir = base.join(gw.routes_dir.as_deref().unwrap_or("routes"));
     if source.is_some() || opts.model.is_none() {
         if gw.routes_dir.is_some() && !routes_dir.is_dir() {
-            errs.push(format!(
-                "{gfile}: routes_dir: {} is not a directory",
-                routes_dir.display()
-            ));
+            errs.push(format!("{gfile}: routes_dir: {} is not a directory", routes_dir.display()));
         }
         for file in toml_files(&routes_dir) {
             match read_toml::<raw::RoutesFile>(&file) {
@@ -252,10 +245,7 @@ pub fn load_with_env(opts: &LoadOptions, env: Env<'_>) -> Result<Config, ConfigE
     }
     if let Some(model) = &opts.model {
         let name = opts.model_name.clone().unwrap_or_else(|| {
-            model
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "local".into())
+            model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "local".into())
         });
         aliases.push(AliasConfig {
             name: name.clone(),
@@ -271,11 +261,7 @@ pub fn load_with_env(opts: &LoadOptions, env: Env<'_>) -> Result<Config, ConfigE
     let mut seen = HashSet::new();
     for a in &aliases {
         if !seen.insert(a.name.clone()) {
-            errs.push(format!(
-                "{}: alias '{}' is declared more than once",
-                a.file.display(),
-                a.name
-            ));
+            errs.push(format!("{}: alias '{}' is declared more than once", a.file.display(), a.name));
         }
     }
     let mut dep_names = HashSet::new();
@@ -294,23 +280,14 @@ pub fn load_with_env(opts: &LoadOptions, env: Env<'_>) -> Result<Config, ConfigE
     for k in &auth.keys {
         for al in &k.aliases {
             if al != "*" && !aliases.iter().any(|a| &a.name == al) {
-                errs.push(format!(
-                    "{gfile}: auth.keys '{}': aliases: unknown alias '{al}'",
-                    k.name
-                ));
+                errs.push(format!("{gfile}: auth.keys '{}': aliases: unknown alias '{al}'", k.name));
             }
         }
     }
     let prompts_dir = base.join(gw.prompts_dir.as_deref().unwrap_or("prompts"));
     let prompts = load_prompts(&prompts_dir, &mut errs);
     if errs.is_empty() {
-        Ok(Config {
-            source,
-            server,
-            auth,
-            aliases,
-            prompts,
-        })
+        Ok(Config { source, server, auth, aliases, prompts })
     } else {
         Err(ConfigErrors(errs))
     }
@@ -326,6 +303,7 @@ impl DeploymentConfig {
             connect_timeout: Duration::from_secs(5),
             first_token_timeout: Duration::from_secs(120),
             stall_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(600),
             max_retries: 2,
             embeddings: false,
         }
@@ -349,8 +327,7 @@ impl LocalConfig {
 }
 
 fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     let de = toml::Deserializer::new(&text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
@@ -374,9 +351,7 @@ fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
 fn toml_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-                .collect()
+            rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect()
         })
         .unwrap_or_default();
     files.sort();
@@ -394,9 +369,7 @@ fn server_config(
     if let Some(l) = &gw.listen {
         match l.parse() {
             Ok(a) => s.listen = a,
-            Err(_) => errs.push(format!(
-                "{file}: listen: '{l}' is not an address like 127.0.0.1:8080"
-            )),
+            Err(_) => errs.push(format!("{file}: listen: '{l}' is not an address like 127.0.0.1:8080")),
         }
     }
     if let Some(l) = opts.listen {
@@ -407,9 +380,7 @@ fn server_config(
     }
     if let Some(b) = gw.max_body_bytes {
         if b < 1024 {
-            errs.push(format!(
-                "{file}: max_body_bytes: {b} is too small (at least 1024)"
-            ));
+            errs.push(format!("{file}: max_body_bytes: {b} is too small (at least 1024)"));
         }
         s.max_body_bytes = b;
     }
@@ -425,9 +396,7 @@ fn server_config(
     match gw.log.format.as_deref() {
         None | Some("text") => {}
         Some("json") => s.log_json = true,
-        Some(o) => errs.push(format!(
-            "{file}: log.format: '{o}' is not one of \"text\", \"json\""
-        )),
+        Some(o) => errs.push(format!("{file}: log.format: '{o}' is not one of \"text\", \"json\"")),
     }
     s.log_content = gw.log.content.unwrap_or(false);
     s.cors_origins = gw.cors.allow_origins.clone();
@@ -440,20 +409,12 @@ fn env_ref(value: &str) -> Option<&str> {
 }
 
 /// A secret must be an environment reference; a literal is refused with how to fix it.
-fn secret(
-    value: &str,
-    file: &str,
-    key: &str,
-    env: Env<'_>,
-    errs: &mut Vec<String>,
-) -> Option<Secret> {
+fn secret(value: &str, file: &str, key: &str, env: Env<'_>, errs: &mut Vec<String>) -> Option<Secret> {
     match env_ref(value) {
         Some(var) => match env(var) {
             Some(v) if !v.is_empty() => Some(Secret(v)),
             _ => {
-                errs.push(format!(
-                    "{file}: {key}: the environment variable {var} is not set"
-                ));
+                errs.push(format!("{file}: {key}: the environment variable {var} is not set"));
                 None
             }
         },
@@ -468,20 +429,12 @@ fn secret(
 }
 
 /// A non-secret value that may still come from the environment (paths, URLs).
-fn plain(
-    value: &str,
-    file: &str,
-    key: &str,
-    env: Env<'_>,
-    errs: &mut Vec<String>,
-) -> Option<String> {
+fn plain(value: &str, file: &str, key: &str, env: Env<'_>, errs: &mut Vec<String>) -> Option<String> {
     match env_ref(value) {
         Some(var) => match env(var) {
             Some(v) => Some(v),
             None => {
-                errs.push(format!(
-                    "{file}: {key}: the environment variable {var} is not set"
-                ));
+                errs.push(format!("{file}: {key}: the environment variable {var} is not set"));
                 None
             }
         },
@@ -499,17 +452,11 @@ fn parse_sha256(hex_str: &str) -> Option<[u8; 32]> {
 }
 
 fn auth_config(a: &raw::AuthFile, file: &str, env: Env<'_>, errs: &mut Vec<String>) -> AuthConfig {
-    let mut out = AuthConfig {
-        open: a.open.unwrap_or(false),
-        ..Default::default()
-    };
+    let mut out = AuthConfig { open: a.open.unwrap_or(false), ..Default::default() };
     match (&a.admin_key, &a.admin_key_sha256) {
-        (Some(_), Some(_)) => errs.push(format!(
-            "{file}: auth: give admin_key or admin_key_sha256, not both"
-        )),
+        (Some(_), Some(_)) => errs.push(format!("{file}: auth: give admin_key or admin_key_sha256, not both")),
         (Some(k), None) => {
-            out.admin_key_sha256 =
-                secret(k, file, "auth.admin_key", env, errs).map(|s| sha256(s.0.as_bytes()))
+            out.admin_key_sha256 = secret(k, file, "auth.admin_key", env, errs).map(|s| sha256(s.0.as_bytes()))
         }
         (None, Some(h)) => match parse_sha256(h) {
             Some(h) => out.admin_key_sha256 = Some(h),
@@ -528,56 +475,35 @@ fn auth_config(a: &raw::AuthFile, file: &str, env: Env<'_>, errs: &mut Vec<Strin
                 errs.push(format!("{file}: {key}.sha256: not 64 hex digits"));
                 None
             }),
-            (None, Some(v)) => {
-                secret(v, file, &format!("{key}.key"), env, errs).map(|s| sha256(s.0.as_bytes()))
-            }
+            (None, Some(v)) => secret(v, file, &format!("{key}.key"), env, errs).map(|s| sha256(s.0.as_bytes())),
             _ => {
                 errs.push(format!("{file}: {key}: give exactly one of sha256 or key"));
                 None
             }
         };
         if k.aliases.is_empty() {
-            errs.push(format!(
-                "{file}: {key}.aliases: list the aliases this key may call (\"*\" for all)"
-            ));
+            errs.push(format!("{file}: {key}.aliases: list the aliases this key may call (\"*\" for all)"));
         }
         if let Some(sha256) = hash {
-            out.keys.push(ApiKeyConfig {
-                name: k.name.clone(),
-                sha256,
-                aliases: k.aliases.clone(),
-            });
+            out.keys.push(ApiKeyConfig { name: k.name.clone(), sha256, aliases: k.aliases.clone() });
         }
     }
     out
 }
 
-fn alias_config(
-    a: raw::AliasFile,
-    i: usize,
-    file: &Path,
-    env: Env<'_>,
-    errs: &mut Vec<String>,
-) -> Option<AliasConfig> {
+fn alias_config(a: raw::AliasFile, i: usize, file: &Path, env: Env<'_>, errs: &mut Vec<String>) -> Option<AliasConfig> {
     let f = file.display().to_string();
     let at = format!("alias[{i}]");
     let before = errs.len();
     if a.name.is_empty() || a.name.contains(char::is_whitespace) {
-        errs.push(format!(
-            "{f}: {at}.name: '{}' must be non-empty without spaces",
-            a.name
-        ));
+        errs.push(format!("{f}: {at}.name: '{}' must be non-empty without spaces", a.name));
     }
     if a.deployment.is_empty() {
-        errs.push(format!(
-            "{f}: {at}: alias '{}' has no [[alias.deployment]]",
-            a.name
-        ));
+        errs.push(format!("{f}: {at}: alias '{}' has no [[alias.deployment]]", a.name));
     }
     let mut deployments = Vec::new();
     for (j, d) in a.deployment.into_iter().enumerate() {
-        if let Some(d) = deployment_config(d, &format!("{at}.deployment[{j}]"), &f, file, env, errs)
-        {
+        if let Some(d) = deployment_config(d, &format!("{at}.deployment[{j}]"), &f, file, env, errs) {
             deployments.push(d);
         }
     }
@@ -598,14 +524,22 @@ fn deployment_config(
     errs: &mut Vec<String>,
 ) -> Option<DeploymentConfig> {
     let before = errs.len();
-    let mut out = DeploymentConfig {
-        name: d.name.clone(),
-        ..DeploymentConfig::defaults()
-    };
+    let mut out = DeploymentConfig { name: d.name.clone(), ..DeploymentConfig::defaults() };
     let ms = |v: Option<u64>, default: Duration| v.map(Duration::from_millis).unwrap_or(default);
     out.connect_timeout = ms(d.connect_timeout_ms, out.connect_timeout);
     out.first_token_timeout = ms(d.first_token_timeout_ms, out.first_token_timeout);
     out.stall_timeout = ms(d.stall_timeout_ms, out.stall_timeout);
+    out.request_timeout = ms(d.request_timeout_ms, out.request_timeout);
+    for (name, v) in [
+        ("connect_timeout_ms", d.connect_timeout_ms),
+        ("first_token_timeout_ms", d.first_token_timeout_ms),
+        ("stall_timeout_ms", d.stall_timeout_ms),
+        ("request_timeout_ms", d.request_timeout_ms),
+    ] {
+        if v == Some(0) {
+            errs.push(format!("{f}: {at}.{name}: must be at least 1"));
+        }
+    }
     out.max_retries = d.max_retries.unwrap_or(out.max_retries);
     out.weight = d.weight.unwrap_or(1);
     out.embeddings = d.embeddings.unwrap_or(false);
@@ -636,9 +570,7 @@ fn deployment_config(
     let misplaced = |fields: &[(&str, bool)], kind: &str, errs: &mut Vec<String>| {
         for (name, set) in fields {
             if *set {
-                errs.push(format!(
-                    "{f}: {at}.{name}: not a setting of kind = \"{kind}\""
-                ));
+                errs.push(format!("{f}: {at}.{name}: not a setting of kind = \"{kind}\""));
             }
         }
     };
@@ -648,38 +580,22 @@ fn deployment_config(
             let base_url = match &d.base_url {
                 Some(u) => plain(u, f, &format!("{at}.base_url"), env, errs),
                 None => {
-                    errs.push(format!(
-                        "{f}: {at}.base_url: required for kind = \"{}\"",
-                        d.kind
-                    ));
+                    errs.push(format!("{f}: {at}.base_url: required for kind = \"{}\"", d.kind));
                     None
                 }
             };
             if let Some(u) = &base_url {
                 if !(u.starts_with("http://") || u.starts_with("https://")) {
-                    errs.push(format!(
-                        "{f}: {at}.base_url: '{u}' is not an http:// or https:// URL"
-                    ));
+                    errs.push(format!("{f}: {at}.base_url: '{u}' is not an http:// or https:// URL"));
                 }
             }
             let model = d.model.clone().unwrap_or_else(|| {
-                errs.push(format!(
-                    "{f}: {at}.model: required (the upstream's model name)"
-                ));
+                errs.push(format!("{f}: {at}.model: required (the upstream's model name)"));
                 String::new()
             });
-            let api_key = d
-                .api_key
-                .as_deref()
-                .and_then(|k| secret(k, f, &format!("{at}.api_key"), env, errs));
-            let max_tokens_field = d
-                .max_tokens_field
-                .clone()
-                .unwrap_or_else(|| "max_tokens".into());
-            if !matches!(
-                max_tokens_field.as_str(),
-                "max_tokens" | "max_completion_tokens"
-            ) {
+            let api_key = d.api_key.as_deref().and_then(|k| secret(k, f, &format!("{at}.api_key"), env, errs));
+            let max_tokens_field = d.max_tokens_field.clone().unwrap_or_else(|| "max_tokens".into());
+            if !matches!(max_tokens_field.as_str(), "max_tokens" | "max_completion_tokens") {
                 errs.push(format!("{f}: {at}.max_tokens_field: must be \"max_tokens\" or \"max_completion_tokens\""));
             }
             let headers = d
@@ -694,20 +610,13 @@ fn deployment_config(
                 })
                 .collect();
             let remote = RemoteConfig {
-                base_url: base_url
-                    .unwrap_or_default()
-                    .trim_end_matches('/')
-                    .to_owned(),
+                base_url: base_url.unwrap_or_default().trim_end_matches('/').to_owned(),
                 model,
                 api_key,
                 max_tokens_field,
                 headers,
             };
-            out.kind = if d.kind == "openai" {
-                DeploymentKind::OpenAi(remote)
-            } else {
-                DeploymentKind::Ollama(remote)
-            };
+            out.kind = if d.kind == "openai" { DeploymentKind::OpenAi(remote) } else { DeploymentKind::Ollama(remote) };
         }
         "local" => {
             misplaced(&remote_only, "local", errs);
@@ -715,18 +624,13 @@ fn deployment_config(
                 Some(p) => plain(p, f, &format!("{at}.path"), env, errs).map(|p| {
                     let p = PathBuf::from(p);
                     if p.is_relative() {
-                        file.parent()
-                            .and_then(Path::parent)
-                            .unwrap_or(Path::new("."))
-                            .join(p)
+                        file.parent().and_then(Path::parent).unwrap_or(Path::new(".")).join(p)
                     } else {
                         p
                     }
                 }),
                 None => {
-                    errs.push(format!(
-                        "{f}: {at}.path: required for kind = \"local\" (the GGUF file)"
-                    ));
+                    errs.push(format!("{f}: {at}.path: required for kind = \"local\" (the GGUF file)"));
                     None
                 }
             };
@@ -739,27 +643,25 @@ fn deployment_config(
             l.queue_depth = d.queue_depth.unwrap_or(4 * l.parallel as usize);
             l.chat_template = d.chat_template.clone();
             l.gpu_layers = d.gpu_layers.unwrap_or(0);
-            for (name, v) in [
-                ("context", l.context),
-                ("parallel", l.parallel),
-                ("batch", l.batch),
-                ("ubatch", l.ubatch),
-            ] {
+            for (name, v) in
+                [("context", l.context), ("parallel", l.parallel), ("batch", l.batch), ("ubatch", l.ubatch)]
+            {
                 if v == 0 {
                     errs.push(format!("{f}: {at}.{name}: must be at least 1"));
                 }
             }
-            if l.context < 64 {
+            if l.batch < l.parallel {
                 errs.push(format!(
-                    "{f}: {at}.context: {} is too small (at least 64)",
-                    l.context
+                    "{f}: {at}.batch: {} is less than parallel ({}): every decoding sequence needs a place in each step's batch",
+                    l.batch, l.parallel
                 ));
+            }
+            if l.context < 64 {
+                errs.push(format!("{f}: {at}.context: {} is too small (at least 64)", l.context));
             }
             out.kind = DeploymentKind::Local(l);
         }
-        other => errs.push(format!(
-            "{f}: {at}.kind: '{other}' is not one of \"openai\", \"ollama\", \"local\""
-        )),
+        other => errs.push(format!("{f}: {at}.kind: '{other}' is not one of \"openai\", \"ollama\", \"local\"")),
     }
     (errs.len() == before).then_some(out)
 }

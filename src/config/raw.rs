@@ -93,6 +93,7 @@ pub struct DeploymentFile {
     pub connect_timeout_ms: Option<u64>,
     pub first_token_timeout_ms: Option<u64>,
     pub stall_timeout_ms: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
     pub max_retries: Option<u32>,
     pub embeddings: Option<bool>,
     // The `local` kind (the embedded engine).

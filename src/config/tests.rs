@@ -8,27 +8,15 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 fn load_dir(dir: &Path, env: &[(&str, &str)]) -> Result<Config, ConfigErrors> {
-    let env: Vec<(String, String)> = env
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
-    let opts = LoadOptions {
-        config: Some(dir.join("tollgate.toml")),
-        ..Default::default()
-    };
-    load_with_env(&opts, &move |k| {
-        env.iter().find(|(a, _)| a == k).map(|(_, b)| b.clone())
-    })
+    let env: Vec<(String, String)> = env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let opts = LoadOptions { config: Some(dir.join("tollgate.toml")), ..Default::default() };
+    load_with_env(&opts, &move |k| env.iter().find(|(a, _)| a == k).map(|(_, b)| b.clone()))
 }
 
 #[test]
 fn every_problem_is_listed_with_file_and_key() {
     let d = tempfile::tempdir().unwrap();
-    write(
-        d.path(),
-        "tollgate.toml",
-        "listen = \"nope\"\n[auth]\nadmin_key = \"literal-secret\"\n",
-    );
+    write(d.path(), "tollgate.toml", "listen = \"nope\"\n[auth]\nadmin_key = \"literal-secret\"\n");
     write(
         d.path(),
         "routes/a.toml",
@@ -43,31 +31,24 @@ model = "m"
 api_key = "sk-literal"
 "#,
     );
-    write(
-        d.path(),
-        "routes/b.toml",
-        "[[alias]]\nname = \"x\"\nbogus = 1\n",
-    );
+    write(d.path(), "routes/b.toml", "[[alias]]\nname = \"x\"\nbogus = 1\n");
     let errs = load_dir(d.path(), &[]).unwrap_err().0;
     let all = errs.join("\n");
     assert!(all.contains("tollgate.toml: listen"), "{all}");
     assert!(all.contains("auth.admin_key: a literal secret"), "{all}");
-    assert!(
-        all.contains("a.toml: alias[0].deployment[0].api_key: a literal secret"),
-        "{all}"
-    );
-    assert!(
-        all.contains("b.toml") && all.contains("alias[0].bogus")
-            || all.contains("unknown field `bogus`"),
-        "{all}"
-    );
+    assert!(all.contains("a.toml: alias[0].deployment[0].api_key: a literal secret"), "{all}");
+    assert!(all.contains("b.toml") && all.contains("alias[0].bogus") || all.contains("unknown field `bogus`"), "{all}");
     assert!(errs.len() >= 4, "{all}");
 }
 
 #[test]
 fn secrets_come_from_the_environment() {
     let d = tempfile::tempdir().unwrap();
-    write(d.path(), "tollgate.toml", "[auth]\nadmin_key = \"${ADMIN}\"\n[[auth.keys]]\nname = \"dev\"\nkey = \"${DEV}\"\naliases = [\"*\"]\n");
+    write(
+        d.path(),
+        "tollgate.toml",
+        "[auth]\nadmin_key = \"${ADMIN}\"\n[[auth.keys]]\nname = \"dev\"\nkey = \"${DEV}\"\naliases = [\"*\"]\n",
+    );
     write(
         d.path(),
         "routes/a.toml",
@@ -80,10 +61,7 @@ fn secrets_come_from_the_environment() {
         DeploymentKind::Ollama(r) => assert_eq!(r.base_url, "http://127.0.0.1:11434"),
         k => panic!("{k:?}"),
     }
-    let errs = load_dir(d.path(), &[("ADMIN", "a")])
-        .unwrap_err()
-        .0
-        .join("\n");
+    let errs = load_dir(d.path(), &[("ADMIN", "a")]).unwrap_err().0.join("\n");
     assert!(errs.contains("DEV is not set"), "{errs}");
 }
 
@@ -97,8 +75,5 @@ fn misplaced_settings_are_refused() {
         "[[alias]]\nname = \"chat\"\n[[alias.deployment]]\nname = \"up\"\nkind = \"openai\"\nbase_url = \"http://h/v1\"\nmodel = \"m\"\ncontext = 10\n",
     );
     let errs = load_dir(d.path(), &[]).unwrap_err().0.join("\n");
-    assert!(
-        errs.contains("alias[0].deployment[0].context: not a setting of kind = \"openai\""),
-        "{errs}"
-    );
+    assert!(errs.contains("alias[0].deployment[0].context: not a setting of kind = \"openai\""), "{errs}");
 }

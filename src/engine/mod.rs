@@ -57,10 +57,7 @@ fn backends_dir() -> Option<std::path::PathBuf> {
     if let Some(d) = std::env::var_os("TOLLGATE_GGML_BACKENDS") {
         return Some(d.into());
     }
-    if let Some(d) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|p| p.join("ggml-backends")))
-    {
+    if let Some(d) = std::env::current_exe().ok().and_then(|e| e.parent().map(|p| p.join("ggml-backends"))) {
         if d.is_dir() {
             return Some(d);
         }
@@ -86,65 +83,39 @@ impl Drop for LocalBackend {
 }
 
 impl LocalBackend {
-    pub async fn start(
-        dep: &DeploymentConfig,
-        l: &LocalConfig,
-    ) -> Result<Arc<LocalBackend>, String> {
+    pub async fn start(dep: &DeploymentConfig, l: &LocalConfig) -> Result<Arc<LocalBackend>, String> {
         let backend = llama_backend()?;
         let path = l.path.clone();
         let size = model_info::precheck(&path)?;
         let gpu_layers = l.gpu_layers;
         let loaded = tokio::task::spawn_blocking(move || {
-            let sha =
-                model_info::sha256_cached(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let sha = model_info::sha256_cached(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
-            let model = LlamaModel::load_from_file(backend, &path, &params).map_err(|e| {
-                format!(
-                    "{}: llama.cpp could not load the model: {e}",
-                    path.display()
-                )
-            })?;
+            let model = LlamaModel::load_from_file(backend, &path, &params)
+                .map_err(|e| format!("{}: llama.cpp could not load the model: {e}", path.display()))?;
             Ok::<_, String>((sha, model))
         })
         .await
         .map_err(|e| format!("the model loader panicked: {e}"))??;
         let (sha256, model) = loaded;
         let model = Arc::new(model);
-        let arch = model
-            .meta_val_str("general.architecture")
-            .unwrap_or_else(|_| "unknown".into());
+        let arch = model.meta_val_str("general.architecture").unwrap_or_else(|_| "unknown".into());
         let (template, tpl_name, tpl_source) = match (&l.chat_template, model.chat_template(None)) {
-            (Some(name), _) => (
-                LlamaChatTemplate::new(name).map_err(|e| e.to_string())?,
-                name.clone(),
-                "config",
-            ),
+            (Some(name), _) => (LlamaChatTemplate::new(name).map_err(|e| e.to_string())?, name.clone(), "config"),
             (None, Ok(t)) => {
-                let shown = t
-                    .to_str()
-                    .map(|s| s.chars().take(80).collect())
-                    .unwrap_or_default();
+                let shown = t.to_str().map(|s| s.chars().take(80).collect()).unwrap_or_default();
                 (t, shown, "gguf")
             }
             (None, Err(_)) => {
                 let name = model_info::builtin_template_for(&arch);
                 tracing::info!(model = %l.path.display(), architecture = %arch, template = name, "the model has no chat template; using llama.cpp's built-in one for its architecture");
-                (
-                    LlamaChatTemplate::new(name).map_err(|e| e.to_string())?,
-                    name.to_owned(),
-                    "builtin",
-                )
+                (LlamaChatTemplate::new(name).map_err(|e| e.to_string())?, name.to_owned(), "builtin")
             }
         };
         let probe = [LlamaChatMessage::new("user".into(), "hi".into()).map_err(|e| e.to_string())?];
         model
             .apply_chat_template(&template, &probe, true)
-            .map_err(|e| {
-                format!(
-                    "{}: the chat template '{tpl_name}' cannot be applied: {e}",
-                    l.path.display()
-                )
-            })?;
+            .map_err(|e| format!("{}: the chat template '{tpl_name}' cannot be applied: {e}", l.path.display()))?;
         let ctx_per_seq = l.context.min(model.n_ctx_train().max(64));
         let info = ModelInfo {
             path: l.path.display().to_string(),
@@ -166,11 +137,10 @@ impl LocalBackend {
             chat_template_source: tpl_source,
         };
         let queue = Arc::new(Queue::new(l.queue_depth.max(1)));
-        let threads = l.threads.map(|t| t as i32).unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get() as i32)
-                .unwrap_or(4)
-        });
+        let threads = l
+            .threads
+            .map(|t| t as i32)
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(4));
         let settings = EngineSettings {
             name: dep.name.clone(),
             ctx_per_seq,
@@ -185,9 +155,7 @@ impl LocalBackend {
             .name(format!("engine-{}", dep.name))
             .spawn(move || worker::run(backend, m, settings, q, ready_tx))
             .map_err(|e| format!("cannot start the engine thread: {e}"))?;
-        ready_rx
-            .await
-            .map_err(|_| "the engine thread died while starting".to_owned())??;
+        ready_rx.await.map_err(|_| "the engine thread died while starting".to_owned())??;
         tracing::info!(
             deployment = %dep.name,
             model = %info.path,
@@ -241,26 +209,18 @@ impl LocalBackend {
                 return Err(ApiError::unsupported_param(p, "local engine"));
             }
         }
-        if b.get("logprobs")
-            .is_some_and(|v| v.as_bool() == Some(true) || v.as_u64().is_some_and(|n| n > 0))
-        {
+        if b.get("logprobs").is_some_and(|v| v.as_bool() == Some(true) || v.as_u64().is_some_and(|n| n > 0)) {
             return Err(ApiError::unsupported_param("logprobs", "local engine"));
         }
         if b.get("echo").and_then(Value::as_bool) == Some(true) {
             return Err(ApiError::unsupported_param("echo", "local engine"));
         }
-        if b.get("best_of")
-            .and_then(Value::as_u64)
-            .is_some_and(|n| n > 1)
-        {
+        if b.get("best_of").and_then(Value::as_u64).is_some_and(|n| n > 1) {
             return Err(ApiError::unsupported_param("best_of", "local engine"));
         }
         if let Some(rf) = b.get("response_format").filter(|v| !v.is_null()) {
             if rf.get("type").and_then(Value::as_str) != Some("text") {
-                return Err(ApiError::unsupported_param(
-                    "response_format",
-                    "local engine",
-                ));
+                return Err(ApiError::unsupported_param("response_format", "local engine"));
             }
         }
         if req.sampling.n > 1 {
@@ -288,22 +248,12 @@ impl LocalBackend {
                         LlamaChatMessage::new(role.to_owned(), m.content.clone())
                     })
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|_| {
-                        ApiError::invalid_request(
-                            "A message contains a NUL character.",
-                            Some("messages"),
-                        )
-                    })?;
+                    .map_err(|_| ApiError::invalid_request("A message contains a NUL character.", Some("messages")))?;
                 self.model
                     .apply_chat_template(&self.template, &chat, true)
-                    .map_err(|e| {
-                        ApiError::internal(format!("The chat template could not be applied: {e}"))
-                    })
+                    .map_err(|e| ApiError::internal(format!("The chat template could not be applied: {e}")))
             }
-            Prompt::Embed(_) => Err(ApiError::invalid_request(
-                "Embeddings are not served here.",
-                Some("input"),
-            )),
+            Prompt::Embed(_) => Err(ApiError::invalid_request("Embeddings are not served here.", Some("input"))),
         }
     }
 
@@ -313,7 +263,8 @@ impl LocalBackend {
         GenParams {
             temperature: s.temperature.unwrap_or(1.0) as f32,
             top_p: s.top_p.unwrap_or(1.0) as f32,
-            top_k: s.top_k.unwrap_or(0).max(0) as i32,
+            // Past the vocabulary, top-k keeps everything: the same as off.
+            top_k: s.top_k.filter(|&k| k > 0 && k < i64::from(self.model.n_vocab())).unwrap_or(0) as i32,
             min_p: s.min_p.unwrap_or(0.0) as f32,
             presence_penalty: s.presence_penalty.unwrap_or(0.0) as f32,
             frequency_penalty: s.frequency_penalty.unwrap_or(0.0) as f32,
@@ -337,17 +288,10 @@ impl Backend for LocalBackend {
             let text = self.render(req).map_err(BackendError::Rejected)?;
             let tokens = self.model.vocab().tokenize(text.as_bytes(), true, true);
             if tokens.is_empty() {
-                return Err(BackendError::Rejected(ApiError::invalid_request(
-                    "The prompt is empty.",
-                    Some("prompt"),
-                )));
+                return Err(BackendError::Rejected(ApiError::invalid_request("The prompt is empty.", Some("prompt"))));
             }
             if tokens.len() >= self.ctx_per_seq as usize {
-                let param = if req.endpoint == Endpoint::Chat {
-                    "messages"
-                } else {
-                    "prompt"
-                };
+                let param = if req.endpoint == Endpoint::Chat { "messages" } else { "prompt" };
                 return Err(BackendError::Rejected(
                     ApiError::invalid_request(
                         format!(
@@ -363,37 +307,20 @@ impl Backend for LocalBackend {
             }
             let params = self.params(req, tokens.len());
             let (tx, rx) = mpsc::unbounded_channel();
-            let job = Job {
-                tokens,
-                params,
-                tx,
-                enqueued: Instant::now(),
-            };
-            self.queue
-                .try_push(job, br.priority)
-                .map_err(|_| BackendError::Full)?;
+            let job = Job { tokens, params, tx, enqueued: Instant::now() };
+            self.queue.try_push(job, br.priority).map_err(|_| BackendError::Full)?;
             Ok(rx)
         })();
         let shape = Shape {
             endpoint: br.req.endpoint,
             id: format!(
                 "{}{}",
-                if br.req.endpoint == Endpoint::Chat {
-                    "chatcmpl-"
-                } else {
-                    "cmpl-"
-                },
+                if br.req.endpoint == Endpoint::Chat { "chatcmpl-" } else { "cmpl-" },
                 uuid::Uuid::new_v4().simple()
             ),
-            created: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             model: self.name.clone(),
-            fingerprint: format!(
-                "tollgate-{}",
-                &self.info.sha256[..12.min(self.info.sha256.len())]
-            ),
+            fingerprint: format!("tollgate-{}", &self.info.sha256[..12.min(self.info.sha256.len())]),
         };
         let stream = br.req.stream;
         async move {
@@ -442,37 +369,19 @@ impl Shape {
     fn chunk(&self, choice: Value) -> Chunk {
         let mut o = Map::new();
         o.insert("id".into(), Value::String(self.id.clone()));
-        let object = if self.endpoint == Endpoint::Chat {
-            "chat.completion.chunk"
-        } else {
-            "text_completion"
-        };
+        let object = if self.endpoint == Endpoint::Chat { "chat.completion.chunk" } else { "text_completion" };
         o.insert("object".into(), object.into());
         o.insert("created".into(), self.created.into());
         o.insert("model".into(), Value::String(self.model.clone()));
-        o.insert(
-            "system_fingerprint".into(),
-            Value::String(self.fingerprint.clone()),
-        );
-        o.insert(
-            "choices".into(),
-            Value::Array(if choice.is_null() {
-                vec![]
-            } else {
-                vec![choice]
-            }),
-        );
+        o.insert("system_fingerprint".into(), Value::String(self.fingerprint.clone()));
+        o.insert("choices".into(), Value::Array(if choice.is_null() { vec![] } else { vec![choice] }));
         o
     }
 
     fn text_choice(&self, text: &str, finish: Option<&str>) -> Value {
         match self.endpoint {
             Endpoint::Chat => {
-                let delta = if finish.is_some() && text.is_empty() {
-                    json!({})
-                } else {
-                    json!({ "content": text })
-                };
+                let delta = if finish.is_some() && text.is_empty() { json!({}) } else { json!({ "content": text }) };
                 json!({ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish })
             }
             _ => json!({ "text": text, "index": 0, "logprobs": null, "finish_reason": finish }),
@@ -514,54 +423,54 @@ fn timings_json(t: &Timings) -> Value {
 }
 
 fn chunks(shape: Shape, rx: mpsc::UnboundedReceiver<Event>) -> crate::backend::EventStream {
-    let first = (shape.endpoint == Endpoint::Chat).then(|| {
-        Ok(shape.chunk(json!({ "index": 0, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null })))
-    });
+    // The role chunk goes out with the first engine event, not before: until the engine has
+    // admitted and prefilled the request, the router may still time it out and fall back.
+    let mut role = shape.endpoint == Endpoint::Chat;
+    let mut done = false;
     let shape = Arc::new(shape);
-    let events = tokio_stream_from(rx).flat_map(move |ev| {
-        let out: Vec<Result<Chunk, BackendError>> = match ev {
-            Event::Text(t) => vec![Ok(shape.chunk(shape.text_choice(&t, None)))],
-            Event::Done {
-                finish,
-                prompt_tokens,
-                completion_tokens,
-                timings,
-            } => {
+    let events = tokio_stream_from(rx).map(Some).chain(futures::stream::iter([None])).flat_map(move |ev| {
+        let mut out: Vec<Result<Chunk, BackendError>> = Vec::with_capacity(3);
+        if role && matches!(ev, Some(Event::Text(_)) | Some(Event::Done { .. })) {
+            role = false;
+            out.push(Ok(shape.chunk(
+                json!({ "index": 0, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null }),
+            )));
+        }
+        match ev {
+            Some(Event::Text(t)) => out.push(Ok(shape.chunk(shape.text_choice(&t, None)))),
+            Some(Event::Done { finish, prompt_tokens, completion_tokens, timings }) => {
+                done = true;
                 let mut last = shape.chunk(shape.text_choice("", Some(finish)));
                 last.insert("timings".into(), timings_json(&timings));
                 let mut u = shape.chunk(Value::Null);
-                u.insert(
-                    "usage".into(),
-                    usage(prompt_tokens, completion_tokens, timings.cache_n).to_json(),
-                );
-                vec![Ok(last), Ok(u)]
+                u.insert("usage".into(), usage(prompt_tokens, completion_tokens, timings.cache_n).to_json());
+                out.push(Ok(last));
+                out.push(Ok(u));
             }
-            Event::Error(e) => vec![Err(BackendError::Internal(e))],
-        };
+            Some(Event::Error(e)) => {
+                done = true;
+                out.push(Err(BackendError::Internal(e)));
+            }
+            // The engine went away without finishing this request.
+            None if !done => out.push(Err(BackendError::Internal("the engine stopped before the request finished".into()))),
+            None => {}
+        }
         futures::stream::iter(out)
     });
-    futures::stream::iter(first).chain(events).boxed()
+    events.boxed()
 }
 
 fn tokio_stream_from(mut rx: mpsc::UnboundedReceiver<Event>) -> impl futures::Stream<Item = Event> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-async fn full(
-    shape: Shape,
-    mut rx: mpsc::UnboundedReceiver<Event>,
-) -> Result<BackendReply, BackendError> {
+async fn full(shape: Shape, mut rx: mpsc::UnboundedReceiver<Event>) -> Result<BackendReply, BackendError> {
     let mut text = String::new();
     while let Some(ev) = rx.recv().await {
         match ev {
             Event::Text(t) => text.push_str(&t),
             Event::Error(e) => return Err(BackendError::Internal(e)),
-            Event::Done {
-                finish,
-                prompt_tokens,
-                completion_tokens,
-                timings,
-            } => {
+            Event::Done { finish, prompt_tokens, completion_tokens, timings } => {
                 let u = usage(prompt_tokens, completion_tokens, timings.cache_n);
                 let choice = match shape.endpoint {
                     Endpoint::Chat => json!({
@@ -575,22 +484,13 @@ async fn full(
                     }
                 };
                 let mut body = shape.chunk(choice);
-                let object = if shape.endpoint == Endpoint::Chat {
-                    "chat.completion"
-                } else {
-                    "text_completion"
-                };
+                let object = if shape.endpoint == Endpoint::Chat { "chat.completion" } else { "text_completion" };
                 body.insert("object".into(), object.into());
                 body.insert("usage".into(), u.to_json());
                 body.insert("timings".into(), timings_json(&timings));
-                return Ok(BackendReply::Full {
-                    body,
-                    usage: Some(u),
-                });
+                return Ok(BackendReply::Full { body, usage: Some(u) });
             }
         }
     }
-    Err(BackendError::Internal(
-        "the engine stopped before the request finished".into(),
-    ))
+    Err(BackendError::Internal("the engine stopped before the request finished".into()))
 }

