@@ -136,7 +136,7 @@ impl LocalBackend {
             chat_template: tpl_name,
             chat_template_source: tpl_source,
         };
-        let queue = Arc::new(Queue::new(l.queue_depth.max(1)));
+        let queue = Arc::new(Queue::new(l.parallel as usize, l.queue_depth.max(1)));
         let threads = l
             .threads
             .map(|t| t as i32)
@@ -276,6 +276,7 @@ impl LocalBackend {
             },
             max_tokens: s.max_tokens.unwrap_or(room).min(room.max(1)),
             stops: s.stop.clone(),
+            ignore_eos: req.body.get("ignore_eos").and_then(Value::as_bool).unwrap_or(false),
         }
     }
 }

@@ -26,6 +26,7 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -45,6 +46,8 @@ pub struct GenParams {
     pub seed: u32,
     pub max_tokens: u32,
     pub stops: Vec<String>,
+    /// llama-server's `ignore_eos`: end-of-generation tokens are never sampled.
+    pub ignore_eos: bool,
 }
 
 pub struct Job {
@@ -75,8 +78,9 @@ pub enum Event {
 pub struct Queue {
     state: Mutex<QueueState>,
     cv: Condvar,
-    /// Occupied sequence slots, as of the engine's last step.
+    /// Occupied sequence slots, as of the engine's last admission (written under the lock).
     active: AtomicUsize,
+    slots: usize,
 }
 
 struct QueueState {
@@ -87,7 +91,8 @@ struct QueueState {
 }
 
 impl Queue {
-    pub fn new(depth: usize) -> Self {
+    /// `depth` jobs may wait beyond the `slots` the engine runs at once.
+    pub fn new(slots: usize, depth: usize) -> Self {
         Queue {
             state: Mutex::new(QueueState {
                 interactive: VecDeque::new(),
@@ -97,6 +102,7 @@ impl Queue {
             }),
             cv: Condvar::new(),
             active: AtomicUsize::new(0),
+            slots,
         }
     }
 
@@ -110,7 +116,10 @@ impl Queue {
         // Jobs whose clients already left do not hold places in the queue.
         st.interactive.retain(|j| !j.tx.is_closed());
         st.batch.retain(|j| !j.tx.is_closed());
-        if st.closed || st.interactive.len() + st.batch.len() >= st.depth {
+        // Full when every slot is busy and the queue is at its bound: jobs that will take a
+        // free slot at the next step do not count against the bound.
+        let free = self.slots.saturating_sub(self.active.load(Ordering::Relaxed));
+        if st.closed || st.interactive.len() + st.batch.len() >= st.depth + free {
             return Err(job);
         }
         match prio {
@@ -209,6 +218,10 @@ pub fn run(
     let mut batch = LlamaBatch::new(set.n_batch as usize, 1);
     let mut slots: Vec<Option<Seq>> = (0..set.parallel).map(|_| None).collect();
     let n_vocab = model.n_vocab();
+    let eog: Vec<LlamaToken> = {
+        let v = model.vocab();
+        [v.eos(), v.eot()].into_iter().filter(|t| t.0 >= 0).collect()
+    };
     loop {
         // 1. Clients gone: free their slots.
         for (i, slot) in slots.iter_mut().enumerate() {
@@ -231,7 +244,7 @@ pub fn run(
                 }
                 free_seq(&mut ctx, free);
                 slots[free] = Some(Seq {
-                    sampler: sampler(&job.params, n_vocab),
+                    sampler: sampler(&job.params, n_vocab, &eog),
                     text: TextStream::new(job.params.stops.clone()),
                     job,
                     n_past: 0,
@@ -378,8 +391,12 @@ fn free_seq(ctx: &mut LlamaContext<'_>, i: usize) {
     let _ = ctx.clear_kv_cache_seq(Some(i as u32), None, None);
 }
 
-fn sampler(p: &GenParams, n_vocab: i32) -> LlamaSampler {
+fn sampler(p: &GenParams, n_vocab: i32, eog: &[LlamaToken]) -> LlamaSampler {
     let mut chain = Vec::new();
+    if p.ignore_eos {
+        let bias: Vec<LlamaLogitBias> = eog.iter().map(|t| LlamaLogitBias::new(*t, f32::NEG_INFINITY)).collect();
+        chain.push(LlamaSampler::logit_bias(n_vocab, &bias));
+    }
     if p.repetition_penalty != 1.0 || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
         chain.push(LlamaSampler::penalties(n_vocab, 64, p.repetition_penalty, p.frequency_penalty, p.presence_penalty));
     }

@@ -1,15 +1,48 @@
 #![cfg(feature = "engine")]
-//! A client that goes away mid-stream frees its engine slot and KV cells at the next step,
-//! so a following burst fills every slot. Its own test binary (its own engine), so that
-//! no other test's traffic occupies the slots it counts.
+//! Engine tests that need the engine to themselves, in their own test binary (their own
+//! engine), one at a time: slot accounting, and seeded sampling, which is reproducible on an
+//! engine whose batches hold the same sequences (under concurrent load, llama.cpp's batched
+//! arithmetic can change logits in their last bits, enough to flip a sampled token; greedy
+//! output is compared under load in tests/engine.rs).
 
 mod common;
 
+use std::sync::{LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
 use common::{Gateway, OPEN};
 use futures::future::join_all;
 use serde_json::{json, Value};
+
+static RT: LazyLock<tokio::runtime::Runtime> =
+    LazyLock::new(|| tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap());
+static ALONE: Mutex<()> = Mutex::new(());
+
+fn gw() -> &'static Gateway {
+    static GW: OnceLock<Gateway> = OnceLock::new();
+    GW.get_or_init(|| {
+        let model = common::test_model();
+        let route = "[[alias]]\nname = \"gemma\"\n[[alias.deployment]]\nname = \"gemma-local\"\nkind = \"local\"\npath = \"${TOLLGATE_TEST_MODEL}\"\ncontext = 2048\nparallel = 2\nqueue_depth = 2\nthreads = 2\n";
+        RT.block_on(Gateway::start_env(OPEN, &[("local.toml", route)], &[("TOLLGATE_TEST_MODEL", model.to_str().unwrap())]))
+    })
+}
+
+#[test]
+fn the_same_seed_gives_the_same_output() {
+    let _alone = ALONE.lock().unwrap_or_else(|p| p.into_inner());
+    let gw = gw();
+    RT.block_on(async {
+        let c = reqwest::Client::new();
+        let mut outs = Vec::new();
+        for seed in [1234, 1234, 99] {
+            let body = json!({"model": "gemma", "prompt": "Once upon a time", "max_tokens": 16, "temperature": 1.0, "top_p": 0.95, "seed": seed});
+            let v: Value = c.post(gw.url("/v1/completions")).json(&body).send().await.unwrap().json().await.unwrap();
+            outs.push(v["choices"][0]["text"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(outs[0], outs[1], "same seed, same output");
+        assert_ne!(outs[0], outs[2], "another seed samples another text");
+    });
+}
 
 async fn engine_state(gw: &Gateway) -> (u64, u64) {
     let v: Value = reqwest::get(gw.url("/v1/models/gemma")).await.unwrap().json().await.unwrap();
@@ -17,12 +50,14 @@ async fn engine_state(gw: &Gateway) -> (u64, u64) {
     (m["active"].as_u64().unwrap(), m["waiting"].as_u64().unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_disconnected_client_frees_its_slot() {
-    let model = common::test_model();
-    let route = "[[alias]]\nname = \"gemma\"\n[[alias.deployment]]\nname = \"gemma-local\"\nkind = \"local\"\npath = \"${TOLLGATE_TEST_MODEL}\"\ncontext = 2048\nparallel = 2\nqueue_depth = 2\nthreads = 2\n";
-    let gw =
-        Gateway::start_env(OPEN, &[("local.toml", route)], &[("TOLLGATE_TEST_MODEL", model.to_str().unwrap())]).await;
+#[test]
+fn a_disconnected_client_frees_its_slot() {
+    let _alone = ALONE.lock().unwrap_or_else(|p| p.into_inner());
+    let gw = gw();
+    RT.block_on(disconnect(gw));
+}
+
+async fn disconnect(gw: &Gateway) {
     let client = reqwest::Client::new();
     // Two long generations occupy both slots; the clients read one event and leave.
     for _ in 0..2 {
@@ -38,8 +73,8 @@ async fn a_disconnected_client_frees_its_slot() {
     }
     // Unreleased, these slots would stay busy for 1,500 tokens (about 40 s here).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while engine_state(&gw).await != (0, 0) {
-        assert!(tokio::time::Instant::now() < deadline, "the slots were not freed: {:?}", engine_state(&gw).await);
+    while engine_state(gw).await != (0, 0) {
+        assert!(tokio::time::Instant::now() < deadline, "the slots were not freed: {:?}", engine_state(gw).await);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A burst of slots + queue depth is accepted whole and completes.
@@ -77,7 +112,11 @@ async fn a_disconnected_client_frees_its_slot() {
             })
         })
         .collect();
-    let held = join_all(busy).await.into_iter().map(Result::unwrap).collect::<Vec<_>>();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while engine_state(gw).await != (2, 2) {
+        assert!(tokio::time::Instant::now() < deadline, "the engine did not fill: {:?}", engine_state(gw).await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let r = client
         .post(gw.url("/v1/completions"))
         .json(&json!({"model": "gemma", "prompt": "x", "max_tokens": 2}))
@@ -86,5 +125,7 @@ async fn a_disconnected_client_frees_its_slot() {
         .unwrap();
     assert_eq!(r.status(), 429);
     assert!(r.headers().contains_key("retry-after"));
-    drop(held);
+    for b in busy {
+        b.abort();
+    }
 }

@@ -1,0 +1,197 @@
+//! The embedded engine against llama.cpp's own llama-server, same GGUF, same threads, same
+//! chat template (`--chat-template gemma`), same slots and context, both with ggml's
+//! runtime-selected CPU variants. Interleaved rounds; the median with its spread.
+//!
+//! `cargo bench --bench engine` after `scripts/setup.sh --llama-server` (it needs
+//! `TOLLGATE_TEST_MODEL` and `TOLLGATE_LLAMA_SERVER`) and `cargo build --release`.
+//! Measured, from each server's own `timings` and from the client's clock:
+//! - single stream: generation tokens/s (128 tokens) and prompt tokens/s (a ~450-token prompt);
+//! - 4 and 8 concurrent streams (64 tokens each): aggregate generation tokens/s over the
+//!   wall time, and the time to first token of the streams under that load;
+//! - resident memory of each server after the runs.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use serde_json::{json, Value};
+
+const THREADS: &str = "2";
+const SLOTS: usize = 8;
+const CTX_PER_SLOT: usize = 1024;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+struct Server {
+    name: &'static str,
+    child: Child,
+    base: String,
+    model: &'static str,
+}
+
+fn start_tollgate(model: &str, dir: &std::path::Path) -> Server {
+    let port = free_port();
+    std::fs::write(dir.join("tollgate.toml"), "[auth]\nopen = true\n").unwrap();
+    std::fs::create_dir_all(dir.join("routes")).unwrap();
+    std::fs::write(
+        dir.join("routes/r.toml"),
+        format!("[[alias]]\nname = \"gemma\"\n[[alias.deployment]]\nname = \"local\"\nkind = \"local\"\npath = \"{model}\"\ncontext = {CTX_PER_SLOT}\nparallel = {SLOTS}\nthreads = {THREADS}\nbatch = 512\nchat_template = \"gemma\"\n"),
+    )
+    .unwrap();
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/tollgate");
+    let child = Command::new(bin)
+        .args(["serve", "--config"])
+        .arg(dir.join("tollgate.toml"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("target/release/tollgate (cargo build --release)");
+    Server { name: "tollgate", child, base: format!("http://127.0.0.1:{port}"), model: "gemma" }
+}
+
+fn start_llama_server(model: &str) -> Server {
+    let port = free_port();
+    let bin = std::env::var("TOLLGATE_LLAMA_SERVER").expect("TOLLGATE_LLAMA_SERVER (scripts/setup.sh --llama-server)");
+    let child = Command::new(bin)
+        .args(["-m", model, "--host", "127.0.0.1", "--port", &port.to_string(), "-t", THREADS, "-tb", THREADS])
+        .args(["-np", &SLOTS.to_string(), "-c", &(SLOTS * CTX_PER_SLOT).to_string(), "-b", "512", "--kv-unified"])
+        .args(["--chat-template", "gemma", "--no-webui"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Server { name: "llama-server", child, base: format!("http://127.0.0.1:{port}"), model: "gemma" }
+}
+
+async fn wait_ready(c: &reqwest::Client, s: &Server) {
+    for _ in 0..600 {
+        if let Ok(r) = c.get(format!("{}/health", s.base)).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{} did not start", s.name);
+}
+
+struct Run {
+    ttft: Duration,
+    end: Duration,
+    completion_tokens: f64,
+    timings: Value,
+}
+
+/// One streamed completion; TTFT is the first `data:` event carrying text.
+async fn stream(c: &reqwest::Client, s: &Server, prompt: &str, max_tokens: u32) -> Run {
+    let body = json!({"model": s.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": true,
+                      "stream_options": {"include_usage": true}, "ignore_eos": true});
+    let t0 = Instant::now();
+    let mut r = c.post(format!("{}/v1/completions", s.base)).json(&body).send().await.unwrap();
+    assert!(r.status().is_success(), "{}: {}", s.name, r.status());
+    let (mut ttft, mut buf) = (None, String::new());
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        let text = String::from_utf8_lossy(&chunk);
+        if ttft.is_none() && text.contains("\"text\":\"") && !text.contains("\"text\":\"\"") {
+            ttft = Some(t0.elapsed());
+        }
+        buf.push_str(&text);
+    }
+    let end = t0.elapsed();
+    let (mut tokens, mut timings) = (0.0, Value::Null);
+    for d in buf.split("\n\n").filter_map(|e| e.strip_prefix("data: ")) {
+        if let Ok(v) = serde_json::from_str::<Value>(d) {
+            if let Some(u) = v["usage"]["completion_tokens"].as_f64() {
+                tokens = u;
+            }
+            if v["timings"].is_object() {
+                timings = v["timings"].clone();
+            }
+        }
+    }
+    Run { ttft: ttft.unwrap_or(end), end, completion_tokens: tokens, timings }
+}
+
+fn median(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let model = std::env::var("TOLLGATE_TEST_MODEL").expect("TOLLGATE_TEST_MODEL (scripts/setup.sh)");
+    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let dir = tempfile::tempdir().unwrap();
+    let model: &'static str = Box::leak(model.into_boxed_str());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async move {
+        let c = reqwest::Client::new();
+        let mut servers = vec![start_tollgate(model, dir.path()), start_llama_server(model)];
+        for s in &servers {
+            wait_ready(&c, s).await;
+            stream(&c, s, "Warm up.", 4).await;
+        }
+        let long_prompt = "The history of the city is long and full of events. ".repeat(40);
+        let names: Vec<&str> = servers.iter().map(|s| s.name).collect();
+        let metrics = ["gen tok/s (1 stream)", "prompt tok/s (1 stream)", "agg gen tok/s (4 streams)", "TTFT ms (4 streams)", "agg gen tok/s (8 streams)", "TTFT ms (8 streams)"];
+        let mut table: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); metrics.len()]; servers.len()];
+        for round in 0..rounds {
+            for (si, s) in servers.iter().enumerate() {
+                let r = stream(&c, s, "Once upon a time", 128).await;
+                let gen = r.timings["predicted_per_second"].as_f64().unwrap_or(r.completion_tokens / (r.end - r.ttft).as_secs_f64());
+                table[si][0].push(gen);
+                let p = stream(&c, s, &long_prompt, 1).await;
+                let pp = p.timings["prompt_per_second"].as_f64().unwrap_or(0.0);
+                table[si][1].push(pp);
+                for (k, n) in [(2, 4usize), (4, 8usize)] {
+                    let t0 = Instant::now();
+                    let runs = join_all((0..n).map(|i| {
+                        let c = c.clone();
+                        let prompt = format!("Story number {i}: once upon a time");
+                        async move { stream(&c, s, &prompt, 64).await }
+                    }))
+                    .await;
+                    let wall = t0.elapsed().as_secs_f64();
+                    let tokens: f64 = runs.iter().map(|r| r.completion_tokens).sum();
+                    table[si][k].push(tokens / wall);
+                    let mut ttfts: Vec<f64> = runs.iter().map(|r| r.ttft.as_secs_f64() * 1e3).collect();
+                    table[si][k + 1].push(median(&mut ttfts).0);
+                }
+            }
+            eprintln!("round {} of {rounds} done", round + 1);
+        }
+        println!("engine vs llama-server: {rounds} interleaved rounds, {THREADS} threads, {SLOTS} slots x {CTX_PER_SLOT} tokens, gemma template");
+        println!("{:<28} {:>26} {:>26}", "", names[0], names[1]);
+        for (mi, m) in metrics.iter().enumerate() {
+            let cell = |si: usize| {
+                let (med, lo, hi) = median(&mut table[si][mi].clone());
+                format!("{med:.1} ({lo:.1}..{hi:.1})")
+            };
+            println!("{m:<28} {:>26} {:>26}", cell(0), cell(1));
+        }
+        let size = std::fs::metadata(model).map(|m| m.len() as f64 / 1048576.0).unwrap_or(0.0);
+        // KV cache: 18 layers x 1 KV head x 256 dims x (K+V) x f16 per token for this model.
+        let kv = (SLOTS * CTX_PER_SLOT) as f64 * 18.0 * 256.0 * 2.0 * 2.0 / 1048576.0;
+        for s in &servers {
+            println!("{:<14} resident {:.0} MB (model file {:.0} MB + KV {:.0} MB = {:.0} MB)", s.name, rss_mb(s.child.id()), size, kv, size + kv);
+        }
+        for s in &mut servers {
+            let _ = s.child.kill();
+        }
+    });
+}
