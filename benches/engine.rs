@@ -65,7 +65,9 @@ fn start_tollgate(model: &str, dir: &std::path::Path) -> Server {
 fn start_llama_server(model: &str) -> Server {
     let port = free_port();
     let bin = std::env::var("TOLLGATE_LLAMA_SERVER").expect("TOLLGATE_LLAMA_SERVER (scripts/setup.sh --llama-server)");
-    let child = Command::new(bin)
+    let dir = std::path::Path::new(&bin).parent().map(|d| d.to_path_buf()).unwrap_or_default();
+    let child = Command::new(&bin)
+        .env("LD_LIBRARY_PATH", dir)
         .args(["-m", model, "--host", "127.0.0.1", "--port", &port.to_string(), "-t", THREADS, "-tb", THREADS])
         .args(["-np", &SLOTS.to_string(), "-c", &(SLOTS * CTX_PER_SLOT).to_string(), "-b", "512", "--kv-unified"])
         .args(["--chat-template", "gemma", "--no-webui"])

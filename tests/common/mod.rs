@@ -117,6 +117,10 @@ fn spawn_llama_server(bin: &Path, model: &Path, port: u16) -> Child {
         .args(["--chat-template", "gemma", "--no-webui"])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    // Its shared libraries and ggml CPU variants live beside it.
+    if let Some(dir) = bin.parent() {
+        cmd.env("LD_LIBRARY_PATH", dir);
+    }
     unsafe {
         cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -130,21 +134,24 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// Polls a health URL until it answers 200 (llama-server loads its model first).
+/// Polls a health URL until it answers 200 (llama-server loads its model first). Plain
+/// blocking HTTP, since it may run inside a test's runtime.
 fn wait_healthy(url: &str) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let c = reqwest::Client::new();
-        for _ in 0..600 {
-            if let Ok(r) = c.get(url).send().await {
-                if r.status().is_success() {
-                    return;
-                }
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    for _ in 0..600 {
+        if let Ok(mut s) = std::net::TcpStream::connect(host) {
+            let _ = write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf);
+            if buf.starts_with("HTTP/1.1 200") || buf.starts_with("HTTP/1.0 200") {
+                return;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        panic!("llama-server did not become healthy at {url}");
-    });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("llama-server did not become healthy at {url}");
 }
 
 /// The SSE `data:` payloads of a body, in order.
