@@ -24,6 +24,14 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+fn log_path(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("bench-engine-{name}.log"))
+}
+
+fn log_file(name: &str) -> Stdio {
+    std::fs::File::create(log_path(name)).map(Stdio::from).unwrap_or(Stdio::null())
+}
+
 fn rss_mb(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     s.lines()
@@ -56,7 +64,7 @@ fn start_tollgate(model: &str, dir: &std::path::Path) -> Server {
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log_file("tollgate"))
         .spawn()
         .expect("target/release/tollgate (cargo build --release)");
     Server { name: "tollgate", child, base: format!("http://127.0.0.1:{port}"), model: "gemma" }
@@ -72,7 +80,7 @@ fn start_llama_server(model: &str) -> Server {
         .args(["-np", &SLOTS.to_string(), "-c", &(SLOTS * CTX_PER_SLOT).to_string(), "-b", "512", "--kv-unified"])
         .args(["--chat-template", "gemma", "--no-webui"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log_file("llama-server"))
         .spawn()
         .unwrap();
     Server { name: "llama-server", child, base: format!("http://127.0.0.1:{port}"), model: "gemma" }
@@ -99,10 +107,17 @@ struct Run {
 
 /// One streamed completion; TTFT is the first `data:` event carrying text.
 async fn stream(c: &reqwest::Client, s: &Server, prompt: &str, max_tokens: u32) -> Run {
+    // `cache_prompt: false`: llama-server would otherwise reuse the prompt of the round
+    // before, and its prompt speed would measure its cache, not its prefill.
     let body = json!({"model": s.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": true,
-                      "stream_options": {"include_usage": true}, "ignore_eos": true});
+                      "stream_options": {"include_usage": true}, "ignore_eos": true, "cache_prompt": false});
     let t0 = Instant::now();
-    let mut r = c.post(format!("{}/v1/completions", s.base)).json(&body).send().await.unwrap();
+    let mut r = c
+        .post(format!("{}/v1/completions", s.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{} failed: {e} (its log: {})", s.name, log_path(s.name).display()));
     assert!(r.status().is_success(), "{}: {}", s.name, r.status());
     let (mut ttft, mut buf) = (None, String::new());
     while let Some(chunk) = r.chunk().await.unwrap() {
@@ -142,7 +157,8 @@ fn main() {
     let model: &'static str = Box::leak(model.into_boxed_str());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
-        let c = reqwest::Client::new();
+        // llama-server closes idle keep-alive connections after 5 s; never reuse one that old.
+        let c = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(1)).build().unwrap();
         let mut servers = vec![start_tollgate(model, dir.path()), start_llama_server(model)];
         for s in &servers {
             wait_ready(&c, s).await;
