@@ -165,6 +165,8 @@ pub fn http_client(connect_timeout: Duration) -> reqwest::Client {
         .connect_timeout(connect_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
+        // An API upstream that redirects is misconfigured; following it would hide that.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap_or_else(|_| reqwest::Client::new())
 }

@@ -21,6 +21,8 @@ use crate::protocol::{Endpoint, Usage};
 
 pub struct OpenAiBackend {
     client: reqwest::Client,
+    /// The endpoint URLs, parsed once (chat, completions, embeddings).
+    urls: Option<[reqwest::Url; 3]>,
     cfg: RemoteConfig,
     health_timeout: Duration,
 }
@@ -29,6 +31,11 @@ impl OpenAiBackend {
     pub fn new(dep: &DeploymentConfig, cfg: RemoteConfig) -> Self {
         OpenAiBackend {
             client: super::http_client(dep.connect_timeout),
+            urls: [Endpoint::Chat, Endpoint::Completions, Endpoint::Embeddings]
+                .map(|e| reqwest::Url::parse(&format!("{}/{}", cfg.base_url, e.path())).ok())
+                .into_iter()
+                .collect::<Option<Vec<_>>>()
+                .and_then(|v| v.try_into().ok()),
             cfg,
             health_timeout: dep.connect_timeout.max(Duration::from_secs(2)),
         }
@@ -62,7 +69,18 @@ impl OpenAiBackend {
 
 impl Backend for OpenAiBackend {
     fn call(&self, br: BackendRequest) -> BoxFuture<'static, Result<BackendReply, BackendError>> {
-        let url = format!("{}/{}", self.cfg.base_url, br.req.endpoint.path());
+        let idx = match br.req.endpoint {
+            Endpoint::Chat => 0,
+            Endpoint::Completions => 1,
+            Endpoint::Embeddings => 2,
+        };
+        let url = match &self.urls {
+            Some(u) => u[idx].clone(),
+            None => {
+                let e = BackendError::Connect(format!("the base URL '{}' is not a valid URL", self.cfg.base_url));
+                return async move { Err(e) }.boxed();
+            }
+        };
         let body = Self::upstream_body(&self.cfg, &br);
         let mut rb = self.client.post(url).header("x-request-id", &br.request_id).json(&body);
         if let Some(k) = &self.cfg.api_key {
