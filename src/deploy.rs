@@ -27,7 +27,7 @@ pub async fn build_routes(cfg: &Config, old: Option<&Routes>, clock: Arc<dyn Clo
             let dep = match existing.get(&d.name) {
                 Some(old) if old.cfg == *d => old.clone(),
                 _ => {
-                    let backend = backend(d).await.map_err(|e| format!("deployment '{}': {e}", d.name))?;
+                    let backend = backend(d, cfg).await.map_err(|e| format!("deployment '{}': {e}", d.name))?;
                     let dep = Arc::new(Deployment::new(d.clone(), backend, clock.clone()));
                     existing.insert(d.name.clone(), dep.clone());
                     dep
@@ -44,12 +44,17 @@ pub async fn build_routes(cfg: &Config, old: Option<&Routes>, clock: Arc<dyn Clo
     Ok(routes)
 }
 
-async fn backend(d: &DeploymentConfig) -> Result<Arc<dyn Backend>, String> {
+#[cfg_attr(not(feature = "engine"), allow(unused_variables))]
+async fn backend(d: &DeploymentConfig, cfg: &Config) -> Result<Arc<dyn Backend>, String> {
     match &d.kind {
         DeploymentKind::OpenAi(r) => Ok(Arc::new(OpenAiBackend::new(d, r.clone()))),
         DeploymentKind::Ollama(r) => Ok(Arc::new(OllamaBackend::new(d, r.clone()))),
         #[cfg(feature = "engine")]
-        DeploymentKind::Local(l) => crate::engine::LocalBackend::start(d, l).await.map(|b| b as Arc<dyn Backend>),
+        DeploymentKind::Local(l) => {
+            let b = crate::engine::LocalBackend::start(d, l).await?;
+            b.warm_prompts(&cfg.prompts).await;
+            Ok(b as Arc<dyn Backend>)
+        }
         #[cfg(not(feature = "engine"))]
         DeploymentKind::Local(_) => {
             Err("this build has no embedded engine (built without the `engine` feature)".into())

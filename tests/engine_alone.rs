@@ -24,7 +24,7 @@ fn gw() -> &'static Gateway {
     static GW: OnceLock<Gateway> = OnceLock::new();
     GW.get_or_init(|| {
         let model = common::test_model();
-        let route = "[[alias]]\nname = \"gemma\"\n[[alias.deployment]]\nname = \"gemma-local\"\nkind = \"local\"\npath = \"${TOLLGATE_TEST_MODEL}\"\ncontext = 2048\nparallel = 8\nqueue_depth = 2\nthreads = 2\n";
+        let route = "[[alias]]\nname = \"gemma\"\n[[alias.deployment]]\nname = \"gemma-local\"\nkind = \"local\"\npath = \"${TOLLGATE_TEST_MODEL}\"\ncontext = 2048\nparallel = 8\nqueue_depth = 2\nthreads = 2\nprefix_cache_tokens = 320\nprefix_cache_entries = 2\n";
         RT.block_on(Gateway::start_env(OPEN, &[("local.toml", route)], &[("TOLLGATE_TEST_MODEL", model.to_str().unwrap())]))
     })
 }
@@ -111,7 +111,7 @@ async fn disconnect(gw: &Gateway) {
     for _ in 0..SLOTS {
         let mut r = client
             .post(gw.url("/v1/completions"))
-            .json(&json!({"model": "gemma", "prompt": "Tell a long story:", "max_tokens": 1500, "stream": true}))
+            .json(&json!({"model": "gemma", "prompt": "Tell a long story:", "max_tokens": 1500, "stream": true, "ignore_eos": true}))
             .send()
             .await
             .unwrap();
@@ -153,7 +153,7 @@ async fn disconnect(gw: &Gateway) {
             tokio::spawn(async move {
                 client
                     .post(url)
-                    .json(&json!({"model": "gemma", "prompt": "Go:", "max_tokens": 300, "stream": true}))
+                    .json(&json!({"model": "gemma", "prompt": "Go:", "max_tokens": 300, "stream": true, "ignore_eos": true}))
                     .send()
                     .await
                     .unwrap()
@@ -176,4 +176,59 @@ async fn disconnect(gw: &Gateway) {
     for b in busy {
         b.abort();
     }
+}
+
+fn system_prompt(i: usize) -> String {
+    let topics = ["the history of Rome", "the chemistry of water", "the rules of chess", "the weather of Norway"];
+    format!(
+        "Assistant {i}. You are an expert on {}. Answer carefully, in plain words, with one short example. \
+         Never invent facts; say when you are unsure. Keep every answer under fifty words. Be friendly, \
+         precise and calm, and do not repeat the question back to the user. Topic reminder: {}.",
+        topics[i % 4],
+        topics[i % 4]
+    )
+}
+
+async fn ask(gw: &Gateway, i: usize, stream: bool) -> (String, u64) {
+    let body = json!({"model": "gemma", "messages": [{"role": "system", "content": system_prompt(i)}, {"role": "user", "content": "Tell me one fact."}],
+                      "max_tokens": 12, "temperature": 0, "stream": stream, "stream_options": if stream { json!({"include_usage": true}) } else { Value::Null }});
+    let r = reqwest::Client::new().post(gw.url("/v1/chat/completions")).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    if stream {
+        let text = r.text().await.unwrap();
+        let data = common::sse_data(&text);
+        let usage: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+        (common::sse_text(&text), usage["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap())
+    } else {
+        let v: Value = r.json().await.unwrap();
+        let cached = v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+        assert_eq!(v["timings"]["cache_n"].as_u64().unwrap(), cached);
+        (v["choices"][0]["message"]["content"].as_str().unwrap().to_owned(), cached)
+    }
+}
+
+/// The prefix cache reuses a system prompt's KV, reports the reused tokens (streamed or
+/// not), and changes no output at temperature 0, also while its deliberately small budget
+/// (two entries, 320 cells) keeps evicting.
+#[test]
+fn the_prefix_cache_reuses_reports_and_changes_no_output() {
+    let _alone = ALONE.lock().unwrap_or_else(|p| p.into_inner());
+    let gw = gw();
+    RT.block_on(async {
+        let mut cold = Vec::new();
+        for i in 0..4 {
+            let (text, cached) = ask(gw, i, false).await;
+            assert!(cached < 16, "nothing of prompt {i} was cached yet: {cached}");
+            cold.push(text);
+        }
+        // Prompt 0 stays hot while the others rotate through the two entries.
+        for (round, i) in [0, 1, 0, 2, 0, 3, 0].into_iter().enumerate() {
+            let stream = round % 2 == 1;
+            let (text, cached) = ask(gw, i, stream).await;
+            assert_eq!(text, cold[i], "prompt {i}, round {round}: the cache changed the output");
+            if i == 0 && round > 0 {
+                assert!(cached > 60, "prompt 0 was reused: {cached}");
+            }
+        }
+    });
 }

@@ -149,6 +149,9 @@ pub struct LocalConfig {
     pub queue_depth: usize,
     pub chat_template: Option<String>,
     pub gpu_layers: u32,
+    /// KV cells kept for reusable prompt prefixes (0: no prefix cache).
+    pub prefix_cache_tokens: u32,
+    pub prefix_cache_entries: u32,
 }
 
 impl Config {
@@ -322,6 +325,8 @@ impl LocalConfig {
             queue_depth: 16,
             chat_template: None,
             gpu_layers: 0,
+            prefix_cache_tokens: 4096,
+            prefix_cache_entries: 16,
         }
     }
 }
@@ -559,6 +564,8 @@ fn deployment_config(
         ("queue_depth", d.queue_depth.is_some()),
         ("chat_template", d.chat_template.is_some()),
         ("gpu_layers", d.gpu_layers.is_some()),
+        ("prefix_cache_tokens", d.prefix_cache_tokens.is_some()),
+        ("prefix_cache_entries", d.prefix_cache_entries.is_some()),
     ];
     let remote_only = [
         ("base_url", d.base_url.is_some()),
@@ -643,6 +650,13 @@ fn deployment_config(
             l.queue_depth = d.queue_depth.unwrap_or(4 * l.parallel as usize);
             l.chat_template = d.chat_template.clone();
             l.gpu_layers = d.gpu_layers.unwrap_or(0);
+            l.prefix_cache_tokens = d.prefix_cache_tokens.unwrap_or(l.context);
+            l.prefix_cache_entries = d.prefix_cache_entries.unwrap_or(l.prefix_cache_entries);
+            if l.parallel + l.prefix_cache_entries > 256 {
+                errs.push(format!(
+                    "{f}: {at}: parallel + prefix_cache_entries must be at most 256 (llama.cpp's sequence limit)"
+                ));
+            }
             for (name, v) in
                 [("context", l.context), ("parallel", l.parallel), ("batch", l.batch), ("ubatch", l.ubatch)]
             {

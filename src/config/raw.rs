@@ -106,4 +106,6 @@ pub struct DeploymentFile {
     pub queue_depth: Option<usize>,
     pub chat_template: Option<String>,
     pub gpu_layers: Option<u32>,
+    pub prefix_cache_tokens: Option<u32>,
+    pub prefix_cache_entries: Option<u32>,
 }

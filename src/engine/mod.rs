@@ -8,6 +8,7 @@
 //! Events from the thread become OpenAI chunks, or one body for a non-streamed request.
 
 pub mod model_info;
+pub mod prefix;
 pub mod text;
 pub mod worker;
 
@@ -148,6 +149,8 @@ impl LocalBackend {
             n_batch: l.batch,
             n_ubatch: l.ubatch,
             threads,
+            cache_tokens: l.prefix_cache_tokens,
+            cache_entries: l.prefix_cache_entries,
         };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (m, q) = (model.clone(), queue.clone());
@@ -181,6 +184,57 @@ impl LocalBackend {
 
     pub fn info_ref(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// Prefills each named system prompt and keeps its prefix in the cache for good, so the
+    /// first request that uses one is already warm. The prefix is what the chat template
+    /// renders before the first user text: the common tokens of two renderings that differ
+    /// only there.
+    pub async fn warm_prompts(&self, prompts: &std::collections::BTreeMap<String, String>) {
+        for (name, text) in prompts {
+            let render = |user: &str| -> Option<Vec<llama_cpp_2::token::LlamaToken>> {
+                let chat = [
+                    LlamaChatMessage::new("system".into(), text.clone()).ok()?,
+                    LlamaChatMessage::new("user".into(), user.into()).ok()?,
+                ];
+                let s = self.model.apply_chat_template(&self.template, &chat, true).ok()?;
+                Some(self.model.vocab().tokenize(s.as_bytes(), true, true))
+            };
+            let (Some(a), Some(b)) = (render("A"), render("B")) else { continue };
+            let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+            if common < prefix::MIN_REUSE || common >= self.ctx_per_seq as usize {
+                continue;
+            }
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let mut params = self.params_default();
+            params.max_tokens = 1;
+            let job = Job { tokens: a[..common].to_vec(), params, tx, enqueued: Instant::now(), pin_prefix: true };
+            if self.queue.try_push(job, crate::backend::Priority::Batch).is_err() {
+                continue;
+            }
+            while let Some(ev) = rx.recv().await {
+                if matches!(ev, Event::Done { .. } | Event::Error(_)) {
+                    break;
+                }
+            }
+            tracing::info!(deployment = %self.name, prompt = %name, tokens = common, "prompt prefix warmed");
+        }
+    }
+
+    fn params_default(&self) -> GenParams {
+        GenParams {
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            repetition_penalty: 1.0,
+            seed: 0,
+            max_tokens: 1,
+            stops: Vec::new(),
+            ignore_eos: false,
+        }
     }
 
     /// Refuses what the engine cannot honour, naming the parameter.
@@ -308,7 +362,7 @@ impl Backend for LocalBackend {
             }
             let params = self.params(req, tokens.len());
             let (tx, rx) = mpsc::unbounded_channel();
-            let job = Job { tokens, params, tx, enqueued: Instant::now() };
+            let job = Job { tokens, params, tx, enqueued: Instant::now(), pin_prefix: false };
             self.queue.try_push(job, br.priority).map_err(|_| BackendError::Full)?;
             Ok(rx)
         })();

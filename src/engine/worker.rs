@@ -30,6 +30,7 @@ use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::prefix::PrefixCache;
 use super::text::TextStream;
 use crate::backend::Priority;
 
@@ -55,6 +56,8 @@ pub struct Job {
     pub params: GenParams,
     pub tx: UnboundedSender<Event>,
     pub enqueued: Instant,
+    /// Keep this prompt's prefix in the cache for good (a warmed `prompts/` entry).
+    pub pin_prefix: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -157,6 +160,9 @@ pub struct EngineSettings {
     pub n_batch: u32,
     pub n_ubatch: u32,
     pub threads: i32,
+    /// The prefix cache: KV cells set aside for kept prefixes, and sequences for them.
+    pub cache_tokens: u32,
+    pub cache_entries: u32,
 }
 
 struct Seq {
@@ -165,6 +171,10 @@ struct Seq {
     text: TextStream,
     /// Tokens in this sequence's KV cache.
     n_past: usize,
+    /// Prompt tokens reused from the prefix cache.
+    cached: usize,
+    /// Generated tokens that went through decode (so are in the KV cache).
+    decoded: Vec<LlamaToken>,
     /// Prompt tokens added to batches so far.
     prefilled: usize,
     /// The token sampled last step, to be decoded this step.
@@ -185,12 +195,13 @@ pub fn run(
     queue: Arc<Queue>,
     ready: tokio::sync::oneshot::Sender<Result<(), String>>,
 ) {
-    let n_ctx = set.ctx_per_seq.saturating_mul(set.parallel);
+    let cache_entries = set.cache_entries.min(256 - set.parallel.min(256));
+    let n_ctx = set.ctx_per_seq.saturating_mul(set.parallel).saturating_add(set.cache_tokens);
     let params = LlamaContextParams::default()
         .with_n_ctx(std::num::NonZeroU32::new(n_ctx))
         .with_n_batch(set.n_batch)
         .with_n_ubatch(set.n_ubatch.min(set.n_batch))
-        .with_n_seq_max(set.parallel)
+        .with_n_seq_max(set.parallel + cache_entries)
         .with_n_threads(set.threads)
         .with_n_threads_batch(set.threads)
         .with_kv_unified(true);
@@ -217,6 +228,8 @@ pub fn run(
     tracing::info!(engine = %set.name, n_ctx, parallel = set.parallel, n_batch = set.n_batch, "engine thread ready");
     let mut batch = LlamaBatch::new(set.n_batch as usize, 1);
     let mut slots: Vec<Option<Seq>> = (0..set.parallel).map(|_| None).collect();
+    let mut cache = PrefixCache::new(cache_entries as usize, set.cache_tokens as usize);
+    let entry_seq = |e: usize| (set.parallel as usize + e) as i32;
     let n_vocab = model.n_vocab();
     let eog: Vec<LlamaToken> = {
         let v = model.vocab();
@@ -243,12 +256,24 @@ pub fn run(
                     continue;
                 }
                 free_seq(&mut ctx, free);
+                // Reuse the longest cached prefix; at least one prompt token is always
+                // prefilled, since its logits choose the first generated token.
+                let ids: Vec<i32> = job.tokens.iter().map(|t| t.0).collect();
+                let mut cached = 0;
+                if let Some((e, n)) = cache.lookup(&ids) {
+                    let n = n.min(job.tokens.len() - 1);
+                    if ctx.kv_cache_seq_cp(entry_seq(e), free as i32, Some(0), Some(n as u32)).is_ok() {
+                        cached = n;
+                    }
+                }
                 slots[free] = Some(Seq {
+                    cached,
+                    decoded: Vec::new(),
                     sampler: sampler(&job.params, n_vocab, &eog),
                     text: TextStream::new(job.params.stops.clone()),
                     job,
-                    n_past: 0,
-                    prefilled: 0,
+                    n_past: cached,
+                    prefilled: cached,
                     next: None,
                     logits_at: None,
                     generated: 0,
@@ -274,6 +299,7 @@ pub fn run(
             s.logits_at = None;
             if let Some(t) = s.next.take() {
                 overflow |= batch.add(t, s.n_past as i32, &[i as i32], true).is_err();
+                s.decoded.push(t);
                 in_batch[i] = true;
                 s.n_past += 1;
                 s.logits_at = Some(batch.n_tokens() - 1);
@@ -363,8 +389,8 @@ pub fn run(
                     let first = s.first_token.unwrap_or(now);
                     let timings = Timings {
                         queued_ms: ms(s.admitted.duration_since(s.job.enqueued)),
-                        cache_n: 0,
-                        prompt_n: s.job.tokens.len() as u64,
+                        cache_n: s.cached as u64,
+                        prompt_n: (s.job.tokens.len() - s.cached) as u64,
                         prompt_ms: ms(first.duration_since(s.admitted)),
                         predicted_n: u64::from(s.generated),
                         predicted_ms: ms(now.duration_since(first)),
@@ -375,6 +401,9 @@ pub fn run(
                         completion_tokens: u64::from(s.generated),
                         timings,
                     });
+                    if cache.enabled() {
+                        keep_prefix(&mut ctx, &mut cache, &s, i, set.parallel as usize);
+                    }
                     free_seq(&mut ctx, i);
                 }
             }
@@ -385,6 +414,26 @@ pub fn run(
 
 fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// Keeps what a finished sequence's KV holds (prompt and decoded tokens; the prompt only,
+/// for a pinned warm-up) as a cache entry, clearing whatever the cache evicts for it.
+fn keep_prefix(ctx: &mut LlamaContext<'_>, cache: &mut PrefixCache, s: &Seq, slot: usize, parallel: usize) {
+    let mut tokens: Vec<i32> = s.job.tokens.iter().map(|t| t.0).collect();
+    if !s.job.pin_prefix {
+        tokens.extend(s.decoded.iter().map(|t| t.0));
+    }
+    tokens.truncate(s.n_past);
+    let placed = cache.insert(&tokens, s.job.pin_prefix);
+    for e in placed.evicted {
+        free_seq(ctx, parallel + e);
+    }
+    if let Some(e) = placed.entry {
+        free_seq(ctx, parallel + e);
+        if ctx.kv_cache_seq_cp(slot as i32, (parallel + e) as i32, Some(0), Some(tokens.len() as u32)).is_err() {
+            tracing::warn!("could not keep a prefix in the KV cache");
+        }
+    }
 }
 
 fn free_seq(ctx: &mut LlamaContext<'_>, i: usize) {
