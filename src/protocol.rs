@@ -367,6 +367,54 @@ fn embedding_input(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
     }
 }
 
+/// `"system_prompt": "NAME"` or `"NAME@VERSION"` in a chat request: the named prompt from
+/// `prompts/` becomes the first system message (a bare NAME takes its highest version).
+/// The field itself is not forwarded.
+pub fn apply_named_prompt(
+    req: &mut ValidRequest,
+    prompts: &std::collections::BTreeMap<String, String>,
+) -> Result<(), ApiError> {
+    let Some(v) = req.body.remove("system_prompt") else { return Ok(()) };
+    let name = match v {
+        Value::String(s) => s,
+        Value::Null => return Ok(()),
+        _ => return Err(type_error("system_prompt", "a string")),
+    };
+    if req.endpoint != Endpoint::Chat {
+        return Err(ApiError::invalid_request("'system_prompt' is for chat completions.", Some("system_prompt")));
+    }
+    let text = prompts.get(&name).or_else(|| {
+        let prefix = format!("{name}@");
+        prompts
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .max_by(|a, b| version_key(&a.0[prefix.len()..]).cmp(&version_key(&b.0[prefix.len()..])))
+            .map(|(_, t)| t)
+    });
+    let Some(text) = text else {
+        return Err(ApiError::invalid_request(
+            format!("There is no prompt named '{name}' in prompts/."),
+            Some("system_prompt"),
+        ));
+    };
+    let text = text.trim_end().to_owned();
+    if let Prompt::Chat(msgs) = &mut req.prompt {
+        msgs.insert(0, ChatMessage { role: "system".into(), content: text.clone() });
+    }
+    if let Some(Value::Array(msgs)) = req.body.get_mut("messages") {
+        let mut m = Map::new();
+        m.insert("role".into(), "system".into());
+        m.insert("content".into(), Value::String(text));
+        msgs.insert(0, Value::Object(m));
+    }
+    Ok(())
+}
+
+/// "1.10.2" sorts after "1.9": numeric parts compare as numbers.
+fn version_key(v: &str) -> Vec<(u64, String)> {
+    v.split('.').map(|p| (p.parse().unwrap_or(0), p.to_owned())).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,6 +452,34 @@ mod tests {
         assert_eq!(v.sampling.max_tokens, Some(5));
         assert_eq!(v.sampling.top_k, Some(3));
         assert!(v.body.contains_key("guided_json"));
+    }
+
+    #[test]
+    fn named_prompts_become_the_first_system_message() {
+        let prompts: std::collections::BTreeMap<String, String> = [
+            ("agent@1".to_string(), "One.\n".to_string()),
+            ("agent@1.10".to_string(), "Ten.".to_string()),
+            ("agent@1.9".to_string(), "Nine.".to_string()),
+        ]
+        .into();
+        let body = br#"{"model":"m","system_prompt":"agent","messages":[{"role":"user","content":"hi"}]}"#;
+        let mut v = validate(Endpoint::Chat, body).unwrap();
+        apply_named_prompt(&mut v, &prompts).unwrap();
+        assert_eq!(v.body["messages"][0]["content"], "Ten.", "the highest version");
+        assert!(!v.body.contains_key("system_prompt"));
+        let mut v = validate(
+            Endpoint::Chat,
+            br#"{"model":"m","system_prompt":"agent@1","messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .unwrap();
+        apply_named_prompt(&mut v, &prompts).unwrap();
+        assert_eq!(v.body["messages"][0]["content"], "One.");
+        let mut v = validate(
+            Endpoint::Chat,
+            br#"{"model":"m","system_prompt":"nope","messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(apply_named_prompt(&mut v, &prompts).unwrap_err().param.as_deref(), Some("system_prompt"));
     }
 
     #[test]

@@ -18,14 +18,21 @@ static RT: LazyLock<tokio::runtime::Runtime> =
     LazyLock::new(|| tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap());
 static ALONE: Mutex<()> = Mutex::new(());
 const SLOTS: usize = 8;
+const EXPERT: &str = "You are a careful expert assistant. You answer questions about science and history in \
+plain words, with one short example, and you say clearly when you are not sure about something.";
 const QUEUE: usize = 2;
 
 fn gw() -> &'static Gateway {
     static GW: OnceLock<Gateway> = OnceLock::new();
     GW.get_or_init(|| {
         let model = common::test_model();
-        let route = "[[alias]]\nname = \"gemma\"\n[[alias.deployment]]\nname = \"gemma-local\"\nkind = \"local\"\npath = \"${TOLLGATE_TEST_MODEL}\"\ncontext = 2048\nparallel = 8\nqueue_depth = 2\nthreads = 2\nprefix_cache_tokens = 320\nprefix_cache_entries = 2\n";
-        RT.block_on(Gateway::start_env(OPEN, &[("local.toml", route)], &[("TOLLGATE_TEST_MODEL", model.to_str().unwrap())]))
+        let route = "[[alias]]\nname = \"gemma\"\n[[alias.deployment]]\nname = \"gemma-local\"\nkind = \"local\"\npath = \"${TOLLGATE_TEST_MODEL}\"\ncontext = 2048\nparallel = 8\nqueue_depth = 2\nthreads = 2\nprefix_cache_tokens = 400\nprefix_cache_entries = 3\n";
+        RT.block_on(Gateway::start_full(
+            OPEN,
+            &[("local.toml", route)],
+            &[("expert@1", EXPERT)],
+            &[("TOLLGATE_TEST_MODEL", model.to_str().unwrap())],
+        ))
     })
 }
 
@@ -209,7 +216,7 @@ async fn ask(gw: &Gateway, i: usize, stream: bool) -> (String, u64) {
 
 /// The prefix cache reuses a system prompt's KV, reports the reused tokens (streamed or
 /// not), and changes no output at temperature 0, also while its deliberately small budget
-/// (two entries, 320 cells) keeps evicting.
+/// (three entries, one pinned by the warmed prompt; 400 cells) keeps evicting.
 #[test]
 fn the_prefix_cache_reuses_reports_and_changes_no_output() {
     let _alone = ALONE.lock().unwrap_or_else(|p| p.into_inner());
@@ -230,5 +237,27 @@ fn the_prefix_cache_reuses_reports_and_changes_no_output() {
                 assert!(cached > 60, "prompt 0 was reused: {cached}");
             }
         }
+    });
+}
+
+/// A prompt from prompts/ is prefilled at start and pinned: the first request that names it
+/// (`system_prompt`) already reuses its prefix, and answers as if the text had been sent.
+#[test]
+fn a_named_prompt_is_warm_from_the_first_request() {
+    let _alone = ALONE.lock().unwrap_or_else(|p| p.into_inner());
+    let gw = gw();
+    RT.block_on(async {
+        let c = reqwest::Client::new();
+        let named = json!({"model": "gemma", "system_prompt": "expert", "messages": [{"role": "user", "content": "What is rain?"}], "max_tokens": 8, "temperature": 0});
+        let v: Value = c.post(gw.url("/v1/chat/completions")).json(&named).send().await.unwrap().json().await.unwrap();
+        let cached = v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+        assert!(cached >= 30, "the warmed prefix was reused on the first request: {v}");
+        let inline = json!({"model": "gemma", "messages": [{"role": "system", "content": EXPERT}, {"role": "user", "content": "What is rain?"}], "max_tokens": 8, "temperature": 0});
+        let w: Value = c.post(gw.url("/v1/chat/completions")).json(&inline).send().await.unwrap().json().await.unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], w["choices"][0]["message"]["content"]);
+        assert_eq!(v["usage"]["prompt_tokens"], w["usage"]["prompt_tokens"]);
+        let bad = json!({"model": "gemma", "system_prompt": "nope", "messages": [{"role": "user", "content": "hi"}]});
+        let r = c.post(gw.url("/v1/chat/completions")).json(&bad).send().await.unwrap();
+        assert_eq!(r.status(), 400);
     });
 }

@@ -93,7 +93,8 @@ async fn serve(
     let live = st.live();
     let caller = auth::authenticate(&live.auth, headers).map_err(|e| (e, None))?;
     let bytes = read_body(body, st.server.max_body_bytes).await.map_err(|e| (e, None))?;
-    let req = protocol::validate(endpoint, &bytes).map_err(|e| (e, None))?;
+    let mut req = protocol::validate(endpoint, &bytes).map_err(|e| (e, None))?;
+    protocol::apply_named_prompt(&mut req, &live.prompts).map_err(|e| (e, None))?;
     let mut rec = RequestRecord::new(rid.to_owned(), endpoint, req.model.clone(), req.stream);
     rec.key = caller.name().map(str::to_owned);
     rec.user = req.user.clone();

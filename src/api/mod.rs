@@ -32,6 +32,8 @@ use error::ApiError;
 pub struct Live {
     pub routes: Routes,
     pub auth: AuthConfig,
+    /// Named system prompts (`prompts/`), referred to by `system_prompt`.
+    pub prompts: std::collections::BTreeMap<String, String>,
 }
 
 pub struct AppState {
@@ -54,7 +56,8 @@ impl AppState {
     pub async fn reload(&self, cfg: &Config) -> Result<(), String> {
         let old = self.live();
         let routes = crate::deploy::build_routes(cfg, Some(&old.routes), self.clock.clone()).await?;
-        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Live { routes, auth: cfg.auth.clone() });
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(Live { routes, auth: cfg.auth.clone(), prompts: cfg.prompts.clone() });
         Ok(())
     }
 }
@@ -63,7 +66,7 @@ pub async fn state(cfg: &Config) -> anyhow::Result<Arc<AppState>> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let routes = crate::deploy::build_routes(cfg, None, clock.clone()).await.map_err(|e| anyhow::anyhow!(e))?;
     Ok(Arc::new(AppState {
-        live: RwLock::new(Arc::new(Live { routes, auth: cfg.auth.clone() })),
+        live: RwLock::new(Arc::new(Live { routes, auth: cfg.auth.clone(), prompts: cfg.prompts.clone() })),
         server: cfg.server.clone(),
         accounting: Arc::new(Accounting::default()),
         hard_stop: CancellationToken::new(),

@@ -24,7 +24,21 @@ impl Gateway {
     }
 
     pub async fn start_env(gateway_toml: &str, routes: &[(&str, &str)], env: &[(&str, &str)]) -> Gateway {
+        Self::start_full(gateway_toml, routes, &[], env).await
+    }
+
+    /// With named prompts: `prompts/NAME.txt` for each (name, text).
+    pub async fn start_full(
+        gateway_toml: &str,
+        routes: &[(&str, &str)],
+        prompts: &[(&str, &str)],
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("prompts")).unwrap();
+        for (name, text) in prompts {
+            std::fs::write(dir.path().join("prompts").join(format!("{name}.txt")), text).unwrap();
+        }
         std::fs::write(dir.path().join("tollgate.toml"), gateway_toml).unwrap();
         std::fs::create_dir_all(dir.path().join("routes")).unwrap();
         for (name, text) in routes {
