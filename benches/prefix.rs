@@ -1,0 +1,168 @@
+//! Reuse before recompute, measured: time to first token for a chat request whose
+//! ~1,000-token system prompt is cached against the same request cold, and the TTFT of a
+//! 20-turn conversation at turn 20 against turn 1. tollgate's prefix cache against
+//! llama-server's `cache_prompt` (its slots keep the last prompt), same GGUF, threads,
+//! `--chat-template gemma`, full sliding-window KV (`--swa-full`), interleaved rounds.
+//!
+//! `cargo bench --bench prefix` after `scripts/setup.sh --llama-server` and
+//! `cargo build --release`.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Server {
+    name: &'static str,
+    child: Child,
+    base: String,
+}
+
+fn start_tollgate(model: &str, dir: &std::path::Path) -> Server {
+    let port = free_port();
+    std::fs::write(dir.join("tollgate.toml"), "[auth]\nopen = true\n").unwrap();
+    std::fs::create_dir_all(dir.join("routes")).unwrap();
+    std::fs::write(
+        dir.join("routes/r.toml"),
+        format!("[[alias]]\nname = \"gemma\"\n[[alias.deployment]]\nname = \"local\"\nkind = \"local\"\npath = \"{model}\"\ncontext = 4096\nparallel = 4\nthreads = 2\nchat_template = \"gemma\"\nprefix_cache_tokens = 16384\nprefix_cache_entries = 16\n"),
+    )
+    .unwrap();
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/tollgate");
+    let child = Command::new(bin)
+        .args(["serve", "--config"])
+        .arg(dir.join("tollgate.toml"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("target/release/tollgate (cargo build --release)");
+    Server { name: "tollgate", child, base: format!("http://127.0.0.1:{port}") }
+}
+
+fn start_llama_server(model: &str) -> Server {
+    let port = free_port();
+    let bin = std::env::var("TOLLGATE_LLAMA_SERVER").expect("TOLLGATE_LLAMA_SERVER (scripts/setup.sh --llama-server)");
+    let dir = std::path::Path::new(&bin).parent().map(|d| d.to_path_buf()).unwrap_or_default();
+    let child = Command::new(&bin)
+        .env("LD_LIBRARY_PATH", dir)
+        .args(["-m", model, "--host", "127.0.0.1", "--port", &port.to_string(), "-t", "2", "-tb", "2"])
+        .args(["-np", "4", "-c", "16384", "--swa-full", "--chat-template", "gemma", "--no-webui"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Server { name: "llama-server", child, base: format!("http://127.0.0.1:{port}") }
+}
+
+async fn wait_ready(c: &reqwest::Client, s: &Server) {
+    for _ in 0..600 {
+        if c.get(format!("{}/health", s.base)).send().await.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{} did not start", s.name);
+}
+
+/// TTFT of one streamed chat request (first `data:` event with content) and its reply.
+async fn ttft(c: &reqwest::Client, s: &Server, messages: &Value, max_tokens: u32) -> (f64, String) {
+    let body = json!({"model": "gemma", "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": true, "cache_prompt": true});
+    let t0 = Instant::now();
+    let mut r = c.post(format!("{}/v1/chat/completions", s.base)).json(&body).send().await.unwrap();
+    assert!(r.status().is_success(), "{}: {}", s.name, r.status());
+    let (mut first, mut buf) = (None, String::new());
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        let t = String::from_utf8_lossy(&chunk);
+        if first.is_none() && t.contains("\"content\":\"") && !t.contains("\"content\":\"\"") {
+            first = Some(t0.elapsed());
+        }
+        buf.push_str(&t);
+    }
+    let reply: String = buf
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect();
+    (first.unwrap_or(t0.elapsed()).as_secs_f64() * 1e3, reply)
+}
+
+fn system(round: usize) -> String {
+    // About 1,000 tokens, different in every round (its first words), so the cold run is cold.
+    let mut s = format!("Session {round}. You are the assistant of a public library. ");
+    for i in 0..45 {
+        s.push_str(&format!("Rule {i}: answer questions about books, opening hours and membership politely. "));
+    }
+    s
+}
+
+fn median(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let model = std::env::var("TOLLGATE_TEST_MODEL").expect("TOLLGATE_TEST_MODEL (scripts/setup.sh)");
+    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async move {
+        let c = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(1)).build().unwrap();
+        let mut servers = vec![start_tollgate(&model, dir.path()), start_llama_server(&model)];
+        for s in &servers {
+            wait_ready(&c, s).await;
+        }
+        // [server][metric]: cold, warm, turn 1, turn 20
+        let mut m = vec![vec![Vec::new(); 4]; servers.len()];
+        for round in 0..rounds {
+            for (si, s) in servers.iter().enumerate() {
+                let sys = system(round * 10 + si);
+                let q = |u: &str| json!([{"role": "system", "content": sys}, {"role": "user", "content": u}]);
+                m[si][0].push(ttft(&c, s, &q("When do you open?"), 1).await.0);
+                m[si][1].push(ttft(&c, s, &q("Can I renew a book?"), 1).await.0);
+                // A conversation: every turn resends all the turns before it.
+                let mut msgs = vec![json!({"role": "system", "content": format!("Conversation {round}-{si}. You are a helpful librarian.")})];
+                for turn in 1..=20 {
+                    msgs.push(json!({"role": "user", "content": format!("Question {turn}: tell me about shelf {turn}.")}));
+                    let (t, reply) = ttft(&c, s, &Value::Array(msgs.clone()), 24).await;
+                    if turn == 1 {
+                        m[si][2].push(t);
+                    }
+                    if turn == 20 {
+                        m[si][3].push(t);
+                    }
+                    msgs.push(json!({"role": "assistant", "content": reply}));
+                }
+            }
+            eprintln!("round {} of {rounds} done", round + 1);
+        }
+        println!("prefix reuse: {rounds} interleaved rounds; TTFT in ms, median (min..max)");
+        let labels = ["cold 1,000-token system prompt", "same system prompt, cached", "conversation turn 1", "conversation turn 20"];
+        println!("{:<34} {:>24} {:>24}", "", servers[0].name, servers[1].name);
+        for (k, l) in labels.iter().enumerate() {
+            let cell = |si: usize| {
+                let (a, b, c) = median(&mut m[si][k].clone());
+                format!("{a:.0} ({b:.0}..{c:.0})")
+            };
+            println!("{l:<34} {:>24} {:>24}", cell(0), cell(1));
+        }
+        for (si, s) in servers.iter().enumerate() {
+            let cold = median(&mut m[si][0].clone()).0;
+            let warm = median(&mut m[si][1].clone()).0;
+            let t1 = median(&mut m[si][2].clone()).0;
+            let t20 = median(&mut m[si][3].clone()).0;
+            println!("{}: cached/cold speed-up {:.1}x; turn 20 / turn 1 = {:.2}", s.name, cold / warm, t20 / t1);
+        }
+        for s in &mut servers {
+            let _ = s.child.kill();
+        }
+    });
+}
