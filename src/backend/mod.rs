@@ -181,3 +181,19 @@ pub fn classify_reqwest(e: reqwest::Error) -> BackendError {
         BackendError::Connect(format!("{e}"))
     }
 }
+
+/// A vector as base64 of its little-endian f32s (standard alphabet, padded): what
+/// `encoding_format: "base64"` asks for (the OpenAI Python SDK's default).
+pub fn base64_f32(v: impl Iterator<Item = f32>) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes: Vec<u8> = v.flat_map(f32::to_le_bytes).collect();
+    let mut s = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let n =
+            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
+        for k in 0..4 {
+            s.push(if k <= c.len() { char::from(A[(n >> (18 - 6 * k)) as usize & 63]) } else { '=' });
+        }
+    }
+    s
+}

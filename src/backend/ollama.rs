@@ -510,28 +510,17 @@ fn translate_embed(
     let mut data = Vec::with_capacity(vectors.len());
     for (i, v) in vectors.iter().enumerate() {
         let v = v.as_array().ok_or_else(no_vectors)?;
-        let embedding = if base64 { Value::String(b64_f32(v)) } else { Value::Array(v.clone()) };
+        let embedding = if base64 {
+            Value::String(super::base64_f32(v.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32)))
+        } else {
+            Value::Array(v.clone())
+        };
         data.push(json!({"object": "embedding", "index": i, "embedding": embedding}));
     }
     let prompt = obj.get("prompt_eval_count").and_then(Value::as_u64).unwrap_or(0);
     let usage = json!({"prompt_tokens": prompt, "total_tokens": prompt});
     let body = into_map(json!({"object": "list", "data": data, "model": model, "usage": usage}));
     Ok((body, Usage { prompt_tokens: prompt, completion_tokens: 0, total_tokens: prompt, cached_tokens: None }))
-}
-
-/// A vector as base64 of its little-endian f32s (standard alphabet, padded).
-fn b64_f32(v: &[Value]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes: Vec<u8> = v.iter().flat_map(|x| (x.as_f64().unwrap_or(0.0) as f32).to_le_bytes()).collect();
-    let mut s = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for c in bytes.chunks(3) {
-        let n =
-            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
-        for k in 0..4 {
-            s.push(if k <= c.len() { char::from(A[(n >> (18 - 6 * k)) as usize & 63]) } else { '=' });
-        }
-    }
-    s
 }
 
 #[cfg(test)]
@@ -746,7 +735,6 @@ mod tests {
         assert_eq!(usage.prompt_tokens, 8);
         let (body, _) = translate_embed("m", &emb, true).unwrap();
         assert_eq!(body["data"][0]["embedding"], "AAAAPwAAgL8=");
-        let one: Vec<Value> = vec![json!(0.5)];
-        assert_eq!(b64_f32(&one), "AAAAPw==");
+        assert_eq!(crate::backend::base64_f32([0.5f32].into_iter()), "AAAAPw==");
     }
 }

@@ -7,6 +7,7 @@
 //! bound, the engine is full and the router falls back to the alias's next deployment.
 //! Events from the thread become OpenAI chunks, or one body for a non-streamed request.
 
+pub mod embed;
 pub mod model_info;
 pub mod prefix;
 pub mod text;
@@ -153,10 +154,17 @@ impl LocalBackend {
             cache_entries: l.prefix_cache_entries,
         };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let embeddings = dep.embeddings;
         let (m, q) = (model.clone(), queue.clone());
         std::thread::Builder::new()
             .name(format!("engine-{}", dep.name))
-            .spawn(move || worker::run(backend, m, settings, q, ready_tx))
+            .spawn(move || {
+                if embeddings {
+                    embed::run(backend, m, settings, q, ready_tx)
+                } else {
+                    worker::run(backend, m, settings, q, ready_tx)
+                }
+            })
             .map_err(|e| format!("cannot start the engine thread: {e}"))?;
         ready_rx.await.map_err(|_| "the engine thread died while starting".to_owned())??;
         tracing::info!(
@@ -239,11 +247,22 @@ impl LocalBackend {
 
     /// Refuses what the engine cannot honour, naming the parameter.
     fn check_supported(&self, req: &ValidRequest) -> Result<(), ApiError> {
+        if (req.endpoint == Endpoint::Embeddings) != self.embeddings {
+            let what = if self.embeddings { "serves embeddings only" } else { "does not serve embeddings" };
+            return Err(ApiError::invalid_request(format!("The deployment '{}' {what}.", self.name), Some("model")));
+        }
         if req.endpoint == Endpoint::Embeddings {
-            return Err(ApiError::invalid_request(
-                format!("The deployment '{}' does not serve embeddings.", self.name),
-                Some("model"),
-            ));
+            let all_text = match req.body.get("input") {
+                Some(Value::Array(a)) => a.iter().all(Value::is_string),
+                _ => true,
+            };
+            if !all_text {
+                return Err(ApiError::invalid_request(
+                    "The local engine embeds text inputs, not token arrays.",
+                    Some("input"),
+                ));
+            }
+            return Ok(());
         }
         let b = &req.body;
         let set = |k: &str| b.get(k).is_some_and(|v| !v.is_null());
@@ -335,8 +354,69 @@ impl LocalBackend {
     }
 }
 
+impl LocalBackend {
+    /// `/v1/embeddings`: one job per input, answered in order.
+    fn embed(&self, br: &BackendRequest) -> BoxFuture<'static, Result<BackendReply, BackendError>> {
+        let prepared = (|| {
+            self.check_supported(&br.req).map_err(BackendError::Rejected)?;
+            let Prompt::Embed(inputs) = &br.req.prompt else {
+                return Err(BackendError::Rejected(ApiError::invalid_request("Missing 'input'.", Some("input"))));
+            };
+            let mut rxs = Vec::with_capacity(inputs.len());
+            let mut tokens_total = 0u64;
+            for (i, text) in inputs.iter().enumerate() {
+                let tokens = self.model.vocab().tokenize(text.as_bytes(), true, false);
+                if tokens.is_empty() || tokens.len() > self.ctx_per_seq as usize {
+                    return Err(BackendError::Rejected(ApiError::invalid_request(
+                        format!(
+                            "Input {i} is {} tokens; this model embeds 1 to {} tokens.",
+                            tokens.len(),
+                            self.ctx_per_seq
+                        ),
+                        Some("input"),
+                    )));
+                }
+                tokens_total += tokens.len() as u64;
+                let (tx, rx) = mpsc::unbounded_channel();
+                let job =
+                    Job { tokens, params: self.params_default(), tx, enqueued: Instant::now(), pin_prefix: false };
+                self.queue.try_push(job, br.priority).map_err(|_| BackendError::Full)?;
+                rxs.push(rx);
+            }
+            Ok((rxs, tokens_total))
+        })();
+        let base64 = br.req.body.get("encoding_format").and_then(Value::as_str) == Some("base64");
+        let model = self.name.clone();
+        async move {
+            let (rxs, tokens) = prepared?;
+            let mut data = Vec::with_capacity(rxs.len());
+            for (i, mut rx) in rxs.into_iter().enumerate() {
+                let v = match rx.recv().await {
+                    Some(Event::Embedding(v)) => v,
+                    Some(Event::Error(e)) => return Err(BackendError::Internal(e)),
+                    _ => return Err(BackendError::Internal("the engine stopped before the request finished".into())),
+                };
+                let embedding =
+                    if base64 { Value::String(crate::backend::base64_f32(v.into_iter())) } else { json!(v) };
+                data.push(json!({"object": "embedding", "index": i, "embedding": embedding}));
+            }
+            let u = Usage { prompt_tokens: tokens, completion_tokens: 0, total_tokens: tokens, cached_tokens: None };
+            let mut body = Map::new();
+            body.insert("object".into(), "list".into());
+            body.insert("data".into(), Value::Array(data));
+            body.insert("model".into(), Value::String(model));
+            body.insert("usage".into(), json!({"prompt_tokens": tokens, "total_tokens": tokens}));
+            Ok(BackendReply::Full { body, usage: Some(u) })
+        }
+        .boxed()
+    }
+}
+
 impl Backend for LocalBackend {
     fn call(&self, br: BackendRequest) -> BoxFuture<'static, Result<BackendReply, BackendError>> {
+        if br.req.endpoint == Endpoint::Embeddings || self.embeddings {
+            return self.embed(&br);
+        }
         let prepared = (|| {
             let req = &br.req;
             self.check_supported(req).map_err(BackendError::Rejected)?;
@@ -506,6 +586,7 @@ fn chunks(shape: Shape, rx: mpsc::UnboundedReceiver<Event>) -> crate::backend::E
                 done = true;
                 out.push(Err(BackendError::Internal(e)));
             }
+            Some(Event::Embedding(_)) => {}
             // The engine went away without finishing this request.
             None if !done => out.push(Err(BackendError::Internal("the engine stopped before the request finished".into()))),
             None => {}
@@ -525,6 +606,7 @@ async fn full(shape: Shape, mut rx: mpsc::UnboundedReceiver<Event>) -> Result<Ba
         match ev {
             Event::Text(t) => text.push_str(&t),
             Event::Error(e) => return Err(BackendError::Internal(e)),
+            Event::Embedding(_) => {}
             Event::Done { finish, prompt_tokens, completion_tokens, timings } => {
                 let u = usage(prompt_tokens, completion_tokens, timings.cache_n);
                 let choice = match shape.endpoint {

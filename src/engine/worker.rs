@@ -73,7 +73,14 @@ pub struct Timings {
 #[derive(Debug)]
 pub enum Event {
     Text(String),
-    Done { finish: &'static str, prompt_tokens: u64, completion_tokens: u64, timings: Timings },
+    /// One input's embedding (embedding deployments).
+    Embedding(Vec<f32>),
+    Done {
+        finish: &'static str,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+        timings: Timings,
+    },
     Error(String),
 }
 
@@ -141,6 +148,38 @@ impl Queue {
     pub fn waiting(&self) -> usize {
         let st = self.lock();
         st.interactive.len() + st.batch.len()
+    }
+
+    /// For the embedding thread: waits for work, then takes up to `max` jobs whose tokens
+    /// fit in `budget` together (at least one). `None` once the queue is closed and empty.
+    pub fn take_batch(&self, max: usize, budget: usize) -> Option<Vec<Job>> {
+        let mut st = self.lock();
+        loop {
+            st.interactive.retain(|j| !j.tx.is_closed());
+            st.batch.retain(|j| !j.tx.is_closed());
+            if !st.interactive.is_empty() || !st.batch.is_empty() {
+                break;
+            }
+            if st.closed {
+                return None;
+            }
+            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        let mut out: Vec<Job> = Vec::new();
+        let mut used = 0;
+        while out.len() < max {
+            let next_len = st.interactive.front().or(st.batch.front()).map(|j| j.tokens.len());
+            match next_len {
+                Some(n) if out.is_empty() || used + n <= budget => {
+                    used += n;
+                    if let Some(j) = st.interactive.pop_front().or_else(|| st.batch.pop_front()) {
+                        out.push(j);
+                    }
+                }
+                _ => break,
+            }
+        }
+        Some(out)
     }
 
     pub fn is_open(&self) -> bool {
