@@ -50,6 +50,8 @@ pub struct RequestRecord {
     pub finish_reason: Option<String>,
     /// The client went away before the response ended.
     pub client_closed: bool,
+    /// Answered from the response cache.
+    pub cache_hit: bool,
     /// Prompt and completion text, only when `log.content` is on.
     #[serde(skip)]
     pub content: Option<(String, String)>,
@@ -80,6 +82,7 @@ impl RequestRecord {
             finish_reason: None,
             client_closed: false,
             content: None,
+            cache_hit: false,
         }
     }
 }
@@ -95,6 +98,8 @@ pub struct Tap {
     prompt_text: Option<String>,
     /// Keep the texts for the log (`log.content = true`); off by default.
     keep_content: bool,
+    /// Keep the completion text for the response cache.
+    keep_text: bool,
 }
 
 impl Tap {
@@ -103,7 +108,16 @@ impl Tap {
     }
 
     pub fn with_content(start: Instant, prompt_text: Option<String>, keep_content: bool) -> Self {
-        Tap { start, first_token: None, usage: None, finish: None, text: String::new(), prompt_text, keep_content }
+        Tap {
+            start,
+            first_token: None,
+            usage: None,
+            finish: None,
+            text: String::new(),
+            prompt_text,
+            keep_content,
+            keep_text: false,
+        }
     }
 
     /// Looks at one chunk (or a full body: same fields, `message` instead of `delta`).
@@ -125,7 +139,7 @@ impl Tap {
                 if self.first_token.is_none() {
                     self.first_token = Some(self.start.elapsed());
                 }
-                if self.usage.is_none() || self.keep_content {
+                if self.usage.is_none() || self.keep_content || self.keep_text {
                     self.text.push_str(p);
                 }
             }
@@ -133,6 +147,16 @@ impl Tap {
                 self.finish = Some(f.to_owned());
             }
         }
+    }
+
+    /// Keep the completion text (to store a stream in the response cache).
+    pub fn keep_text(&mut self) {
+        self.keep_text = true;
+    }
+
+    /// The text, finish reason and usage seen so far.
+    pub fn snapshot(&self) -> (String, Option<String>, Option<Usage>) {
+        (self.text.clone(), self.finish.clone(), self.usage)
     }
 
     pub fn set_usage(&mut self, u: Usage) {
@@ -304,6 +328,7 @@ impl Accounting {
             total_ms = (rec.total_ms * 1000.0).round() / 1000.0,
             finish = rec.finish_reason.as_deref().unwrap_or("-"),
             client_closed = rec.client_closed,
+            cache_hit = rec.cache_hit,
             prompt = rec.content.as_ref().map(|c| c.0.as_str()),
             completion = rec.content.as_ref().map(|c| c.1.as_str()),
             "request"

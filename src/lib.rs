@@ -4,6 +4,7 @@
 pub mod accounting;
 pub mod api;
 pub mod backend;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod deploy;

@@ -14,11 +14,13 @@ use super::error::ApiError;
 use super::{auth, sse, AppState};
 use crate::accounting::{RequestRecord, Tap};
 use crate::backend::{BackendRequest, Priority};
+use crate::cache::{Cached, ClientPolicy, Leader, Lookup};
 use crate::protocol::{self, Endpoint, Prompt};
 use crate::router::{self, Committed};
 
 pub const DEPLOYMENT_HEADER: &str = "x-tollgate-deployment";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub const CACHE_HEADER: &str = "x-tollgate-cache";
 const UNKNOWN_ALIAS: &str = "_unknown";
 
 /// Records a request whose client left while it was being routed (the handler's future
@@ -106,12 +108,26 @@ async fn serve(
             return Err((ApiError::model_not_found(&req.model), Some(rec)));
         }
     };
+    // The response cache: a hit is answered here; a miss may lead identical requests.
+    let policy = ClientPolicy::from_headers(headers);
+    let cache_key = st.cache.as_ref().and_then(|c| c.key(caller.name(), &alias, &req).map(|k| (c.clone(), k)));
+    let mut leader: Option<Leader> = None;
+    if let Some((cache, key)) = &cache_key {
+        if policy.lookup {
+            match cache.lookup(*key).await {
+                Lookup::Hit(hit) => return Ok(serve_hit(st, hit, rec, &req, start)),
+                Lookup::Lead(l) => leader = Some(l),
+            }
+        }
+    }
+    let store = policy.store && cache_key.is_some();
     let prompt_text = match &req.prompt {
         Prompt::Chat(m) => Some(m.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n")),
         Prompt::Text(t) => Some(t.clone()),
         Prompt::Embed(v) => Some(v.join("\n")),
     };
     let include_usage = req.include_usage;
+    let req_endpoint = req.endpoint;
     let stream = req.stream;
     let br = BackendRequest {
         req: Arc::new(req),
@@ -146,17 +162,35 @@ async fn serve(
             }
             tap.finish_into(&mut rec);
             drop(d.permit);
+            if let (true, Some((cache, key))) = (store, &cache_key) {
+                let cached = Cached { body: body.clone(), usage, deployment: d.deployment.name().to_owned() };
+                cache.insert(*key, cached).await;
+            }
+            drop(leader);
             st.accounting.finish(rec);
             let bytes = serde_json::to_vec(&body).unwrap_or_default();
             let mut resp =
                 (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes)
                     .into_response();
             resp.headers_mut().insert(DEPLOYMENT_HEADER, dep_header);
+            if cache_key.is_some() {
+                resp.headers_mut().insert(CACHE_HEADER, HeaderValue::from_static("miss"));
+            }
             timing_headers(&body, resp.headers_mut());
             Ok(resp)
         }
         Committed::Stream { first, rest } => {
             debug_assert!(stream);
+            let store = match (store, &cache_key) {
+                (true, Some((cache, key))) => {
+                    tap.keep_text();
+                    // The leader guard (if this request leads) goes with the stream, so
+                    // identical requests wait for it to finish and then hit.
+                    let guard = leader.take().unwrap_or_else(|| cache.follower_guard(*key));
+                    Some((guard, req_endpoint))
+                }
+                _ => None,
+            };
             let setup = sse::SseSetup {
                 alias: alias.name.clone(),
                 include_usage,
@@ -168,6 +202,7 @@ async fn serve(
                 permit: d.permit,
                 record: rec,
                 tap,
+                store,
             };
             let mut resp = Response::new(sse::body(first, rest, setup));
             let h = resp.headers_mut();
@@ -197,4 +232,48 @@ fn timing_headers(body: &serde_json::Map<String, Value>, h: &mut HeaderMap) {
             }
         }
     }
+}
+
+/// Answers from the response cache: the stored body, or its replay as SSE. The record
+/// carries the original usage and marks the hit.
+fn serve_hit(
+    st: &Arc<AppState>,
+    hit: Arc<Cached>,
+    mut rec: RequestRecord,
+    req: &crate::protocol::ValidRequest,
+    start: Instant,
+) -> Response {
+    rec.deployment = Some(hit.deployment.clone());
+    rec.cache_hit = true;
+    let mut tap = Tap::new(start, None);
+    if let Some(u) = hit.usage {
+        tap.set_usage(u);
+    }
+    let mut body = hit.body.clone();
+    if let Some(m) = body.get_mut("model") {
+        *m = Value::String(req.model.clone());
+    }
+    tap.observe(&body);
+    tap.finish_into(&mut rec);
+    st.accounting.finish(rec);
+    let dep = HeaderValue::from_str(&hit.deployment).unwrap_or(HeaderValue::from_static("-"));
+    let mut resp = if req.stream {
+        let mut out = Vec::new();
+        for c in crate::cache::as_chunks(&body, req.include_usage) {
+            out.extend_from_slice(b"data: ");
+            let _ = serde_json::to_writer(&mut out, &c);
+            out.extend_from_slice(b"\n\n");
+        }
+        out.extend_from_slice(b"data: [DONE]\n\n");
+        let mut r = Response::new(Body::from(out));
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        r
+    } else {
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes).into_response()
+    };
+    resp.headers_mut().insert(DEPLOYMENT_HEADER, dep);
+    resp.headers_mut().insert(CACHE_HEADER, HeaderValue::from_static("hit"));
+    resp
 }

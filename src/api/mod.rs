@@ -44,6 +44,7 @@ pub struct AppState {
     pub hard_stop: CancellationToken,
     pub clock: Arc<dyn Clock>,
     pub created: u64,
+    pub cache: Option<Arc<crate::cache::ResponseCache>>,
 }
 
 impl AppState {
@@ -71,6 +72,7 @@ pub async fn state(cfg: &Config) -> anyhow::Result<Arc<AppState>> {
         accounting: Arc::new(Accounting::default()),
         hard_stop: CancellationToken::new(),
         clock,
+        cache: crate::cache::ResponseCache::new(&cfg.server.cache),
         created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
     }))
 }

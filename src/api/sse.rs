@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 use super::error::ApiError;
 use crate::accounting::{Accounting, RequestRecord, Tap};
 use crate::backend::{Chunk, EventStream};
+use crate::cache::{Cached, Leader};
+use crate::protocol::Endpoint;
 use crate::router::Deployment;
 
 pub struct SseSetup {
@@ -33,6 +35,9 @@ pub struct SseSetup {
     pub permit: OwnedSemaphorePermit,
     pub record: RequestRecord,
     pub tap: Tap,
+    /// Store the finished stream in the response cache (the leader guard releases the
+    /// requests waiting for it when the stream ends).
+    pub store: Option<(Leader, Endpoint)>,
 }
 
 /// Finishes the record exactly once: at the end of the stream, or when dropped early.
@@ -68,6 +73,7 @@ impl Drop for Finisher {
 }
 
 struct State {
+    store: Option<(Leader, Endpoint)>,
     first: Option<Box<Chunk>>,
     rest: EventStream,
     alias: Value,
@@ -83,6 +89,7 @@ struct State {
 
 pub fn body(first: Box<Chunk>, rest: EventStream, s: SseSetup) -> Body {
     let st = State {
+        store: s.store,
         first: Some(first),
         rest,
         alias: Value::String(s.alias),
@@ -130,6 +137,7 @@ pub fn body(first: Box<Chunk>, rest: EventStream, s: SseSetup) -> Body {
                         }
                         None => {
                             st.done = true;
+                            st.store_in_cache().await;
                             st.fin.finish(false);
                             return Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), st));
                         }
@@ -154,6 +162,15 @@ pub fn body(first: Box<Chunk>, rest: EventStream, s: SseSetup) -> Body {
 }
 
 impl State {
+    async fn store_in_cache(&mut self) {
+        let Some((leader, endpoint)) = self.store.take() else { return };
+        let Some((text, finish, usage)) = self.fin.record.as_ref().map(|(_, tap)| tap.snapshot()) else { return };
+        let Some(deployment) = self.fin.record.as_ref().and_then(|(r, _)| r.deployment.clone()) else { return };
+        let alias = self.alias.as_str().unwrap_or_default().to_owned();
+        let body = crate::cache::body_from_stream(endpoint, &alias, text, finish, usage);
+        leader.cache().insert(leader.key(), Cached { body, usage, deployment }).await;
+    }
+
     /// One chunk as an SSE event; `None` for a usage chunk the client did not ask for.
     fn encode(&mut self, mut chunk: Chunk) -> Option<Bytes> {
         if let Some(tap) = self.fin.tap() {

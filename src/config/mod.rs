@@ -49,6 +49,7 @@ pub struct ServerConfig {
     pub log_json: bool,
     pub log_content: bool,
     pub cors_origins: Vec<String>,
+    pub cache: crate::cache::CacheConfig,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +63,7 @@ impl Default for ServerConfig {
             log_json: false,
             log_content: false,
             cors_origins: Vec::new(),
+            cache: crate::cache::CacheConfig::default(),
         }
     }
 }
@@ -405,6 +407,22 @@ fn server_config(
     }
     s.log_content = gw.log.content.unwrap_or(false);
     s.cors_origins = gw.cors.allow_origins.clone();
+    let c = &gw.cache;
+    s.cache.enabled = c.enabled.unwrap_or(false);
+    if let Some(t) = c.ttl_secs {
+        if t == 0 {
+            errs.push(format!("{file}: cache.ttl_secs: must be at least 1"));
+        }
+        s.cache.ttl = Duration::from_secs(t.max(1));
+    }
+    if let Some(m) = c.max_entries {
+        s.cache.max_entries = m;
+    }
+    match c.scope.as_deref() {
+        None | Some("key") => {}
+        Some("global") => s.cache.global = true,
+        Some(o) => errs.push(format!("{file}: cache.scope: '{o}' is not one of \"key\", \"global\"")),
+    }
     s
 }
 

@@ -21,6 +21,18 @@ pub struct GatewayFile {
     pub cors: CorsFile,
     #[serde(default)]
     pub auth: AuthFile,
+    #[serde(default)]
+    pub cache: CacheFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheFile {
+    pub enabled: Option<bool>,
+    pub ttl_secs: Option<u64>,
+    pub max_entries: Option<u64>,
+    /// "key" (each API key its own entries, the default) or "global".
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,0 +1,319 @@
+//! The exact response cache (moka) and the coalescing of identical requests in flight.
+//!
+//! Only deterministic requests are cached: temperature 0 or a fixed seed, one choice (and
+//! embeddings). The key is the SHA-256 of the scope (the API key's name, unless the cache
+//! is global), the endpoint, the alias with the identity of its deployments (kind, upstream
+//! model or the local model's SHA-256), and the request body normalised (keys sorted;
+//! `stream`, `stream_options` and `user` left out, since they change only how or for whom
+//! the answer is delivered). A value is the whole response as a non-streamed body; a streamed
+//! request is answered from it as SSE. Clients' `cache-control: no-cache` skips the lookup,
+//! `no-store` skips lookup and store.
+//!
+//! Coalescing: the first request for a key leads; identical requests that arrive while it
+//! runs wait for it (up to [`FOLLOW_TIMEOUT`]) and are answered from the cache, so the
+//! upstream sees one call. If the leader fails, a waiting request leads in turn.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::protocol::{Endpoint, Usage, ValidRequest};
+use crate::router::Alias;
+
+pub const FOLLOW_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub type Key = [u8; 32];
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    pub ttl: Duration,
+    pub max_entries: u64,
+    /// Shared across API keys (otherwise each key sees only its own entries).
+    pub global: bool,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig { enabled: false, ttl: Duration::from_secs(3600), max_entries: 10_000, global: false }
+    }
+}
+
+/// A cached answer: the non-streamed body (its `model` is the alias), and who made it.
+#[derive(Debug)]
+pub struct Cached {
+    pub body: Map<String, Value>,
+    pub usage: Option<Usage>,
+    pub deployment: String,
+}
+
+pub struct ResponseCache {
+    entries: moka::future::Cache<Key, Arc<Cached>>,
+    inflight: Mutex<HashMap<Key, tokio::sync::watch::Receiver<()>>>,
+    global: bool,
+}
+
+/// What a lookup found.
+pub enum Lookup {
+    Hit(Arc<Cached>),
+    /// No entry: this request computes it; dropping the guard releases the followers.
+    Lead(Leader),
+}
+
+pub struct Leader {
+    cache: Arc<ResponseCache>,
+    key: Key,
+    /// Registered in the in-flight map (a real leader), so its end releases followers.
+    registered: bool,
+    _done: tokio::sync::watch::Sender<()>,
+}
+
+impl Leader {
+    pub fn key(&self) -> Key {
+        self.key
+    }
+    pub fn cache(&self) -> &Arc<ResponseCache> {
+        &self.cache
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        if self.registered {
+            self.cache.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+        }
+    }
+}
+
+/// What the client's `cache-control` allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientPolicy {
+    pub lookup: bool,
+    pub store: bool,
+}
+
+impl ClientPolicy {
+    pub fn from_headers(h: &http::HeaderMap) -> Self {
+        let v = h.get(http::header::CACHE_CONTROL).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
+        let has = |d: &str| v.split(',').any(|p| p.trim() == d);
+        ClientPolicy { lookup: !has("no-cache") && !has("no-store"), store: !has("no-store") }
+    }
+}
+
+impl ResponseCache {
+    pub fn new(cfg: &CacheConfig) -> Option<Arc<Self>> {
+        cfg.enabled.then(|| {
+            Arc::new(ResponseCache {
+                entries: moka::future::Cache::builder().max_capacity(cfg.max_entries).time_to_live(cfg.ttl).build(),
+                inflight: Mutex::new(HashMap::new()),
+                global: cfg.global,
+            })
+        })
+    }
+
+    /// The key of a cacheable request; `None` for one that is not deterministic.
+    pub fn key(&self, caller: Option<&str>, alias: &Alias, req: &ValidRequest) -> Option<Key> {
+        let deterministic = req.endpoint == Endpoint::Embeddings
+            || (req.sampling.n == 1 && (req.sampling.temperature == Some(0.0) || req.sampling.seed.is_some()));
+        if !deterministic {
+            return None;
+        }
+        let mut h = Sha256::new();
+        h.update(if self.global { "*" } else { caller.unwrap_or("") }.as_bytes());
+        h.update([0]);
+        h.update(req.endpoint.as_str().as_bytes());
+        h.update([0]);
+        h.update(alias.name.as_bytes());
+        for d in &alias.deployments {
+            h.update([0]);
+            h.update(d.name().as_bytes());
+            h.update(d.cfg.kind.name().as_bytes());
+            match &d.cfg.kind {
+                crate::config::DeploymentKind::OpenAi(r) | crate::config::DeploymentKind::Ollama(r) => {
+                    h.update(r.base_url.as_bytes());
+                    h.update(r.model.as_bytes());
+                }
+                crate::config::DeploymentKind::Local(_) => {
+                    let sha = d.backend.info().and_then(|i| i.get("sha256").and_then(Value::as_str).map(str::to_owned));
+                    h.update(sha.unwrap_or_default().as_bytes());
+                }
+            }
+        }
+        h.update([0]);
+        let mut canon = Vec::with_capacity(256);
+        write_canonical(&mut canon, &Value::Object(req.body.clone()), true);
+        h.update(&canon);
+        Some(h.finalize().into())
+    }
+
+    pub async fn lookup(self: &Arc<Self>, key: Key) -> Lookup {
+        let deadline = tokio::time::Instant::now() + FOLLOW_TIMEOUT;
+        loop {
+            if let Some(v) = self.entries.get(&key).await {
+                return Lookup::Hit(v);
+            }
+            let mut wait = {
+                let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+                match inflight.get(&key) {
+                    Some(rx) => rx.clone(),
+                    None => {
+                        let (tx, rx) = tokio::sync::watch::channel(());
+                        inflight.insert(key, rx);
+                        return Lookup::Lead(Leader { cache: self.clone(), key, registered: true, _done: tx });
+                    }
+                }
+            };
+            // The leader's sender is dropped when it ends, successful or not.
+            if tokio::time::timeout_at(deadline, wait.changed()).await.is_err() {
+                return Lookup::Lead(self.follower_guard(key));
+            }
+        }
+    }
+
+    /// A guard that stores under `key` without leading (the client skipped the lookup).
+    pub fn follower_guard(self: &Arc<Self>, key: Key) -> Leader {
+        let (tx, _rx) = tokio::sync::watch::channel(());
+        Leader { cache: self.clone(), key, registered: false, _done: tx }
+    }
+
+    pub async fn insert(&self, key: Key, value: Cached) {
+        self.entries.insert(key, Arc::new(value)).await;
+    }
+}
+
+/// JSON with object keys sorted, so equal requests hash equally whatever their key order.
+fn write_canonical(out: &mut Vec<u8>, v: &Value, top: bool) {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            let mut first = true;
+            for k in keys {
+                if top && matches!(k.as_str(), "stream" | "stream_options" | "user") {
+                    continue;
+                }
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                let _ = serde_json::to_writer(&mut *out, k);
+                out.push(b':');
+                write_canonical(out, &m[k], false);
+            }
+            out.push(b'}');
+        }
+        Value::Array(a) => {
+            out.push(b'[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(out, x, false);
+            }
+            out.push(b']');
+        }
+        other => {
+            let _ = serde_json::to_writer(&mut *out, other);
+        }
+    }
+}
+
+/// A cached body replayed as the chunks of a stream (chat or completions).
+pub fn as_chunks(body: &Map<String, Value>, include_usage: bool) -> Vec<Map<String, Value>> {
+    let chat = body.get("object").and_then(Value::as_str) == Some("chat.completion");
+    let mut base = Map::new();
+    for k in ["id", "created", "model", "system_fingerprint"] {
+        if let Some(v) = body.get(k) {
+            base.insert(k.into(), v.clone());
+        }
+    }
+    base.insert("object".into(), Value::String(if chat { "chat.completion.chunk" } else { "text_completion" }.into()));
+    let mk = |choices: Value| {
+        let mut c = base.clone();
+        c.insert("choices".into(), choices);
+        c
+    };
+    let choice = body.get("choices").and_then(|c| c.get(0)).cloned().unwrap_or(Value::Null);
+    let finish = choice.get("finish_reason").cloned().unwrap_or(Value::Null);
+    let mut out = Vec::new();
+    if chat {
+        let text = choice.get("message").and_then(|m| m.get("content")).cloned().unwrap_or(Value::Null);
+        out.push(mk(serde_json::json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}])));
+        out.push(mk(
+            serde_json::json!([{"index": 0, "delta": {"content": text}, "logprobs": null, "finish_reason": null}]),
+        ));
+        out.push(mk(serde_json::json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": finish}])));
+    } else {
+        let text = choice.get("text").cloned().unwrap_or(Value::Null);
+        out.push(mk(serde_json::json!([{"index": 0, "text": text, "logprobs": null, "finish_reason": null}])));
+        out.push(mk(serde_json::json!([{"index": 0, "text": "", "logprobs": null, "finish_reason": finish}])));
+    }
+    if include_usage {
+        if let Some(u) = body.get("usage") {
+            let mut c = mk(Value::Array(vec![]));
+            c.insert("usage".into(), u.clone());
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The body a finished stream amounts to, for storing it (chat or completions).
+pub fn body_from_stream(
+    endpoint: Endpoint,
+    alias: &str,
+    text: String,
+    finish: Option<String>,
+    usage: Option<Usage>,
+) -> Map<String, Value> {
+    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (object, choice) = match endpoint {
+        Endpoint::Chat => (
+            "chat.completion",
+            serde_json::json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish}),
+        ),
+        _ => (
+            "text_completion",
+            serde_json::json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish}),
+        ),
+    };
+    let mut b = Map::new();
+    b.insert("id".into(), Value::String(format!("cached-{}", uuid::Uuid::new_v4().simple())));
+    b.insert("object".into(), object.into());
+    b.insert("created".into(), created.into());
+    b.insert("model".into(), Value::String(alias.to_owned()));
+    b.insert("choices".into(), Value::Array(vec![choice]));
+    if let Some(u) = usage {
+        b.insert("usage".into(), u.to_json());
+    }
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_json_ignores_key_order_and_delivery_fields() {
+        let a: Value = serde_json::from_str(r#"{"b":1,"a":{"y":2,"x":[1,{"q":1,"p":2}]},"stream":true}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"a":{"x":[1,{"p":2,"q":1}],"y":2},"b":1,"user":"u"}"#).unwrap();
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        write_canonical(&mut x, &a, true);
+        write_canonical(&mut y, &b, true);
+        assert_eq!(x, y);
+    }
+
+    #[test]
+    fn client_cache_control() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(ClientPolicy::from_headers(&h), ClientPolicy { lookup: true, store: true });
+        h.insert(http::header::CACHE_CONTROL, "No-Cache".parse().unwrap());
+        assert_eq!(ClientPolicy::from_headers(&h), ClientPolicy { lookup: false, store: true });
+        h.insert(http::header::CACHE_CONTROL, "max-age=0, no-store".parse().unwrap());
+        assert_eq!(ClientPolicy::from_headers(&h), ClientPolicy { lookup: false, store: false });
+    }
+}
