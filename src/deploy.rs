@@ -38,7 +38,12 @@ pub async fn build_routes(cfg: &Config, old: Option<&Routes>, clock: Arc<dyn Clo
         routes.order.push(a.name.clone());
         routes.aliases.insert(
             a.name.clone(),
-            Arc::new(Alias { name: a.name.clone(), description: a.description.clone(), deployments }),
+            Arc::new(Alias {
+                name: a.name.clone(),
+                description: a.description.clone(),
+                deployments,
+                affinity: a.prefix_affine.then_some(a.load_factor),
+            }),
         );
     }
     Ok(routes)

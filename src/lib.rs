@@ -2,6 +2,7 @@
 //! for the map; each module's header says what it owns.
 
 pub mod accounting;
+pub mod affinity;
 pub mod api;
 pub mod backend;
 pub mod cache;

@@ -82,6 +82,23 @@ pub struct Alias {
     pub name: String,
     pub description: Option<String>,
     pub deployments: Vec<Arc<Deployment>>,
+    /// Prefix-affine routing over replicas (see `crate::affinity`), with its load factor;
+    /// `None`: the declared order.
+    pub affinity: Option<f64>,
+}
+
+impl Alias {
+    /// The deployments in the order to try them for a request with this fingerprint.
+    pub fn order(&self, fingerprint: u64) -> Vec<Arc<Deployment>> {
+        let Some(factor) = self.affinity else { return self.deployments.clone() };
+        let names: Vec<&str> = self.deployments.iter().map(|d| d.name()).collect();
+        let loads: Vec<u64> =
+            self.deployments.iter().map(|d| (d.cfg.max_concurrency - d.permits.available_permits()) as u64).collect();
+        crate::affinity::order(&names, &loads, fingerprint, factor)
+            .into_iter()
+            .map(|i| self.deployments[i].clone())
+            .collect()
+    }
 }
 
 /// The routing table: swapped whole on reload, so a request sees one consistent version.
@@ -126,10 +143,11 @@ pub struct Failed {
 }
 
 pub async fn dispatch(alias: &Alias, req: &BackendRequest) -> Result<Dispatched, Failed> {
+    let ordered = alias.order(req.fingerprint);
     let mut attempts = 0;
     let mut last: Option<(String, BackendError)> = None;
     let mut skipped_open = 0;
-    for dep in &alias.deployments {
+    for dep in &ordered {
         let Ok(permit) = dep.permits.clone().try_acquire_owned() else {
             continue;
         };

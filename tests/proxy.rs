@@ -427,3 +427,57 @@ async fn a_reload_applies_new_routes_and_keys_without_dropping_a_stream() {
     }
     assert!(!rest.contains("\"error\""), "{rest}");
 }
+
+#[tokio::test]
+async fn sessions_and_shared_prefixes_keep_their_replica() {
+    let (r1, r2, r3) = (Fake::start(vec![]).await, Fake::start(vec![]).await, Fake::start(vec![]).await);
+    for f in [&r1, &r2, &r3] {
+        f.set_default(Reply::Fixture("chat"));
+    }
+    let dep = |n: &str, f: &Fake| {
+        format!("[[alias.deployment]]\nname = \"{n}\"\nkind = \"openai\"\nbase_url = \"{}\"\nmodel = \"m\"\n", f.base())
+    };
+    let routes = format!(
+        "[[alias]]\nname = \"chat\"\nrouting = \"prefix_affine\"\n{}{}{}",
+        dep("r1", &r1),
+        dep("r2", &r2),
+        dep("r3", &r3)
+    );
+    let gw = Gateway::start(OPEN, &[("a.toml", &routes)]).await;
+    let c = reqwest::Client::new();
+    let mut seen: std::collections::HashMap<String, std::collections::HashSet<String>> = Default::default();
+    for turn in 0..20 {
+        for session in ["alice-1", "bob-7"] {
+            let body = json!({"model": "chat", "messages": [{"role": "user", "content": format!("turn {turn}")}]});
+            let r = c
+                .post(gw.url("/v1/chat/completions"))
+                .header("x-session-id", session)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            seen.entry(session.into())
+                .or_default()
+                .insert(r.headers()["x-tollgate-deployment"].to_str().unwrap().into());
+        }
+        // No session: a conversation that grows keeps its system prompt and first turn.
+        let mut msgs = vec![json!({"role": "system", "content": "You are a librarian. ".repeat(120)})];
+        for t in 0..=turn {
+            msgs.push(json!({"role": "user", "content": format!("question {t}")}));
+        }
+        let r = c
+            .post(gw.url("/v1/chat/completions"))
+            .json(&json!({"model": "chat", "messages": msgs}))
+            .send()
+            .await
+            .unwrap();
+        seen.entry("conversation".into())
+            .or_default()
+            .insert(r.headers()["x-tollgate-deployment"].to_str().unwrap().into());
+    }
+    for (k, reps) in &seen {
+        assert_eq!(reps.len(), 1, "{k} stayed on one replica: {reps:?}");
+    }
+    assert_eq!(r1.posts().len() + r2.posts().len() + r3.posts().len(), 60);
+}

@@ -21,6 +21,7 @@ use crate::router::{self, Committed};
 pub const DEPLOYMENT_HEADER: &str = "x-tollgate-deployment";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const CACHE_HEADER: &str = "x-tollgate-cache";
+pub const SESSION_HEADER: &str = "x-session-id";
 const UNKNOWN_ALIAS: &str = "_unknown";
 
 /// Records a request whose client left while it was being routed (the handler's future
@@ -127,6 +128,8 @@ async fn serve(
         Prompt::Embed(v) => Some(v.join("\n")),
     };
     let include_usage = req.include_usage;
+    let session = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok());
+    let fingerprint = crate::affinity::fingerprint(session, &req);
     let req_endpoint = req.endpoint;
     let stream = req.stream;
     let br = BackendRequest {
@@ -134,6 +137,7 @@ async fn serve(
         request_id: rid.to_owned(),
         traceparent: headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned),
         priority: Priority::Interactive,
+        fingerprint,
     };
     let mut abandoned = Abandoned { rec: Some(rec.clone()), accounting: st.accounting.clone(), start };
     let dispatched = router::dispatch(&alias, &br).await;

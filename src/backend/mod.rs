@@ -34,6 +34,8 @@ pub struct BackendRequest {
     pub traceparent: Option<String>,
     /// Batch work yields to interactive work where the backend can tell them apart.
     pub priority: Priority,
+    /// The prefix or session fingerprint for prefix-affine routing.
+    pub fingerprint: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -93,6 +93,9 @@ impl ApiKeyConfig {
 pub struct AliasConfig {
     pub name: String,
     pub description: Option<String>,
+    /// Route replicas by prompt prefix or session (`routing = "prefix_affine"`).
+    pub prefix_affine: bool,
+    pub load_factor: f64,
     pub file: PathBuf,
     pub deployments: Vec<DeploymentConfig>,
 }
@@ -255,6 +258,8 @@ pub fn load_with_env(opts: &LoadOptions, env: Env<'_>) -> Result<Config, ConfigE
         aliases.push(AliasConfig {
             name: name.clone(),
             description: Some("served from the command line (--model)".into()),
+            prefix_affine: false,
+            load_factor: crate::affinity::DEFAULT_LOAD_FACTOR,
             file: PathBuf::from("--model"),
             deployments: vec![DeploymentConfig {
                 name: format!("{name}-local"),
@@ -530,9 +535,23 @@ fn alias_config(a: raw::AliasFile, i: usize, file: &Path, env: Env<'_>, errs: &m
             deployments.push(d);
         }
     }
+    let prefix_affine = match a.routing.as_deref() {
+        None | Some("ordered") => false,
+        Some("prefix_affine") => true,
+        Some(o) => {
+            errs.push(format!("{f}: {at}.routing: '{o}' is not one of \"ordered\", \"prefix_affine\""));
+            false
+        }
+    };
+    let load_factor = a.affinity_load_factor.unwrap_or(crate::affinity::DEFAULT_LOAD_FACTOR);
+    if load_factor < 1.0 {
+        errs.push(format!("{f}: {at}.affinity_load_factor: must be at least 1.0"));
+    }
     (errs.len() == before).then(|| AliasConfig {
         name: a.name,
         description: a.description,
+        prefix_affine,
+        load_factor,
         file: file.to_path_buf(),
         deployments,
     })

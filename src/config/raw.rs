@@ -83,6 +83,9 @@ pub struct RoutesFile {
 pub struct AliasFile {
     pub name: String,
     pub description: Option<String>,
+    /// "ordered" (the default: the first healthy deployment with room) or "prefix_affine".
+    pub routing: Option<String>,
+    pub affinity_load_factor: Option<f64>,
     #[serde(default)]
     pub deployment: Vec<DeploymentFile>,
 }
