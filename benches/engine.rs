@@ -1,5 +1,7 @@
 //! The embedded engine against llama.cpp's own llama-server, same GGUF, same threads, same
-//! chat template (`--chat-template gemma`), same slots and context, both with ggml's
+//! chat template (Gemma's template (llama.cpp's built-in `gemma`; llama-server gets it as
+//! `benches/gemma.jinja`, since its `--chat-template gemma` renders a 3-token prompt in this
+//! build)), same slots and context, both with ggml's
 //! runtime-selected CPU variants. Interleaved rounds; the median with its spread.
 //!
 //! `cargo bench --bench engine` after `scripts/setup.sh --llama-server` (it needs
@@ -78,7 +80,12 @@ fn start_llama_server(model: &str) -> Server {
         .env("LD_LIBRARY_PATH", dir)
         .args(["-m", model, "--host", "127.0.0.1", "--port", &port.to_string(), "-t", THREADS, "-tb", THREADS])
         .args(["-np", &SLOTS.to_string(), "-c", &(SLOTS * CTX_PER_SLOT).to_string(), "-b", "512", "--kv-unified"])
-        .args(["--chat-template", "gemma", "--no-webui"])
+        .args([
+            "--jinja",
+            "--chat-template-file",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/benches/gemma.jinja"),
+            "--no-webui",
+        ])
         .stdout(Stdio::null())
         .stderr(log_file("llama-server"))
         .spawn()
@@ -112,12 +119,15 @@ async fn stream(c: &reqwest::Client, s: &Server, prompt: &str, max_tokens: u32) 
     let body = json!({"model": s.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": true,
                       "stream_options": {"include_usage": true}, "ignore_eos": true, "cache_prompt": false});
     let t0 = Instant::now();
-    let mut r = c
-        .post(format!("{}/v1/completions", s.base))
-        .json(&body)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{} failed: {e} (its log: {})", s.name, log_path(s.name).display()));
+    // llama-server closes a keep-alive connection after 100 requests; a request that raced
+    // that close is sent again on a fresh connection.
+    let send = || c.post(format!("{}/v1/completions", s.base)).json(&body).send();
+    let mut r = match send().await {
+        Ok(r) => r,
+        Err(_) => {
+            send().await.unwrap_or_else(|e| panic!("{} failed: {e} (its log: {})", s.name, log_path(s.name).display()))
+        }
+    };
     assert!(r.status().is_success(), "{}: {}", s.name, r.status());
     let (mut ttft, mut buf) = (None, String::new());
     while let Some(chunk) = r.chunk().await.unwrap() {

@@ -2,7 +2,9 @@
 //! ~1,000-token system prompt is cached against the same request cold, and the TTFT of a
 //! 20-turn conversation at turn 20 against turn 1. tollgate's prefix cache against
 //! llama-server's `cache_prompt` (its slots keep the last prompt), same GGUF, threads,
-//! `--chat-template gemma`, full sliding-window KV (`--swa-full`), interleaved rounds.
+//! Gemma's template (llama.cpp's built-in `gemma`; llama-server gets it as
+//! `benches/gemma.jinja`, since its `--chat-template gemma` renders a 3-token prompt in this
+//! build), full sliding-window KV (`--swa-full`), interleaved rounds.
 //!
 //! `cargo bench --bench prefix` after `scripts/setup.sh --llama-server` and
 //! `cargo build --release`.
@@ -51,7 +53,17 @@ fn start_llama_server(model: &str) -> Server {
     let child = Command::new(&bin)
         .env("LD_LIBRARY_PATH", dir)
         .args(["-m", model, "--host", "127.0.0.1", "--port", &port.to_string(), "-t", "2", "-tb", "2"])
-        .args(["-np", "4", "-c", "16384", "--swa-full", "--chat-template", "gemma", "--no-webui"])
+        .args([
+            "-np",
+            "4",
+            "-c",
+            "16384",
+            "--swa-full",
+            "--jinja",
+            "--chat-template-file",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/benches/gemma.jinja"),
+            "--no-webui",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -73,7 +85,13 @@ async fn wait_ready(c: &reqwest::Client, s: &Server) {
 async fn ttft(c: &reqwest::Client, s: &Server, messages: &Value, max_tokens: u32) -> (f64, String) {
     let body = json!({"model": "gemma", "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": true, "cache_prompt": true});
     let t0 = Instant::now();
-    let mut r = c.post(format!("{}/v1/chat/completions", s.base)).json(&body).send().await.unwrap();
+    // llama-server closes a keep-alive connection after 100 requests; a request that raced
+    // that close is sent again on a fresh connection.
+    let send = || c.post(format!("{}/v1/chat/completions", s.base)).json(&body).send();
+    let mut r = match send().await {
+        Ok(r) => r,
+        Err(_) => send().await.unwrap_or_else(|e| panic!("{} failed: {e}", s.name)),
+    };
     assert!(r.status().is_success(), "{}: {}", s.name, r.status());
     let (mut first, mut buf) = (None, String::new());
     while let Some(chunk) = r.chunk().await.unwrap() {

@@ -128,7 +128,12 @@ fn spawn_llama_server(bin: &Path, model: &Path, port: u16) -> Child {
     cmd.args(["-m"])
         .arg(model)
         .args(["--host", "127.0.0.1", "--port", &port.to_string(), "-c", "4096", "-np", "2", "-t", "2"])
-        .args(["--chat-template", "gemma", "--no-webui"])
+        .args([
+            "--jinja",
+            "--chat-template-file",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/benches/gemma.jinja"),
+            "--no-webui",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     // Its shared libraries and ggml CPU variants live beside it.
