@@ -169,7 +169,16 @@ async fn disconnect(gw: &Gateway) {
         .collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while engine_state(gw).await != (SLOTS as u64, QUEUE as u64) {
-        assert!(tokio::time::Instant::now() < deadline, "the engine did not fill: {:?}", engine_state(gw).await);
+        if tokio::time::Instant::now() >= deadline {
+            let mut statuses = Vec::new();
+            for b in busy {
+                if b.is_finished() {
+                    let r = b.await.unwrap();
+                    statuses.push((r.status().as_u16(), r.text().await.unwrap_or_default()));
+                }
+            }
+            panic!("the engine did not fill: {:?}; answered: {statuses:?}", engine_state(gw).await);
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let r = client

@@ -48,7 +48,7 @@ pub fn run(
     let _close = CloseOnExit(queue.clone());
     let mut batch = LlamaBatch::new(per_seq as usize, set.parallel as i32);
     loop {
-        let Some(jobs) = queue.take_batch(set.parallel as usize, per_seq as usize) else { break };
+        let Some(mut jobs) = queue.take_batch(set.parallel as usize, per_seq as usize) else { break };
         batch.clear();
         let mut ok = true;
         for (seq, job) in jobs.iter().enumerate() {
@@ -59,7 +59,7 @@ pub fn run(
         let started = Instant::now();
         let res =
             if ok { ctx.decode(&mut batch).map_err(|e| e.to_string()) } else { Err("the batch overflowed".into()) };
-        for (seq, job) in jobs.iter().enumerate() {
+        for (seq, job) in jobs.iter_mut().enumerate() {
             let ev = match &res {
                 Ok(()) => match ctx.embeddings_seq_ith(seq as i32) {
                     Ok(v) => {
@@ -70,6 +70,7 @@ pub fn run(
                 },
                 Err(e) => Event::Error(format!("the engine failed to decode: {e}")),
             };
+            job.ticket.take();
             let _ = job.tx.send(ev);
             let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
         }

@@ -216,7 +216,14 @@ impl LocalBackend {
             let (tx, mut rx) = mpsc::unbounded_channel();
             let mut params = self.params_default();
             params.max_tokens = 1;
-            let job = Job { tokens: a[..common].to_vec(), params, tx, enqueued: Instant::now(), pin_prefix: true };
+            let job = Job {
+                tokens: a[..common].to_vec(),
+                params,
+                tx,
+                enqueued: Instant::now(),
+                pin_prefix: true,
+                ticket: None,
+            };
             if self.queue.try_push(job, crate::backend::Priority::Batch).is_err() {
                 continue;
             }
@@ -378,8 +385,14 @@ impl LocalBackend {
                 }
                 tokens_total += tokens.len() as u64;
                 let (tx, rx) = mpsc::unbounded_channel();
-                let job =
-                    Job { tokens, params: self.params_default(), tx, enqueued: Instant::now(), pin_prefix: false };
+                let job = Job {
+                    tokens,
+                    params: self.params_default(),
+                    tx,
+                    enqueued: Instant::now(),
+                    pin_prefix: false,
+                    ticket: None,
+                };
                 self.queue.try_push(job, br.priority).map_err(|_| BackendError::Full)?;
                 rxs.push(rx);
             }
@@ -442,7 +455,7 @@ impl Backend for LocalBackend {
             }
             let params = self.params(req, tokens.len());
             let (tx, rx) = mpsc::unbounded_channel();
-            let job = Job { tokens, params, tx, enqueued: Instant::now(), pin_prefix: false };
+            let job = Job { tokens, params, tx, enqueued: Instant::now(), pin_prefix: false, ticket: None };
             self.queue.try_push(job, br.priority).map_err(|_| BackendError::Full)?;
             Ok(rx)
         })();

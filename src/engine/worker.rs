@@ -58,6 +58,17 @@ pub struct Job {
     pub enqueued: Instant,
     /// Keep this prompt's prefix in the cache for good (a warmed `prompts/` entry).
     pub pin_prefix: bool,
+    /// Its place in the engine's capacity, given back when the job ends (set by `try_push`).
+    pub ticket: Option<Ticket>,
+}
+
+/// One accepted job's share of the engine's capacity (slots + queue depth); returned on drop.
+pub struct Ticket(Arc<AtomicUsize>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -88,8 +99,11 @@ pub enum Event {
 pub struct Queue {
     state: Mutex<QueueState>,
     cv: Condvar,
-    /// Occupied sequence slots, as of the engine's last admission (written under the lock).
+    /// Occupied sequence slots, as of the engine's last step (reported in /v1/models).
     active: AtomicUsize,
+    /// Jobs accepted and not yet ended, queued or running: the engine is full when this
+    /// reaches `slots + depth` (every slot busy and the queue at its bound).
+    in_system: Arc<AtomicUsize>,
     slots: usize,
 }
 
@@ -112,6 +126,7 @@ impl Queue {
             }),
             cv: Condvar::new(),
             active: AtomicUsize::new(0),
+            in_system: Arc::new(AtomicUsize::new(0)),
             slots,
         }
     }
@@ -126,12 +141,14 @@ impl Queue {
         // Jobs whose clients already left do not hold places in the queue.
         st.interactive.retain(|j| !j.tx.is_closed());
         st.batch.retain(|j| !j.tx.is_closed());
-        // Full when every slot is busy and the queue is at its bound: jobs that will take a
-        // free slot at the next step do not count against the bound.
-        let free = self.slots.saturating_sub(self.active.load(Ordering::Relaxed));
-        if st.closed || st.interactive.len() + st.batch.len() >= st.depth + free {
+        // Full when every slot is busy and the queue is at its bound. A job gives its place
+        // back before its last event is sent, so a client that answers at once finds it.
+        if st.closed || self.in_system.load(Ordering::Acquire) >= self.slots + st.depth {
             return Err(job);
         }
+        self.in_system.fetch_add(1, Ordering::AcqRel);
+        let mut job = job;
+        job.ticket = Some(Ticket(self.in_system.clone()));
         match prio {
             Priority::Interactive => st.interactive.push_back(job),
             Priority::Batch => st.batch.push_back(job),
@@ -434,6 +451,7 @@ pub fn run(
                         predicted_n: u64::from(s.generated),
                         predicted_ms: ms(now.duration_since(first)),
                     };
+                    s.job.ticket.take();
                     let _ = s.job.tx.send(Event::Done {
                         finish: reason,
                         prompt_tokens: s.job.tokens.len() as u64,
@@ -447,6 +465,9 @@ pub fn run(
                 }
             }
         }
+        // Slots freed this step count as free at once (the admission that follows would
+        // say so too, but a request arriving in between must see the room).
+        queue.active.store(slots.iter().filter(|s| s.is_some()).count(), Ordering::Relaxed);
     }
     tracing::info!(engine = %set.name, "engine thread stopped");
 }
