@@ -62,6 +62,10 @@ pub struct Job {
     pub ticket: Option<Ticket>,
 }
 
+/// Every slot is busy and the queue is at its bound (or the engine has stopped).
+#[derive(Debug)]
+pub struct EngineFull;
+
 /// One accepted job's share of the engine's capacity (slots + queue depth); returned on drop.
 pub struct Ticket(Arc<AtomicUsize>);
 
@@ -136,7 +140,7 @@ impl Queue {
     }
 
     /// Enqueues unless the queue is at its bound (the engine is then full) or closed.
-    pub fn try_push(&self, job: Job, prio: Priority) -> Result<(), Job> {
+    pub fn try_push(&self, job: Job, prio: Priority) -> Result<(), EngineFull> {
         let mut st = self.lock();
         // Jobs whose clients already left do not hold places in the queue.
         st.interactive.retain(|j| !j.tx.is_closed());
@@ -144,7 +148,7 @@ impl Queue {
         // Full when every slot is busy and the queue is at its bound. A job gives its place
         // back before its last event is sent, so a client that answers at once finds it.
         if st.closed || self.in_system.load(Ordering::Acquire) >= self.slots + st.depth {
-            return Err(job);
+            return Err(EngineFull);
         }
         self.in_system.fetch_add(1, Ordering::AcqRel);
         let mut job = job;
