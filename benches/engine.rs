@@ -12,8 +12,11 @@
 //!   wall time, and the time to first token of the streams under that load;
 //! - resident memory of each server after the runs.
 
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
+
+use support::{rss_mb, wait_ready, Server};
 
 use futures::future::join_all;
 use serde_json::{json, Value};
@@ -22,87 +25,19 @@ const THREADS: &str = "2";
 const SLOTS: usize = 8;
 const CTX_PER_SLOT: usize = 1024;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn log_path(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("bench-engine-{name}.log"))
-}
-
-fn log_file(name: &str) -> Stdio {
-    std::fs::File::create(log_path(name)).map(Stdio::from).unwrap_or(Stdio::null())
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
-struct Server {
-    name: &'static str,
-    child: Child,
-    base: String,
-    model: &'static str,
-}
-
 fn start_tollgate(model: &str, dir: &std::path::Path) -> Server {
-    let port = free_port();
-    std::fs::write(dir.join("tollgate.toml"), "[auth]\nopen = true\n").unwrap();
-    std::fs::create_dir_all(dir.join("routes")).unwrap();
-    std::fs::write(
-        dir.join("routes/r.toml"),
-        format!("[[alias]]\nname = \"gemma\"\n[[alias.deployment]]\nname = \"local\"\nkind = \"local\"\npath = \"{model}\"\ncontext = {CTX_PER_SLOT}\nparallel = {SLOTS}\nthreads = {THREADS}\nbatch = 512\nchat_template = \"gemma\"\n"),
+    support::start_tollgate(
+        dir,
+        &format!("[[alias]]\nname = \"gemma\"\n[[alias.deployment]]\nname = \"local\"\nkind = \"local\"\npath = \"{model}\"\ncontext = {CTX_PER_SLOT}\nparallel = {SLOTS}\nthreads = {THREADS}\nbatch = 512\nchat_template = \"gemma\"\n"),
     )
-    .unwrap();
-    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/tollgate");
-    let child = Command::new(bin)
-        .args(["serve", "--config"])
-        .arg(dir.join("tollgate.toml"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log_file("tollgate"))
-        .spawn()
-        .expect("target/release/tollgate (cargo build --release)");
-    Server { name: "tollgate", child, base: format!("http://127.0.0.1:{port}"), model: "gemma" }
 }
 
 fn start_llama_server(model: &str) -> Server {
-    let port = free_port();
-    let bin = std::env::var("TOLLGATE_LLAMA_SERVER").expect("TOLLGATE_LLAMA_SERVER (scripts/setup.sh --llama-server)");
-    let dir = std::path::Path::new(&bin).parent().map(|d| d.to_path_buf()).unwrap_or_default();
-    let child = Command::new(&bin)
-        .env("LD_LIBRARY_PATH", dir)
-        .args(["-m", model, "--host", "127.0.0.1", "--port", &port.to_string(), "-t", THREADS, "-tb", THREADS])
-        .args(["-np", &SLOTS.to_string(), "-c", &(SLOTS * CTX_PER_SLOT).to_string(), "-b", "512", "--kv-unified"])
-        .args([
-            "--jinja",
-            "--chat-template-file",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/benches/gemma.jinja"),
-            "--no-webui",
-        ])
-        .stdout(Stdio::null())
-        .stderr(log_file("llama-server"))
-        .spawn()
-        .unwrap();
-    Server { name: "llama-server", child, base: format!("http://127.0.0.1:{port}"), model: "gemma" }
-}
-
-async fn wait_ready(c: &reqwest::Client, s: &Server) {
-    for _ in 0..600 {
-        if let Ok(r) = c.get(format!("{}/health", s.base)).send().await {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{} did not start", s.name);
+    let (np, c) = (SLOTS.to_string(), (SLOTS * CTX_PER_SLOT).to_string());
+    support::start_llama_server(
+        model,
+        &["-t", THREADS, "-tb", THREADS, "-np", &np, "-c", &c, "-b", "512", "--kv-unified"],
+    )
 }
 
 struct Run {
@@ -116,18 +51,10 @@ struct Run {
 async fn stream(c: &reqwest::Client, s: &Server, prompt: &str, max_tokens: u32) -> Run {
     // `cache_prompt: false`: llama-server would otherwise reuse the prompt of the round
     // before, and its prompt speed would measure its cache, not its prefill.
-    let body = json!({"model": s.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": true,
+    let body = json!({"model": "gemma", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": true,
                       "stream_options": {"include_usage": true}, "ignore_eos": true, "cache_prompt": false});
     let t0 = Instant::now();
-    // llama-server closes a keep-alive connection after 100 requests; a request that raced
-    // that close is sent again on a fresh connection.
-    let send = || c.post(format!("{}/v1/completions", s.base)).json(&body).send();
-    let mut r = match send().await {
-        Ok(r) => r,
-        Err(_) => {
-            send().await.unwrap_or_else(|e| panic!("{} failed: {e} (its log: {})", s.name, log_path(s.name).display()))
-        }
-    };
+    let mut r = support::post(c, s, "/v1/completions", &body).await;
     assert!(r.status().is_success(), "{}: {}", s.name, r.status());
     let (mut ttft, mut buf) = (None, String::new());
     while let Some(chunk) = r.chunk().await.unwrap() {

@@ -10,6 +10,8 @@
 //! the rounds with the spread (min..max). Also: the gateway's resident memory and its CPU
 //! time per request (from /proc).
 
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -177,15 +179,6 @@ fn cpu_ticks(pid: u32) -> u64 {
         + f.get(12).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
 }
 
-fn rss_mb(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 fn start_gateway(upstream: SocketAddr) -> (Child, SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tollgate.toml"), "[auth]\nopen = true\n[log]\nformat = \"text\"\n").unwrap();
@@ -195,7 +188,7 @@ fn start_gateway(upstream: SocketAddr) -> (Child, SocketAddr, tempfile::TempDir)
         format!("[[alias]]\nname = \"chat\"\n[[alias.deployment]]\nname = \"stub\"\nkind = \"openai\"\nbase_url = \"http://{upstream}/v1\"\nmodel = \"m\"\nmax_concurrency = 4096\n"),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = support::free_port();
     let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/tollgate");
     assert!(bin.exists(), "build it first: cargo build --release");
     let child = Command::new("taskset")
@@ -276,7 +269,7 @@ fn main() {
                 println!("  first data event: direct p50 {:.3} ms p99 {:.3}; gateway p50 {:.3} ms p99 {:.3}; added p50 {:.3} ms ({:.3}..{:.3})", dt.0, dt99.0, gt.0, gt99.0, a.0, a.1, a.2);
             }
         }
-        println!("\ngateway resident memory after the runs: {:.1} MB", rss_mb(gw.id()));
+        println!("\ngateway resident memory after the runs: {:.1} MB", support::rss_mb(gw.id()));
         let _ = gw.kill();
     });
 }

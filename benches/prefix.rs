@@ -9,89 +9,30 @@
 //! `cargo bench --bench prefix` after `scripts/setup.sh --llama-server` and
 //! `cargo build --release`.
 
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
+
+use support::{wait_ready, Server};
 
 use serde_json::{json, Value};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Server {
-    name: &'static str,
-    child: Child,
-    base: String,
-}
-
 fn start_tollgate(model: &str, dir: &std::path::Path) -> Server {
-    let port = free_port();
-    std::fs::write(dir.join("tollgate.toml"), "[auth]\nopen = true\n").unwrap();
-    std::fs::create_dir_all(dir.join("routes")).unwrap();
-    std::fs::write(
-        dir.join("routes/r.toml"),
-        format!("[[alias]]\nname = \"gemma\"\n[[alias.deployment]]\nname = \"local\"\nkind = \"local\"\npath = \"{model}\"\ncontext = 4096\nparallel = 4\nthreads = 2\nchat_template = \"gemma\"\nprefix_cache_tokens = 16384\nprefix_cache_entries = 16\n"),
+    support::start_tollgate(
+        dir,
+        &format!("[[alias]]\nname = \"gemma\"\n[[alias.deployment]]\nname = \"local\"\nkind = \"local\"\npath = \"{model}\"\ncontext = 4096\nparallel = 4\nthreads = 2\nchat_template = \"gemma\"\nprefix_cache_tokens = 16384\nprefix_cache_entries = 16\n"),
     )
-    .unwrap();
-    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/tollgate");
-    let child = Command::new(bin)
-        .args(["serve", "--config"])
-        .arg(dir.join("tollgate.toml"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("target/release/tollgate (cargo build --release)");
-    Server { name: "tollgate", child, base: format!("http://127.0.0.1:{port}") }
 }
 
 fn start_llama_server(model: &str) -> Server {
-    let port = free_port();
-    let bin = std::env::var("TOLLGATE_LLAMA_SERVER").expect("TOLLGATE_LLAMA_SERVER (scripts/setup.sh --llama-server)");
-    let dir = std::path::Path::new(&bin).parent().map(|d| d.to_path_buf()).unwrap_or_default();
-    let child = Command::new(&bin)
-        .env("LD_LIBRARY_PATH", dir)
-        .args(["-m", model, "--host", "127.0.0.1", "--port", &port.to_string(), "-t", "2", "-tb", "2"])
-        .args([
-            "-np",
-            "4",
-            "-c",
-            "16384",
-            "--swa-full",
-            "--jinja",
-            "--chat-template-file",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/benches/gemma.jinja"),
-            "--no-webui",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Server { name: "llama-server", child, base: format!("http://127.0.0.1:{port}") }
-}
-
-async fn wait_ready(c: &reqwest::Client, s: &Server) {
-    for _ in 0..600 {
-        if c.get(format!("{}/health", s.base)).send().await.is_ok_and(|r| r.status().is_success()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{} did not start", s.name);
+    support::start_llama_server(model, &["-t", "2", "-tb", "2", "-np", "4", "-c", "16384", "--swa-full"])
 }
 
 /// TTFT of one streamed chat request (first `data:` event with content) and its reply.
 async fn ttft(c: &reqwest::Client, s: &Server, messages: &Value, max_tokens: u32) -> (f64, String) {
     let body = json!({"model": "gemma", "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": true, "cache_prompt": true});
     let t0 = Instant::now();
-    // llama-server closes a keep-alive connection after 100 requests; a request that raced
-    // that close is sent again on a fresh connection.
-    let send = || c.post(format!("{}/v1/chat/completions", s.base)).json(&body).send();
-    let mut r = match send().await {
-        Ok(r) => r,
-        Err(_) => send().await.unwrap_or_else(|e| panic!("{} failed: {e}", s.name)),
-    };
+    let mut r = support::post(c, s, "/v1/chat/completions", &body).await;
     assert!(r.status().is_success(), "{}: {}", s.name, r.status());
     let (mut first, mut buf) = (None, String::new());
     while let Some(chunk) = r.chunk().await.unwrap() {

@@ -12,7 +12,7 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 
-use super::worker::{EngineSettings, Event, Job, Queue};
+use super::worker::{CloseOnExit, EngineSettings, Event, Job, Queue};
 
 pub fn run(
     backend: &'static LlamaBackend,
@@ -39,12 +39,6 @@ pub fn run(
         }
     };
     let _ = ready.send(Ok(()));
-    struct CloseOnExit(Arc<Queue>);
-    impl Drop for CloseOnExit {
-        fn drop(&mut self) {
-            self.0.close();
-        }
-    }
     let _close = CloseOnExit(queue.clone());
     let mut batch = LlamaBatch::new(per_seq as usize, set.parallel as i32);
     loop {

@@ -213,6 +213,16 @@ impl Queue {
     }
 }
 
+/// Held by an engine thread: however its loop ends (a panic included), the queue closes, so
+/// health turns red and new jobs are refused instead of waiting for a thread that is gone.
+pub struct CloseOnExit(pub Arc<Queue>);
+
+impl Drop for CloseOnExit {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 pub struct EngineSettings {
     pub name: String,
     pub ctx_per_seq: u32,
@@ -276,14 +286,6 @@ pub fn run(
         }
     };
     let _ = ready.send(Ok(()));
-    // However the loop ends (a panic included), the queue closes: health turns red and new
-    // jobs are refused instead of waiting for a thread that is gone.
-    struct CloseOnExit(Arc<Queue>);
-    impl Drop for CloseOnExit {
-        fn drop(&mut self) {
-            self.0.close();
-        }
-    }
     let _close = CloseOnExit(queue.clone());
     tracing::info!(engine = %set.name, n_ctx, parallel = set.parallel, n_batch = set.n_batch, "engine thread ready");
     let mut batch = LlamaBatch::new(set.n_batch as usize, 1);
