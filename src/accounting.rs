@@ -44,6 +44,9 @@ pub struct RequestRecord {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub cached_tokens: u64,
+    /// Prefill time the reused prompt tokens saved: cached tokens times this request's own
+    /// prefill time per computed token (from llama-server-style `timings`), when known.
+    pub prefill_saved_ms: Option<f64>,
     pub tokens_source: TokenSource,
     pub ttft_ms: Option<f64>,
     pub total_ms: f64,
@@ -76,6 +79,7 @@ impl RequestRecord {
             prompt_tokens: 0,
             completion_tokens: 0,
             cached_tokens: 0,
+            prefill_saved_ms: None,
             tokens_source: TokenSource::None,
             ttft_ms: None,
             total_ms: 0.0,
@@ -100,6 +104,7 @@ pub struct Tap {
     keep_content: bool,
     /// Keep the completion text for the response cache.
     keep_text: bool,
+    prefill_saved_ms: Option<f64>,
 }
 
 impl Tap {
@@ -117,11 +122,20 @@ impl Tap {
             prompt_text,
             keep_content,
             keep_text: false,
+            prefill_saved_ms: None,
         }
     }
 
     /// Looks at one chunk (or a full body: same fields, `message` instead of `delta`).
     pub fn observe(&mut self, chunk: &serde_json::Map<String, Value>) {
+        if let Some(t) = chunk.get("timings").and_then(Value::as_object) {
+            let f = |k: &str| t.get(k).and_then(Value::as_f64);
+            if let (Some(cache_n), Some(per_token)) = (f("cache_n"), f("prompt_per_token_ms")) {
+                if cache_n > 0.0 && per_token > 0.0 {
+                    self.prefill_saved_ms = Some(cache_n * per_token);
+                }
+            }
+        }
         if let Some(u) = chunk.get("usage").and_then(Usage::from_json) {
             self.usage = Some(u);
         }
@@ -168,6 +182,7 @@ impl Tap {
         rec.total_ms = ms(self.start.elapsed());
         rec.ttft_ms = self.first_token.map(ms);
         rec.finish_reason = self.finish;
+        rec.prefill_saved_ms = self.prefill_saved_ms;
         match self.usage {
             Some(u) => {
                 rec.prompt_tokens = u.prompt_tokens;
@@ -323,6 +338,7 @@ impl Accounting {
             prompt_tokens = rec.prompt_tokens,
             completion_tokens = rec.completion_tokens,
             cached_tokens = rec.cached_tokens,
+            prefill_saved_ms = rec.prefill_saved_ms.map(|t| (t * 1000.0).round() / 1000.0),
             tokens = ?rec.tokens_source,
             ttft_ms = rec.ttft_ms.map(|t| (t * 1000.0).round() / 1000.0),
             total_ms = (rec.total_ms * 1000.0).round() / 1000.0,
@@ -352,9 +368,19 @@ mod tests {
         let mut r = RequestRecord::new("r".into(), Endpoint::Chat, "a".into(), true);
         tap.finish_into(&mut r);
         assert_eq!((r.prompt_tokens, r.completion_tokens, r.cached_tokens), (3, 1, 2));
+        assert_eq!(r.prefill_saved_ms, None, "no timings, no estimate");
         assert_eq!(r.tokens_source, TokenSource::Reported);
         assert_eq!(r.finish_reason.as_deref(), Some("length"));
         assert!(r.ttft_ms.is_some());
+        let mut tap = Tap::new(Instant::now(), None);
+        tap.observe(
+            json!({"choices":[],"timings":{"cache_n":100,"prompt_n":10,"prompt_per_token_ms":2.5}})
+                .as_object()
+                .unwrap(),
+        );
+        let mut r = RequestRecord::new("r".into(), Endpoint::Chat, "a".into(), true);
+        tap.finish_into(&mut r);
+        assert_eq!(r.prefill_saved_ms, Some(250.0));
     }
 
     #[test]
