@@ -130,6 +130,12 @@ async fn serve(
     let include_usage = req.include_usage;
     let session = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok());
     let fingerprint = crate::affinity::fingerprint(session, &req);
+    // A session belongs to the key that names it: another key naming the same id gets
+    // another session.
+    let session_key = session.filter(|s| !s.is_empty() && s.len() <= 256).map(|s| {
+        let h = crate::config::sha256(format!("{}\u{0}{s}", caller.name().unwrap_or("")).as_bytes());
+        hex::encode(&h[..16])
+    });
     let req_endpoint = req.endpoint;
     let stream = req.stream;
     let br = BackendRequest {
@@ -138,6 +144,7 @@ async fn serve(
         traceparent: headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned),
         priority: Priority::Interactive,
         fingerprint,
+        session: session_key,
     };
     let mut abandoned = Abandoned { rec: Some(rec.clone()), accounting: st.accounting.clone(), start };
     let dispatched = router::dispatch(&alias, &br).await;

@@ -36,6 +36,9 @@ pub struct BackendRequest {
     pub priority: Priority,
     /// The prefix or session fingerprint for prefix-affine routing.
     pub fingerprint: u64,
+    /// The request's session (`x-session-id`), bound to the API key that names it: the
+    /// caller's key name and the id, hashed (hex).
+    pub session: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -157,6 +157,10 @@ pub struct LocalConfig {
     /// KV cells kept for reusable prompt prefixes (0: no prefix cache).
     pub prefix_cache_tokens: u32,
     pub prefix_cache_entries: u32,
+    /// Sessions (`x-session-id`): saved under the data directory; idle ones expire.
+    pub session_ttl: Duration,
+    pub max_sessions: usize,
+    pub sessions_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -294,6 +298,13 @@ pub fn load_with_env(opts: &LoadOptions, env: Env<'_>) -> Result<Config, ConfigE
             }
         }
     }
+    for a in &mut aliases {
+        for d in &mut a.deployments {
+            if let DeploymentKind::Local(l) = &mut d.kind {
+                l.sessions_dir = Some(server.data_dir.join("sessions").join(&d.name));
+            }
+        }
+    }
     let prompts_dir = base.join(gw.prompts_dir.as_deref().unwrap_or("prompts"));
     let prompts = load_prompts(&prompts_dir, &mut errs);
     if errs.is_empty() {
@@ -334,6 +345,9 @@ impl LocalConfig {
             gpu_layers: 0,
             prefix_cache_tokens: 4096,
             prefix_cache_entries: 16,
+            session_ttl: Duration::from_secs(24 * 3600),
+            max_sessions: 1000,
+            sessions_dir: None,
         }
     }
 }
@@ -603,6 +617,8 @@ fn deployment_config(
         ("gpu_layers", d.gpu_layers.is_some()),
         ("prefix_cache_tokens", d.prefix_cache_tokens.is_some()),
         ("prefix_cache_entries", d.prefix_cache_entries.is_some()),
+        ("session_ttl_secs", d.session_ttl_secs.is_some()),
+        ("max_sessions", d.max_sessions.is_some()),
     ];
     let remote_only = [
         ("base_url", d.base_url.is_some()),
@@ -689,6 +705,8 @@ fn deployment_config(
             l.gpu_layers = d.gpu_layers.unwrap_or(0);
             l.prefix_cache_tokens = d.prefix_cache_tokens.unwrap_or(l.context);
             l.prefix_cache_entries = d.prefix_cache_entries.unwrap_or(l.prefix_cache_entries);
+            l.session_ttl = d.session_ttl_secs.map(Duration::from_secs).unwrap_or(l.session_ttl);
+            l.max_sessions = d.max_sessions.unwrap_or(l.max_sessions);
             if l.parallel + l.prefix_cache_entries > 256 {
                 errs.push(format!(
                     "{f}: {at}: parallel + prefix_cache_entries must be at most 256 (llama.cpp's sequence limit)"

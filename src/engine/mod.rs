@@ -10,6 +10,7 @@
 pub mod embed;
 pub mod model_info;
 pub mod prefix;
+pub mod sessions;
 pub mod text;
 pub mod worker;
 
@@ -152,6 +153,11 @@ impl LocalBackend {
             threads,
             cache_tokens: l.prefix_cache_tokens,
             cache_entries: l.prefix_cache_entries,
+            sessions: l.sessions_dir.clone().filter(|_| !dep.embeddings).map(|dir| sessions::SessionFiles {
+                dir,
+                ttl: l.session_ttl,
+                max: l.max_sessions,
+            }),
         };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let embeddings = dep.embeddings;
@@ -223,6 +229,7 @@ impl LocalBackend {
                 enqueued: Instant::now(),
                 pin_prefix: true,
                 ticket: None,
+                session: None,
             };
             if self.queue.try_push(job, crate::backend::Priority::Batch).is_err() {
                 continue;
@@ -392,6 +399,7 @@ impl LocalBackend {
                     enqueued: Instant::now(),
                     pin_prefix: false,
                     ticket: None,
+                    session: None,
                 };
                 self.queue.try_push(job, br.priority).map_err(|_| BackendError::Full)?;
                 rxs.push(rx);
@@ -455,7 +463,15 @@ impl Backend for LocalBackend {
             }
             let params = self.params(req, tokens.len());
             let (tx, rx) = mpsc::unbounded_channel();
-            let job = Job { tokens, params, tx, enqueued: Instant::now(), pin_prefix: false, ticket: None };
+            let job = Job {
+                tokens,
+                params,
+                tx,
+                enqueued: Instant::now(),
+                pin_prefix: false,
+                ticket: None,
+                session: br.session.clone(),
+            };
             self.queue.try_push(job, br.priority).map_err(|_| BackendError::Full)?;
             Ok(rx)
         })();

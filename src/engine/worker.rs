@@ -31,6 +31,7 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::prefix::PrefixCache;
+use super::sessions::SessionFiles;
 use super::text::TextStream;
 use crate::backend::Priority;
 
@@ -60,6 +61,8 @@ pub struct Job {
     pub pin_prefix: bool,
     /// Its place in the engine's capacity, given back when the job ends (set by `try_push`).
     pub ticket: Option<Ticket>,
+    /// The session it continues (hashed id, bound to the API key).
+    pub session: Option<String>,
 }
 
 /// Every slot is busy and the queue is at its bound (or the engine has stopped).
@@ -233,6 +236,7 @@ pub struct EngineSettings {
     /// The prefix cache: KV cells set aside for kept prefixes, and sequences for them.
     pub cache_tokens: u32,
     pub cache_entries: u32,
+    pub sessions: Option<SessionFiles>,
 }
 
 struct Seq {
@@ -322,10 +326,19 @@ pub fn run(
                 // prefilled, since its logits choose the first generated token.
                 let ids: Vec<i32> = job.tokens.iter().map(|t| t.0).collect();
                 let mut cached = 0;
-                if let Some((e, n)) = cache.lookup(&ids) {
-                    let n = n.min(job.tokens.len() - 1);
-                    if ctx.kv_cache_seq_cp(entry_seq(e), free as i32, Some(0), Some(n as u32)).is_ok() {
+                let hit = cache.lookup(&ids).map(|(e, n)| (e, n.min(job.tokens.len() - 1)));
+                // A session's file wins when it covers more of the prompt than memory does.
+                if let (Some(sessions), Some(id)) = (&set.sessions, &job.session) {
+                    let in_memory = hit.map_or(0, |(_, n)| n);
+                    if let Some(n) = sessions.restore(&mut ctx, id, free as i32, &job.tokens, in_memory) {
                         cached = n;
+                    }
+                }
+                if cached == 0 {
+                    if let Some((e, n)) = hit {
+                        if ctx.kv_cache_seq_cp(entry_seq(e), free as i32, Some(0), Some(n as u32)).is_ok() {
+                            cached = n;
+                        }
                     }
                 }
                 slots[free] = Some(Seq {
@@ -466,6 +479,12 @@ pub fn run(
                     });
                     if cache.enabled() {
                         keep_prefix(&mut ctx, &mut cache, &s, i, set.parallel as usize);
+                    }
+                    if let (Some(sessions), Some(id)) = (&set.sessions, &s.job.session) {
+                        let mut kv: Vec<LlamaToken> = s.job.tokens.clone();
+                        kv.extend(&s.decoded);
+                        kv.truncate(s.n_past);
+                        sessions.save(&ctx, id, i as i32, &kv);
                     }
                     free_seq(&mut ctx, i);
                 }
