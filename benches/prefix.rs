@@ -30,7 +30,14 @@ fn start_llama_server(model: &str) -> Server {
 
 /// TTFT of one streamed chat request (first `data:` event with content) and its reply.
 async fn ttft(c: &reqwest::Client, s: &Server, messages: &Value, max_tokens: u32) -> (f64, String) {
-    let body = json!({"model": "gemma", "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": true, "cache_prompt": true});
+    let (t, reply, _) = ttft_cached(c, s, messages, max_tokens).await;
+    (t, reply)
+}
+
+/// TTFT, reply, and (cached, prompt) tokens from the usage chunk.
+async fn ttft_cached(c: &reqwest::Client, s: &Server, messages: &Value, max_tokens: u32) -> (f64, String, (u64, u64)) {
+    let body = json!({"model": "gemma", "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": true,
+                      "cache_prompt": true, "stream_options": {"include_usage": true}});
     let t0 = Instant::now();
     let mut r = support::post(c, s, "/v1/chat/completions", &body).await;
     assert!(r.status().is_success(), "{}: {}", s.name, r.status());
@@ -42,19 +49,29 @@ async fn ttft(c: &reqwest::Client, s: &Server, messages: &Value, max_tokens: u32
         }
         buf.push_str(&t);
     }
-    let reply: String = buf
-        .split("\n\n")
-        .filter_map(|e| e.strip_prefix("data: "))
-        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
-        .collect();
-    (first.unwrap_or(t0.elapsed()).as_secs_f64() * 1e3, reply)
+    let events: Vec<Value> =
+        buf.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).filter_map(|d| serde_json::from_str(d).ok()).collect();
+    let reply: String = events.iter().filter_map(|v| v["choices"][0]["delta"]["content"].as_str()).collect();
+    let usage = events.iter().rev().find(|v| v["usage"].is_object()).map(|v| {
+        let u = &v["usage"];
+        (u["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0), u["prompt_tokens"].as_u64().unwrap_or(0))
+    });
+    (first.unwrap_or(t0.elapsed()).as_secs_f64() * 1e3, reply, usage.unwrap_or_default())
+}
+
+/// One of eight ~300-token system prompts, different from its first words.
+fn rotating(k: usize) -> String {
+    let mut s = format!("Desk {k} of the city hall. ");
+    for i in 0..14 {
+        s.push_str(&format!("Rule {i} of desk {k}: explain forms, fees and opening hours in plain words. "));
+    }
+    s
 }
 
 fn system(round: usize) -> String {
     // About 1,000 tokens, different in every round (its first words), so the cold run is cold.
     let mut s = format!("Session {round}. You are the assistant of a public library. ");
-    for i in 0..45 {
+    for i in 0..62 {
         s.push_str(&format!("Rule {i}: answer questions about books, opening hours and membership politely. "));
     }
     s
@@ -79,8 +96,8 @@ fn main() {
         for s in &servers {
             wait_ready(&c, s).await;
         }
-        // [server][metric]: cold, warm, turn 1, turn 20
-        let mut m = vec![vec![Vec::new(); 4]; servers.len()];
+        // [server][metric]: cold, warm, turn 1, turn 20, rotation TTFT, rotation hit rate
+        let mut m = vec![vec![Vec::new(); 6]; servers.len()];
         for round in 0..rounds {
             for (si, s) in servers.iter().enumerate() {
                 let sys = system(round * 10 + si);
@@ -100,11 +117,34 @@ fn main() {
                     }
                     msgs.push(json!({"role": "assistant", "content": reply}));
                 }
+                // Eight system prompts rotating over four slots: 8 x 3 requests in turn; the
+                // first pass fills, the next two measure.
+                let (mut ttfts, mut hits, mut n) = (Vec::new(), 0, 0);
+                for pass in 0..3 {
+                    for k in 0..8 {
+                        let q = json!([{"role": "system", "content": format!("Round {round}. {}", rotating(k))}, {"role": "user", "content": format!("Question {pass}.")}]);
+                        let (t, _, (cached, prompt)) = ttft_cached(&c, s, &q, 1).await;
+                        if pass > 0 {
+                            ttfts.push(t);
+                            n += 1;
+                            hits += usize::from(cached * 2 >= prompt);
+                        }
+                    }
+                }
+                m[si][4].push(median(&mut ttfts).0);
+                m[si][5].push(hits as f64 / n as f64 * 100.0);
             }
             eprintln!("round {} of {rounds} done", round + 1);
         }
         println!("prefix reuse: {rounds} interleaved rounds; TTFT in ms, median (min..max)");
-        let labels = ["cold 1,000-token system prompt", "same system prompt, cached", "conversation turn 1", "conversation turn 20"];
+        let labels = [
+            "cold 1,000-token system prompt",
+            "same system prompt, cached",
+            "conversation turn 1",
+            "conversation turn 20",
+            "8 prompts over 4 slots: TTFT",
+            "8 prompts over 4 slots: hit %",
+        ];
         println!("{:<34} {:>24} {:>24}", "", servers[0].name, servers[1].name);
         for (k, l) in labels.iter().enumerate() {
             let cell = |si: usize| {
