@@ -49,8 +49,11 @@ async fn ttft_cached(c: &reqwest::Client, s: &Server, messages: &Value, max_toke
         }
         buf.push_str(&t);
     }
-    let events: Vec<Value> =
-        buf.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).filter_map(|d| serde_json::from_str(d).ok()).collect();
+    let events: Vec<Value> = buf
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .collect();
     let reply: String = events.iter().filter_map(|v| v["choices"][0]["delta"]["content"].as_str()).collect();
     let usage = events.iter().rev().find(|v| v["usage"].is_object()).map(|v| {
         let u = &v["usage"];
