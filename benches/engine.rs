@@ -16,7 +16,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{rss_mb, wait_ready, Server};
+use support::{median, rss_mb, wait_ready, Server};
 
 use futures::future::join_all;
 use serde_json::{json, Value};
@@ -77,11 +77,6 @@ async fn stream(c: &reqwest::Client, s: &Server, prompt: &str, max_tokens: u32) 
         }
     }
     Run { ttft: ttft.unwrap_or(end), end, completion_tokens: tokens, timings }
-}
-
-fn median(v: &mut [f64]) -> (f64, f64, f64) {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
 fn main() {

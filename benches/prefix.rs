@@ -13,7 +13,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{wait_ready, Server};
+use support::{median, wait_ready, Server};
 
 use serde_json::{json, Value};
 
@@ -78,11 +78,6 @@ fn system(round: usize) -> String {
         s.push_str(&format!("Rule {i}: answer questions about books, opening hours and membership politely. "));
     }
     s
-}
-
-fn median(v: &mut [f64]) -> (f64, f64, f64) {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
 fn main() {

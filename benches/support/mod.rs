@@ -95,3 +95,9 @@ pub async fn post(c: &reqwest::Client, s: &Server, path: &str, body: &serde_json
         }
     }
 }
+
+/// The median of a sample with its spread: (median, min, max).
+pub fn median(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
