@@ -9,6 +9,11 @@
 //! `ROUNDS` times (default 5), alternating direct and gateway; the report is the median of
 //! the rounds with the spread (min..max). Also: the gateway's resident memory and its CPU
 //! time per request (from /proc).
+//!
+//! `cargo bench --bench overhead -- accounting` compares two gateways instead: one with
+//! accounting, ledger, limits and monitoring all on (a key with rate, token, concurrency and
+//! budget limits; a priced deployment; the SQLite ledger; the monitors), against one with all
+//! of them off, in the same interleaved rounds (c=1, c=64, and a fixed 1,000 requests/s).
 
 mod support;
 
@@ -99,6 +104,10 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 async fn run(client: &reqwest::Client, url: &str, load: Load, dur: Duration) -> Sample {
+    run_as(client, url, None, load, dur).await
+}
+
+async fn run_as(client: &reqwest::Client, url: &str, key: Option<&'static str>, load: Load, dur: Duration) -> Sample {
     let chat = br#"{"model":"chat","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":16}"#;
     let streamed =
         br#"{"model":"chat","messages":[{"role":"user","content":"Say hello."}],"max_tokens":20,"stream":true}"#;
@@ -118,7 +127,7 @@ async fn run(client: &reqwest::Client, url: &str, load: Load, dur: Duration) -> 
                     tokio::spawn(async move {
                         let mut v = Vec::new();
                         while !stop.load(Ordering::Relaxed) {
-                            v.push(one(client.clone(), url.clone(), body).await);
+                            v.push(one(client.clone(), url.clone(), key, body).await);
                         }
                         v
                     })
@@ -139,7 +148,7 @@ async fn run(client: &reqwest::Client, url: &str, load: Load, dur: Duration) -> 
             for i in 0..n {
                 let due = start + Duration::from_secs_f64(i as f64 / rps as f64);
                 tokio::time::sleep_until(due.into()).await;
-                tasks.push(tokio::spawn(one(client.clone(), url.to_owned(), chat)));
+                tasks.push(tokio::spawn(one(client.clone(), url.to_owned(), key, chat)));
             }
             for t in tasks {
                 let (l, f) = t.await.unwrap();
@@ -159,9 +168,13 @@ async fn run(client: &reqwest::Client, url: &str, load: Load, dur: Duration) -> 
 }
 
 /// One request; the time to its end and to its first `data:` event.
-async fn one(client: reqwest::Client, url: String, body: &'static [u8]) -> (Duration, Duration) {
+async fn one(client: reqwest::Client, url: String, key: Option<&str>, body: &'static [u8]) -> (Duration, Duration) {
     let t0 = Instant::now();
-    let mut r = client.post(&url).header("content-type", "application/json").body(body).send().await.expect("request");
+    let mut req = client.post(&url).header("content-type", "application/json").body(body);
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let mut r = req.send().await.expect("request");
     assert!(r.status().is_success(), "{}", r.status());
     let mut first = None;
     while let Some(c) = r.chunk().await.expect("body") {
@@ -179,13 +192,35 @@ fn cpu_ticks(pid: u32) -> u64 {
         + f.get(12).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
 }
 
+/// The key the all-on gateway accepts.
+const KEY: &str = "bench-key";
+
+/// Everything on: a key with every limit (none of which binds), a priced deployment, the
+/// ledger and the monitors (the defaults).
+fn all_on() -> (String, &'static str) {
+    let sha: String = tollgate::config::sha256(KEY.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    (
+        format!("[[auth.keys]]\nname = \"bench\"\nsha256 = \"{sha}\"\naliases = [\"*\"]\nrequests_per_minute = 10000000\ntokens_per_minute = 100000000000\nmax_concurrent = 4096\nbudget_usd_per_day = 1000000\nbudget_usd_per_month = 1000000\n"),
+        "price = { input = 0.15, cached_input = 0.075, output = 0.6 }\n",
+    )
+}
+
+/// Everything off: open auth, no price, no ledger, no monitors.
+const ALL_OFF: &str = "open = true\n[ledger]\nenabled = false\n[monitor]\nenabled = false\n";
+
 fn start_gateway(upstream: SocketAddr) -> (Child, SocketAddr, tempfile::TempDir) {
+    start_gateway_with(upstream, "open = true\n", "")
+}
+
+/// `auth` continues the `[auth]` table (and may add tables after it); `deployment` adds lines
+/// to the deployment.
+fn start_gateway_with(upstream: SocketAddr, auth: &str, deployment: &str) -> (Child, SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("tollgate.toml"), "[auth]\nopen = true\n[log]\nformat = \"text\"\n").unwrap();
+    std::fs::write(dir.path().join("tollgate.toml"), format!("[log]\nformat = \"text\"\n[auth]\n{auth}")).unwrap();
     std::fs::create_dir(dir.path().join("routes")).unwrap();
     std::fs::write(
         dir.path().join("routes/r.toml"),
-        format!("[[alias]]\nname = \"chat\"\n[[alias.deployment]]\nname = \"stub\"\nkind = \"openai\"\nbase_url = \"http://{upstream}/v1\"\nmodel = \"m\"\nmax_concurrency = 4096\n"),
+        format!("[[alias]]\nname = \"chat\"\n[[alias.deployment]]\nname = \"stub\"\nkind = \"openai\"\nbase_url = \"http://{upstream}/v1\"\nmodel = \"m\"\nmax_concurrency = 4096\n{deployment}"),
     )
     .unwrap();
     let port = support::free_port();
@@ -214,6 +249,9 @@ fn main() {
     let rounds: usize = std::env::var("ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let secs: f64 = std::env::var("SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(4.0);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    if std::env::args().any(|a| a == "accounting") {
+        return rt.block_on(accounting(rounds, secs));
+    }
     rt.block_on(async move {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let up = l.local_addr().unwrap();
@@ -272,4 +310,74 @@ fn main() {
         println!("\ngateway resident memory after the runs: {:.1} MB", support::rss_mb(gw.id()));
         let _ = gw.kill();
     });
+}
+
+async fn wait_up(client: &reqwest::Client, addr: SocketAddr) {
+    for _ in 0..200 {
+        if client.get(format!("http://{addr}/health")).send().await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// All of accounting, ledger, limits and monitoring on, against all off.
+async fn accounting(rounds: usize, secs: f64) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(stub(l));
+    let (keys, price) = all_on();
+    let (mut off, off_addr, _d1) = start_gateway_with(up, ALL_OFF, "");
+    let (mut on, on_addr, _d2) = start_gateway_with(up, &keys, price);
+    let client = reqwest::Client::builder().tcp_nodelay(true).pool_max_idle_per_host(1024).build().unwrap();
+    wait_up(&client, off_addr).await;
+    wait_up(&client, on_addr).await;
+    let off_url = format!("http://{off_addr}/v1/chat/completions");
+    let on_url = format!("http://{on_addr}/v1/chat/completions");
+    let dur = Duration::from_secs_f64(secs);
+    println!("tollgate accounting overhead: all on against all off, {rounds} interleaved rounds of {secs} s; gateways on core 0, load + stub on core 1");
+    for (name, load) in
+        [("closed c=1", Load::Closed(1)), ("fixed 1000 rps", Load::Rate(1000)), ("closed c=64", Load::Closed(64))]
+    {
+        run_as(&client, &off_url, None, load, Duration::from_millis(300)).await;
+        run_as(&client, &on_url, Some(KEY), load, Duration::from_millis(300)).await;
+        let (mut a, mut b, mut cpu_off, mut cpu_on) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        for _ in 0..rounds {
+            let t0 = cpu_ticks(off.id());
+            let s = run_as(&client, &off_url, None, load, dur).await;
+            cpu_off.push((cpu_ticks(off.id()) - t0) as f64 / hz * 1e6 / (s.rps * dur.as_secs_f64()));
+            a.push(s);
+            let t0 = cpu_ticks(on.id());
+            let s = run_as(&client, &on_url, Some(KEY), load, dur).await;
+            cpu_on.push((cpu_ticks(on.id()) - t0) as f64 / hz * 1e6 / (s.rps * dur.as_secs_f64()));
+            b.push(s);
+        }
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            (v[v.len() / 2], v[0], v[v.len() - 1])
+        };
+        let col = |f: fn(&Sample) -> f64, v: &[Sample]| v.iter().map(f).collect::<Vec<_>>();
+        let mut d50: Vec<f64> = a.iter().zip(&b).map(|(x, y)| y.p50_ms - x.p50_ms).collect();
+        let mut d99: Vec<f64> = a.iter().zip(&b).map(|(x, y)| y.p99_ms - x.p99_ms).collect();
+        let (o50, n50) = (med(&mut col(|s| s.p50_ms, &a)), med(&mut col(|s| s.p50_ms, &b)));
+        let (o99, n99) = (med(&mut col(|s| s.p99_ms, &a)), med(&mut col(|s| s.p99_ms, &b)));
+        let (orps, nrps) = (med(&mut col(|s| s.rps, &a)), med(&mut col(|s| s.rps, &b)));
+        let (x50, x99) = (med(&mut d50), med(&mut d99));
+        println!("\n[{name}]");
+        println!("  all off: p50 {:.3} ms ({:.3}..{:.3})  p99 {:.3} ms ({:.3}..{:.3})  {:.0} req/s ({:.0}..{:.0})  CPU {:.0} us/request", o50.0, o50.1, o50.2, o99.0, o99.1, o99.2, orps.0, orps.1, orps.2, med(&mut cpu_off).0);
+        println!("  all on : p50 {:.3} ms ({:.3}..{:.3})  p99 {:.3} ms ({:.3}..{:.3})  {:.0} req/s ({:.0}..{:.0})  CPU {:.0} us/request", n50.0, n50.1, n50.2, n99.0, n99.1, n99.2, nrps.0, nrps.1, nrps.2, med(&mut cpu_on).0);
+        println!(
+            "  added  : p50 {:.3} ms ({:.3}..{:.3})  p99 {:.3} ms ({:.3}..{:.3})  req/s {:+.1}%",
+            x50.0,
+            x50.1,
+            x50.2,
+            x99.0,
+            x99.1,
+            x99.2,
+            (nrps.0 / orps.0 - 1.0) * 100.0
+        );
+    }
+    let _ = off.kill();
+    let _ = on.kill();
 }

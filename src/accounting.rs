@@ -1,6 +1,8 @@
 //! Accounting: one [`RequestRecord`] per request, built by a [`Tap`] that observes the
-//! response as it passes (it never holds a token back), then turned into Prometheus series
-//! and one structured log line. Prices, the durable ledger and limits build on this record.
+//! response as it passes (it never holds a token back). [`Accounting::finish`] prices it
+//! ([`crate::pricing`]), settles its rate-limit admission and budget ([`crate::limits`]),
+//! journals it to the durable ledger ([`crate::ledger`]), feeds the monitors
+//! ([`crate::monitor`]) and the Prometheus series, and logs one structured line.
 //!
 //! Token counts come from the backend's usage report when there is one (`TokenSource::Reported`);
 //! otherwise they are counted with tiktoken's cl100k_base (`TokenSource::Counted`), so a
@@ -8,12 +10,14 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::limits::Admission;
+use crate::pricing::{Cost, Price, Tokens};
 use crate::protocol::{Endpoint, Usage};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -27,6 +31,8 @@ pub enum TokenSource {
 /// Everything the gateway knows about one request once it has ended.
 #[derive(Clone, Debug, Serialize)]
 pub struct RequestRecord {
+    /// The ledger's key for this record (unique, unlike a client-chosen request id).
+    pub id: String,
     pub request_id: String,
     /// Unix milliseconds at arrival.
     pub started_at_ms: u64,
@@ -55,6 +61,18 @@ pub struct RequestRecord {
     pub client_closed: bool,
     /// Answered from the response cache.
     pub cache_hit: bool,
+    /// The request's `metadata` (attribution tags), as sent.
+    pub tags: Option<Value>,
+    /// The batch this request is a line of.
+    pub batch_id: Option<String>,
+    /// What it cost and saved; `None` when its deployment has no price.
+    pub cost: Option<Cost>,
+    /// The serving deployment's price (set with the deployment).
+    #[serde(skip)]
+    pub price: Option<Price>,
+    /// The key's rate-limit hold, settled when the record is finished.
+    #[serde(skip)]
+    pub admission: Option<Arc<Admission>>,
     /// Prompt and completion text, only when `log.content` is on.
     #[serde(skip)]
     pub content: Option<(String, String)>,
@@ -63,8 +81,9 @@ pub struct RequestRecord {
 impl RequestRecord {
     pub fn new(request_id: String, endpoint: Endpoint, alias: String, stream: bool) -> Self {
         RequestRecord {
+            id: uuid::Uuid::new_v4().simple().to_string(),
             request_id,
-            started_at_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            started_at_ms: now_ms(),
             key: None,
             user: None,
             endpoint: endpoint.as_str(),
@@ -87,6 +106,23 @@ impl RequestRecord {
             client_closed: false,
             content: None,
             cache_hit: false,
+            tags: None,
+            batch_id: None,
+            cost: None,
+            price: None,
+            admission: None,
+        }
+    }
+
+    pub fn tokens(&self) -> Tokens {
+        Tokens { prompt: self.prompt_tokens, cached: self.cached_tokens, completion: self.completion_tokens }
+    }
+
+    /// Prices the record from its tokens (a cache hit pays nothing and saves the whole cost).
+    pub fn price_it(&mut self) {
+        if let Some(p) = &self.price {
+            let t = self.tokens();
+            self.cost = Some(if self.cache_hit { p.cache_hit(t) } else { p.cost(t, self.batch_id.is_some()) });
         }
     }
 }
@@ -203,6 +239,10 @@ impl Tap {
     }
 }
 
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -217,7 +257,8 @@ pub fn count_tokens(text: &str) -> u64 {
 }
 
 /// Latency buckets in seconds.
-const BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+const BUCKETS: [f64; 16] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
 
 #[derive(Default)]
 struct Histogram {
@@ -253,8 +294,11 @@ struct Series {
     prompt_tokens: u64,
     completion_tokens: u64,
     cached_tokens: u64,
+    cost_usd: rust_decimal::Decimal,
+    saved_usd: rust_decimal::Decimal,
     latency: Histogram,
     ttft: Histogram,
+    tpot: Histogram,
 }
 
 /// Prometheus series per (alias, deployment).
@@ -272,9 +316,16 @@ impl Metrics {
         s.prompt_tokens += r.prompt_tokens;
         s.completion_tokens += r.completion_tokens;
         s.cached_tokens += r.cached_tokens;
+        if let Some(c) = &r.cost {
+            s.cost_usd += c.usd;
+            s.saved_usd += c.saved_usd;
+        }
         s.latency.observe(r.total_ms / 1000.0);
         if let Some(t) = r.ttft_ms {
             s.ttft.observe(t / 1000.0);
+            if r.completion_tokens >= 2 {
+                s.tpot.observe((r.total_ms - t).max(0.0) / 1000.0 / (r.completion_tokens - 1) as f64);
+            }
         }
     }
 
@@ -300,6 +351,14 @@ impl Metrics {
                 let _ = writeln!(out, "tollgate_tokens_total{{{},kind=\"{kind}\"}} {n}", lbl(k));
             }
         }
+        out.push_str("# HELP tollgate_cost_usd_total What requests cost, in USD, by alias and deployment (priced deployments).\n# TYPE tollgate_cost_usd_total counter\n");
+        for k in &keys {
+            let _ = writeln!(out, "tollgate_cost_usd_total{{{}}} {}", lbl(k), m[k].cost_usd);
+        }
+        out.push_str("# HELP tollgate_saved_usd_total What reuse saved (cache hits, reused prefix tokens), in USD.\n# TYPE tollgate_saved_usd_total counter\n");
+        for k in &keys {
+            let _ = writeln!(out, "tollgate_saved_usd_total{{{}}} {}", lbl(k), m[k].saved_usd);
+        }
         out.push_str("# HELP tollgate_request_duration_seconds Total request time.\n# TYPE tollgate_request_duration_seconds histogram\n");
         for k in &keys {
             m[k].latency.render(out, "tollgate_request_duration_seconds", &lbl(k));
@@ -307,6 +366,10 @@ impl Metrics {
         out.push_str("# HELP tollgate_time_to_first_token_seconds Time to the first generated token.\n# TYPE tollgate_time_to_first_token_seconds histogram\n");
         for k in &keys {
             m[k].ttft.render(out, "tollgate_time_to_first_token_seconds", &lbl(k));
+        }
+        out.push_str("# HELP tollgate_time_per_output_token_seconds Time per generated token after the first.\n# TYPE tollgate_time_per_output_token_seconds histogram\n");
+        for k in &keys {
+            m[k].tpot.render(out, "tollgate_time_per_output_token_seconds", &lbl(k));
         }
     }
 }
@@ -316,14 +379,50 @@ fn esc(s: &str) -> String {
 }
 
 /// Where finished records go.
-#[derive(Default)]
 pub struct Accounting {
     pub metrics: Metrics,
+    pub limits: crate::limits::Limits,
+    pub monitor: crate::monitor::Monitor,
+    /// The durable ledger (off with `ledger.enabled = false`).
+    pub ledger: Option<Arc<crate::ledger::Ledger>>,
 }
 
 impl Accounting {
-    pub fn finish(&self, rec: RequestRecord) {
+    /// Opens the ledger under `data_dir` (ingesting what a previous run left in its journal)
+    /// and starts the budgets from it.
+    pub fn new(cfg: &crate::config::Config, clock: Arc<dyn crate::router::Clock>) -> Self {
+        let s = &cfg.server;
+        let limits = crate::limits::Limits::new(clock.clone(), s.default_max_tokens);
+        limits.configure(&cfg.auth.keys);
+        let ledger = s.ledger.then(|| crate::ledger::Ledger::open(&s.data_dir.join("ledger")));
+        if let Some(l) = &ledger {
+            let now = now_ms();
+            let (day, month) = crate::limits::period_starts(now);
+            limits.load_spend(now, l.spend_since(day, month));
+        }
+        Accounting {
+            metrics: Metrics::default(),
+            limits,
+            monitor: crate::monitor::Monitor::new(s.monitor.clone(), clock),
+            ledger,
+        }
+    }
+
+    pub fn finish(&self, mut rec: RequestRecord) {
+        if rec.cost.is_none() {
+            rec.price_it();
+        }
+        if let Some(a) = rec.admission.take() {
+            a.settle(if rec.cache_hit { 0 } else { rec.prompt_tokens + rec.completion_tokens });
+        }
+        if let (Some(k), Some(c)) = (&rec.key, &rec.cost) {
+            self.limits.record_spend(k, c.usd, rec.started_at_ms);
+        }
+        if let Some(l) = &self.ledger {
+            l.append(&rec);
+        }
         self.metrics.record(&rec);
+        self.monitor.observe(&rec);
         tracing::info!(
             target: "tollgate::request",
             request_id = %rec.request_id,
@@ -345,6 +444,8 @@ impl Accounting {
             finish = rec.finish_reason.as_deref().unwrap_or("-"),
             client_closed = rec.client_closed,
             cache_hit = rec.cache_hit,
+            cost_usd = rec.cost.map(|c| c.usd.to_string()),
+            saved_usd = rec.cost.map(|c| c.saved_usd.to_string()),
             prompt = rec.content.as_ref().map(|c| c.0.as_str()),
             completion = rec.content.as_ref().map(|c| c.1.as_str()),
             "request"

@@ -1,4 +1,4 @@
-//! The `tollgate` command line: `serve`, `check-config`, `keys new`.
+//! The `tollgate` command line: `serve`, `check-config`, `keys new`, `usage`, `batch run`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +51,57 @@ pub enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Bulk jobs through a running gateway's Batch API.
+    Batch {
+        #[command(subcommand)]
+        command: BatchCommand,
+    },
+    /// Print usage from a running gateway's ledger as a table (needs the admin key).
+    Usage {
+        /// The gateway.
+        #[arg(long, env = "TOLLGATE_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The admin key.
+        #[arg(long, env = "TOLLGATE_ADMIN_KEY", hide_env_values = true)]
+        admin_key: String,
+        /// How far back: e.g. 30m, 24h, 7d.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Group by any of key, user, alias, deployment, day, batch (comma-separated).
+        #[arg(long, default_value = "key")]
+        group_by: String,
+        /// Only this key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Only this alias.
+        #[arg(long)]
+        alias: Option<String>,
+        /// Print the JSON report instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BatchCommand {
+    /// Upload INPUT (OpenAI batch JSONL), run it, show progress, write the results to OUTPUT;
+    /// run again after an interruption to resume the same batch.
+    Run {
+        input: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The gateway.
+        #[arg(long, env = "TOLLGATE_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The API key (none for an open gateway).
+        #[arg(long, env = "TOLLGATE_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        #[arg(long, default_value = "24h")]
+        completion_window: String,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
     },
 }
 
@@ -106,6 +157,32 @@ pub fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Command::Batch { command: BatchCommand::Run { input, output, url, api_key, completion_window, quiet } } => {
+            let args = crate::batch::client::Args { url, api_key, input, output, completion_window, quiet };
+            match crate::batch::client::run(args) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tollgate batch: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Usage { url, admin_key, since, group_by, key, alias, json } => {
+            match usage(&url, &admin_key, &since, &group_by, key, alias) {
+                Ok(report) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                    } else {
+                        print!("{}", crate::usage::table(&report));
+                    }
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tollgate usage: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         Command::Keys { command: KeysCommand::New { name } } => {
             let (key, hash) = crate::api::auth::new_key();
             println!("key:  {key}");
@@ -114,6 +191,61 @@ pub fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
     }
+}
+
+/// `30m`, `24h`, `7d`, or plain seconds.
+fn parse_since(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n.parse().ok()?;
+    Some(
+        n * match unit {
+            "" | "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => return None,
+        },
+    )
+}
+
+fn usage(
+    url: &str,
+    admin_key: &str,
+    since: &str,
+    group_by: &str,
+    key: Option<String>,
+    alias: Option<String>,
+) -> anyhow::Result<serde_json::Value> {
+    let secs = parse_since(since).ok_or_else(|| anyhow::anyhow!("--since '{since}' is not like 30m, 24h or 7d"))?;
+    let now = crate::accounting::now_ms() / 1000;
+    let mut q: Vec<(&str, String)> = vec![
+        ("start_time", now.saturating_sub(secs).to_string()),
+        ("end_time", (now + 1).to_string()),
+        ("group_by", group_by.to_owned()),
+    ];
+    if let Some(k) = key {
+        q.push(("key", k));
+    }
+    if let Some(a) = alias {
+        q.push(("alias", a));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let resp = reqwest::Client::new()
+            .get(format!("{}/v1/usage", url.trim_end_matches('/')))
+            .bearer_auth(admin_key)
+            .query(&q)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await?;
+        if !status.is_success() {
+            anyhow::bail!("{status}: {}", body["error"]["message"].as_str().unwrap_or("no message"));
+        }
+        Ok(body)
+    })
 }
 
 fn print_config(cfg: &Config) {

@@ -31,7 +31,7 @@ use serde_json::Map;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::api::error::ApiError;
-use crate::backend::{Backend, BackendError, BackendReply, BackendRequest, Chunk, EventStream};
+use crate::backend::{Backend, BackendError, BackendReply, BackendRequest, Chunk, EventStream, Priority};
 use crate::config::DeploymentConfig;
 use crate::protocol::Usage;
 
@@ -53,11 +53,38 @@ impl Clock for SystemClock {
     }
 }
 
+/// A clock that moves only when told: for tests of anything timed (breakers, rate limits,
+/// windows), in unit tests and in a gateway started by an integration test.
+pub struct ManualClock(Mutex<Instant>);
+
+impl ManualClock {
+    pub fn new() -> Self {
+        ManualClock(Mutex::new(Instant::now()))
+    }
+    pub fn advance(&self, d: Duration) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) += d;
+    }
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// A deployment: one backend, its limits and its health.
 pub struct Deployment {
     pub cfg: DeploymentConfig,
     pub backend: Arc<dyn Backend>,
     pub permits: Arc<Semaphore>,
+    /// Batch requests in flight at once, within `permits` (`batch_concurrency`).
+    pub batch_permits: Arc<Semaphore>,
     pub breaker: Breaker,
     /// Requests in flight (for metrics and load-aware choices).
     pub in_flight: AtomicU64,
@@ -67,6 +94,7 @@ impl Deployment {
     pub fn new(cfg: DeploymentConfig, backend: Arc<dyn Backend>, clock: Arc<dyn Clock>) -> Self {
         Deployment {
             permits: Arc::new(Semaphore::new(cfg.max_concurrency)),
+            batch_permits: Arc::new(Semaphore::new(cfg.batch_concurrency.max(1))),
             cfg,
             backend,
             breaker: Breaker::new(clock),
@@ -119,6 +147,8 @@ impl Routes {
 pub struct Dispatched {
     pub deployment: Arc<Deployment>,
     pub permit: OwnedSemaphorePermit,
+    /// Held by a batch request: its deployment's batch slot.
+    pub batch_permit: Option<OwnedSemaphorePermit>,
     pub attempts: u32,
     pub reply: Committed,
 }
@@ -148,6 +178,18 @@ pub async fn dispatch(alias: &Alias, req: &BackendRequest) -> Result<Dispatched,
     let mut last: Option<(String, BackendError)> = None;
     let mut skipped_open = 0;
     for dep in &ordered {
+        // A batch request takes one of the deployment's batch slots first: batch work never
+        // holds more than its share, whatever the runner's own concurrency.
+        let batch_permit = match req.priority {
+            Priority::Batch => match dep.batch_permits.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    last = last.or(Some((dep.name().to_owned(), BackendError::Full)));
+                    continue;
+                }
+            },
+            Priority::Interactive => None,
+        };
         let Ok(permit) = dep.permits.clone().try_acquire_owned() else {
             continue;
         };
@@ -163,7 +205,7 @@ pub async fn dispatch(alias: &Alias, req: &BackendRequest) -> Result<Dispatched,
             match attempt(dep, req).await {
                 Ok(reply) => {
                     dep.breaker.success();
-                    return Ok(Dispatched { deployment: dep.clone(), permit, attempts, reply });
+                    return Ok(Dispatched { deployment: dep.clone(), permit, batch_permit, attempts, reply });
                 }
                 Err(e) => {
                     if e.counts_against_breaker() {
@@ -207,7 +249,7 @@ pub async fn dispatch(alias: &Alias, req: &BackendRequest) -> Result<Dispatched,
                 "Every deployment of '{}' is failing; it is being probed and will be retried.",
                 alias.name
             ));
-            e.retry_after = Some(OPEN_FOR.as_secs());
+            e.retry_after = Some(OPEN_FOR.as_secs() as u32);
             e
         }
         None => ApiError::overloaded(&alias.name, 1),
@@ -327,16 +369,9 @@ impl Breaker {
 mod tests {
     use super::*;
 
-    struct ManualClock(Mutex<Instant>);
-    impl Clock for ManualClock {
-        fn now(&self) -> Instant {
-            *self.0.lock().unwrap()
-        }
-    }
-
     #[test]
     fn breaker_opens_probes_and_closes() {
-        let clock = Arc::new(ManualClock(Mutex::new(Instant::now())));
+        let clock = Arc::new(ManualClock::new());
         let b = Breaker::new(clock.clone());
         for _ in 0..FAILURE_THRESHOLD - 1 {
             b.failure();
@@ -344,15 +379,15 @@ mod tests {
         }
         b.failure();
         assert!(!b.allow(), "open after the threshold");
-        *clock.0.lock().unwrap() += OPEN_FOR;
+        clock.advance(OPEN_FOR);
         assert!(b.allow(), "the first caller after the open period probes");
         assert!(!b.allow(), "only one probe at a time");
         b.failure();
         assert!(!b.allow(), "a failed probe opens it again");
-        *clock.0.lock().unwrap() += OPEN_FOR;
+        clock.advance(OPEN_FOR);
         assert!(b.allow(), "probing again after the open period");
         // That probe's request vanished: after another period someone else probes.
-        *clock.0.lock().unwrap() += OPEN_FOR;
+        clock.advance(OPEN_FOR);
         assert!(b.allow());
         b.success();
         assert!(b.allow() && b.allow(), "a good probe closes it");

@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,30 +70,6 @@ fn keys_new_prints_a_key_and_its_config_lines() {
     assert!(s.contains("name = \"web\""));
 }
 
-/// Starts `tollgate serve` on port 0 and reads the address it logs.
-fn serve(dir: &std::path::Path) -> (std::process::Child, String) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(dir.join("tollgate.toml"))
-        .args(["--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server exited before listening").unwrap();
-        if let Some(i) = line.find("listening on http://") {
-            break line[i + "listening on http://".len()..].split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_a_stream_finish_then_exits() {
     let release = Arc::new(tokio::sync::Notify::new());
@@ -107,7 +82,7 @@ async fn sigterm_lets_a_stream_finish_then_exits() {
         common::openai_route("chat", "up", &fake.base(), "m", "stall_timeout_ms = 60000"),
     )
     .unwrap();
-    let (mut child, addr) = serve(d.path());
+    let (mut child, addr) = common::serve_binary(d.path());
     let client = reqwest::Client::new();
     let body = json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "stream": true});
     let mut r = client.post(format!("http://{addr}/v1/chat/completions")).json(&body).send().await.unwrap();

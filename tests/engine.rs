@@ -17,7 +17,7 @@ fn gw() -> &'static Gateway {
     static GW: OnceLock<Gateway> = OnceLock::new();
     GW.get_or_init(|| {
         let model = common::test_model();
-        let route = "[[alias]]\nname = \"gemma\"\n[[alias.deployment]]\nname = \"gemma-local\"\nkind = \"local\"\npath = \"${TOLLGATE_TEST_MODEL}\"\ncontext = 512\nparallel = 8\nthreads = 2\nbatch = 256\n";
+        let route = "[[alias]]\nname = \"gemma\"\n[[alias.deployment]]\nname = \"gemma-local\"\nkind = \"local\"\npath = \"${TOLLGATE_TEST_MODEL}\"\ncontext = 512\nparallel = 8\nthreads = 2\nbatch = 256\nprice = { input = 100, cached_input = 25, output = 200 }\n";
         RT.block_on(Gateway::start_env(OPEN, &[("local.toml", route)], &[("TOLLGATE_TEST_MODEL", model.to_str().unwrap())]))
     })
 }
@@ -184,5 +184,39 @@ fn models_show_the_gguf_facts() {
         assert_eq!(m["chat_template_source"], "builtin");
         assert!(m["parameters"].as_u64().unwrap() > 200_000_000);
         assert_eq!(reqwest::get(gw().url("/ready")).await.unwrap().status(), 200);
+    });
+}
+
+#[test]
+fn reused_prompt_tokens_are_priced_as_cached_and_counted_once() {
+    gw();
+    RT.block_on(async {
+        use rust_decimal::Decimal;
+        let body = json!({"model": "gemma", "messages": [
+            {"role": "system", "content": "You are a careful assistant for a bicycle repair shop. Answer in one short sentence, name the part, and never invent prices."},
+            {"role": "user", "content": "What holds the chain?"}], "max_tokens": 3, "temperature": 0});
+        let c = reqwest::Client::new();
+        let mut last = None;
+        // The second call reuses the first one's prompt from the prefix cache.
+        for _ in 0..2 {
+            let r = c.post(gw().url("/v1/chat/completions")).json(&body).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let cost: Decimal = r.headers()["x-tollgate-cost-usd"].to_str().unwrap().parse().unwrap();
+            let saved: Decimal = r.headers()["x-tollgate-saved-usd"].to_str().unwrap().parse().unwrap();
+            let v: Value = r.json().await.unwrap();
+            last = Some((cost, saved, v["usage"].clone()));
+        }
+        let (cost, saved, u) = last.unwrap();
+        let p = u["prompt_tokens"].as_u64().unwrap();
+        let cached = u["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+        let out = u["completion_tokens"].as_u64().unwrap();
+        assert!(cached > 10 && cached < p, "{u}");
+        let m = Decimal::from(1_000_000);
+        let want = (Decimal::from(p - cached) * Decimal::from(100)
+            + Decimal::from(cached) * Decimal::from(25)
+            + Decimal::from(out) * Decimal::from(200))
+            / m;
+        assert_eq!(cost, want, "{u}");
+        assert_eq!(saved, Decimal::from(cached) * Decimal::from(75) / m);
     });
 }

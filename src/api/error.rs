@@ -18,7 +18,10 @@ pub struct ApiError {
     pub param: Option<String>,
     pub code: Option<String>,
     /// Seconds, sent as `retry-after` (429, 503).
-    pub retry_after: Option<u64>,
+    pub retry_after: Option<u32>,
+    /// Extra headers (rate-limit state, `x-should-retry`); boxed, since errors travel in
+    /// `Result`s and most have none.
+    pub headers: Option<Box<Vec<(axum::http::HeaderName, HeaderValue)>>>,
 }
 
 impl ApiError {
@@ -30,7 +33,16 @@ impl ApiError {
             param: None,
             code: None,
             retry_after: None,
+            headers: None,
         }
+    }
+
+    pub fn push_header(&mut self, h: (axum::http::HeaderName, HeaderValue)) {
+        self.headers.get_or_insert_with(Default::default).push(h);
+    }
+
+    pub fn header_list(&self) -> &[(axum::http::HeaderName, HeaderValue)] {
+        self.headers.as_deref().map(Vec::as_slice).unwrap_or(&[])
     }
 
     pub fn with_code(mut self, code: &str) -> Self {
@@ -84,7 +96,7 @@ impl ApiError {
     }
 
     /// Every deployment of the alias is at its concurrency limit (or its queue is full).
-    pub fn overloaded(model: &str, retry_after: u64) -> Self {
+    pub fn overloaded(model: &str, retry_after: u32) -> Self {
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
@@ -95,11 +107,16 @@ impl ApiError {
         e
     }
 
-    pub fn rate_limited(message: impl Into<String>, retry_after: Option<u64>) -> Self {
+    pub fn rate_limited(message: impl Into<String>, retry_after: Option<u32>) -> Self {
         let mut e =
             Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", message).with_code("rate_limit_exceeded");
         e.retry_after = retry_after;
         e
+    }
+
+    /// A key's budget is spent: OpenAI's quota error, which SDKs do not retry.
+    pub fn insufficient_quota(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "insufficient_quota", message).with_code("insufficient_quota")
     }
 
     pub fn upstream(message: impl Into<String>) -> Self {
@@ -162,6 +179,9 @@ impl ApiError {
 
     /// A low-cardinality name for metrics and records.
     pub fn kind(&self) -> &'static str {
+        if self.type_ == "insufficient_quota" {
+            return "insufficient_quota";
+        }
         match self.status.as_u16() {
             400 => "invalid_request",
             401 => "unauthorized",
@@ -205,6 +225,9 @@ impl IntoResponse for ApiError {
                 .into_response();
         if let Some(s) = self.retry_after {
             resp.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        for (k, v) in self.headers.into_iter().flat_map(|h| *h) {
+            resp.headers_mut().insert(k, v);
         }
         resp
     }

@@ -67,20 +67,63 @@ pub async fn handle(st: Arc<AppState>, endpoint: Endpoint, headers: HeaderMap, b
     let rid = request_id(&headers);
     let mut resp = match serve(&st, endpoint, &headers, body, &rid, start).await {
         Ok(r) => r,
-        Err((e, rec)) => {
-            if let Some(mut rec) = rec {
-                rec.status = e.status.as_u16();
-                rec.error = Some(e.kind());
-                rec.total_ms = start.elapsed().as_secs_f64() * 1000.0;
-                st.accounting.finish(rec);
-            }
-            e.into_response()
-        }
+        Err((e, rec)) => fail(&st, e, rec, start),
     };
     if let Ok(v) = HeaderValue::from_str(&rid) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
     resp
+}
+
+/// Records a refused or failed request and renders its error.
+fn fail(st: &AppState, e: ApiError, rec: Option<RequestRecord>, start: Instant) -> Response {
+    if let Some(mut rec) = rec {
+        rec.status = e.status.as_u16();
+        rec.error = Some(e.kind());
+        rec.total_ms = start.elapsed().as_secs_f64() * 1000.0;
+        st.accounting.finish(rec);
+    }
+    e.into_response()
+}
+
+/// One line of a batch, through the same path as an interactive request (named prompts,
+/// routing, fallbacks, the response cache, accounting), at batch priority and without the
+/// key's rate limits: the answer's status and JSON body.
+pub async fn run_line(
+    st: Arc<AppState>,
+    endpoint: Endpoint,
+    key: Option<String>,
+    batch_id: String,
+    rid: String,
+    body: bytes::Bytes,
+) -> (u16, Value) {
+    let start = Instant::now();
+    let live = st.live();
+    let caller = match key {
+        None => auth::Caller::Anonymous,
+        Some(k) => match live.auth.keys.iter().find(|c| c.name == k) {
+            Some(c) => auth::Caller::Key(c.clone()),
+            None => {
+                let e = ApiError::unauthorized(format!("The key '{k}' that created this batch no longer exists."));
+                return (e.status.as_u16(), e.to_json());
+            }
+        },
+    };
+    let origin = Origin { caller, headers: None, batch_id: Some(batch_id) };
+    let resp = match serve_valid(&st, &live, endpoint, origin, &body, &rid, start).await {
+        Ok(r) => r,
+        Err((e, rec)) => fail(&st, e, rec, start),
+    };
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+/// Who sent a request and how: a client over HTTP, or a batch line.
+struct Origin<'a> {
+    caller: auth::Caller,
+    headers: Option<&'a HeaderMap>,
+    batch_id: Option<String>,
 }
 
 type Fail = (ApiError, Option<RequestRecord>);
@@ -96,11 +139,34 @@ async fn serve(
     let live = st.live();
     let caller = auth::authenticate(&live.auth, headers).map_err(|e| (e, None))?;
     let bytes = read_body(body, st.server.max_body_bytes).await.map_err(|e| (e, None))?;
-    let mut req = protocol::validate(endpoint, &bytes).map_err(|e| (e, None))?;
+    let origin = Origin { caller, headers: Some(headers), batch_id: None };
+    serve_valid(st, &live, endpoint, origin, &bytes, rid, start).await
+}
+
+async fn serve_valid(
+    st: &Arc<AppState>,
+    live: &super::Live,
+    endpoint: Endpoint,
+    origin: Origin<'_>,
+    bytes: &[u8],
+    rid: &str,
+    start: Instant,
+) -> Result<Response, Fail> {
+    let Origin { caller, headers, batch_id } = origin;
+    let mut req = protocol::validate(endpoint, bytes).map_err(|e| (e, None))?;
     protocol::apply_named_prompt(&mut req, &live.prompts).map_err(|e| (e, None))?;
     let mut rec = RequestRecord::new(rid.to_owned(), endpoint, req.model.clone(), req.stream);
     rec.key = caller.name().map(str::to_owned);
     rec.user = req.user.clone();
+    rec.batch_id = batch_id;
+    match req.body.get("metadata") {
+        None | Some(Value::Null) => {}
+        Some(m @ Value::Object(_)) => rec.tags = Some(m.clone()),
+        Some(_) => {
+            let e = ApiError::invalid_request("'metadata' must be an object of string tags.", Some("metadata"));
+            return Err((e, Some(rec)));
+        }
+    }
     let alias = match live.routes.get(&req.model) {
         Some(a) if caller.allows(&a.name) => a.clone(),
         _ => {
@@ -109,14 +175,37 @@ async fn serve(
             return Err((ApiError::model_not_found(&req.model), Some(rec)));
         }
     };
+    st.accounting.monitor.observe_fields(&alias.name, &req.body);
+    // The key's limits and budgets: a refusal is recorded like any other answered request.
+    // Batch lines run below interactive traffic and are paced by the batch runner instead.
+    let batch = rec.batch_id.is_some();
+    if let (auth::Caller::Key(k), false) = (&caller, batch) {
+        let ask = crate::limits::Ask {
+            key: k,
+            prompt_bytes: prompt_bytes(&req.prompt),
+            max_tokens: req.sampling.max_tokens.map(u64::from),
+            now_ms: rec.started_at_ms,
+        };
+        match st.accounting.limits.admit(&ask) {
+            Ok(a) => rec.admission = a.map(Arc::new),
+            Err(e) => return Err((e, Some(rec))),
+        }
+    }
+    let limit_headers: Vec<_> = rec.admission.as_ref().map(|a| a.headers.clone()).unwrap_or_default();
     // The response cache: a hit is answered here; a miss may lead identical requests.
-    let policy = ClientPolicy::from_headers(headers);
+    let policy = headers.map(ClientPolicy::from_headers).unwrap_or(ClientPolicy { lookup: true, store: true });
     let cache_key = st.cache.as_ref().and_then(|c| c.key(caller.name(), &alias, &req).map(|k| (c.clone(), k)));
     let mut leader: Option<Leader> = None;
     if let Some((cache, key)) = &cache_key {
         if policy.lookup {
             match cache.lookup(*key).await {
-                Lookup::Hit(hit) => return Ok(serve_hit(st, hit, rec, &req, start)),
+                Lookup::Hit(hit) => {
+                    let price =
+                        alias.deployments.iter().find(|d| d.name() == hit.deployment).and_then(|d| d.cfg.price.clone());
+                    let mut resp = serve_hit(st, hit, rec, price, &req, start);
+                    resp.headers_mut().extend(limit_headers);
+                    return Ok(resp);
+                }
                 Lookup::Lead(l) => leader = Some(l),
             }
         }
@@ -128,7 +217,7 @@ async fn serve(
         Prompt::Embed(v) => Some(v.join("\n")),
     };
     let include_usage = req.include_usage;
-    let session = headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok());
+    let session = headers.and_then(|h| h.get(SESSION_HEADER)).and_then(|v| v.to_str().ok());
     let fingerprint = crate::affinity::fingerprint(session, &req);
     // A session belongs to the key that names it: another key naming the same id gets
     // another session.
@@ -141,8 +230,8 @@ async fn serve(
     let br = BackendRequest {
         req: Arc::new(req),
         request_id: rid.to_owned(),
-        traceparent: headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned),
-        priority: Priority::Interactive,
+        traceparent: headers.and_then(|h| h.get("traceparent")).and_then(|v| v.to_str().ok()).map(str::to_owned),
+        priority: if batch { Priority::Batch } else { Priority::Interactive },
         fingerprint,
         session: session_key,
     };
@@ -160,6 +249,7 @@ async fn serve(
     rec.deployment = Some(d.deployment.name().to_owned());
     rec.backend_kind = Some(d.deployment.cfg.kind.name());
     rec.attempts = d.attempts;
+    rec.price = d.deployment.cfg.price.clone();
     let mut tap = Tap::with_content(start, prompt_text, st.server.log_content);
     let dep_header = HeaderValue::from_str(d.deployment.name()).unwrap_or(HeaderValue::from_static("-"));
     match d.reply {
@@ -172,6 +262,8 @@ async fn serve(
                 tap.set_usage(u);
             }
             tap.finish_into(&mut rec);
+            rec.price_it();
+            let cost = rec.cost;
             drop(d.permit);
             if let (true, Some((cache, key))) = (store, &cache_key) {
                 let cached = Cached { body: body.clone(), usage, deployment: d.deployment.name().to_owned() };
@@ -188,6 +280,8 @@ async fn serve(
                 resp.headers_mut().insert(CACHE_HEADER, HeaderValue::from_static("miss"));
             }
             timing_headers(&body, resp.headers_mut());
+            cost_headers(cost, resp.headers_mut());
+            resp.headers_mut().extend(limit_headers);
             Ok(resp)
         }
         Committed::Stream { first, rest } => {
@@ -221,7 +315,30 @@ async fn serve(
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             h.insert("x-accel-buffering", HeaderValue::from_static("no"));
             h.insert(DEPLOYMENT_HEADER, dep_header);
+            h.extend(limit_headers);
             Ok(resp)
+        }
+    }
+}
+
+/// The bytes of prompt text, for a token estimate at admission.
+fn prompt_bytes(p: &Prompt) -> usize {
+    match p {
+        Prompt::Chat(m) => m.iter().map(|m| m.content.len()).sum(),
+        Prompt::Text(t) => t.len(),
+        Prompt::Embed(v) => v.iter().map(String::len).sum(),
+    }
+}
+
+pub const COST_HEADER: &str = "x-tollgate-cost-usd";
+pub const SAVED_HEADER: &str = "x-tollgate-saved-usd";
+
+fn cost_headers(cost: Option<crate::pricing::Cost>, h: &mut HeaderMap) {
+    if let Some(c) = cost {
+        for (name, v) in [(COST_HEADER, c.usd), (SAVED_HEADER, c.saved_usd)] {
+            if let Ok(v) = HeaderValue::from_str(&v.to_string()) {
+                h.insert(name, v);
+            }
         }
     }
 }
@@ -251,11 +368,13 @@ fn serve_hit(
     st: &Arc<AppState>,
     hit: Arc<Cached>,
     mut rec: RequestRecord,
+    price: Option<crate::pricing::Price>,
     req: &crate::protocol::ValidRequest,
     start: Instant,
 ) -> Response {
     rec.deployment = Some(hit.deployment.clone());
     rec.cache_hit = true;
+    rec.price = price;
     let mut tap = Tap::new(start, None);
     if let Some(u) = hit.usage {
         tap.set_usage(u);
@@ -266,11 +385,16 @@ fn serve_hit(
     }
     tap.observe(&body);
     tap.finish_into(&mut rec);
+    rec.price_it();
+    let cost = rec.cost;
     st.accounting.finish(rec);
     let dep = HeaderValue::from_str(&hit.deployment).unwrap_or(HeaderValue::from_static("-"));
     let mut resp = if req.stream {
         let mut out = Vec::new();
-        for c in crate::cache::as_chunks(&body, req.include_usage) {
+        for mut c in crate::cache::as_chunks(&body, req.include_usage) {
+            if let (Some(u), Some(cost)) = (c.get_mut("usage"), cost) {
+                crate::pricing::annotate_usage(u, cost);
+            }
             out.extend_from_slice(b"data: ");
             let _ = serde_json::to_writer(&mut out, &c);
             out.extend_from_slice(b"\n\n");
@@ -286,5 +410,6 @@ fn serve_hit(
     };
     resp.headers_mut().insert(DEPLOYMENT_HEADER, dep);
     resp.headers_mut().insert(CACHE_HEADER, HeaderValue::from_static("hit"));
+    cost_headers(cost, resp.headers_mut());
     resp
 }

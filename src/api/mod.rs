@@ -3,9 +3,11 @@
 //! start, reload (keys and routes swapped without dropping streams), graceful shutdown.
 
 pub mod auth;
+pub mod batch;
 pub mod error;
 pub mod inference;
 pub mod sse;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -45,9 +47,33 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub created: u64,
     pub cache: Option<Arc<crate::cache::ResponseCache>>,
+    /// Files and batches (`/v1/files`, `/v1/batches`).
+    pub batches: Arc<crate::batch::Batches>,
+    /// The batch runners, drained at shutdown.
+    batch_tasks: TaskTracker,
+    /// Cancelled at shutdown: runners start no new line.
+    batch_stop: CancellationToken,
 }
 
 impl AppState {
+    /// Runs (or resumes) a batch on this gateway's own request path.
+    pub fn start_batch(self: &Arc<Self>, id: &str) {
+        self.batches.start(id, self.batch_exec(), &self.batch_tasks, self.batch_stop.clone());
+    }
+
+    fn batch_exec(self: &Arc<Self>) -> crate::batch::Exec {
+        let weak = Arc::downgrade(self);
+        Arc::new(move |endpoint, key, batch_id, rid, body| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                match weak.upgrade() {
+                    Some(st) => inference::run_line(st, endpoint, key, batch_id, rid, body).await,
+                    None => (503, ApiError::unavailable("The gateway is stopping.").to_json()),
+                }
+            })
+        })
+    }
+
     pub fn live(&self) -> Arc<Live> {
         self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -57,6 +83,7 @@ impl AppState {
     pub async fn reload(&self, cfg: &Config) -> Result<(), String> {
         let old = self.live();
         let routes = crate::deploy::build_routes(cfg, Some(&old.routes), self.clock.clone()).await?;
+        self.accounting.limits.configure(&cfg.auth.keys);
         *self.live.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(Live { routes, auth: cfg.auth.clone(), prompts: cfg.prompts.clone() });
         Ok(())
@@ -64,15 +91,22 @@ impl AppState {
 }
 
 pub async fn state(cfg: &Config) -> anyhow::Result<Arc<AppState>> {
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    state_with_clock(cfg, Arc::new(SystemClock)).await
+}
+
+/// With an injected clock (tests move time for rate limits, breakers and windows).
+pub async fn state_with_clock(cfg: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<AppState>> {
     let routes = crate::deploy::build_routes(cfg, None, clock.clone()).await.map_err(|e| anyhow::anyhow!(e))?;
     Ok(Arc::new(AppState {
         live: RwLock::new(Arc::new(Live { routes, auth: cfg.auth.clone(), prompts: cfg.prompts.clone() })),
         server: cfg.server.clone(),
-        accounting: Arc::new(Accounting::default()),
+        accounting: Arc::new(Accounting::new(cfg, clock.clone())),
         hard_stop: CancellationToken::new(),
         clock,
         cache: crate::cache::ResponseCache::new(&cfg.server.cache),
+        batches: crate::batch::Batches::open(&cfg.server.data_dir, cfg.server.batch_concurrency),
+        batch_tasks: TaskTracker::new(),
+        batch_stop: CancellationToken::new(),
         created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
     }))
 }
@@ -87,6 +121,18 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/v1/usage", get(usage::usage))
+        .route(
+            "/v1/files",
+            post(batch::upload)
+                .layer(axum::extract::DefaultBodyLimit::max(crate::batch::input::MAX_BYTES as usize + 1024 * 1024))
+                .get(batch::list_files),
+        )
+        .route("/v1/files/{id}", get(batch::get_file).delete(batch::delete_file))
+        .route("/v1/files/{id}/content", get(batch::file_content))
+        .route("/v1/batches", post(batch::create_batch).get(batch::list_batches))
+        .route("/v1/batches/{id}", get(batch::get_batch))
+        .route("/v1/batches/{id}/cancel", post(batch::cancel_batch))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(st.clone());
@@ -230,6 +276,10 @@ async fn ready(State(st): State<Arc<AppState>>) -> Response {
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     let mut out = String::with_capacity(4096);
     st.accounting.metrics.render(&mut out);
+    st.accounting.monitor.render(&mut out);
+    if let Some(l) = &st.accounting.ledger {
+        l.render(&mut out);
+    }
     let live = st.live();
     out.push_str("# HELP tollgate_deployment_in_flight Requests holding a deployment's concurrency permit.\n# TYPE tollgate_deployment_in_flight gauge\n");
     for name in &live.routes.order {
@@ -263,7 +313,11 @@ impl Running {
 
 /// Binds and serves in the background (tests bind `127.0.0.1:0`).
 pub async fn spawn(cfg: &Config, listen: SocketAddr) -> anyhow::Result<Running> {
-    let st = state(cfg).await?;
+    spawn_with_clock(cfg, listen, Arc::new(SystemClock)).await
+}
+
+pub async fn spawn_with_clock(cfg: &Config, listen: SocketAddr, clock: Arc<dyn Clock>) -> anyhow::Result<Running> {
+    let st = state_with_clock(cfg, clock).await?;
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
@@ -278,6 +332,8 @@ pub async fn serve(listener: TcpListener, st: Arc<AppState>, shutdown: Cancellat
         let _ = tcp.set_nodelay(true);
     });
     let app = router(st.clone());
+    // Batches a previous run left unfinished carry on.
+    st.batches.resume(st.batch_exec(), &st.batch_tasks, st.batch_stop.clone());
     let tracker = TaskTracker::new();
     let grace = st.server.shutdown_grace;
     let hard_stop = st.hard_stop.clone();
@@ -294,6 +350,17 @@ pub async fn serve(listener: TcpListener, st: Arc<AppState>, shutdown: Cancellat
     let r = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
     st.hard_stop.cancel();
     tracker.wait().await;
+    // Batch runners start no new line; lines in flight get the grace period, and any line
+    // not recorded by then runs again at the next start.
+    st.batch_stop.cancel();
+    st.batch_tasks.close();
+    let _ = tokio::time::timeout(grace, st.batch_tasks.wait()).await;
+    // Alerts raised so far are sent (bounded: a webhook that hangs does not hold the exit).
+    let _ = tokio::time::timeout(Duration::from_secs(5), st.accounting.monitor.drain()).await;
+    // Every finished request is in the journal already; this moves it into the database.
+    if let Some(l) = st.accounting.ledger.clone() {
+        let _ = tokio::task::spawn_blocking(move || l.close()).await;
+    }
     tracing::info!(uptime_s = started.elapsed().as_secs(), "server stopped");
     r
 }

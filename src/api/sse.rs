@@ -183,6 +183,14 @@ impl State {
             }
             chunk.remove("usage");
         }
+        // The final usage chunk carries the cost, computed as the record's will be.
+        if let Some(u) = chunk.get_mut("usage") {
+            if let Some((rec, _)) = self.fin.record.as_ref() {
+                if let (Some(p), Some(usage)) = (&rec.price, crate::protocol::Usage::from_json(u)) {
+                    crate::pricing::annotate_usage(u, p.cost(usage.into(), rec.batch_id.is_some()));
+                }
+            }
+        }
         if let Some(m) = chunk.get_mut("model") {
             *m = self.alias.clone();
         }

@@ -132,7 +132,7 @@ impl BackendError {
                     ))
                 } else {
                     let mut e = ApiError::from_upstream(*status, body);
-                    e.retry_after = retry_after.map(|d| d.as_secs().max(1));
+                    e.retry_after = retry_after.map(|d| d.as_secs().clamp(1, u32::MAX as u64) as u32);
                     e
                 }
             }

@@ -50,6 +50,14 @@ pub struct ServerConfig {
     pub log_content: bool,
     pub cors_origins: Vec<String>,
     pub cache: crate::cache::CacheConfig,
+    /// The durable ledger (`data_dir/ledger/`).
+    pub ledger: bool,
+    /// Completion tokens reserved against a tokens-per-minute limit when a request sets no
+    /// max_tokens.
+    pub default_max_tokens: u64,
+    pub monitor: crate::monitor::MonitorConfig,
+    /// Lines of one batch in flight at once.
+    pub batch_concurrency: usize,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +72,10 @@ impl Default for ServerConfig {
             log_content: false,
             cors_origins: Vec::new(),
             cache: crate::cache::CacheConfig::default(),
+            ledger: true,
+            default_max_tokens: 1024,
+            monitor: crate::monitor::MonitorConfig::default(),
+            batch_concurrency: 16,
         }
     }
 }
@@ -81,6 +93,17 @@ pub struct ApiKeyConfig {
     pub sha256: [u8; 32],
     /// Aliases this key may call; `*` means all.
     pub aliases: Vec<String>,
+    pub limits: KeyLimits,
+}
+
+/// A key's rate limits and budgets (none by default).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyLimits {
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u64>,
+    pub max_concurrent: Option<u32>,
+    pub budget_usd_per_day: Option<rust_decimal::Decimal>,
+    pub budget_usd_per_month: Option<rust_decimal::Decimal>,
 }
 
 impl ApiKeyConfig {
@@ -113,6 +136,10 @@ pub struct DeploymentConfig {
     pub request_timeout: Duration,
     pub max_retries: u32,
     pub embeddings: bool,
+    pub price: Option<crate::pricing::Price>,
+    /// Batch requests at once: by default all but one of a local engine's slots (one is kept
+    /// for interactive traffic), 8 for a remote deployment.
+    pub batch_concurrency: usize,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -268,6 +295,7 @@ pub fn load_with_env(opts: &LoadOptions, env: Env<'_>) -> Result<Config, ConfigE
             deployments: vec![DeploymentConfig {
                 name: format!("{name}-local"),
                 kind: DeploymentKind::Local(LocalConfig::for_path(model.clone())),
+                batch_concurrency: (LocalConfig::for_path(PathBuf::new()).parallel as usize).saturating_sub(1).max(1),
                 ..DeploymentConfig::defaults()
             }],
         });
@@ -327,6 +355,8 @@ impl DeploymentConfig {
             request_timeout: Duration::from_secs(600),
             max_retries: 2,
             embeddings: false,
+            price: None,
+            batch_concurrency: 8,
         }
     }
 }
@@ -401,9 +431,8 @@ fn server_config(
     if let Some(l) = opts.listen {
         s.listen = l;
     }
-    if let Some(d) = &gw.data_dir {
-        s.data_dir = base.join(d);
-    }
+    // Relative to the gateway file, like every path in it (the working directory without one).
+    s.data_dir = base.join(gw.data_dir.as_deref().unwrap_or("data"));
     if let Some(b) = gw.max_body_bytes {
         if b < 1024 {
             errs.push(format!("{file}: max_body_bytes: {b} is too small (at least 1024)"));
@@ -442,7 +471,57 @@ fn server_config(
         Some("global") => s.cache.global = true,
         Some(o) => errs.push(format!("{file}: cache.scope: '{o}' is not one of \"key\", \"global\"")),
     }
+    s.ledger = gw.ledger.enabled.unwrap_or(true);
+    if let Some(c) = gw.batch.concurrency {
+        if c == 0 {
+            errs.push(format!("{file}: batch.concurrency: must be at least 1"));
+        }
+        s.batch_concurrency = c.max(1);
+    }
+    if let Some(m) = gw.limits.default_max_tokens {
+        s.default_max_tokens = m;
+    }
+    let m = &gw.monitor;
+    let mc = &mut s.monitor;
+    mc.enabled = m.enabled.unwrap_or(mc.enabled);
+    if let Some(w) = m.window_secs {
+        if w < 10 {
+            errs.push(format!("{file}: monitor.window_secs: must be at least 10"));
+        }
+        mc.window = Duration::from_secs(w.max(10));
+    }
+    for (name, v) in [("error_rate_threshold", m.error_rate_threshold), ("drift_threshold", m.drift_threshold)] {
+        if v.is_some_and(|v| !(v > 0.0 && v.is_finite())) {
+            errs.push(format!("{file}: monitor.{name}: must be a positive number"));
+        }
+    }
+    mc.error_rate_threshold = m.error_rate_threshold.unwrap_or(mc.error_rate_threshold);
+    mc.drift_threshold = m.drift_threshold.unwrap_or(mc.drift_threshold);
+    mc.min_requests = m.min_requests.unwrap_or(mc.min_requests).max(1);
+    if let Some(w) = m.drift_window {
+        if w < 10 {
+            errs.push(format!("{file}: monitor.drift_window: must be at least 10 requests"));
+        }
+        mc.drift_window = w.max(10);
+    }
+    if let Some(u) = &m.webhook_url {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            errs.push(format!("{file}: monitor.webhook_url: '{u}' is not an http:// or https:// URL"));
+        }
+        mc.webhook_url = Some(u.clone());
+    }
     s
+}
+
+/// A positive decimal amount (a price or a budget) from a number or a decimal string.
+fn amount(v: &toml::Value, file: &str, key: &str, errs: &mut Vec<String>) -> Option<rust_decimal::Decimal> {
+    match crate::pricing::decimal_from_toml(v) {
+        Some(d) if d >= rust_decimal::Decimal::ZERO => Some(d),
+        _ => {
+            errs.push(format!("{file}: {key}: {v} is not a non-negative amount (a number or a decimal string)"));
+            None
+        }
+    }
 }
 
 /// `"${VAR}"` → the variable's value. Anything else is a literal.
@@ -526,8 +605,30 @@ fn auth_config(a: &raw::AuthFile, file: &str, env: Env<'_>, errs: &mut Vec<Strin
         if k.aliases.is_empty() {
             errs.push(format!("{file}: {key}.aliases: list the aliases this key may call (\"*\" for all)"));
         }
+        for (name, v) in [
+            ("requests_per_minute", k.requests_per_minute.map(u64::from)),
+            ("tokens_per_minute", k.tokens_per_minute),
+            ("max_concurrent", k.max_concurrent.map(u64::from)),
+        ] {
+            if v == Some(0) {
+                errs.push(format!("{file}: {key}.{name}: must be at least 1 (leave it out for no limit)"));
+            }
+        }
+        let limits = KeyLimits {
+            requests_per_minute: k.requests_per_minute,
+            tokens_per_minute: k.tokens_per_minute,
+            max_concurrent: k.max_concurrent,
+            budget_usd_per_day: k
+                .budget_usd_per_day
+                .as_ref()
+                .and_then(|v| amount(v, file, &format!("{key}.budget_usd_per_day"), errs)),
+            budget_usd_per_month: k
+                .budget_usd_per_month
+                .as_ref()
+                .and_then(|v| amount(v, file, &format!("{key}.budget_usd_per_month"), errs)),
+        };
         if let Some(sha256) = hash {
-            out.keys.push(ApiKeyConfig { name: k.name.clone(), sha256, aliases: k.aliases.clone() });
+            out.keys.push(ApiKeyConfig { name: k.name.clone(), sha256, aliases: k.aliases.clone(), limits });
         }
     }
     out
@@ -599,6 +700,24 @@ fn deployment_config(
     out.max_retries = d.max_retries.unwrap_or(out.max_retries);
     out.weight = d.weight.unwrap_or(1);
     out.embeddings = d.embeddings.unwrap_or(false);
+    if let Some(p) = &d.price {
+        let k = |n: &str| format!("{at}.price.{n}");
+        let input = amount(&p.input, f, &k("input"), errs);
+        let output = amount(&p.output, f, &k("output"), errs);
+        let cached = p.cached_input.as_ref().and_then(|v| amount(v, f, &k("cached_input"), errs));
+        let batch = p.batch_multiplier.as_ref().and_then(|v| amount(v, f, &k("batch_multiplier"), errs));
+        if batch.is_some_and(|b| b > rust_decimal::Decimal::ONE) {
+            errs.push(format!("{f}: {at}.price.batch_multiplier: must be at most 1 (a discount)"));
+        }
+        if let (Some(input), Some(output)) = (input, output) {
+            out.price = Some(crate::pricing::Price {
+                input,
+                cached_input: cached.unwrap_or(input),
+                output,
+                batch_multiplier: batch.unwrap_or(rust_decimal::Decimal::ONE),
+            });
+        }
+    }
     if let Some(c) = d.max_concurrency {
         if c == 0 {
             errs.push(format!("{f}: {at}.max_concurrency: must be at least 1"));
@@ -728,9 +847,16 @@ fn deployment_config(
             if l.context < 64 {
                 errs.push(format!("{f}: {at}.context: {} is too small (at least 64)", l.context));
             }
+            out.batch_concurrency = (l.parallel as usize).saturating_sub(1).max(1);
             out.kind = DeploymentKind::Local(l);
         }
         other => errs.push(format!("{f}: {at}.kind: '{other}' is not one of \"openai\", \"ollama\", \"local\"")),
+    }
+    if let Some(b) = d.batch_concurrency {
+        if b == 0 {
+            errs.push(format!("{f}: {at}.batch_concurrency: must be at least 1"));
+        }
+        out.batch_concurrency = b.max(1);
     }
     (errs.len() == before).then_some(out)
 }

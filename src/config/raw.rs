@@ -23,6 +23,47 @@ pub struct GatewayFile {
     pub auth: AuthFile,
     #[serde(default)]
     pub cache: CacheFile,
+    #[serde(default)]
+    pub ledger: LedgerFile,
+    #[serde(default)]
+    pub limits: LimitsFile,
+    #[serde(default)]
+    pub monitor: MonitorFile,
+    #[serde(default)]
+    pub batch: BatchFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchFile {
+    /// Lines of one batch in flight at once (each deployment also bounds its batch work).
+    pub concurrency: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerFile {
+    /// The durable per-request ledger (SQLite under the data directory); on by default.
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Tokens reserved for the completion when a request sets no max_tokens.
+    pub default_max_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorFile {
+    pub enabled: Option<bool>,
+    pub window_secs: Option<u64>,
+    pub error_rate_threshold: Option<f64>,
+    pub min_requests: Option<u64>,
+    pub drift_window: Option<usize>,
+    pub drift_threshold: Option<f64>,
+    pub webhook_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -69,6 +110,12 @@ pub struct KeyFile {
     pub key: Option<String>,
     #[serde(default)]
     pub aliases: Vec<String>,
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u64>,
+    pub max_concurrent: Option<u32>,
+    /// USD, a number or a decimal string.
+    pub budget_usd_per_day: Option<toml::Value>,
+    pub budget_usd_per_month: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,6 +158,10 @@ pub struct DeploymentFile {
     pub request_timeout_ms: Option<u64>,
     pub max_retries: Option<u32>,
     pub embeddings: Option<bool>,
+    /// USD per million tokens.
+    pub price: Option<PriceFile>,
+    /// Batch requests this deployment runs at once.
+    pub batch_concurrency: Option<usize>,
     // The `local` kind (the embedded engine).
     pub path: Option<String>,
     pub context: Option<u32>,
@@ -125,4 +176,15 @@ pub struct DeploymentFile {
     pub prefix_cache_entries: Option<u32>,
     pub session_ttl_secs: Option<u64>,
     pub max_sessions: Option<usize>,
+}
+
+/// USD per million tokens, as numbers or decimal strings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceFile {
+    pub input: toml::Value,
+    pub cached_input: Option<toml::Value>,
+    pub output: toml::Value,
+    /// Batch lines pay this fraction of the price (e.g. 0.5).
+    pub batch_multiplier: Option<toml::Value>,
 }

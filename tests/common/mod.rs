@@ -34,7 +34,28 @@ impl Gateway {
         prompts: &[(&str, &str)],
         env: &[(&str, &str)],
     ) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), gateway_toml, routes, prompts, env, None).await
+    }
+
+    /// On a clock the test moves (rate limits, windows).
+    pub async fn start_clocked(
+        gateway_toml: &str,
+        routes: &[(&str, &str)],
+        env: &[(&str, &str)],
+        clock: std::sync::Arc<dyn tollgate::router::Clock>,
+    ) -> Gateway {
+        Self::start_in(tempfile::tempdir().unwrap(), gateway_toml, routes, &[], env, Some(clock)).await
+    }
+
+    /// In a prepared directory (e.g. one whose `data/` holds something already).
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        gateway_toml: &str,
+        routes: &[(&str, &str)],
+        prompts: &[(&str, &str)],
+        env: &[(&str, &str)],
+        clock: Option<std::sync::Arc<dyn tollgate::router::Clock>>,
+    ) -> Gateway {
         std::fs::create_dir_all(dir.path().join("prompts")).unwrap();
         for (name, text) in prompts {
             std::fs::write(dir.path().join("prompts").join(format!("{name}.txt")), text).unwrap();
@@ -50,7 +71,8 @@ impl Gateway {
             env.iter().find(|(a, _)| a == k).map(|(_, b)| b.clone()).or_else(|| std::env::var(k).ok())
         })
         .unwrap_or_else(|e| panic!("config: {e}"));
-        let running = tollgate::api::spawn(&cfg, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let clock = clock.unwrap_or_else(|| std::sync::Arc::new(tollgate::router::SystemClock));
+        let running = tollgate::api::spawn_with_clock(&cfg, "127.0.0.1:0".parse().unwrap(), clock).await.unwrap();
         Gateway { running, dir }
     }
 
@@ -198,4 +220,31 @@ pub fn sse_text(body: &str) -> String {
                 .map(|c| c["delta"]["content"].as_str().or(c["text"].as_str()).unwrap_or("").to_owned())
         })
         .collect()
+}
+
+/// Starts the real `tollgate serve --config DIR/tollgate.toml` on port 0 and reads the
+/// address it logs.
+pub fn serve_binary(dir: &Path) -> (Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .current_dir(dir)
+        .args(["serve", "--config"])
+        .arg(dir.join("tollgate.toml"))
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines.next().expect("the server exited before listening").unwrap();
+        if let Some(i) = line.find("listening on http://") {
+            break line[i + "listening on http://".len()..].split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
 }

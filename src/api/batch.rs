@@ -1,0 +1,237 @@
+//! `/v1/files` and `/v1/batches`, as the OpenAI API does them. Thin: authenticate, call the
+//! batch store ([`crate::batch`]), render. Uploads stream to disk (at most 200 MB).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Multipart, Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+
+use super::error::ApiError;
+use super::{auth, AppState};
+use crate::batch::files::FileStore;
+use crate::batch::{input::MAX_BYTES, CreateError};
+
+fn caller(st: &AppState, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    Ok(auth::authenticate(&st.live().auth, headers)?.name().map(str::to_owned))
+}
+
+fn query_param(q: &Option<String>, name: &str) -> Option<String> {
+    q.as_deref()?.split('&').find_map(|p| p.strip_prefix(name)?.strip_prefix('=').map(str::to_owned))
+}
+
+pub async fn upload(State(st): State<Arc<AppState>>, headers: HeaderMap, mut mp: Multipart) -> Response {
+    match upload_inner(&st, &headers, &mut mp).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn upload_inner(st: &AppState, headers: &HeaderMap, mp: &mut Multipart) -> Result<Value, ApiError> {
+    let key = caller(st, headers)?;
+    let files = &st.batches.files;
+    let bad = |m: String| ApiError::invalid_request(m, None);
+    let mut purpose = None;
+    let mut stored: Option<(String, String)> = None;
+    let cleanup = |id: &Option<(String, String)>| {
+        if let Some(p) = id.as_ref().and_then(|(id, _)| files.data_path(id)) {
+            let _ = std::fs::remove_file(p);
+        }
+    };
+    loop {
+        let field = match mp.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                cleanup(&stored);
+                return Err(bad(format!("The multipart body could not be read: {e}")));
+            }
+        };
+        match field.name() {
+            Some("purpose") => purpose = Some(field.text().await.map_err(|e| bad(e.to_string()))?),
+            Some("file") => {
+                let filename = field.file_name().unwrap_or("upload.jsonl").to_owned();
+                let id = FileStore::new_id();
+                let path = files.data_path(&id).ok_or_else(|| ApiError::internal("bad file id"))?;
+                tokio::fs::create_dir_all(files.dir()).await.map_err(|e| io_error(&e))?;
+                let mut f = tokio::fs::File::create(&path).await.map_err(|e| io_error(&e))?;
+                stored = Some((id, filename));
+                let mut field = field;
+                let mut n: u64 = 0;
+                loop {
+                    match field.chunk().await {
+                        Ok(Some(c)) => {
+                            n += c.len() as u64;
+                            if n > MAX_BYTES {
+                                cleanup(&stored);
+                                return Err(ApiError::payload_too_large(MAX_BYTES as usize));
+                            }
+                            if let Err(e) = f.write_all(&c).await {
+                                cleanup(&stored);
+                                return Err(io_error(&e));
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            cleanup(&stored);
+                            return Err(bad(format!("The upload was cut: {e}")));
+                        }
+                    }
+                }
+                f.flush().await.map_err(|e| io_error(&e))?;
+            }
+            _ => {}
+        }
+    }
+    let Some((id, filename)) = stored else {
+        return Err(ApiError::invalid_request("A 'file' part is required.", Some("file")));
+    };
+    match purpose.as_deref() {
+        Some("batch") => {}
+        other => {
+            cleanup(&Some((id, filename)));
+            return Err(ApiError::invalid_request(
+                format!("'purpose' must be \"batch\" (the only purpose tollgate serves), not {other:?}."),
+                Some("purpose"),
+            ));
+        }
+    }
+    let f = files.commit(&id, &filename, "batch", key.as_deref()).map_err(|e| io_error(&e))?;
+    Ok(serde_json::to_value(f).unwrap_or_default())
+}
+
+fn io_error(e: &std::io::Error) -> ApiError {
+    tracing::error!("file store: {e}");
+    ApiError::internal("The file could not be stored.")
+}
+
+pub async fn list_files(State(st): State<Arc<AppState>>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+    let key = match caller(&st, &headers) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    let purpose = query_param(&q, "purpose");
+    let data = st.batches.files.list(purpose.as_deref(), key.as_deref());
+    axum::Json(json!({"object": "list", "data": data, "has_more": false})).into_response()
+}
+
+fn no_file(id: &str) -> ApiError {
+    ApiError::not_found(format!("No such File object: {id}")).with_code("file_not_found")
+}
+
+pub async fn get_file(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let r = caller(&st, &headers).and_then(|key| st.batches.files.get(&id, key.as_deref()).ok_or_else(|| no_file(&id)));
+    match r {
+        Ok(f) => axum::Json(f).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn file_content(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let r = caller(&st, &headers).and_then(|key| {
+        st.batches
+            .files
+            .get(&id, key.as_deref())
+            .and_then(|_| st.batches.files.data_path(&id))
+            .ok_or_else(|| no_file(&id))
+    });
+    let path = match r {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    match tokio::fs::File::open(&path).await {
+        Ok(f) => {
+            let body = Body::from_stream(tokio_util::io::ReaderStream::new(f));
+            let mut resp = Response::new(body);
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            resp
+        }
+        Err(_) => no_file(&id).into_response(),
+    }
+}
+
+pub async fn delete_file(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    match caller(&st, &headers) {
+        Ok(key) if st.batches.files.delete(&id, key.as_deref()) => {
+            axum::Json(json!({"id": id, "object": "file", "deleted": true})).into_response()
+        }
+        Ok(_) => no_file(&id).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn create_batch(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let r = async {
+        let key = caller(&st, &headers)?;
+        let bytes = super::inference::read_body(body, 1024 * 1024).await?;
+        let v: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::invalid_request(format!("The body is not valid JSON: {e}"), None))?;
+        let live = st.live();
+        let k = key.clone();
+        let known =
+            move |m: &str| live.routes.get(m).is_some_and(|a| k.is_none() || auth_allows(&live.auth, &k, &a.name));
+        let batches = st.batches.clone();
+        let b = tokio::task::spawn_blocking(move || batches.create(key.as_deref(), &v, &known))
+            .await
+            .map_err(|_| ApiError::internal("The batch could not be created."))?
+            .map_err(|e| match e {
+                CreateError::BadRequest(m, p) => ApiError::invalid_request(m, p),
+                CreateError::NotFound(m) => ApiError::not_found(m).with_code("file_not_found"),
+                CreateError::Io(e) => io_error(&e),
+            })?;
+        if b.status == "validating" {
+            st.start_batch(&b.id);
+        }
+        Ok::<_, ApiError>(b)
+    }
+    .await;
+    match r {
+        Ok(b) => axum::Json(b).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn auth_allows(auth: &crate::config::AuthConfig, key: &Option<String>, alias: &str) -> bool {
+    match key {
+        None => true,
+        Some(k) => auth.keys.iter().any(|c| &c.name == k && c.allows(alias)),
+    }
+}
+
+fn no_batch(id: &str) -> ApiError {
+    ApiError::not_found(format!("No such batch: {id}")).with_code("batch_not_found")
+}
+
+pub async fn get_batch(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    match caller(&st, &headers).and_then(|key| st.batches.get(&id, key.as_deref()).ok_or_else(|| no_batch(&id))) {
+        Ok(b) => axum::Json(b).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn cancel_batch(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    match caller(&st, &headers).and_then(|key| st.batches.cancel(&id, key.as_deref()).ok_or_else(|| no_batch(&id))) {
+        Ok(b) => axum::Json(b).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn list_batches(State(st): State<Arc<AppState>>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+    let key = match caller(&st, &headers) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    let limit = query_param(&q, "limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(20).clamp(1, 100);
+    let after = query_param(&q, "after");
+    let (data, has_more) = st.batches.list(key.as_deref(), after.as_deref(), limit);
+    let first = data.first().map(|b| b.id.clone());
+    let last = data.last().map(|b| b.id.clone());
+    (
+        StatusCode::OK,
+        axum::Json(json!({"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": has_more})),
+    )
+        .into_response()
+}

@@ -1,0 +1,118 @@
+//! `GET /v1/usage` (admin key): the ledger's usage report.
+//!
+//! Query: `start_time` and `end_time` (Unix seconds; default the last 24 hours up to now),
+//! `group_by` (comma-separated or repeated: key, user, alias, deployment, day, batch), and the
+//! filters `key` and `alias`. Everything finished before the call is included: the ledger is
+//! flushed first.
+
+use std::sync::Arc;
+
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use super::{auth, AppState};
+use crate::usage::{GroupBy, Query};
+
+pub async fn usage(State(st): State<Arc<AppState>>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+    match run(&st, &headers, q.as_deref().unwrap_or("")).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn parse(q: &str, now_ms: u64) -> Result<Query, ApiError> {
+    let mut out = Query { start_ms: now_ms.saturating_sub(86_400_000), end_ms: now_ms + 1, ..Default::default() };
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = percent_decode(v);
+        let secs = |name: &str| {
+            v.parse::<u64>().map(|s| s * 1000).map_err(|_| {
+                ApiError::invalid_request(format!("'{name}' must be a Unix time in seconds, got '{v}'."), Some(name))
+            })
+        };
+        match k {
+            "start_time" => out.start_ms = secs("start_time")?,
+            "end_time" => out.end_ms = secs("end_time")?,
+            "group_by" | "group_by[]" => {
+                for g in v.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+                    let g = GroupBy::parse(g).ok_or_else(|| {
+                        ApiError::invalid_request(
+                            format!("'group_by' takes key, user, alias, deployment, day or batch; got '{g}'."),
+                            Some("group_by"),
+                        )
+                    })?;
+                    if !out.group_by.contains(&g) {
+                        out.group_by.push(g);
+                    }
+                }
+            }
+            "key" => out.key = Some(v),
+            "alias" | "model" => out.alias = Some(v),
+            other => return Err(ApiError::invalid_request(format!("Unknown query parameter '{other}'."), Some(other))),
+        }
+    }
+    if out.end_ms <= out.start_ms {
+        return Err(ApiError::invalid_request("'end_time' must be after 'start_time'.", Some("end_time")));
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex =
+            b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'+', _) => out.push(b' '),
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 2;
+            }
+            (c, _) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn run(st: &Arc<AppState>, headers: &HeaderMap, q: &str) -> Result<serde_json::Value, ApiError> {
+    auth::authenticate_admin(&st.live().auth, headers)?;
+    let query = parse(q, crate::accounting::now_ms())?;
+    let Some(ledger) = st.accounting.ledger.clone() else {
+        return Err(ApiError::invalid_request("The ledger is off (ledger.enabled = false).", None));
+    };
+    ledger.flush().await;
+    tokio::task::spawn_blocking(move || {
+        let c = ledger.reader().map_err(|e| {
+            tracing::error!("usage: cannot open the ledger: {e}");
+            ApiError::unavailable("The ledger database cannot be read right now.")
+        })?;
+        crate::usage::report(&c, &query).map_err(|e| {
+            tracing::error!("usage: query failed: {e}");
+            ApiError::unavailable("The ledger database cannot be read right now.")
+        })
+    })
+    .await
+    .map_err(|_| ApiError::internal("The usage query failed."))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing() {
+        let q = parse("start_time=10&end_time=20&group_by=key,day&group_by=alias&key=team%20a", 0).unwrap();
+        assert_eq!((q.start_ms, q.end_ms), (10_000, 20_000));
+        assert_eq!(q.group_by, vec![GroupBy::Key, GroupBy::Day, GroupBy::Alias]);
+        assert_eq!(q.key.as_deref(), Some("team a"));
+        assert_eq!(parse("group_by=colour", 0).unwrap_err().param.as_deref(), Some("group_by"));
+        assert!(parse("start_time=abc", 0).is_err());
+        assert!(parse("start_time=20&end_time=10", 0).is_err());
+        assert!(parse("bogus=1", 0).is_err());
+    }
+}

@@ -1,0 +1,878 @@
+//! Monitoring of finished requests: error-rate alerts, drift, request-field health and
+//! sliding-window latency percentiles. [`Monitor::observe`] runs on each request's own task, so
+//! it takes one short mutex and does O(1) work, no I/O; sorting for quantiles happens on demand.
+//!
+//! What counts: requests without a deployment (refused before routing) and cache hits feed only
+//! field health. A request is an *error* ([`is_error`]) when the client did not close it and its
+//! status is >= 500, 408 or 429 (a deployment that timed out or throttled), or it is < 400 but
+//! carries an `error` (a stream that broke after its 200); other 4xx are the client's fault.
+//! Drift and latency take only successes (status < 400, client still there), so an outage shows
+//! up once, as an error rate, not also as a shift in completion lengths.
+//!
+//! - **Error rate** per deployment over `window` (default 300 s) on the injected [`Clock`]: a ring
+//!   of [`BUCKETS`] time buckets of `window / BUCKETS` (10 s by default) holding (requests,
+//!   errors); a slot is reset when its time comes round again, so observe is O(1). Judged only
+//!   with at least `min_requests` (20) in the window: above `error_rate_threshold` (0.01) an
+//!   alert fires once and stays firing until the rate is at or below it. An empty window counts
+//!   as rate 0, and [`Monitor::tick`] (run by `render` and `active_alerts`) re-judges every
+//!   deployment, so an alert on a deployment whose traffic stopped still resolves.
+//! - **Drift** per deployment: `PSI = Σ_bins (cur% − base%) · ln(cur% / base%)`, an empty bin
+//!   counted as [`PSI_EPSILON`]. Baseline: the first `drift_window` (500) requests the deployment
+//!   serves, then frozen; current: a ring of its latest `drift_window` (so the first PSI is 0).
+//!   Token counts go in [`TOKEN_BINS`] log2 bins (0, 1–2, 3–4, 5–8, …, (2^17, 2^18], and one open
+//!   bin above 262,144); finish reasons in stop, length, tool_calls, content_filter, other/none.
+//!   Evaluated once the ring is full, then every `max(drift_window / 10, 1)` requests; above
+//!   `drift_threshold` (0.2) a (deployment, kind) alert fires once, and resolves at or below it.
+//!   `drift_window = 0` turns drift off.
+//! - **Alerts**: each raise or resolve goes to a log (the newest [`ALERT_LOG_CAP`]), a `tracing`
+//!   line with target `tollgate::alert` (warn on raise, info on resolve), `tollgate_alerts_total`
+//!   (raises) and `tollgate_alert_firing`; with `webhook_url`, the [`Alert`] as a JSON POST from
+//!   one background task fed by a bounded queue ([`WEBHOOK_QUEUE`]; `try_send`, a full queue
+//!   drops and counts `tollgate_webhook_dropped_total`), 5 s timeout, at most [`WEBHOOK_RETRIES`]
+//!   retries after 250 ms, 500 ms; each failed attempt is logged and counted in
+//!   `tollgate_webhook_failures_total`. [`Monitor::drain`] closes the queue and waits for the rest.
+//! - **Field health**: per alias, how many bodies had each of [`FIELDS`] present, `null` or
+//!   missing; at most [`MAX_FIELD_ALIASES`] aliases, the others counted as `_other`.
+//! - **Latency** per (alias, deployment): timestamped samples of total time, TTFT and time per
+//!   output token (`(total − ttft) / (completion_tokens − 1)`, with ttft known and >= 2 tokens),
+//!   pruned to `window` and capped at the newest [`LATENCY_CAP`]; p50/p95/p99 by nearest rank on a
+//!   sorted copy. [`Monitor::window_quantiles`] answers in milliseconds, `render` in seconds.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::accounting::RequestRecord;
+use crate::router::Clock;
+
+pub const BUCKETS: usize = 30;
+pub const TOKEN_BINS: usize = 20;
+const FINISH_BINS: usize = 5;
+pub const PSI_EPSILON: f64 = 1e-4;
+pub const ALERT_LOG_CAP: usize = 1000;
+pub const LATENCY_CAP: usize = 10_000;
+pub const MAX_FIELD_ALIASES: usize = 256;
+pub const WEBHOOK_QUEUE: usize = 256;
+pub const WEBHOOK_RETRIES: u32 = 2;
+const WEBHOOK_BACKOFF: Duration = Duration::from_millis(250);
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+#[rustfmt::skip]
+pub const FIELDS: [&str; 11] = ["user", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed",
+    "metadata", "tools", "response_format", "stream"];
+/// (per mille, label) of the reported quantiles; integers keep the nearest rank exact.
+const QUANTILES: [(u64, &str); 3] = [(500, "0.5"), (950, "0.95"), (990, "0.99")];
+const METRICS: [&str; 3] = ["total", "ttft", "tpot"];
+
+#[derive(Clone, Debug)]
+pub struct MonitorConfig {
+    /// Off: `observe` and `observe_fields` return at once.
+    pub enabled: bool,
+    /// Sliding window for the error rate and latency percentiles.
+    pub window: Duration,
+    /// Error rate (0..1) above which an alert fires.
+    pub error_rate_threshold: f64,
+    /// The error rate is judged only over at least this many requests in the window.
+    pub min_requests: u64,
+    /// Requests per drift window (baseline: a deployment's first; current: its latest). 0: off.
+    pub drift_window: usize,
+    /// PSI above which a drift alert fires.
+    pub drift_threshold: f64,
+    /// Alerts are POSTed here as JSON.
+    pub webhook_url: Option<String>,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        MonitorConfig {
+            enabled: true,
+            window: Duration::from_secs(300),
+            error_rate_threshold: 0.01,
+            min_requests: 20,
+            drift_window: 500,
+            drift_threshold: 0.2,
+            webhook_url: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    ErrorRate,
+    DriftPromptTokens,
+    DriftCompletionTokens,
+    DriftFinishReason,
+}
+
+impl AlertKind {
+    const DRIFT: [AlertKind; 3] =
+        [AlertKind::DriftPromptTokens, AlertKind::DriftCompletionTokens, AlertKind::DriftFinishReason];
+    const ALL: [AlertKind; 4] = [AlertKind::ErrorRate, Self::DRIFT[0], Self::DRIFT[1], Self::DRIFT[2]];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::ErrorRate => "error_rate",
+            AlertKind::DriftPromptTokens => "drift_prompt_tokens",
+            AlertKind::DriftCompletionTokens => "drift_completion_tokens",
+            AlertKind::DriftFinishReason => "drift_finish_reason",
+        }
+    }
+}
+
+/// One alert event, raised (`firing: true`) or resolved (`firing: false`); also the webhook body.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Alert {
+    pub kind: AlertKind,
+    pub deployment: String,
+    /// The error rate (0..1) or the PSI.
+    pub value: f64,
+    pub threshold: f64,
+    /// Requests the value was computed over.
+    pub requests: u64,
+    pub firing: bool,
+    pub message: String,
+}
+
+/// Whether a finished request counts against its deployment's error rate.
+pub fn is_error(rec: &RequestRecord) -> bool {
+    match rec.status {
+        _ if rec.client_closed => false,
+        500.. | 408 | 429 => true,
+        400..=499 => false,
+        _ => rec.error.is_some(),
+    }
+}
+
+/// Drift bin of a token count: 0; 1–2; then (2^(k−1), 2^k] in bin k; above 2^18 the last bin.
+pub fn token_bin(n: u64) -> usize {
+    match n {
+        0 => 0,
+        1..=2 => 1,
+        _ => ((64 - (n - 1).leading_zeros()) as usize).min(TOKEN_BINS - 1),
+    }
+}
+
+fn finish_bin(reason: Option<&str>) -> usize {
+    ["stop", "length", "tool_calls", "content_filter"].iter().position(|r| Some(*r) == reason).unwrap_or(4)
+}
+
+/// PSI of `cur` against `base`, counts over the same bins.
+pub fn psi(base: &[u64], cur: &[u64]) -> f64 {
+    let (bn, cn) = (base.iter().sum::<u64>() as f64, cur.iter().sum::<u64>() as f64);
+    if bn == 0.0 || cn == 0.0 {
+        return 0.0;
+    }
+    let share = |n: u64, total: f64| (n as f64 / total).max(PSI_EPSILON);
+    base.iter().zip(cur).map(|(&b, &c)| (share(c, cn) - share(b, bn)) * (share(c, cn) / share(b, bn)).ln()).sum()
+}
+
+/// Drift state of one deployment: the baseline's bin counts (frozen once the ring is first full),
+/// a ring of the latest requests' bins (prompt, completion, finish) and its running counts.
+#[derive(Default)]
+struct Drift {
+    base: [[u64; TOKEN_BINS]; 3],
+    cur: [[u64; TOKEN_BINS]; 3],
+    ring: Vec<[u8; 3]>,
+    next: usize,
+    seen: u64,
+}
+
+impl Drift {
+    fn push(&mut self, bins: [u8; 3], size: usize) {
+        if self.ring.len() < size {
+            self.ring.push(bins);
+            (0..3).for_each(|k| self.base[k][bins[k] as usize] += 1);
+        } else {
+            let old = std::mem::replace(&mut self.ring[self.next], bins);
+            (0..3).for_each(|k| self.cur[k][old[k] as usize] -= 1);
+            self.next = (self.next + 1) % size;
+        }
+        (0..3).for_each(|k| self.cur[k][bins[k] as usize] += 1);
+        self.seen += 1;
+    }
+
+    fn psi(&self, size: usize) -> Option<[f64; 3]> {
+        let f = |k: usize, n: usize| psi(&self.base[k][..n], &self.cur[k][..n]);
+        (size > 0 && self.ring.len() == size).then(|| [f(0, TOKEN_BINS), f(1, TOKEN_BINS), f(2, FINISH_BINS)])
+    }
+}
+
+/// One latency sample: when, and total, TTFT and TPOT in milliseconds (NaN when unknown).
+struct Sample(Instant, [f64; 3]);
+
+/// Everything kept per deployment.
+#[derive(Default)]
+struct Dep {
+    /// (time slot since the monitor started, requests, errors); a stale slot reads as empty.
+    buckets: [(u64, u64, u64); BUCKETS],
+    drift: Drift,
+    /// The alert as raised, per [`AlertKind`], while it fires.
+    firing: [Option<Alert>; 4],
+    raised: [u64; 4],
+    latency: HashMap<String, VecDeque<Sample>>,
+}
+
+impl Dep {
+    /// (errors, requests) in the window that ends with time slot `slot`.
+    fn window(&self, slot: u64) -> (u64, u64) {
+        let oldest = (slot + 1).saturating_sub(BUCKETS as u64);
+        let live = self.buckets.iter().filter(|b| (oldest..=slot).contains(&b.0));
+        live.fold((0, 0), |(e, n), b| (e + b.2, n + b.1))
+    }
+}
+
+/// Where alert events go besides the deployment's own state.
+struct Sink {
+    log: VecDeque<Alert>,
+    tx: Option<mpsc::Sender<Alert>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Sink {
+    /// Raises or resolves the deployment's `kind` alert when `over` disagrees with its state.
+    fn judge(&mut self, dep: &mut Dep, kind: AlertKind, over: bool, alert: impl FnOnce() -> Alert) {
+        let i = kind as usize;
+        if dep.firing[i].is_some() == over {
+            return;
+        }
+        let alert = alert();
+        if over {
+            dep.raised[i] += 1;
+            dep.firing[i] = Some(alert.clone());
+            tracing::warn!(target: "tollgate::alert", kind = kind.as_str(), deployment = %alert.deployment,
+                value = alert.value, requests = alert.requests, firing = true, "{}", alert.message);
+        } else {
+            dep.firing[i] = None;
+            tracing::info!(target: "tollgate::alert", kind = kind.as_str(), deployment = %alert.deployment,
+                value = alert.value, requests = alert.requests, firing = false, "{}", alert.message);
+        }
+        if self.tx.as_ref().is_some_and(|tx| tx.try_send(alert.clone()).is_err()) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.log.len() == ALERT_LOG_CAP {
+            self.log.pop_front();
+        }
+        self.log.push_back(alert);
+    }
+}
+
+struct State {
+    deps: HashMap<String, Dep>,
+    sink: Sink,
+}
+
+pub struct Monitor {
+    cfg: MonitorConfig,
+    clock: Arc<dyn Clock>,
+    origin: Instant,
+    bucket: Duration,
+    state: Mutex<State>,
+    fields: Mutex<HashMap<String, [[u64; 3]; FIELDS.len()]>>,
+    dropped: Arc<AtomicU64>,
+    failures: Arc<AtomicU64>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Monitor {
+    /// Spawns the webhook sender task when a tokio runtime is current and a webhook is set.
+    pub fn new(cfg: MonitorConfig, clock: Arc<dyn Clock>) -> Self {
+        let (dropped, failures) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (mut tx, mut task) = (None, None);
+        if let Some(url) = cfg.webhook_url.clone() {
+            match (tokio::runtime::Handle::try_current(), reqwest::Client::builder().timeout(WEBHOOK_TIMEOUT).build()) {
+                (Ok(rt), Ok(client)) => {
+                    let (t, rx) = mpsc::channel(WEBHOOK_QUEUE);
+                    tx = Some(t);
+                    task = Some(rt.spawn(send_webhooks(client, url, rx, failures.clone())));
+                }
+                (rt, client) => tracing::error!(target: "tollgate::alert", runtime = rt.is_ok(), error = ?client.err(),
+                    "alert webhook not started: alerts are only logged"),
+            }
+        }
+        Monitor {
+            origin: clock.now(),
+            clock,
+            bucket: (cfg.window / BUCKETS as u32).max(Duration::from_millis(1)),
+            state: Mutex::new(State {
+                deps: HashMap::new(),
+                sink: Sink { log: VecDeque::new(), tx, dropped: dropped.clone() },
+            }),
+            fields: Mutex::new(HashMap::new()),
+            dropped,
+            failures,
+            task: Mutex::new(task),
+            cfg,
+        }
+    }
+
+    fn slot(&self, now: Instant) -> u64 {
+        (now.saturating_duration_since(self.origin).as_nanos() / self.bucket.as_nanos()) as u64
+    }
+
+    /// Called once per finished request, on the request's own task: one short mutex, O(1), no I/O.
+    pub fn observe(&self, rec: &RequestRecord) {
+        let Some(name) = rec.deployment.as_deref().filter(|_| self.cfg.enabled && !rec.cache_hit) else { return };
+        let now = self.clock.now();
+        let slot = self.slot(now);
+        let mut guard = lock(&self.state);
+        let State { deps, sink } = &mut *guard;
+        if !deps.contains_key(name) {
+            deps.insert(name.to_owned(), Dep::default());
+        }
+        let Some(dep) = deps.get_mut(name) else { return };
+
+        let b = &mut dep.buckets[(slot % BUCKETS as u64) as usize];
+        if b.0 != slot {
+            *b = (slot, 0, 0);
+        }
+        b.1 += 1;
+        b.2 += is_error(rec) as u64;
+        self.judge_error_rate(dep, sink, name, slot);
+        if rec.client_closed || rec.status >= 400 {
+            return;
+        }
+
+        let size = self.cfg.drift_window;
+        if size > 0 {
+            let (p, c) = (token_bin(rec.prompt_tokens), token_bin(rec.completion_tokens));
+            dep.drift.push([p as u8, c as u8, finish_bin(rec.finish_reason.as_deref()) as u8], size);
+            let past_full = dep.drift.seen.checked_sub(size as u64);
+            if past_full.is_some_and(|n| n % (size as u64 / 10).max(1) == 0) {
+                for (kind, value) in AlertKind::DRIFT.into_iter().zip(dep.drift.psi(size).unwrap_or_default()) {
+                    self.judge_drift(dep, sink, name, kind, value);
+                }
+            }
+        }
+
+        let tpot = match (rec.ttft_ms, rec.completion_tokens) {
+            (Some(t), n @ 2..) => (rec.total_ms - t).max(0.0) / (n - 1) as f64,
+            _ => f64::NAN,
+        };
+        if !dep.latency.contains_key(&rec.alias) {
+            dep.latency.insert(rec.alias.clone(), VecDeque::new());
+        }
+        let Some(samples) = dep.latency.get_mut(&rec.alias) else { return };
+        let cutoff = now.checked_sub(self.cfg.window);
+        while samples.front().is_some_and(|s| samples.len() >= LATENCY_CAP || cutoff.is_some_and(|c| s.0 < c)) {
+            samples.pop_front();
+        }
+        samples.push_back(Sample(now, [rec.total_ms, rec.ttft_ms.unwrap_or(f64::NAN), tpot]));
+    }
+
+    fn judge_error_rate(&self, dep: &mut Dep, sink: &mut Sink, name: &str, slot: u64) {
+        let (errors, requests) = dep.window(slot);
+        let (rate, threshold) = (errors as f64 / requests.max(1) as f64, self.cfg.error_rate_threshold);
+        let firing = dep.firing[AlertKind::ErrorRate as usize].is_some();
+        let over = rate > threshold && (firing || requests >= self.cfg.min_requests);
+        let (pct, limit, secs) = (rate * 100.0, threshold * 100.0, self.cfg.window.as_secs());
+        // Formatted only on a raise or resolve: observe allocates nothing on the usual path.
+        let message = || match over {
+            true => format!("{name}: error rate {pct:.2}% over {requests} requests in {secs} s is above {limit:.2}%"),
+            false => format!("{name}: resolved, error rate {pct:.2}% over {requests} requests in {secs} s"),
+        };
+        let kind = AlertKind::ErrorRate;
+        sink.judge(dep, kind, over, || Alert {
+            kind,
+            deployment: name.into(),
+            value: rate,
+            threshold,
+            requests,
+            firing: over,
+            message: message(),
+        });
+    }
+
+    fn judge_drift(&self, dep: &mut Dep, sink: &mut Sink, name: &str, kind: AlertKind, value: f64) {
+        let (threshold, size) = (self.cfg.drift_threshold, self.cfg.drift_window);
+        let over = value > threshold;
+        let what = &kind.as_str()["drift_".len()..];
+        let message = || match over {
+            true => format!("{name}: {what} drift, PSI {value:.3} of the latest {size} requests is above {threshold}"),
+            false => format!("{name}: resolved, {what} PSI {value:.3} of the latest {size} requests"),
+        };
+        let requests = size as u64;
+        sink.judge(dep, kind, over, || Alert {
+            kind,
+            deployment: name.into(),
+            value,
+            threshold,
+            requests,
+            firing: over,
+            message: message(),
+        });
+    }
+
+    /// Re-judges every deployment's error rate at the clock's time, so an alert on a deployment
+    /// whose traffic stopped resolves once its window is empty.
+    pub fn tick(&self) {
+        let slot = self.slot(self.clock.now());
+        let mut guard = lock(&self.state);
+        let State { deps, sink } = &mut *guard;
+        for (name, dep) in deps.iter_mut() {
+            self.judge_error_rate(dep, sink, name, slot);
+        }
+    }
+
+    /// Presence of request fields, called once per valid request with the JSON body.
+    pub fn observe_fields(&self, alias: &str, body: &serde_json::Map<String, Value>) {
+        if !self.cfg.enabled {
+            return;
+        }
+        let mut fields = lock(&self.fields);
+        let key = if fields.contains_key(alias) || fields.len() < MAX_FIELD_ALIASES { alias } else { "_other" };
+        if !fields.contains_key(key) {
+            fields.insert(key.to_owned(), [[0; 3]; FIELDS.len()]);
+        }
+        let Some(counts) = fields.get_mut(key) else { return };
+        for (field, c) in FIELDS.iter().zip(counts) {
+            c[match body.get(*field) {
+                Some(Value::Null) => 1,
+                Some(_) => 0,
+                None => 2,
+            }] += 1;
+        }
+    }
+
+    /// [present, null, missing] counts of `field` for `alias` (`_other` past the alias cap).
+    pub fn field_counts(&self, alias: &str, field: &str) -> Option<[u64; 3]> {
+        let i = FIELDS.iter().position(|f| *f == field)?;
+        lock(&self.fields).get(alias).map(|c| c[i])
+    }
+
+    /// Alerts currently firing, as they were raised, by deployment and kind.
+    pub fn active_alerts(&self) -> Vec<Alert> {
+        self.tick();
+        let state = lock(&self.state);
+        let mut out: Vec<Alert> = state.deps.values().flat_map(|d| d.firing.iter().flatten().cloned()).collect();
+        out.sort_by(|a, b| (&a.deployment, a.kind as usize).cmp(&(&b.deployment, b.kind as usize)));
+        out
+    }
+
+    /// Every alert event raised or resolved so far, oldest first (the newest [`ALERT_LOG_CAP`]).
+    pub fn alert_log(&self) -> Vec<Alert> {
+        lock(&self.state).sink.log.iter().cloned().collect()
+    }
+
+    /// p50/p95/p99 in **milliseconds** over the window, by nearest rank; None when there are no
+    /// samples, or `metric` is not "total" | "ttft" | "tpot".
+    pub fn window_quantiles(&self, alias: &str, deployment: &str, metric: &str) -> Option<[f64; 3]> {
+        let m = METRICS.iter().position(|x| *x == metric)?;
+        let cutoff = self.clock.now().checked_sub(self.cfg.window);
+        let values = live(lock(&self.state).deps.get(deployment)?.latency.get(alias)?, m, cutoff);
+        nearest_rank(values)
+    }
+
+    /// (error rate, requests) in the window; None when it holds no requests.
+    pub fn error_rate(&self, deployment: &str) -> Option<(f64, u64)> {
+        let slot = self.slot(self.clock.now());
+        let (errors, requests) = lock(&self.state).deps.get(deployment)?.window(slot);
+        (requests > 0).then(|| (errors as f64 / requests as f64, requests))
+    }
+
+    /// PSI of prompt tokens, completion tokens and the finish-reason mix, latest window against
+    /// the baseline; None until the latest window is full.
+    pub fn psi(&self, deployment: &str) -> Option<[f64; 3]> {
+        lock(&self.state).deps.get(deployment)?.drift.psi(self.cfg.drift_window)
+    }
+
+    /// Closes the webhook queue and waits until the task has sent what was queued (each POST is
+    /// bounded by its timeout and retries; bound the whole with the shutdown grace).
+    pub async fn drain(&self) {
+        lock(&self.state).sink.tx = None;
+        let task = lock(&self.task).take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+    }
+
+    /// Prometheus text exposition: window gauges, alert and webhook counters, field health.
+    pub fn render(&self, out: &mut String) {
+        self.tick();
+        let now = self.clock.now();
+        let (slot, cutoff) = (self.slot(now), now.checked_sub(self.cfg.window));
+        // Copied under the lock, sorted and written after it, so a scrape holds up `observe` only
+        // for the copy.
+        let (mut latency, mut deps) = (Vec::new(), Vec::new());
+        for (name, dep) in &lock(&self.state).deps {
+            for (alias, samples) in &dep.latency {
+                latency.push((alias.clone(), name.clone(), [0, 1, 2].map(|m| live(samples, m, cutoff))));
+            }
+            let firing = dep.firing.each_ref().map(Option::is_some);
+            deps.push((name.clone(), dep.window(slot), dep.drift.psi(self.cfg.drift_window), dep.raised, firing));
+        }
+        latency.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        deps.sort_by(|a, b| a.0.cmp(&b.0));
+        head(out, "latency_window_seconds", "gauge", "Latency percentiles over the sliding window.");
+        for (alias, name, values) in latency {
+            for (metric, v) in METRICS.into_iter().zip(values) {
+                let Some(q) = nearest_rank(v) else { continue };
+                for ((_, quantile), v) in QUANTILES.iter().zip(q) {
+                    let labels =
+                        [("alias", alias.as_str()), ("deployment", &name), ("metric", metric), ("quantile", quantile)];
+                    line(out, "latency_window_seconds", &labels, v / 1000.0);
+                }
+            }
+        }
+        head(out, "error_rate_window", "gauge", "Error rate per deployment over the sliding window.");
+        for (name, (errors, requests), ..) in deps.iter().filter(|d| d.1 .1 > 0) {
+            line(out, "error_rate_window", &[("deployment", name)], *errors as f64 / *requests as f64);
+        }
+        head(out, "error_rate_window_requests", "gauge", "Requests per deployment in the error-rate window.");
+        for (name, (_, requests), ..) in &deps {
+            line(out, "error_rate_window_requests", &[("deployment", name)], requests);
+        }
+        head(out, "drift_psi", "gauge", "Population stability index of the latest drift window against the baseline.");
+        for (name, _, psi, ..) in &deps {
+            let Some(values) = psi else { continue };
+            for (kind, v) in ["prompt_tokens", "completion_tokens", "finish_reason"].into_iter().zip(values) {
+                line(out, "drift_psi", &[("deployment", name), ("kind", kind)], v);
+            }
+        }
+        head(out, "alerts_total", "counter", "Alerts raised.");
+        for (name, _, _, raised, _) in &deps {
+            for kind in AlertKind::ALL {
+                line(out, "alerts_total", &[("kind", kind.as_str()), ("deployment", name)], raised[kind as usize]);
+            }
+        }
+        head(out, "alert_firing", "gauge", "1 while the alert fires.");
+        for (name, _, _, _, firing) in &deps {
+            for kind in AlertKind::ALL {
+                line(
+                    out,
+                    "alert_firing",
+                    &[("kind", kind.as_str()), ("deployment", name)],
+                    firing[kind as usize] as u8,
+                );
+            }
+        }
+        head(out, "webhook_dropped_total", "counter", "Alerts dropped because the webhook queue was full.");
+        line(out, "webhook_dropped_total", &[], self.dropped.load(Ordering::Relaxed));
+        head(out, "webhook_failures_total", "counter", "Failed webhook POST attempts, retries included.");
+        line(out, "webhook_failures_total", &[], self.failures.load(Ordering::Relaxed));
+        let mut fields: Vec<_> = lock(&self.fields).iter().map(|(a, c)| (a.clone(), *c)).collect();
+        fields.sort_by(|a, b| a.0.cmp(&b.0));
+        head(
+            out,
+            "request_field_total",
+            "counter",
+            "Request bodies by alias with each field present, null or missing.",
+        );
+        for (alias, counts) in &fields {
+            for (field, c) in FIELDS.iter().zip(counts) {
+                for (state, n) in ["present", "null", "missing"].into_iter().zip(c) {
+                    line(out, "request_field_total", &[("alias", alias), ("field", field), ("state", state)], n);
+                }
+            }
+        }
+    }
+}
+
+/// Metric `m` (total, ttft, tpot) of the samples newer than `cutoff`, unknowns left out.
+fn live(samples: &VecDeque<Sample>, m: usize, cutoff: Option<Instant>) -> Vec<f64> {
+    let live = samples.iter().filter(|s| cutoff.is_none_or(|c| s.0 >= c));
+    live.map(|s| s.1[m]).filter(|x| !x.is_nan()).collect()
+}
+
+/// Nearest-rank p50/p95/p99; None when there are no values.
+fn nearest_rank(mut v: Vec<f64>) -> Option<[f64; 3]> {
+    v.sort_by(f64::total_cmp);
+    let n = v.len() as u64;
+    (n > 0).then(|| QUANTILES.map(|(permille, _)| v[((permille * n).div_ceil(1000).max(1) - 1) as usize]))
+}
+
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP tollgate_{name} {help}\n# TYPE tollgate_{name} {kind}");
+}
+
+/// One sample line, label values escaped.
+fn line(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+    let _ = write!(out, "tollgate_{name}");
+    for (i, (k, v)) in labels.iter().enumerate() {
+        let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+        let _ = write!(out, "{}{k}=\"{v}\"", if i == 0 { "{" } else { "," });
+    }
+    let _ = writeln!(out, "{} {value}", if labels.is_empty() { "" } else { "}" });
+}
+
+/// The webhook task: one POST per alert, in order, each retried at most [`WEBHOOK_RETRIES`] times.
+async fn send_webhooks(client: reqwest::Client, url: String, mut rx: mpsc::Receiver<Alert>, failures: Arc<AtomicU64>) {
+    while let Some(alert) = rx.recv().await {
+        for attempt in 0..=WEBHOOK_RETRIES {
+            if attempt > 0 {
+                tokio::time::sleep(WEBHOOK_BACKOFF * attempt).await;
+            }
+            let err = match client.post(&url).json(&alert).send().await {
+                Ok(r) if r.status().is_success() => break,
+                Ok(r) => format!("status {}", r.status()),
+                Err(e) => e.to_string(),
+            };
+            failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(target: "tollgate::alert", kind = alert.kind.as_str(), deployment = %alert.deployment,
+                attempt = attempt + 1, error = %err, "alert webhook failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Endpoint;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+    use serde_json::json;
+
+    struct ManualClock(Mutex<Instant>);
+    impl Clock for ManualClock {
+        fn now(&self) -> Instant {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    fn monitor(cfg: MonitorConfig) -> (Monitor, impl Fn(u64)) {
+        let clock = Arc::new(ManualClock(Mutex::new(Instant::now())));
+        let c = clock.clone();
+        (Monitor::new(cfg, clock), move |secs| *c.0.lock().unwrap() += Duration::from_secs(secs))
+    }
+
+    fn rec(status: u16) -> RequestRecord {
+        let mut r = RequestRecord::new("r".into(), Endpoint::Chat, "a".into(), false);
+        (r.deployment, r.status, r.finish_reason) = (Some("d".into()), status, Some("stop".into()));
+        (r.prompt_tokens, r.completion_tokens, r.total_ms, r.ttft_ms) = (20, 10, 100.0, Some(10.0));
+        r.error = (status >= 400).then_some("upstream");
+        r
+    }
+
+    fn drift_rec(prompt: u64, completion: u64, finish: &str) -> RequestRecord {
+        let mut r = rec(200);
+        (r.prompt_tokens, r.completion_tokens, r.finish_reason) = (prompt, completion, Some(finish.into()));
+        r
+    }
+
+    fn rendered(m: &Monitor) -> String {
+        let mut out = String::new();
+        m.render(&mut out);
+        out
+    }
+
+    #[test]
+    fn error_rate_alert_fires_once_and_resolves_once() {
+        let (m, advance) = monitor(MonitorConfig::default());
+        for i in 0..100 {
+            m.observe(&rec(if i == 30 || i == 70 { 502 } else { 200 }));
+        }
+        assert_eq!(m.error_rate("d"), Some((0.02, 100)));
+        let log = m.alert_log();
+        assert_eq!(log.len(), 1, "{log:?}");
+        assert!(log[0].firing && log[0].kind == AlertKind::ErrorRate && log[0].deployment == "d");
+        assert_eq!(m.active_alerts(), log);
+        (0..10).for_each(|_| m.observe(&rec(503)));
+        assert_eq!(m.alert_log().len(), 1, "no new event while firing");
+
+        advance(301);
+        (0..30).for_each(|_| m.observe(&rec(200)));
+        let log = m.alert_log();
+        assert_eq!(log.len(), 2, "{log:?}");
+        assert!(!log[1].firing && log[1].value == 0.0 && log[1].requests == 1, "{:?}", log[1]);
+        assert!(m.active_alerts().is_empty());
+        assert_eq!(m.error_rate("d"), Some((0.0, 30)));
+        let out = rendered(&m);
+        assert!(out.contains("tollgate_alerts_total{kind=\"error_rate\",deployment=\"d\"} 1\n"), "{out}");
+        assert!(out.contains("tollgate_alert_firing{kind=\"error_rate\",deployment=\"d\"} 0\n"), "{out}");
+        assert!(out.contains("tollgate_error_rate_window{deployment=\"d\"} 0\n"), "{out}");
+        assert_eq!(m.alert_log().len(), 2, "render judges again but adds nothing");
+    }
+
+    #[test]
+    fn under_min_requests_no_alert_and_silence_resolves() {
+        let (m, advance) = monitor(MonitorConfig::default());
+        (0..10).for_each(|_| m.observe(&rec(503)));
+        assert_eq!(m.error_rate("d"), Some((1.0, 10)));
+        assert!(m.alert_log().is_empty() && m.active_alerts().is_empty());
+        (0..10).for_each(|_| m.observe(&rec(503)));
+        assert_eq!(m.active_alerts().len(), 1);
+        advance(301); // no more traffic: once the window is empty, the alert resolves
+        assert!(m.active_alerts().is_empty());
+        assert_eq!(m.alert_log().iter().map(|a| a.firing).collect::<Vec<_>>(), [true, false]);
+        assert_eq!(m.error_rate("d"), None);
+    }
+
+    #[test]
+    fn what_counts_as_an_error_and_what_is_not_monitored() {
+        let mut r = rec(200);
+        assert!(!is_error(&r));
+        r.error = Some("upstream_stream");
+        assert!(is_error(&r), "a stream that broke after its 200");
+        for (status, err) in [(400, false), (404, false), (408, true), (429, true), (500, true), (503, true)] {
+            assert_eq!(is_error(&rec(status)), err, "{status}");
+        }
+        let mut closed = rec(499);
+        closed.client_closed = true;
+        assert!(!is_error(&closed));
+
+        let (m, _) = monitor(MonitorConfig::default());
+        let (mut refused, mut hit) = (rec(429), rec(200));
+        (refused.deployment, hit.cache_hit) = (None, true);
+        m.observe(&refused);
+        m.observe(&hit);
+        assert_eq!((m.error_rate("d"), m.window_quantiles("a", "d", "total")), (None, None));
+
+        let (m, _) = monitor(MonitorConfig { enabled: false, ..MonitorConfig::default() });
+        m.observe(&rec(500));
+        m.observe_fields("a", json!({"user": "u"}).as_object().unwrap());
+        assert_eq!((m.error_rate("d"), m.field_counts("a", "user")), (None, None));
+    }
+
+    #[test]
+    fn shifted_prompt_lengths_drift_and_unshifted_do_not() {
+        let cfg = MonitorConfig { drift_window: 500, ..MonitorConfig::default() };
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut usual = |prompt: std::ops::RangeInclusive<u64>| {
+            drift_rec(rng.random_range(prompt), rng.random_range(50..=150), "stop")
+        };
+        let (same, _) = monitor(cfg.clone());
+        for i in 0..1500 {
+            same.observe(&usual(10..=30));
+            assert_eq!(same.psi("d").is_some(), i >= 499, "None until the current window is full");
+            let worst = same.psi("d").unwrap_or_default().into_iter().fold(0.0, f64::max);
+            assert!(worst < 0.1, "unshifted PSI {worst} after {i}");
+        }
+        assert!(same.alert_log().is_empty());
+
+        let (shifted, _) = monitor(cfg);
+        (0..500).for_each(|_| shifted.observe(&usual(10..=30)));
+        assert_eq!(shifted.psi("d"), Some([0.0; 3]), "current = baseline at first");
+        (0..500).for_each(|_| shifted.observe(&usual(300..=500)));
+        let [p, c, f] = shifted.psi("d").unwrap();
+        assert!(p > 0.2 && c < 0.1 && f == 0.0, "{p} {c} {f}");
+        let log = shifted.alert_log();
+        assert_eq!(log.len(), 1, "{log:?}");
+        assert!(log[0].firing && log[0].kind == AlertKind::DriftPromptTokens && log[0].requests == 500);
+        let out = rendered(&shifted);
+        assert!(out.contains("tollgate_alert_firing{kind=\"drift_prompt_tokens\",deployment=\"d\"} 1\n"), "{out}");
+        assert!(out.contains(&format!("tollgate_drift_psi{{deployment=\"d\",kind=\"prompt_tokens\"}} {p}\n")), "{out}");
+    }
+
+    #[test]
+    fn finish_reason_mix_shift_raises_its_psi() {
+        let (m, _) = monitor(MonitorConfig { drift_window: 200, ..MonitorConfig::default() });
+        (0..200).for_each(|_| m.observe(&drift_rec(20, 100, "stop")));
+        (0..200).for_each(|i| m.observe(&drift_rec(20, 100, ["stop", "length"][i % 2])));
+        let [p, c, f] = m.psi("d").unwrap();
+        assert!(p == 0.0 && c == 0.0 && f > 0.2, "{p} {c} {f}");
+        assert_eq!(m.active_alerts().into_iter().map(|a| a.kind).collect::<Vec<_>>(), [AlertKind::DriftFinishReason]);
+        (0..200).for_each(|_| m.observe(&drift_rec(20, 100, "stop"))); // back to the baseline mix
+        assert!(m.active_alerts().is_empty());
+        assert_eq!(m.alert_log().len(), 2);
+    }
+
+    #[test]
+    fn token_bins_are_log2() {
+        let bins = [0, 1, 2, 3, 4, 5, 8, 9, 16, 17, 262_144, 262_145, u64::MAX].map(token_bin);
+        assert_eq!(bins, [0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 18, 19, 19]);
+        assert_eq!([Some("stop"), Some("content_filter"), Some("eos"), None].map(finish_bin), [0, 3, 4, 4]);
+    }
+
+    #[test]
+    fn field_health_counts_present_null_missing() {
+        let (m, _) = monitor(MonitorConfig::default());
+        m.observe_fields("a", json!({"user": "u", "temperature": null, "stream": true}).as_object().unwrap());
+        m.observe_fields("a", json!({"user": null, "tools": []}).as_object().unwrap());
+        assert_eq!(m.field_counts("a", "user"), Some([1, 1, 0]));
+        assert_eq!(m.field_counts("a", "temperature"), Some([0, 1, 1]));
+        assert_eq!(m.field_counts("a", "stream"), Some([1, 0, 1]));
+        assert_eq!(m.field_counts("a", "tools"), Some([1, 0, 1]));
+        assert_eq!(m.field_counts("a", "seed"), Some([0, 0, 2]));
+        assert_eq!(m.field_counts("a", "messages"), None, "not a tracked field");
+        let out = rendered(&m);
+        assert!(out.contains("tollgate_request_field_total{alias=\"a\",field=\"user\",state=\"null\"} 1\n"), "{out}");
+        assert!(out.contains("# TYPE tollgate_request_field_total counter\n"));
+
+        let (m, _) = monitor(MonitorConfig::default());
+        (0..300).for_each(|i| m.observe_fields(&format!("x{i}"), &serde_json::Map::new()));
+        assert_eq!((m.field_counts("x255", "seed"), m.field_counts("x256", "seed")), (Some([0, 0, 1]), None));
+        assert_eq!(m.field_counts("_other", "seed"), Some([0, 0, 44]));
+    }
+
+    #[test]
+    fn window_quantiles_by_nearest_rank() {
+        let (m, advance) = monitor(MonitorConfig::default());
+        for i in 1..=100 {
+            let mut r = rec(200);
+            (r.alias, r.total_ms, r.ttft_ms, r.completion_tokens) = ("a\"b".into(), i as f64, Some(1.0), 2);
+            m.observe(&r);
+        }
+        assert_eq!(m.window_quantiles("a\"b", "d", "total"), Some([50.0, 95.0, 99.0]));
+        assert_eq!(m.window_quantiles("a\"b", "d", "ttft"), Some([1.0; 3]));
+        assert_eq!(m.window_quantiles("a\"b", "d", "tpot"), Some([49.0, 94.0, 98.0]));
+        assert_eq!(m.window_quantiles("a\"b", "d", "itl"), None);
+        let out = rendered(&m);
+        for (q, v) in [("0.5", "0.05"), ("0.95", "0.095"), ("0.99", "0.099")] {
+            let line = format!("{{alias=\"a\\\"b\",deployment=\"d\",metric=\"total\",quantile=\"{q}\"}} {v}\n");
+            assert!(out.contains(&format!("tollgate_latency_window_seconds{line}")), "{out}");
+        }
+        advance(301);
+        assert_eq!(m.window_quantiles("a\"b", "d", "total"), None, "all samples are older than the window");
+    }
+
+    /// A webhook receiver on 127.0.0.1:0 that answers `status` and passes on each body.
+    async fn hook_server(status: u16) -> (String, mpsc::UnboundedReceiver<Value>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let app = axum::Router::new().route(
+            "/alerts",
+            axum::routing::post(move |axum::Json(body): axum::Json<Value>| async move {
+                let _ = tx.send(body);
+                http::StatusCode::from_u16(status).unwrap()
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/alerts", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, rx)
+    }
+
+    #[tokio::test]
+    async fn webhook_gets_one_post_for_a_sustained_error_condition() {
+        let (url, mut posts) = hook_server(200).await;
+        let (m, _) = monitor(MonitorConfig { webhook_url: Some(url), ..MonitorConfig::default() });
+        (0..200).for_each(|i| m.observe(&rec(if i % 2 == 0 { 503 } else { 200 })));
+        let wait = Duration::from_secs(10);
+        let alert = tokio::time::timeout(wait, posts.recv()).await.expect("a POST within 10 s").unwrap();
+        assert_eq!(alert, serde_json::to_value(&m.alert_log()[0]).unwrap());
+        assert_eq!(
+            (&alert["kind"], &alert["deployment"], &alert["firing"]),
+            (&json!("error_rate"), &json!("d"), &json!(true))
+        );
+        assert_eq!((&alert["threshold"], &alert["requests"]), (&json!(0.01), &json!(20)));
+        // Drain sends whatever is queued: a second alert, had there been one, would be here now.
+        tokio::time::timeout(wait, m.drain()).await.expect("drained within 10 s");
+        assert!(posts.try_recv().is_err(), "exactly one POST while the condition lasts");
+        let out = rendered(&m);
+        assert!(
+            out.contains("tollgate_webhook_failures_total 0\n") && out.contains("tollgate_webhook_dropped_total 0\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_webhook_is_retried_twice_and_counted() {
+        let (url, mut posts) = hook_server(500).await;
+        let (m, _) = monitor(MonitorConfig { webhook_url: Some(url), min_requests: 1, ..MonitorConfig::default() });
+        m.observe(&rec(500));
+        tokio::time::timeout(Duration::from_secs(10), m.drain()).await.expect("drained within 10 s");
+        let mut n = 0;
+        while posts.try_recv().is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, 1 + WEBHOOK_RETRIES);
+        assert!(rendered(&m).contains("tollgate_webhook_failures_total 3\n"));
+        assert_eq!(m.alert_log().len(), 1, "the alert is still recorded");
+    }
+}
