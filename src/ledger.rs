@@ -8,8 +8,9 @@
 //!    take them, which no design without an fsync per request survives either.
 //! 2. The ingester thread (`tollgate-ledger`) reads the journal from its offset every 200 ms
 //!    (or when asked to flush), inserts the complete lines in one transaction, and stores the
-//!    new offset in the same transaction: a line is ingested exactly once. Rows are keyed by
-//!    the record's own id, so even a replayed line would be ignored.
+//!    new offset in the same transaction: a line is ingested exactly once. The thread runs at
+//!    the lowest CPU priority (nice 19): on a saturated core the requests go first and the
+//!    journal is ingested in the gaps.
 //! 3. Once everything is ingested and the journal is over 16 MiB, it is truncated (under the
 //!    writer's lock) and the offset reset; an offset beyond the end of the journal at start
 //!    means that reset was interrupted, and reads from 0.
@@ -44,7 +45,7 @@ const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;
 CREATE TABLE IF NOT EXISTS requests (
-    id TEXT PRIMARY KEY,
+    id TEXT NOT NULL,
     request_id TEXT NOT NULL,
     started_at_ms INTEGER NOT NULL,
     key TEXT,
@@ -238,7 +239,15 @@ impl Ledger {
         let st = stats.clone();
         let thread = std::thread::Builder::new()
             .name("tollgate-ledger".into())
-            .spawn(move || ing.run(rx, &st))
+            .spawn(move || {
+                // Lowest priority for this thread only (Linux: nice is per thread).
+                #[cfg(target_os = "linux")]
+                unsafe {
+                    let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                    libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+                }
+                ing.run(rx, &st)
+            })
             .map_err(|e| tracing::error!("cannot start the ledger thread: {e}"))
             .ok();
         Arc::new(Ledger {
@@ -476,7 +485,7 @@ impl Ingester {
         let tx = db.transaction()?;
         {
             let mut ins = tx.prepare_cached(
-                "INSERT OR IGNORE INTO requests (id, request_id, started_at_ms, key, user, tags, batch_id, endpoint, alias, \
+                "INSERT INTO requests (id, request_id, started_at_ms, key, user, tags, batch_id, endpoint, alias, \
                  deployment, backend_kind, stream, status, error, attempts, prompt_tokens, completion_tokens, cached_tokens, \
                  tokens_source, ttft_ms, total_ms, finish_reason, client_closed, cache_hit, cost_usd, saved_usd, prefill_saved_ms) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",

@@ -24,6 +24,10 @@ pub struct ApiError {
     pub headers: Option<Box<Vec<(axum::http::HeaderName, HeaderValue)>>>,
 }
 
+/// The code of a 429 that says "every deployment is full right now" (not a key's limit, not
+/// an upstream's): batch runners wait for capacity on it without counting a try.
+pub const BUSY: &str = "deployments_busy";
+
 impl ApiError {
     fn new(status: StatusCode, type_: &'static str, message: impl Into<String>) -> Self {
         ApiError {
@@ -102,7 +106,7 @@ impl ApiError {
             "rate_limit_error",
             format!("Every deployment of '{model}' is busy; retry shortly."),
         )
-        .with_code("rate_limit_exceeded");
+        .with_code(BUSY);
         e.retry_after = Some(retry_after);
         e
     }

@@ -201,18 +201,19 @@ impl Batches {
             .ok_or_else(|| bad("'input_file_id' is required.", "input_file_id"))?;
         let url =
             body.get("endpoint").and_then(Value::as_str).ok_or_else(|| bad("'endpoint' is required.", "endpoint"))?;
-        let endpoint =
-            match url {
-                "/v1/chat/completions" => Endpoint::Chat,
-                "/v1/completions" => Endpoint::Completions,
-                "/v1/embeddings" => Endpoint::Embeddings,
-                other => return Err(bad(
+        let endpoint = match url {
+            "/v1/chat/completions" => Endpoint::Chat,
+            "/v1/completions" => Endpoint::Completions,
+            "/v1/embeddings" => Endpoint::Embeddings,
+            other => {
+                return Err(bad(
                     &format!(
                         "'endpoint' must be /v1/chat/completions, /v1/completions or /v1/embeddings, not '{other}'."
                     ),
                     "endpoint",
-                )),
-            };
+                ))
+            }
+        };
         let window = body.get("completion_window").and_then(Value::as_str).unwrap_or("24h");
         let window_s = parse_window(window)
             .ok_or_else(|| bad("'completion_window' must be like \"24h\".", "completion_window"))?;
@@ -413,14 +414,22 @@ impl Batches {
                 let (custom_id, body) = lines[i].clone();
                 let (exec, me, results, key, bid) =
                     (exec.clone(), self.clone(), results.clone(), stored.key.clone(), id.to_owned());
-                let stop = stop.clone();
+                let (stop, cancel) = (stop.clone(), cancel.clone());
                 tasks.spawn(async move {
                     let _permit = permit;
                     let req_id = format!("batch_req_{}", uuid::Uuid::new_v4().simple());
                     let mut tries = 0;
                     let (status, resp) = loop {
-                        tries += 1;
                         let (status, resp) = exec(endpoint, key.clone(), bid.clone(), req_id.clone(), body.clone()).await;
+                        // Every deployment's batch slots are taken: wait for one, not a try.
+                        if status == 429 && resp["error"]["code"] == crate::api::error::BUSY {
+                            if stop.is_cancelled() || cancel.is_cancelled() || now_s() >= expires {
+                                return; // never started: not recorded
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                        tries += 1;
                         let transient = status == 429 || status >= 500;
                         if !transient || tries >= MAX_TRIES || stop.is_cancelled() {
                             break (status, resp);
