@@ -263,6 +263,28 @@ fn print_config(cfg: &Config) {
             if cfg.auth.admin_key_sha256.is_some() { "set" } else { "not set" }
         );
     }
+    for k in &cfg.auth.keys {
+        let l = &k.limits;
+        let mut parts = Vec::new();
+        if let Some(v) = l.requests_per_minute {
+            parts.push(format!("rpm={v}"));
+        }
+        if let Some(v) = l.tokens_per_minute {
+            parts.push(format!("tpm={v}"));
+        }
+        if let Some(v) = l.max_concurrent {
+            parts.push(format!("concurrent={v}"));
+        }
+        if let Some(v) = l.budget_usd_per_day {
+            parts.push(format!("${v}/day"));
+        }
+        if let Some(v) = l.budget_usd_per_month {
+            parts.push(format!("${v}/month"));
+        }
+        if !parts.is_empty() {
+            println!("  key {}: {}", k.name, parts.join(", "));
+        }
+    }
     println!("aliases:");
     for a in &cfg.aliases {
         println!("  {} ({})", a.name, a.file.display());
@@ -273,8 +295,13 @@ fn print_config(cfg: &Config) {
                 }
                 DeploymentKind::Local(l) => format!("{} ctx={} parallel={}", l.path.display(), l.context, l.parallel),
             };
+            let price = d
+                .price
+                .as_ref()
+                .map(|p| format!(", price/M in={} cached={} out={}", p.input, p.cached_input, p.output))
+                .unwrap_or_default();
             println!(
-                "    {}. {} [{}] {} (max_concurrency={}, weight={})",
+                "    {}. {} [{}] {} (max_concurrency={}, weight={}{price})",
                 i + 1,
                 d.name,
                 d.kind.name(),
