@@ -67,9 +67,14 @@ pub struct RequestRecord {
     pub batch_id: Option<String>,
     /// What it cost and saved; `None` when its deployment has no price.
     pub cost: Option<Cost>,
+    /// The small-model router's decision (`x-tollgate-route`), when an `auto` alias chose.
+    pub route: Option<String>,
     /// The serving deployment's price (set with the deployment).
     #[serde(skip)]
     pub price: Option<Price>,
+    /// Sent to the small model: the large model's price, to account the saving.
+    #[serde(skip)]
+    pub downgrade_price: Option<Price>,
     /// The key's rate-limit hold, settled when the record is finished.
     #[serde(skip)]
     pub admission: Option<Arc<Admission>>,
@@ -110,6 +115,8 @@ impl RequestRecord {
             batch_id: None,
             cost: None,
             price: None,
+            downgrade_price: None,
+            route: None,
             admission: None,
         }
     }
@@ -118,12 +125,25 @@ impl RequestRecord {
         Tokens { prompt: self.prompt_tokens, cached: self.cached_tokens, completion: self.completion_tokens }
     }
 
-    /// Prices the record from its tokens (a cache hit pays nothing and saves the whole cost).
-    pub fn price_it(&mut self) {
-        if let Some(p) = &self.price {
-            let t = self.tokens();
-            self.cost = Some(if self.cache_hit { p.cache_hit(t) } else { p.cost(t, self.batch_id.is_some()) });
+    /// What these tokens cost this request: a cache hit pays nothing and saves the whole cost;
+    /// a request the router sent to the small model also saves what the large one would have
+    /// cost for the same tokens.
+    pub fn charge(&self, t: Tokens) -> Option<Cost> {
+        let p = self.price.as_ref()?;
+        let batch = self.batch_id.is_some();
+        let mut c = if self.cache_hit { p.cache_hit(t) } else { p.cost(t, batch) };
+        if let Some(large) = &self.downgrade_price {
+            let would = large.cost(t, batch).usd;
+            if would > c.usd {
+                c.saved_usd += would - c.usd;
+            }
         }
+        Some(c)
+    }
+
+    /// Prices the record from its tokens.
+    pub fn price_it(&mut self) {
+        self.cost = self.charge(self.tokens());
     }
 }
 

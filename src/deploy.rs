@@ -43,6 +43,7 @@ pub async fn build_routes(cfg: &Config, old: Option<&Routes>, clock: Arc<dyn Clo
                 description: a.description.clone(),
                 deployments,
                 affinity: a.prefix_affine.then_some(a.load_factor),
+                auto: a.router.clone(),
             }),
         );
     }

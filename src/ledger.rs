@@ -71,7 +71,8 @@ CREATE TABLE IF NOT EXISTS requests (
     cache_hit INTEGER NOT NULL,
     cost_usd TEXT,
     saved_usd TEXT,
-    prefill_saved_ms REAL
+    prefill_saved_ms REAL,
+    route TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_started ON requests(started_at_ms);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
@@ -110,6 +111,8 @@ struct Row {
     cost: Option<CostRow>,
     #[serde(default)]
     prefill_saved_ms: Option<f64>,
+    #[serde(default)]
+    route: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -423,6 +426,8 @@ impl Ingester {
         let c = Connection::open(self.dir.join("ledger.sqlite"))?;
         c.busy_timeout(Duration::from_secs(5))?;
         c.execute_batch(SCHEMA)?;
+        // Columns added after a database was created: added in place (an error means present).
+        let _ = c.execute("ALTER TABLE requests ADD COLUMN route TEXT", []);
         Ok(c)
     }
 
@@ -487,8 +492,8 @@ impl Ingester {
             let mut ins = tx.prepare_cached(
                 "INSERT INTO requests (id, request_id, started_at_ms, key, user, tags, batch_id, endpoint, alias, \
                  deployment, backend_kind, stream, status, error, attempts, prompt_tokens, completion_tokens, cached_tokens, \
-                 tokens_source, ttft_ms, total_ms, finish_reason, client_closed, cache_hit, cost_usd, saved_usd, prefill_saved_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
+                 tokens_source, ttft_ms, total_ms, finish_reason, client_closed, cache_hit, cost_usd, saved_usd, prefill_saved_ms, route) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)",
             )?;
             while lines < BATCH_LINES {
                 let Some(nl) = memchr::memchr(b'\n', &buf[consumed..]) else { break };
@@ -530,6 +535,7 @@ impl Ingester {
                     r.cost.as_ref().map(|c| c.usd.as_str()),
                     r.cost.as_ref().map(|c| c.saved_usd.as_str()),
                     r.prefill_saved_ms,
+                    r.route,
                 ])?;
                 stats.ingested.fetch_add(n as u64, Ordering::Relaxed);
             }

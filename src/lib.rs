@@ -20,4 +20,5 @@ pub mod pricing;
 pub mod protocol;
 pub mod router;
 pub mod server;
+pub mod smallroute;
 pub mod usage;

@@ -113,6 +113,8 @@ pub struct Alias {
     /// Prefix-affine routing over replicas (see `crate::affinity`), with its load factor;
     /// `None`: the declared order.
     pub affinity: Option<f64>,
+    /// A small-model router: requests go to one of two other aliases (`crate::smallroute`).
+    pub auto: Option<crate::config::AutoRouterConfig>,
 }
 
 impl Alias {
@@ -177,10 +179,27 @@ pub async fn dispatch(alias: &Alias, req: &BackendRequest) -> Result<Dispatched,
     let mut attempts = 0;
     let mut last: Option<(String, BackendError)> = None;
     let mut skipped_open = 0;
-    for dep in &ordered {
+    // A batch request waits (without spinning) for a batch slot on any of its deployments
+    // when all are taken, then takes that deployment first.
+    let mut waited: Option<(usize, OwnedSemaphorePermit)> = None;
+    if req.priority == Priority::Batch
+        && !ordered.is_empty()
+        && ordered.iter().all(|d| d.batch_permits.available_permits() == 0)
+    {
+        let waits = ordered.iter().map(|d| Box::pin(d.batch_permits.clone().acquire_owned()));
+        if let (Ok(p), i, _) = futures::future::select_all(waits).await {
+            waited = Some((i, p));
+        }
+    }
+    for (di, dep) in ordered.iter().enumerate() {
         // A batch request takes one of the deployment's batch slots first: batch work never
         // holds more than its share, whatever the runner's own concurrency.
+        let pre = match &waited {
+            Some((i, _)) if *i == di => waited.take().map(|(_, p)| p),
+            _ => None,
+        };
         let batch_permit = match req.priority {
+            Priority::Batch if pre.is_some() => pre,
             Priority::Batch => match dep.batch_permits.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
                 Err(_) => {

@@ -22,6 +22,8 @@ pub const DEPLOYMENT_HEADER: &str = "x-tollgate-deployment";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const CACHE_HEADER: &str = "x-tollgate-cache";
 pub const SESSION_HEADER: &str = "x-session-id";
+/// The small-model router's decision: which model, the score, the reasons.
+pub const ROUTE_HEADER: &str = "x-tollgate-route";
 const UNKNOWN_ALIAS: &str = "_unknown";
 
 /// Records a request whose client left while it was being routed (the handler's future
@@ -176,6 +178,32 @@ async fn serve_valid(
         }
     };
     st.accounting.monitor.observe_fields(&alias.name, &req.body);
+    // A small-model router: the request goes to its small or its large alias.
+    let shown = alias.name.clone();
+    let mut route_header: Option<HeaderValue> = None;
+    let mut escalation: Option<(Arc<router::Alias>, bool)> = None;
+    let mut alias = match &alias.auto {
+        None => alias,
+        Some(auto) => {
+            let decision = crate::smallroute::decide(&crate::smallroute::features(&req.body), &auto.weights);
+            let target = if decision.large { &auto.large } else { &auto.small };
+            let Some(t) = live.routes.get(target).cloned() else {
+                let e =
+                    ApiError::unavailable(format!("The router '{shown}' points at '{target}', which is not loaded."));
+                return Err((e, Some(rec)));
+            };
+            let text = format!("{}; model={target}", decision.header());
+            route_header = HeaderValue::from_str(&text).ok();
+            rec.route = Some(text);
+            if !decision.large {
+                let large = live.routes.get(&auto.large).cloned();
+                rec.downgrade_price =
+                    large.as_ref().and_then(|l| l.deployments.first()).and_then(|d| d.cfg.price.clone());
+                escalation = large.map(|l| (l, auto.escalate_on_length));
+            }
+            t
+        }
+    };
     // The key's limits and budgets: a refusal is recorded like any other answered request.
     // Batch lines run below interactive traffic and are paced by the batch runner instead.
     let batch = rec.batch_id.is_some();
@@ -236,7 +264,41 @@ async fn serve_valid(
         session: session_key,
     };
     let mut abandoned = Abandoned { rec: Some(rec.clone()), accounting: st.accounting.clone(), start };
-    let dispatched = router::dispatch(&alias, &br).await;
+    let mut dispatched = router::dispatch(&alias, &br).await;
+    // The small model failed (or, if configured, was cut at max_tokens): ask the large one.
+    if let Some((large, on_length)) = escalation.take() {
+        let escalate = match &dispatched {
+            Err(_) => true,
+            Ok(d) => on_length && matches!(&d.reply, Committed::Full { body, .. } if finish_of(body) == Some("length")),
+        };
+        if escalate {
+            if let Ok(d) = dispatched {
+                // The small model's answer was paid for: it is accounted on its own.
+                let mut small = rec.clone();
+                small.id = uuid::Uuid::new_v4().simple().to_string();
+                small.admission = None;
+                small.error = Some("escalated");
+                small.deployment = Some(d.deployment.name().to_owned());
+                small.backend_kind = Some(d.deployment.cfg.kind.name());
+                small.price = d.deployment.cfg.price.clone();
+                small.downgrade_price = None;
+                if let Committed::Full { body, usage } = &d.reply {
+                    let mut tap = Tap::new(start, None);
+                    tap.observe(body);
+                    if let Some(u) = usage {
+                        tap.set_usage(*u);
+                    }
+                    tap.finish_into(&mut small);
+                }
+                st.accounting.finish(small);
+            }
+            rec.route = rec.route.take().map(|r| format!("{r}; escalated={}", large.name));
+            route_header = rec.route.as_deref().and_then(|r| HeaderValue::from_str(r).ok());
+            rec.downgrade_price = None;
+            alias = large;
+            dispatched = router::dispatch(&alias, &br).await;
+        }
+    }
     abandoned.rec = None;
     let d = match dispatched {
         Ok(d) => d,
@@ -255,7 +317,7 @@ async fn serve_valid(
     match d.reply {
         Committed::Full { mut body, usage } => {
             if let Some(m) = body.get_mut("model") {
-                *m = Value::String(alias.name.clone());
+                *m = Value::String(shown.clone());
             }
             tap.observe(&body);
             if let Some(u) = usage {
@@ -282,6 +344,9 @@ async fn serve_valid(
             timing_headers(&body, resp.headers_mut());
             cost_headers(cost, resp.headers_mut());
             resp.headers_mut().extend(limit_headers);
+            if let Some(r) = route_header {
+                resp.headers_mut().insert(ROUTE_HEADER, r);
+            }
             Ok(resp)
         }
         Committed::Stream { first, rest } => {
@@ -297,7 +362,7 @@ async fn serve_valid(
                 _ => None,
             };
             let setup = sse::SseSetup {
-                alias: alias.name.clone(),
+                alias: shown.clone(),
                 include_usage,
                 keepalive: st.server.keepalive,
                 stall: d.deployment.cfg.stall_timeout,
@@ -316,9 +381,16 @@ async fn serve_valid(
             h.insert("x-accel-buffering", HeaderValue::from_static("no"));
             h.insert(DEPLOYMENT_HEADER, dep_header);
             h.extend(limit_headers);
+            if let Some(r) = route_header {
+                h.insert(ROUTE_HEADER, r);
+            }
             Ok(resp)
         }
     }
+}
+
+fn finish_of(body: &serde_json::Map<String, Value>) -> Option<&str> {
+    body.get("choices")?.get(0)?.get("finish_reason")?.as_str()
 }
 
 /// The bytes of prompt text, for a token estimate at admission.

@@ -186,8 +186,8 @@ impl State {
         // The final usage chunk carries the cost, computed as the record's will be.
         if let Some(u) = chunk.get_mut("usage") {
             if let Some((rec, _)) = self.fin.record.as_ref() {
-                if let (Some(p), Some(usage)) = (&rec.price, crate::protocol::Usage::from_json(u)) {
-                    crate::pricing::annotate_usage(u, p.cost(usage.into(), rec.batch_id.is_some()));
+                if let Some(cost) = crate::protocol::Usage::from_json(u).and_then(|usage| rec.charge(usage.into())) {
+                    crate::pricing::annotate_usage(u, cost);
                 }
             }
         }

@@ -121,6 +121,16 @@ pub struct AliasConfig {
     pub load_factor: f64,
     pub file: PathBuf,
     pub deployments: Vec<DeploymentConfig>,
+    /// A small-model router instead of deployments.
+    pub router: Option<AutoRouterConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AutoRouterConfig {
+    pub small: String,
+    pub large: String,
+    pub weights: crate::smallroute::RouterWeights,
+    pub escalate_on_length: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -292,6 +302,7 @@ pub fn load_with_env(opts: &LoadOptions, env: Env<'_>) -> Result<Config, ConfigE
             prefix_affine: false,
             load_factor: crate::affinity::DEFAULT_LOAD_FACTOR,
             file: PathBuf::from("--model"),
+            router: None,
             deployments: vec![DeploymentConfig {
                 name: format!("{name}-local"),
                 kind: DeploymentKind::Local(LocalConfig::for_path(model.clone())),
@@ -316,6 +327,21 @@ pub fn load_with_env(opts: &LoadOptions, env: Env<'_>) -> Result<Config, ConfigE
                     a.name,
                     d.name
                 ));
+            }
+        }
+    }
+    for a in &aliases {
+        if let Some(r) = &a.router {
+            for (role, target) in [("small", &r.small), ("large", &r.large)] {
+                match aliases.iter().find(|x| &x.name == target) {
+                    None => errs.push(format!("{}: alias '{}': router.{role}: unknown alias '{target}'", a.file.display(), a.name)),
+                    Some(t) if t.router.is_some() => errs.push(format!(
+                        "{}: alias '{}': router.{role}: '{target}' is itself a router; point at an alias with deployments",
+                        a.file.display(),
+                        a.name
+                    )),
+                    _ => {}
+                }
             }
         }
     }
@@ -641,8 +667,15 @@ fn alias_config(a: raw::AliasFile, i: usize, file: &Path, env: Env<'_>, errs: &m
     if a.name.is_empty() || a.name.contains(char::is_whitespace) {
         errs.push(format!("{f}: {at}.name: '{}' must be non-empty without spaces", a.name));
     }
-    if a.deployment.is_empty() {
-        errs.push(format!("{f}: {at}: alias '{}' has no [[alias.deployment]]", a.name));
+    match (&a.router, a.deployment.is_empty()) {
+        (None, true) => {
+            errs.push(format!("{f}: {at}: alias '{}' has no [[alias.deployment]] (or [alias.router])", a.name))
+        }
+        (Some(_), false) => errs.push(format!("{f}: {at}: alias '{}' has a router and deployments; give one", a.name)),
+        (Some(r), true) if r.small == r.large => {
+            errs.push(format!("{f}: {at}.router: small and large are the same alias"))
+        }
+        _ => {}
     }
     let mut deployments = Vec::new();
     for (j, d) in a.deployment.into_iter().enumerate() {
@@ -662,6 +695,12 @@ fn alias_config(a: raw::AliasFile, i: usize, file: &Path, env: Env<'_>, errs: &m
     if load_factor < 1.0 {
         errs.push(format!("{f}: {at}.affinity_load_factor: must be at least 1.0"));
     }
+    let router = a.router.map(|r| AutoRouterConfig {
+        small: r.small,
+        large: r.large,
+        weights: r.weights.unwrap_or_default(),
+        escalate_on_length: r.escalate_on_length.unwrap_or(false),
+    });
     (errs.len() == before).then(|| AliasConfig {
         name: a.name,
         description: a.description,
@@ -669,6 +708,7 @@ fn alias_config(a: raw::AliasFile, i: usize, file: &Path, env: Env<'_>, errs: &m
         load_factor,
         file: file.to_path_buf(),
         deployments,
+        router,
     })
 }
 

@@ -133,8 +133,22 @@ pub struct AliasFile {
     /// "ordered" (the default: the first healthy deployment with room) or "prefix_affine".
     pub routing: Option<String>,
     pub affinity_load_factor: Option<f64>,
+    /// A small-model router: this alias answers from `small` or `large` (two other aliases).
+    pub router: Option<RouterFile>,
     #[serde(default)]
     pub deployment: Vec<DeploymentFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterFile {
+    pub small: String,
+    pub large: String,
+    /// Overrides of the rule scorer's weights and threshold (`crate::smallroute`).
+    pub weights: Option<crate::smallroute::RouterWeights>,
+    /// A small-model answer cut at max_tokens (`finish_reason: length`) is asked again of the
+    /// large model (non-streamed requests). Errors always escalate.
+    pub escalate_on_length: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -258,6 +258,8 @@ struct Seq {
     generated: u32,
     admitted: Instant,
     first_token: Option<Instant>,
+    /// Admitted from the interactive queue (not a batch line).
+    interactive: bool,
 }
 
 /// Creates the context and runs the loop until the queue closes. `ready` reports whether
@@ -315,8 +317,12 @@ pub fn run(
             loop {
                 let free = slots.iter().position(Option::is_none);
                 let Some(free) = free else { break };
-                let Some(job) = q.interactive.pop_front().or_else(|| q.batch.pop_front()) else {
-                    break;
+                let (job, interactive) = match q.interactive.pop_front() {
+                    Some(j) => (j, true),
+                    None => match q.batch.pop_front() {
+                        Some(j) => (j, false),
+                        None => break,
+                    },
                 };
                 if job.tx.is_closed() {
                     continue;
@@ -354,6 +360,7 @@ pub fn run(
                     generated: 0,
                     admitted: Instant::now(),
                     first_token: None,
+                    interactive,
                 });
             }
             queue.active.store(slots.iter().filter(|s| s.is_some()).count(), Ordering::Relaxed);
@@ -365,13 +372,19 @@ pub fn run(
                 continue;
             }
         }
-        // 3. One batch: decode tokens first, then prompt chunks.
+        // 3. One batch: decode tokens first, then prompt chunks. While an interactive prompt
+        //    is being prefilled, batch lines sit this step out: the step is small and the
+        //    interactive request's first token comes sooner (batch lines lose one step).
         batch.clear();
         let mut overflow = false;
         let mut in_batch = vec![false; slots.len()];
+        let urgent = slots.iter().flatten().any(|s| s.interactive && s.prefilled < s.job.tokens.len());
         for (i, s) in slots.iter_mut().enumerate() {
             let Some(s) = s else { continue };
             s.logits_at = None;
+            if urgent && !s.interactive {
+                continue;
+            }
             if let Some(t) = s.next.take() {
                 overflow |= batch.add(t, s.n_past as i32, &[i as i32], true).is_err();
                 s.decoded.push(t);
@@ -381,8 +394,11 @@ pub fn run(
             }
         }
         let mut budget = (set.n_batch as i32 - batch.n_tokens()).max(0) as usize;
-        let mut order: Vec<usize> =
-            (0..slots.len()).filter(|&i| slots[i].as_ref().is_some_and(|s| s.prefilled < s.job.tokens.len())).collect();
+        let mut order: Vec<usize> = (0..slots.len())
+            .filter(|&i| {
+                slots[i].as_ref().is_some_and(|s| s.prefilled < s.job.tokens.len() && (s.interactive || !urgent))
+            })
+            .collect();
         order.sort_by_key(|&i| slots[i].as_ref().map(|s| s.admitted));
         for i in order {
             let Some(s) = slots[i].as_mut() else { continue };
