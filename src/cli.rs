@@ -62,9 +62,9 @@ pub enum Command {
         /// The gateway.
         #[arg(long, env = "TOLLGATE_URL", default_value = "http://127.0.0.1:8080")]
         url: String,
-        /// The admin key.
+        /// The admin key (none for an open gateway without one).
         #[arg(long, env = "TOLLGATE_ADMIN_KEY", hide_env_values = true)]
-        admin_key: String,
+        admin_key: Option<String>,
         /// How far back: e.g. 30m, 24h, 7d.
         #[arg(long, default_value = "24h")]
         since: String,
@@ -168,7 +168,7 @@ pub fn main() -> std::process::ExitCode {
             }
         }
         Command::Usage { url, admin_key, since, group_by, key, alias, json } => {
-            match usage(&url, &admin_key, &since, &group_by, key, alias) {
+            match usage(&url, admin_key.as_deref(), &since, &group_by, key, alias) {
                 Ok(report) => {
                     if json {
                         println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
@@ -211,7 +211,7 @@ fn parse_since(s: &str) -> Option<u64> {
 
 fn usage(
     url: &str,
-    admin_key: &str,
+    admin_key: Option<&str>,
     since: &str,
     group_by: &str,
     key: Option<String>,
@@ -232,13 +232,11 @@ fn usage(
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
-        let resp = reqwest::Client::new()
-            .get(format!("{}/v1/usage", url.trim_end_matches('/')))
-            .bearer_auth(admin_key)
-            .query(&q)
-            .send()
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
+        let mut req = reqwest::Client::new().get(format!("{}/v1/usage", url.trim_end_matches('/'))).query(&q);
+        if let Some(k) = admin_key {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().await.map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
         let status = resp.status();
         let body: serde_json::Value = resp.json().await?;
         if !status.is_success() {

@@ -110,6 +110,10 @@ async fn the_sdk_runs_a_batch_end_to_end() {
     let sum: rust_decimal::Decimal = cost.split('|').map(|c| c.parse::<rust_decimal::Decimal>().unwrap()).sum();
     let full = rust_decimal::Decimal::from(p * 100 + comp * 200) / rust_decimal::Decimal::from(1_000_000);
     assert_eq!(sum * rust_decimal::Decimal::from(2), full, "half price");
+    // The usage API groups by batch (open mode without an admin key: no key needed).
+    let u: Value = reqwest::get(gw.url("/v1/usage?group_by=batch")).await.unwrap().json().await.unwrap();
+    let row = u["data"].as_array().unwrap().iter().find(|r| r["batch"] == batch.id.as_str()).unwrap();
+    assert_eq!(row["requests"], 6, "{u}");
     assert!(client.files().delete(&file.id).await.unwrap().deleted);
     assert!(client.files().retrieve(&file.id).await.is_err());
 }

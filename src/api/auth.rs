@@ -69,6 +69,11 @@ pub fn authenticate(auth: &AuthConfig, headers: &HeaderMap) -> Result<Caller, Ap
 
 pub fn authenticate_admin(auth: &AuthConfig, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(h) = auth.admin_key_sha256 else {
+        // Open mode without an admin key (a local, zero-config start): the admin endpoints are
+        // as open as the rest.
+        if auth.open {
+            return Ok(());
+        }
         return Err(ApiError::unauthorized("No admin key is configured (auth.admin_key)."));
     };
     match presented_key(headers) {
