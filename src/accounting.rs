@@ -161,6 +161,9 @@ pub struct Tap {
     /// Keep the completion text for the response cache.
     keep_text: bool,
     prefill_saved_ms: Option<f64>,
+    /// Queue + prefill + first decode, from llama.cpp-style `timings`: the time to first
+    /// token of a response that arrives whole.
+    timings_ttft_ms: Option<f64>,
 }
 
 impl Tap {
@@ -179,6 +182,7 @@ impl Tap {
             keep_content,
             keep_text: false,
             prefill_saved_ms: None,
+            timings_ttft_ms: None,
         }
     }
 
@@ -190,6 +194,10 @@ impl Tap {
                 if cache_n > 0.0 && per_token > 0.0 {
                     self.prefill_saved_ms = Some(cache_n * per_token);
                 }
+            }
+            if let Some(prompt) = f("prompt_ms") {
+                self.timings_ttft_ms =
+                    Some(f("queued_ms").unwrap_or(0.0) + prompt + f("predicted_per_token_ms").unwrap_or(0.0));
             }
         }
         if let Some(u) = chunk.get("usage").and_then(Usage::from_json) {
@@ -236,7 +244,9 @@ impl Tap {
     /// Fills the record's tokens, times and finish reason.
     pub fn finish_into(self, rec: &mut RequestRecord) {
         rec.total_ms = ms(self.start.elapsed());
-        rec.ttft_ms = self.first_token.map(ms);
+        // A whole (non-streamed) body says nothing of when its first token was made: only
+        // the backend's own timings do; without them there is no TTFT, rather than a wrong one.
+        rec.ttft_ms = if rec.stream { self.first_token.map(ms) } else { self.timings_ttft_ms };
         rec.finish_reason = self.finish;
         rec.prefill_saved_ms = self.prefill_saved_ms;
         match self.usage {

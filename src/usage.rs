@@ -188,7 +188,7 @@ pub fn report(c: &Connection, q: &Query) -> rusqlite::Result<Value> {
                 "prompt_tokens": a.prompt,
                 "completion_tokens": a.completion,
                 "cached_tokens": a.cached,
-                "cost_usd": a.cost.normalize().to_string(),
+                "cost_usd": (a.priced > 0).then(|| a.cost.normalize().to_string()),
                 "saved_usd": a.saved.normalize().to_string(),
                 "priced_requests": a.priced,
                 "latency_ms": percentiles(&mut a.total),
