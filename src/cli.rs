@@ -193,22 +193,6 @@ pub fn main() -> std::process::ExitCode {
     }
 }
 
-/// `30m`, `24h`, `7d`, or plain seconds.
-fn parse_since(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n.parse().ok()?;
-    Some(
-        n * match unit {
-            "" | "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86_400,
-            _ => return None,
-        },
-    )
-}
-
 fn usage(
     url: &str,
     admin_key: Option<&str>,
@@ -217,7 +201,8 @@ fn usage(
     key: Option<String>,
     alias: Option<String>,
 ) -> anyhow::Result<serde_json::Value> {
-    let secs = parse_since(since).ok_or_else(|| anyhow::anyhow!("--since '{since}' is not like 30m, 24h or 7d"))?;
+    let secs = crate::config::duration_secs(since)
+        .ok_or_else(|| anyhow::anyhow!("--since '{since}' is not like 30m, 24h or 7d"))?;
     let now = crate::accounting::now_ms() / 1000;
     let mut q: Vec<(&str, String)> = vec![
         ("start_time", now.saturating_sub(secs).to_string()),

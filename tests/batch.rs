@@ -166,19 +166,7 @@ async fn invalid_input_is_refused_with_line_numbers() {
 async fn cancel_keeps_the_results_already_made() {
     let gw = Gateway::start(&format!("{OPEN}[batch]\nconcurrency = 1\n"), &[("a.toml", &route(""))]).await;
     let c = reqwest::Client::new();
-    let form = reqwest::multipart::Form::new()
-        .text("purpose", "batch")
-        .part("file", reqwest::multipart::Part::bytes(lines(40)).file_name("in.jsonl"));
-    let f: Value = c.post(gw.url("/v1/files")).multipart(form).send().await.unwrap().json().await.unwrap();
-    let b: Value = c
-        .post(gw.url("/v1/batches"))
-        .json(&json!({"input_file_id": f["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let b = gw.create_batch(lines(40)).await;
     let id = b["id"].as_str().unwrap();
     wait_for(&gw.url(""), id, |b| b["request_counts"]["completed"].as_u64() >= Some(2)).await;
     let r: Value = c.post(gw.url(&format!("/v1/batches/{id}/cancel"))).send().await.unwrap().json().await.unwrap();

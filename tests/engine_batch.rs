@@ -25,19 +25,7 @@ async fn interactive_requests_are_served_while_a_batch_runs() {
         input.extend_from_slice(l.to_string().as_bytes());
         input.push(b'\n');
     }
-    let form = reqwest::multipart::Form::new()
-        .text("purpose", "batch")
-        .part("file", reqwest::multipart::Part::bytes(input).file_name("in.jsonl"));
-    let f: Value = c.post(gw.url("/v1/files")).multipart(form).send().await.unwrap().json().await.unwrap();
-    let b: Value = c
-        .post(gw.url("/v1/batches"))
-        .json(&json!({"input_file_id": f["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let b = gw.create_batch(input).await;
     let url = gw.url(&format!("/v1/batches/{}", b["id"].as_str().unwrap()));
     let get = || async { c.get(&url).send().await.unwrap().json::<Value>().await.unwrap() };
     let deadline = Instant::now() + Duration::from_secs(180);

@@ -1,10 +1,11 @@
 //! `/v1/files` and `/v1/batches`, as the OpenAI API does them. Thin: authenticate, call the
 //! batch store ([`crate::batch`]), render. Uploads stream to disk (at most 200 MB).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Multipart, Path, RawQuery, State};
+use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
@@ -17,10 +18,6 @@ use crate::batch::{input::MAX_BYTES, CreateError};
 
 fn caller(st: &AppState, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(auth::authenticate(&st.live().auth, headers)?.name().map(str::to_owned))
-}
-
-fn query_param(q: &Option<String>, name: &str) -> Option<String> {
-    q.as_deref()?.split('&').find_map(|p| p.strip_prefix(name)?.strip_prefix('=').map(str::to_owned))
 }
 
 pub async fn upload(State(st): State<Arc<AppState>>, headers: HeaderMap, mut mp: Multipart) -> Response {
@@ -108,13 +105,16 @@ fn io_error(e: &std::io::Error) -> ApiError {
     ApiError::internal("The file could not be stored.")
 }
 
-pub async fn list_files(State(st): State<Arc<AppState>>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+pub async fn list_files(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let key = match caller(&st, &headers) {
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
-    let purpose = query_param(&q, "purpose");
-    let data = st.batches.files.list(purpose.as_deref(), key.as_deref());
+    let data = st.batches.files.list(q.get("purpose").map(String::as_str), key.as_deref());
     axum::Json(json!({"object": "list", "data": data, "has_more": false})).into_response()
 }
 
@@ -165,14 +165,13 @@ pub async fn delete_file(State(st): State<Arc<AppState>>, headers: HeaderMap, Pa
 
 pub async fn create_batch(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let r = async {
-        let key = caller(&st, &headers)?;
+        let live = st.live();
+        let who = auth::authenticate(&live.auth, &headers)?;
+        let key = who.name().map(str::to_owned);
         let bytes = super::inference::read_body(body, 1024 * 1024).await?;
         let v: Value = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::invalid_request(format!("The body is not valid JSON: {e}"), None))?;
-        let live = st.live();
-        let k = key.clone();
-        let known =
-            move |m: &str| live.routes.get(m).is_some_and(|a| k.is_none() || auth_allows(&live.auth, &k, &a.name));
+        let known = move |m: &str| live.routes.get(m).is_some_and(|a| who.allows(&a.name));
         let batches = st.batches.clone();
         let b = tokio::task::spawn_blocking(move || batches.create(key.as_deref(), &v, &known))
             .await
@@ -194,13 +193,6 @@ pub async fn create_batch(State(st): State<Arc<AppState>>, headers: HeaderMap, b
     }
 }
 
-fn auth_allows(auth: &crate::config::AuthConfig, key: &Option<String>, alias: &str) -> bool {
-    match key {
-        None => true,
-        Some(k) => auth.keys.iter().any(|c| &c.name == k && c.allows(alias)),
-    }
-}
-
 fn no_batch(id: &str) -> ApiError {
     ApiError::not_found(format!("No such batch: {id}")).with_code("batch_not_found")
 }
@@ -219,14 +211,17 @@ pub async fn cancel_batch(State(st): State<Arc<AppState>>, headers: HeaderMap, P
     }
 }
 
-pub async fn list_batches(State(st): State<Arc<AppState>>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+pub async fn list_batches(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let key = match caller(&st, &headers) {
         Ok(k) => k,
         Err(e) => return e.into_response(),
     };
-    let limit = query_param(&q, "limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(20).clamp(1, 100);
-    let after = query_param(&q, "after");
-    let (data, has_more) = st.batches.list(key.as_deref(), after.as_deref(), limit);
+    let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(20).clamp(1, 100);
+    let (data, has_more) = st.batches.list(key.as_deref(), q.get("after").map(String::as_str), limit);
     let first = data.first().map(|b| b.id.clone());
     let last = data.last().map(|b| b.id.clone());
     (

@@ -207,6 +207,7 @@ async fn serve_valid(
     // The key's limits and budgets: a refusal is recorded like any other answered request.
     // Batch lines run below interactive traffic and are paced by the batch runner instead.
     let batch = rec.batch_id.is_some();
+    let mut limit_headers = Vec::new();
     if let (auth::Caller::Key(k), false) = (&caller, batch) {
         let ask = crate::limits::Ask {
             key: k,
@@ -215,11 +216,15 @@ async fn serve_valid(
             now_ms: rec.started_at_ms,
         };
         match st.accounting.limits.admit(&ask) {
-            Ok(a) => rec.admission = a.map(Arc::new),
+            Ok(Some(mut a)) => {
+                // The headers go to the response; the hold stays with the record.
+                limit_headers = std::mem::take(&mut a.headers);
+                rec.admission = Some(Arc::new(a));
+            }
+            Ok(None) => {}
             Err(e) => return Err((e, Some(rec))),
         }
     }
-    let limit_headers: Vec<_> = rec.admission.as_ref().map(|a| a.headers.clone()).unwrap_or_default();
     // The response cache: a hit is answered here; a miss may lead identical requests.
     let policy = headers.map(ClientPolicy::from_headers).unwrap_or(ClientPolicy { lookup: true, store: true });
     let cache_key = st.cache.as_ref().and_then(|c| c.key(caller.name(), &alias, &req).map(|k| (c.clone(), k)));

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
@@ -15,24 +15,29 @@ use super::error::ApiError;
 use super::{auth, AppState};
 use crate::usage::{GroupBy, Query};
 
-pub async fn usage(State(st): State<Arc<AppState>>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
-    match run(&st, &headers, q.as_deref().unwrap_or("")).await {
+pub async fn usage(State(st): State<Arc<AppState>>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    match run(&st, &headers, &uri).await {
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-fn parse(q: &str, now_ms: u64) -> Result<Query, ApiError> {
+/// The query's (name, value) pairs, decoded by axum's own `Query`.
+fn pairs(uri: &axum::http::Uri) -> Result<Vec<(String, String)>, ApiError> {
+    axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map(|q| q.0)
+        .map_err(|e| ApiError::invalid_request(format!("The query string is malformed: {e}"), None))
+}
+
+fn parse(pairs: Vec<(String, String)>, now_ms: u64) -> Result<Query, ApiError> {
     let mut out = Query { start_ms: now_ms.saturating_sub(86_400_000), end_ms: now_ms + 1, ..Default::default() };
-    for pair in q.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = percent_decode(v);
+    for (k, v) in pairs {
         let secs = |name: &str| {
             v.parse::<u64>().map(|s| s * 1000).map_err(|_| {
                 ApiError::invalid_request(format!("'{name}' must be a Unix time in seconds, got '{v}'."), Some(name))
             })
         };
-        match k {
+        match k.as_str() {
             "start_time" => out.start_ms = secs("start_time")?,
             "end_time" => out.end_ms = secs("end_time")?,
             "group_by" | "group_by[]" => {
@@ -59,29 +64,9 @@ fn parse(q: &str, now_ms: u64) -> Result<Query, ApiError> {
     Ok(out)
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex =
-            b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (b[i], hex) {
-            (b'+', _) => out.push(b' '),
-            (b'%', Some(v)) => {
-                out.push(v);
-                i += 2;
-            }
-            (c, _) => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-async fn run(st: &Arc<AppState>, headers: &HeaderMap, q: &str) -> Result<serde_json::Value, ApiError> {
+async fn run(st: &Arc<AppState>, headers: &HeaderMap, uri: &axum::http::Uri) -> Result<serde_json::Value, ApiError> {
     auth::authenticate_admin(&st.live().auth, headers)?;
-    let query = parse(q, crate::accounting::now_ms())?;
+    let query = parse(pairs(uri)?, crate::accounting::now_ms())?;
     let Some(ledger) = st.accounting.ledger.clone() else {
         return Err(ApiError::invalid_request("The ledger is off (ledger.enabled = false).", None));
     };
@@ -103,6 +88,10 @@ async fn run(st: &Arc<AppState>, headers: &HeaderMap, q: &str) -> Result<serde_j
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(q: &str, now_ms: u64) -> Result<Query, ApiError> {
+        super::parse(pairs(&format!("/v1/usage?{q}").parse().unwrap())?, now_ms)
+    }
 
     #[test]
     fn query_parsing() {

@@ -168,6 +168,20 @@ impl Batches {
         Some(s.batch.clone())
     }
 
+    /// Counts a finished line, in memory only: `results.jsonl` is the durable count, read back
+    /// when a batch resumes, so `batch.json` is not rewritten for every line.
+    fn count(&self, id: &str, ok: bool) {
+        let mut m = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = m.get_mut(id) {
+            let c = &mut s.batch.request_counts;
+            if ok {
+                c.completed += 1;
+            } else {
+                c.failed += 1;
+            }
+        }
+    }
+
     /// The batch, if `key` may see it (its creator; anyone in open mode).
     pub fn get(&self, id: &str, key: Option<&str>) -> Option<BatchObject> {
         let m = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -462,13 +476,7 @@ impl Batches {
                         tracing::error!(batch = %bid, "cannot record a batch result (the line will run again): {e}");
                         return;
                     }
-                    me.update(&bid, |b| {
-                        if ok {
-                            b.request_counts.completed += 1;
-                        } else {
-                            b.request_counts.failed += 1;
-                        }
-                    });
+                    me.count(&bid, ok);
                 });
                 // Reap finished tasks as we go so the set stays small.
                 while tasks.try_join_next().is_some() {}
@@ -541,14 +549,7 @@ impl Batches {
 
 /// `24h`, `1h`, `30m`, `86400s`: at least one minute, at most a week.
 fn parse_window(s: &str) -> Option<u64> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
-    let n: u64 = n.parse().ok()?;
-    let secs = n * match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return None,
-    };
+    // A unit is required here ("24h", as OpenAI writes it).
+    let secs = crate::config::duration_secs(s).filter(|_| s.ends_with(|c: char| c.is_ascii_alphabetic()))?;
     (60..=7 * 86_400).contains(&secs).then_some(secs)
 }

@@ -589,6 +589,21 @@ fn plain(value: &str, file: &str, key: &str, env: Env<'_>, errs: &mut Vec<String
     }
 }
 
+/// `30s`, `30m`, `24h`, `7d`, or plain seconds.
+pub fn duration_secs(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n.parse().ok()?;
+    let per = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(per)
+}
+
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }

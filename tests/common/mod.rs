@@ -80,6 +80,18 @@ impl Gateway {
         format!("http://{}{}", self.running.addr, path)
     }
 
+    /// Uploads `input` (batch JSONL) and creates a chat batch from it: the batch object.
+    pub async fn create_batch(&self, input: Vec<u8>) -> serde_json::Value {
+        let c = reqwest::Client::new();
+        let form = reqwest::multipart::Form::new()
+            .text("purpose", "batch")
+            .part("file", reqwest::multipart::Part::bytes(input).file_name("in.jsonl"));
+        let f: serde_json::Value =
+            c.post(self.url("/v1/files")).multipart(form).send().await.unwrap().json().await.unwrap();
+        let body = serde_json::json!({"input_file_id": f["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"});
+        c.post(self.url("/v1/batches")).json(&body).send().await.unwrap().json().await.unwrap()
+    }
+
     pub fn openai(&self, key: &str) -> async_openai::Client<async_openai::config::OpenAIConfig> {
         let cfg = async_openai::config::OpenAIConfig::new()
             .with_api_base(format!("http://{}/v1", self.running.addr))
