@@ -69,6 +69,16 @@ pub struct RequestRecord {
     pub cost: Option<Cost>,
     /// The small-model router's decision (`x-tollgate-route`), when an `auto` alias chose.
     pub route: Option<String>,
+    /// The registry version that answered (`NAME@X.Y.Z`), and the model file's SHA-256.
+    pub model_version: Option<String>,
+    pub model_sha256: Option<String>,
+    /// The sampling parameters as requested, and the seed the answer was drawn with (the
+    /// client's, or the one the gateway chose for its engine): enough to reproduce it.
+    pub sampler: Option<Value>,
+    pub seed: Option<u64>,
+    /// The registry version's canary comparison, told how this request ended.
+    #[serde(skip)]
+    pub release: Option<Arc<crate::release::VersionTag>>,
     /// The serving deployment's price (set with the deployment).
     #[serde(skip)]
     pub price: Option<Price>,
@@ -117,6 +127,11 @@ impl RequestRecord {
             price: None,
             downgrade_price: None,
             route: None,
+            model_version: None,
+            model_sha256: None,
+            sampler: None,
+            seed: None,
+            release: None,
             admission: None,
         }
     }
@@ -453,6 +468,9 @@ impl Accounting {
         }
         self.metrics.record(&rec);
         self.monitor.observe(&rec);
+        if let Some(v) = &rec.release {
+            v.observe(&rec);
+        }
         tracing::info!(
             target: "tollgate::request",
             request_id = %rec.request_id,

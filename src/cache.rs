@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::protocol::{Endpoint, Usage, ValidRequest};
-use crate::router::Alias;
+use crate::router::{Alias, Deployment};
 
 pub const FOLLOW_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -115,7 +115,14 @@ impl ResponseCache {
     }
 
     /// The key of a cacheable request; `None` for one that is not deterministic.
-    pub fn key(&self, caller: Option<&str>, alias: &Alias, req: &ValidRequest) -> Option<Key> {
+    /// `canary`: the canary version this request was assigned to (its answers are its own).
+    pub fn key(
+        &self,
+        caller: Option<&str>,
+        alias: &Alias,
+        canary: Option<&Deployment>,
+        req: &ValidRequest,
+    ) -> Option<Key> {
         let deterministic = req.endpoint == Endpoint::Embeddings
             || (req.sampling.n == 1 && (req.sampling.temperature == Some(0.0) || req.sampling.seed.is_some()));
         if !deterministic {
@@ -127,7 +134,7 @@ impl ResponseCache {
         h.update(req.endpoint.as_str().as_bytes());
         h.update([0]);
         h.update(alias.name.as_bytes());
-        for d in &alias.deployments {
+        for d in alias.deployments.iter().map(|d| &**d).chain(canary) {
             h.update([0]);
             h.update(d.name().as_bytes());
             h.update(d.cfg.kind.name().as_bytes());

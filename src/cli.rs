@@ -1,4 +1,5 @@
-//! The `tollgate` command line: `serve`, `check-config`, `keys new`, `usage`, `batch run`.
+//! The `tollgate` command line: `serve`, `check-config`, `keys new`, `usage`, `batch run`,
+//! `models` (`crate::release::cli`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +52,11 @@ pub enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// The model registry and release changes (promote, canary, rollback, audit).
+    Models {
+        #[command(subcommand)]
+        command: crate::release::cli::ModelsCommand,
     },
     /// Bulk jobs through a running gateway's Batch API.
     Batch {
@@ -183,6 +189,13 @@ pub fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Command::Models { command } => match crate::release::cli::run(command) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tollgate models: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
         Command::Keys { command: KeysCommand::New { name } } => {
             let (key, hash) = crate::api::auth::new_key();
             println!("key:  {key}");
@@ -276,7 +289,14 @@ fn print_config(cfg: &Config) {
                 DeploymentKind::OpenAi(r) | DeploymentKind::Ollama(r) => {
                     format!("{} model={}", r.base_url, r.model)
                 }
+                DeploymentKind::Local(_) if d.release.is_some() => String::new(),
                 DeploymentKind::Local(l) => format!("{} ctx={} parallel={}", l.path.display(), l.context, l.parallel),
+            };
+            let target = match &d.release {
+                Some(r) => {
+                    format!("model={}{}", r.model, r.version.as_deref().map(|v| format!("@{v}")).unwrap_or_default())
+                }
+                None => target,
             };
             let price = d
                 .price
@@ -296,5 +316,55 @@ fn print_config(cfg: &Config) {
     }
     if !cfg.prompts.is_empty() {
         println!("prompts: {}", cfg.prompts.keys().cloned().collect::<Vec<_>>().join(", "));
+    }
+    print_models(cfg);
+}
+
+/// Registry models: the stages `routes/` declares, the store's (which win), and the drift.
+fn print_models(cfg: &Config) {
+    if cfg.models.is_empty() {
+        return;
+    }
+    let db = cfg.server.data_dir.join("releases.sqlite");
+    let stored = match db.exists().then(|| crate::release::Store::open(&db).and_then(|s| s.all())) {
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            println!("models: the release store {} cannot be read: {e}", db.display());
+            Default::default()
+        }
+        None => Default::default(),
+    };
+    let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
+    println!("models (registry {}):", cfg.server.registry_dir.display());
+    for m in &cfg.models {
+        println!(
+            "  {} routes: production={} staging={} weight={}% (rollback: error rate +{}, p95 +{}%, after {} requests{})",
+            m.name,
+            show(&m.production),
+            show(&m.staging),
+            if m.staging.is_some() { m.canary_weight } else { 0.0 },
+            m.rollback.error_rate_margin,
+            m.rollback.p95_margin * 100.0,
+            m.rollback.min_requests,
+            if m.rollback.enabled { "" } else { ", off" }
+        );
+        match stored.get(&m.name) {
+            Some(s) => println!(
+                "  {} store:  production={} staging={} weight={}% previous={}",
+                m.name,
+                show(&s.production),
+                show(&s.staging),
+                s.canary_weight,
+                show(&s.previous)
+            ),
+            None => println!("  {} store:  none yet (seeded from routes/ at the first start)", m.name),
+        }
+    }
+    let drift = crate::release::drift(cfg, &stored);
+    if drift.is_empty() {
+        println!("  no drift: the store agrees with routes/");
+    }
+    for d in drift {
+        println!("  DRIFT {d} (the store wins; promote or roll back to change it)");
     }
 }

@@ -1,39 +1,91 @@
 //! Turns checked configuration into live deployments: one backend per deployment, reusing
 //! on reload every deployment whose settings did not change (its engine stays loaded, its
-//! breaker keeps its state, its streams keep flowing).
+//! breaker keeps its state, its streams keep flowing). A registry deployment becomes one
+//! deployment per version its model's stages name: production, the staging canary, and
+//! the previous production version kept warm for a rollback.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::backend::ollama::OllamaBackend;
 use crate::backend::openai::OpenAiBackend;
-use crate::backend::Backend;
-use crate::config::{Config, DeploymentConfig, DeploymentKind};
-use crate::router::{Alias, Clock, Deployment, Routes};
+use crate::backend::{Backend, BackendReply, BackendRequest, Priority};
+use crate::config::{Config, DeploymentConfig, DeploymentKind, RemoteConfig};
+use crate::registry::VersionMeta;
+use crate::release::{ModelLive, Releases, VersionTag};
+use crate::router::{Alias, Canary, Clock, Deployment, Routes};
 
-pub async fn build_routes(cfg: &Config, old: Option<&Routes>, clock: Arc<dyn Clock>) -> Result<Routes, String> {
-    let mut existing: HashMap<String, Arc<Deployment>> = HashMap::new();
+/// Deployments already loaded, by name: reused when their settings are the same.
+type Loaded = HashMap<String, Arc<Deployment>>;
+
+pub async fn build_routes(
+    cfg: &Config,
+    old: Option<&Routes>,
+    clock: Arc<dyn Clock>,
+    releases: Option<&Releases>,
+    extra: &[Arc<Deployment>],
+) -> Result<Routes, String> {
+    let mut existing: Loaded = HashMap::new();
     if let Some(old) = old {
         for a in old.aliases.values() {
-            for d in &a.deployments {
+            for d in a.all() {
                 existing.insert(d.name().to_owned(), d.clone());
             }
         }
     }
+    for d in extra {
+        existing.insert(d.name().to_owned(), d.clone());
+    }
     let mut routes = Routes::default();
     for a in &cfg.aliases {
         let mut deployments = Vec::new();
+        let mut canary = None;
+        let mut standby = Vec::new();
         for d in &a.deployments {
-            let dep = match existing.get(&d.name) {
-                Some(old) if old.cfg == *d => old.clone(),
-                _ => {
-                    let backend = backend(d, cfg).await.map_err(|e| format!("deployment '{}': {e}", d.name))?;
-                    let dep = Arc::new(Deployment::new(d.clone(), backend, clock.clone()));
-                    existing.insert(d.name.clone(), dep.clone());
-                    dep
-                }
+            let Some(r) = &d.release else {
+                let dep = match existing.get(&d.name) {
+                    Some(old) if old.cfg == *d => old.clone(),
+                    _ => {
+                        let backend = backend(d, cfg).await.map_err(|e| format!("deployment '{}': {e}", d.name))?;
+                        let dep = Arc::new(Deployment::new(d.clone(), backend, clock.clone()));
+                        existing.insert(d.name.clone(), dep.clone());
+                        dep
+                    }
+                };
+                deployments.push(dep);
+                continue;
             };
-            deployments.push(dep);
+            let Some(rel) = releases else {
+                return Err(format!("deployment '{}': registry deployments need the release store", d.name));
+            };
+            let at = |e: String| format!("alias '{}': deployment '{}': {e}", a.name, d.name);
+            let Some(version) = &r.version else {
+                let live = rel.model(&r.model).ok_or_else(|| at(format!("model '{}' is not known", r.model)))?;
+                let st = live.stages();
+                let prod = st.production.clone().ok_or_else(|| {
+                    at(format!(
+                        "model '{}' has no production version: set `production` in its [[model]] entry in routes/, \
+                         or promote one with `tollgate models promote`",
+                        r.model
+                    ))
+                })?;
+                let pdep = version_dep(cfg, rel, d, &prod, Some(&live), &mut existing, &clock).await.map_err(at)?;
+                deployments.push(pdep.clone());
+                if let Some(sv) = st.staging.as_ref().filter(|_| canary.is_none()) {
+                    let sdep = version_dep(cfg, rel, d, sv, Some(&live), &mut existing, &clock).await.map_err(at)?;
+                    canary = Some(Canary { staging: sdep, production: pdep, live: live.clone() });
+                }
+                if let Some(pv) = st.previous.as_ref().filter(|p| Some(*p) != st.staging.as_ref() && **p != prod) {
+                    // The rollback target: loaded now, so that a rollback is one step. One that
+                    // cannot be loaded any more only costs that step.
+                    match version_dep(cfg, rel, d, pv, Some(&live), &mut existing, &clock).await {
+                        Ok(dep) => standby.push(dep),
+                        Err(e) => tracing::warn!(model = %r.model, version = %pv, "rollback target not loaded: {e}"),
+                    }
+                }
+                continue;
+            };
+            deployments.push(version_dep(cfg, rel, d, version, None, &mut existing, &clock).await.map_err(at)?);
         }
         routes.order.push(a.name.clone());
         routes.aliases.insert(
@@ -44,10 +96,103 @@ pub async fn build_routes(cfg: &Config, old: Option<&Routes>, clock: Arc<dyn Clo
                 deployments,
                 affinity: a.prefix_affine.then_some(a.load_factor),
                 auto: a.router.clone(),
+                canary,
+                standby,
             }),
         );
     }
     Ok(routes)
+}
+
+/// One registry version under a registry deployment's settings, reused when loaded already.
+async fn version_dep(
+    cfg: &Config,
+    rel: &Releases,
+    template: &DeploymentConfig,
+    version: &str,
+    live: Option<&Arc<ModelLive>>,
+    existing: &mut Loaded,
+    clock: &Arc<dyn Clock>,
+) -> Result<Arc<Deployment>, String> {
+    let model = template.release.as_ref().map(|r| r.model.as_str()).unwrap_or_default();
+    let meta = rel.registry.get(model, version)?;
+    let dc = version_config(template, &meta, rel);
+    if let Some(d) = existing.get(&dc.name).filter(|d| d.cfg == dc) {
+        return Ok(d.clone());
+    }
+    let dep = load_version(cfg, dc, &meta, live.cloned(), clock.clone()).await?;
+    existing.insert(dep.name().to_owned(), dep.clone());
+    Ok(dep)
+}
+
+/// The deployment settings of one version: `<deployment>@<version>`, a GGUF version on the
+/// local engine with the template's settings, a remote version at its endpoint.
+pub fn version_config(template: &DeploymentConfig, meta: &VersionMeta, rel: &Releases) -> DeploymentConfig {
+    let mut dc = template.clone();
+    dc.name = format!("{}@{}", template.name, meta.version);
+    if let Some(r) = &mut dc.release {
+        r.version = Some(meta.version.clone());
+    }
+    match (&meta.endpoint, rel.registry.gguf_path(meta)) {
+        (Some(e), _) => {
+            let remote = RemoteConfig {
+                base_url: e.base_url.trim_end_matches('/').to_owned(),
+                model: e.model.clone(),
+                api_key: None,
+                max_tokens_field: "max_tokens".into(),
+                headers: Vec::new(),
+            };
+            dc.kind = if e.kind == "ollama" { DeploymentKind::Ollama(remote) } else { DeploymentKind::OpenAi(remote) };
+        }
+        (None, Some(path)) => {
+            if let DeploymentKind::Local(l) = &mut dc.kind {
+                l.path = path;
+                l.sessions_dir = l.sessions_dir.as_ref().and_then(|s| s.parent()).map(|p| p.join(&dc.name));
+            }
+        }
+        (None, None) => {}
+    }
+    dc
+}
+
+/// Loads a version (a local model is read, its context made and `prompts/` prefilled).
+pub async fn load_version(
+    cfg: &Config,
+    dc: DeploymentConfig,
+    meta: &VersionMeta,
+    live: Option<Arc<ModelLive>>,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<Deployment>, String> {
+    let backend = backend(&dc, cfg).await?;
+    let tag = VersionTag { model: meta.name.clone(), version: meta.version.clone(), sha256: meta.sha256.clone(), live };
+    Ok(Arc::new(Deployment::new(dc, backend, clock).with_version(tag)))
+}
+
+/// Proves a loaded deployment answers: its health check, then a one-token chat completion.
+pub async fn smoke_test(dep: &Deployment) -> Result<(), String> {
+    let limit = dep.cfg.request_timeout.min(std::time::Duration::from_secs(120));
+    tokio::time::timeout(limit, async {
+        dep.backend.health().await.map_err(|e| format!("health check failed: {e}"))?;
+        let body = br#"{"model":"health","messages":[{"role":"user","content":"Hello"}],"max_tokens":1}"#;
+        let req = crate::protocol::validate(crate::protocol::Endpoint::Chat, body)
+            .map_err(|e| format!("health request: {}", e.message))?;
+        let br = BackendRequest {
+            req: Arc::new(req),
+            request_id: format!("health-{}", uuid::Uuid::new_v4().simple()),
+            traceparent: None,
+            priority: Priority::Interactive,
+            fingerprint: 0,
+            session: None,
+            seed: 0,
+        };
+        match dep.backend.call(br).await {
+            Ok(BackendReply::Full { .. }) => Ok(()),
+            Ok(BackendReply::Stream(_)) => Err("a stream answered a request for a whole body".to_owned()),
+            Err(e) => Err(format!("test completion failed: {e:?}")),
+        }
+    })
+    .await
+    .map_err(|_| format!("no answer within {} s", limit.as_secs()))?
 }
 
 #[cfg_attr(not(feature = "engine"), allow(unused_variables))]

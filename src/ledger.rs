@@ -72,7 +72,11 @@ CREATE TABLE IF NOT EXISTS requests (
     cost_usd TEXT,
     saved_usd TEXT,
     prefill_saved_ms REAL,
-    route TEXT
+    route TEXT,
+    model_version TEXT,
+    model_sha256 TEXT,
+    sampler TEXT,
+    seed INTEGER
 );
 CREATE INDEX IF NOT EXISTS requests_started ON requests(started_at_ms);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
@@ -113,6 +117,14 @@ struct Row {
     prefill_saved_ms: Option<f64>,
     #[serde(default)]
     route: Option<String>,
+    #[serde(default)]
+    model_version: Option<String>,
+    #[serde(default)]
+    model_sha256: Option<String>,
+    #[serde(default)]
+    sampler: Option<serde_json::Value>,
+    #[serde(default)]
+    seed: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -427,7 +439,9 @@ impl Ingester {
         c.busy_timeout(Duration::from_secs(5))?;
         c.execute_batch(SCHEMA)?;
         // Columns added after a database was created: added in place (an error means present).
-        let _ = c.execute("ALTER TABLE requests ADD COLUMN route TEXT", []);
+        for col in ["route TEXT", "model_version TEXT", "model_sha256 TEXT", "sampler TEXT", "seed INTEGER"] {
+            let _ = c.execute(&format!("ALTER TABLE requests ADD COLUMN {col}"), []);
+        }
         Ok(c)
     }
 
@@ -492,8 +506,10 @@ impl Ingester {
             let mut ins = tx.prepare_cached(
                 "INSERT INTO requests (id, request_id, started_at_ms, key, user, tags, batch_id, endpoint, alias, \
                  deployment, backend_kind, stream, status, error, attempts, prompt_tokens, completion_tokens, cached_tokens, \
-                 tokens_source, ttft_ms, total_ms, finish_reason, client_closed, cache_hit, cost_usd, saved_usd, prefill_saved_ms, route) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)",
+                 tokens_source, ttft_ms, total_ms, finish_reason, client_closed, cache_hit, cost_usd, saved_usd, prefill_saved_ms, route, \
+                 model_version, model_sha256, sampler, seed) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, \
+                 ?29, ?30, ?31, ?32)",
             )?;
             while lines < BATCH_LINES {
                 let Some(nl) = memchr::memchr(b'\n', &buf[consumed..]) else { break };
@@ -536,6 +552,10 @@ impl Ingester {
                     r.cost.as_ref().map(|c| c.saved_usd.as_str()),
                     r.prefill_saved_ms,
                     r.route,
+                    r.model_version,
+                    r.model_sha256,
+                    r.sampler.map(|s| s.to_string()),
+                    r.seed,
                 ])?;
                 stats.ingested.fetch_add(n as u64, Ordering::Relaxed);
             }

@@ -18,6 +18,8 @@ pub mod logging;
 pub mod monitor;
 pub mod pricing;
 pub mod protocol;
+pub mod registry;
+pub mod release;
 pub mod router;
 pub mod server;
 pub mod smallroute;

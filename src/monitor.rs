@@ -108,6 +108,9 @@ pub enum AlertKind {
     DriftPromptTokens,
     DriftCompletionTokens,
     DriftFinishReason,
+    /// A canary version's weight was set to 0 because it did worse than production (an
+    /// event, not a condition: it is not resolved).
+    CanaryRollback,
 }
 
 impl AlertKind {
@@ -121,6 +124,7 @@ impl AlertKind {
             AlertKind::DriftPromptTokens => "drift_prompt_tokens",
             AlertKind::DriftCompletionTokens => "drift_completion_tokens",
             AlertKind::DriftFinishReason => "drift_finish_reason",
+            AlertKind::CanaryRollback => "canary_rollback",
         }
     }
 }
@@ -456,6 +460,22 @@ impl Monitor {
         let mut out: Vec<Alert> = state.deps.values().flat_map(|d| d.firing.iter().flatten().cloned()).collect();
         out.sort_by(|a, b| (&a.deployment, a.kind as usize).cmp(&(&b.deployment, b.kind as usize)));
         out
+    }
+
+    /// Raises a one-off alert event (a canary rollback): logged, sent to the webhook, kept in
+    /// the alert log.
+    pub fn emit(&self, alert: Alert) {
+        tracing::warn!(target: "tollgate::alert", kind = alert.kind.as_str(), deployment = %alert.deployment,
+            value = alert.value, requests = alert.requests, firing = true, "{}", alert.message);
+        let mut state = lock(&self.state);
+        let sink = &mut state.sink;
+        if sink.tx.as_ref().is_some_and(|tx| tx.try_send(alert.clone()).is_err()) {
+            sink.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        if sink.log.len() == ALERT_LOG_CAP {
+            sink.log.pop_front();
+        }
+        sink.log.push_back(alert);
     }
 
     /// Every alert event raised or resolved so far, oldest first (the newest [`ALERT_LOG_CAP`]).

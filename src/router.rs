@@ -88,6 +88,10 @@ pub struct Deployment {
     pub breaker: Breaker,
     /// Requests in flight (for metrics and load-aware choices).
     pub in_flight: AtomicU64,
+    /// The registry version this deployment serves, if it serves one.
+    pub version: Option<Arc<crate::release::VersionTag>>,
+    /// The model file's SHA-256 (a local engine's), looked up once.
+    sha256: std::sync::OnceLock<Option<String>>,
 }
 
 impl Deployment {
@@ -99,11 +103,47 @@ impl Deployment {
             backend,
             breaker: Breaker::new(clock),
             in_flight: AtomicU64::new(0),
+            version: None,
+            sha256: std::sync::OnceLock::new(),
         }
     }
+
+    pub fn with_version(mut self, tag: crate::release::VersionTag) -> Self {
+        self.version = Some(Arc::new(tag));
+        self
+    }
+
     pub fn name(&self) -> &str {
         &self.cfg.name
     }
+
+    /// The model file's SHA-256: the registry's, else the local engine's; `None` for a remote
+    /// model the registry does not hold.
+    pub fn model_sha256(&self) -> Option<&str> {
+        self.sha256
+            .get_or_init(|| {
+                self.version.as_ref().and_then(|v| v.sha256.clone()).or_else(|| {
+                    let info = self.backend.info()?;
+                    info.get("sha256").and_then(serde_json::Value::as_str).map(str::to_owned)
+                })
+            })
+            .as_deref()
+    }
+
+    fn observe_failure(&self) {
+        if let Some(v) = &self.version {
+            v.observe_failure();
+        }
+    }
+}
+
+/// A registry model's canary within an alias: the staging version's deployment, which
+/// answers (ahead of production, which stays its fallback) the identities its weight covers.
+pub struct Canary {
+    pub staging: Arc<Deployment>,
+    /// The production deployment it stands in front of.
+    pub production: Arc<Deployment>,
+    pub live: Arc<crate::release::ModelLive>,
 }
 
 pub struct Alias {
@@ -115,9 +155,40 @@ pub struct Alias {
     pub affinity: Option<f64>,
     /// A small-model router: requests go to one of two other aliases (`crate::smallroute`).
     pub auto: Option<crate::config::AutoRouterConfig>,
+    /// A registry model's canary, when one has a staging version.
+    pub canary: Option<Canary>,
+    /// Loaded and warm but given no traffic: the previous production version, the target of
+    /// a one-step rollback.
+    pub standby: Vec<Arc<Deployment>>,
 }
 
 impl Alias {
+    /// Does this identity's request go to the alias's canary?
+    pub fn picks_canary(&self, identity: &str) -> Option<&Arc<Deployment>> {
+        self.canary.as_ref().filter(|c| c.live.canary_for(identity)).map(|c| &c.staging)
+    }
+
+    /// Every deployment that takes traffic, the canary's included.
+    pub fn routed(&self) -> impl Iterator<Item = &Arc<Deployment>> {
+        self.deployments.iter().chain(self.canary.as_ref().map(|c| &c.staging))
+    }
+
+    /// Every deployment this alias holds loaded (standby versions too).
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Deployment>> {
+        self.routed().chain(&self.standby)
+    }
+
+    /// The deployments in the order to try them: for a request with this fingerprint, and
+    /// (when it picked the canary) the canary ahead of the production version.
+    pub fn order_for(&self, fingerprint: u64, canary: bool) -> Vec<Arc<Deployment>> {
+        let mut v = self.order(fingerprint);
+        if let (true, Some(c)) = (canary, &self.canary) {
+            let at = v.iter().position(|d| Arc::ptr_eq(d, &c.production)).unwrap_or(0);
+            v.insert(at, c.staging.clone());
+        }
+        v
+    }
+
     /// The deployments in the order to try them for a request with this fingerprint.
     pub fn order(&self, fingerprint: u64) -> Vec<Arc<Deployment>> {
         let Some(factor) = self.affinity else { return self.deployments.clone() };
@@ -175,7 +246,15 @@ pub struct Failed {
 }
 
 pub async fn dispatch(alias: &Alias, req: &BackendRequest) -> Result<Dispatched, Failed> {
-    let ordered = alias.order(req.fingerprint);
+    dispatch_to(alias, alias.order(req.fingerprint), req).await
+}
+
+/// Walks `ordered` (the alias's deployments in the order chosen for this request).
+pub async fn dispatch_to(
+    alias: &Alias,
+    ordered: Vec<Arc<Deployment>>,
+    req: &BackendRequest,
+) -> Result<Dispatched, Failed> {
     let mut attempts = 0;
     let mut last: Option<(String, BackendError)> = None;
     let mut skipped_open = 0;
@@ -214,6 +293,8 @@ pub async fn dispatch(alias: &Alias, req: &BackendRequest) -> Result<Dispatched,
         };
         // Asked only with a permit in hand, so a half-open probe is always really sent.
         if !dep.breaker.allow() {
+            // A version that cannot be asked has failed the request it was chosen for.
+            dep.observe_failure();
             skipped_open += 1;
             continue;
         }
@@ -229,6 +310,7 @@ pub async fn dispatch(alias: &Alias, req: &BackendRequest) -> Result<Dispatched,
                 Err(e) => {
                     if e.counts_against_breaker() {
                         dep.breaker.failure();
+                        dep.observe_failure();
                     } else {
                         dep.breaker.release_probe();
                     }
@@ -263,7 +345,7 @@ pub async fn dispatch(alias: &Alias, req: &BackendRequest) -> Result<Dispatched,
     let error = match &last {
         Some((_, BackendError::Full)) => ApiError::overloaded(&alias.name, 1),
         Some((name, e)) => e.to_api(name),
-        None if skipped_open > 0 && skipped_open == alias.deployments.len() => {
+        None if skipped_open > 0 && skipped_open == ordered.len() => {
             let mut e = ApiError::unavailable(format!(
                 "Every deployment of '{}' is failing; it is being probed and will be retried.",
                 alias.name

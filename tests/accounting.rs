@@ -295,21 +295,7 @@ async fn kill_9_loses_no_completed_request_and_budgets_survive() {
 
 #[tokio::test]
 async fn an_error_rate_above_the_threshold_fires_one_webhook() {
-    // The webhook's receiver.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
-    let hook = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(v);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook_addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, hook).await });
+    let (hook_addr, mut rx) = common::webhook().await;
 
     // 500s are the fault a real server will not give on demand.
     let fake = Fake::start(vec![]).await;

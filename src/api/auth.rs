@@ -67,17 +67,20 @@ pub fn authenticate(auth: &AuthConfig, headers: &HeaderMap) -> Result<Caller, Ap
     }
 }
 
-pub fn authenticate_admin(auth: &AuthConfig, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Checks the admin key; the answer names the admin for audit records: `admin:` and the
+/// first 12 hex digits of the key's SHA-256 (a rotated key shows as another admin), or
+/// `open` on an open gateway without an admin key.
+pub fn authenticate_admin(auth: &AuthConfig, headers: &HeaderMap) -> Result<String, ApiError> {
     let Some(h) = auth.admin_key_sha256 else {
         // Open mode without an admin key (a local, zero-config start): the admin endpoints are
         // as open as the rest.
         if auth.open {
-            return Ok(());
+            return Ok("open".to_owned());
         }
         return Err(ApiError::unauthorized("No admin key is configured (auth.admin_key)."));
     };
     match presented_key(headers) {
-        Some(k) if bool::from(sha256(k.as_bytes()).ct_eq(&h)) => Ok(()),
+        Some(k) if bool::from(sha256(k.as_bytes()).ct_eq(&h)) => Ok(format!("admin:{}", &hex::encode(h)[..12])),
         _ => Err(ApiError::unauthorized("This endpoint needs the admin key.")),
     }
 }

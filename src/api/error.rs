@@ -131,6 +131,11 @@ impl ApiError {
         Self::new(StatusCode::GATEWAY_TIMEOUT, "api_error", message).with_code("upstream_timeout")
     }
 
+    /// The request is valid but the state it acts on says no (409).
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "invalid_request_error", message).with_code("conflict")
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "api_error", message).with_code("unavailable")
     }

@@ -24,6 +24,8 @@ pub const CACHE_HEADER: &str = "x-tollgate-cache";
 pub const SESSION_HEADER: &str = "x-session-id";
 /// The small-model router's decision: which model, the score, the reasons.
 pub const ROUTE_HEADER: &str = "x-tollgate-route";
+/// The registry version that answered, `NAME@X.Y.Z`.
+pub const VERSION_HEADER: &str = "x-tollgate-model-version";
 const UNKNOWN_ALIAS: &str = "_unknown";
 
 /// Records a request whose client left while it was being routed (the handler's future
@@ -225,17 +227,28 @@ async fn serve_valid(
             Err(e) => return Err((e, Some(rec))),
         }
     }
+    let session = headers.and_then(|h| h.get(SESSION_HEADER)).and_then(|v| v.to_str().ok());
+    // A registry model's canary takes the identities its weight covers, sticky: the session,
+    // else the request's user, else the key.
+    let identity = session.filter(|s| !s.is_empty()).or(req.user.as_deref()).or(caller.name()).unwrap_or("");
+    let canary = alias.picks_canary(identity).cloned();
+    // The seed an engine draws with, recorded so that the answer can be reproduced.
+    let seed = match req.sampling.seed {
+        Some(v) => (v as u64 & 0xFFFF_FFFF).min(0xFFFF_FFFE) as u32,
+        None => rand::random::<u32>() & 0x7FFF_FFFF,
+    };
+    rec.sampler = Some(sampler_json(&req.sampling));
     // The response cache: a hit is answered here; a miss may lead identical requests.
     let policy = headers.map(ClientPolicy::from_headers).unwrap_or(ClientPolicy { lookup: true, store: true });
-    let cache_key = st.cache.as_ref().and_then(|c| c.key(caller.name(), &alias, &req).map(|k| (c.clone(), k)));
+    let cache_key =
+        st.cache.as_ref().and_then(|c| c.key(caller.name(), &alias, canary.as_deref(), &req).map(|k| (c.clone(), k)));
     let mut leader: Option<Leader> = None;
     if let Some((cache, key)) = &cache_key {
         if policy.lookup {
             match cache.lookup(*key).await {
                 Lookup::Hit(hit) => {
-                    let price =
-                        alias.deployments.iter().find(|d| d.name() == hit.deployment).and_then(|d| d.cfg.price.clone());
-                    let mut resp = serve_hit(st, hit, rec, price, &req, start);
+                    let dep = alias.all().find(|d| d.name() == hit.deployment).cloned();
+                    let mut resp = serve_hit(st, hit, rec, dep.as_deref(), &req, start);
                     resp.headers_mut().extend(limit_headers);
                     return Ok(resp);
                 }
@@ -250,7 +263,7 @@ async fn serve_valid(
         Prompt::Embed(v) => Some(v.join("\n")),
     };
     let include_usage = req.include_usage;
-    let session = headers.and_then(|h| h.get(SESSION_HEADER)).and_then(|v| v.to_str().ok());
+    let client_seed = req.sampling.seed.is_some();
     let fingerprint = crate::affinity::fingerprint(session, &req);
     // A session belongs to the key that names it: another key naming the same id gets
     // another session.
@@ -267,9 +280,10 @@ async fn serve_valid(
         priority: if batch { Priority::Batch } else { Priority::Interactive },
         fingerprint,
         session: session_key,
+        seed,
     };
     let mut abandoned = Abandoned { rec: Some(rec.clone()), accounting: st.accounting.clone(), start };
-    let mut dispatched = router::dispatch(&alias, &br).await;
+    let mut dispatched = router::dispatch_to(&alias, alias.order_for(fingerprint, canary.is_some()), &br).await;
     // The small model failed (or, if configured, was cut at max_tokens): ask the large one.
     if let Some((large, on_length)) = escalation.take() {
         let escalate = match &dispatched {
@@ -317,6 +331,10 @@ async fn serve_valid(
     rec.backend_kind = Some(d.deployment.cfg.kind.name());
     rec.attempts = d.attempts;
     rec.price = d.deployment.cfg.price.clone();
+    trace_version(&mut rec, &d.deployment);
+    let local = matches!(d.deployment.cfg.kind, crate::config::DeploymentKind::Local(_));
+    rec.seed = (client_seed || local).then_some(u64::from(seed));
+    let version_header = rec.model_version.as_deref().and_then(|v| HeaderValue::from_str(v).ok());
     let mut tap = Tap::with_content(start, prompt_text, st.server.log_content);
     let dep_header = HeaderValue::from_str(d.deployment.name()).unwrap_or(HeaderValue::from_static("-"));
     match d.reply {
@@ -343,6 +361,9 @@ async fn serve_valid(
                 (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes)
                     .into_response();
             resp.headers_mut().insert(DEPLOYMENT_HEADER, dep_header);
+            if let Some(v) = version_header {
+                resp.headers_mut().insert(VERSION_HEADER, v);
+            }
             if cache_key.is_some() {
                 resp.headers_mut().insert(CACHE_HEADER, HeaderValue::from_static("miss"));
             }
@@ -385,6 +406,9 @@ async fn serve_valid(
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             h.insert("x-accel-buffering", HeaderValue::from_static("no"));
             h.insert(DEPLOYMENT_HEADER, dep_header);
+            if let Some(v) = version_header {
+                h.insert(VERSION_HEADER, v);
+            }
             h.extend(limit_headers);
             if let Some(r) = route_header {
                 h.insert(ROUTE_HEADER, r);
@@ -392,6 +416,36 @@ async fn serve_valid(
             Ok(resp)
         }
     }
+}
+
+/// The version that answered, for the record (and its canary comparison).
+fn trace_version(rec: &mut RequestRecord, dep: &router::Deployment) {
+    rec.model_version = dep.version.as_ref().map(|v| v.label());
+    rec.model_sha256 = dep.model_sha256().map(str::to_owned);
+    rec.release = dep.version.clone();
+}
+
+/// The sampling parameters as requested (those given), for the record.
+fn sampler_json(s: &crate::protocol::Sampling) -> Value {
+    let mut m = serde_json::Map::new();
+    let mut put = |k: &str, v: Option<Value>| {
+        if let Some(v) = v {
+            m.insert(k.to_owned(), v);
+        }
+    };
+    put("temperature", s.temperature.map(Value::from));
+    put("top_p", s.top_p.map(Value::from));
+    put("top_k", s.top_k.map(Value::from));
+    put("min_p", s.min_p.map(Value::from));
+    put("presence_penalty", s.presence_penalty.map(Value::from));
+    put("frequency_penalty", s.frequency_penalty.map(Value::from));
+    put("repetition_penalty", s.repetition_penalty.map(Value::from));
+    put("max_tokens", s.max_tokens.map(Value::from));
+    put("n", Some(Value::from(s.n)));
+    if !s.stop.is_empty() {
+        m.insert("stop".into(), Value::from(s.stop.clone()));
+    }
+    Value::Object(m)
 }
 
 fn finish_of(body: &serde_json::Map<String, Value>) -> Option<&str> {
@@ -445,13 +499,19 @@ fn serve_hit(
     st: &Arc<AppState>,
     hit: Arc<Cached>,
     mut rec: RequestRecord,
-    price: Option<crate::pricing::Price>,
+    dep: Option<&router::Deployment>,
     req: &crate::protocol::ValidRequest,
     start: Instant,
 ) -> Response {
     rec.deployment = Some(hit.deployment.clone());
     rec.cache_hit = true;
-    rec.price = price;
+    rec.price = dep.and_then(|d| d.cfg.price.clone());
+    if let Some(d) = dep {
+        trace_version(&mut rec, d);
+        // A hit is no evidence about the version: it is not compared.
+        rec.release = None;
+    }
+    let version_header = rec.model_version.as_deref().and_then(|v| HeaderValue::from_str(v).ok());
     let mut tap = Tap::new(start, None);
     if let Some(u) = hit.usage {
         tap.set_usage(u);
@@ -487,6 +547,9 @@ fn serve_hit(
     };
     resp.headers_mut().insert(DEPLOYMENT_HEADER, dep);
     resp.headers_mut().insert(CACHE_HEADER, HeaderValue::from_static("hit"));
+    if let Some(v) = version_header {
+        resp.headers_mut().insert(VERSION_HEADER, v);
+    }
     cost_headers(cost, resp.headers_mut());
     resp
 }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod batch;
 pub mod error;
 pub mod inference;
+pub mod models;
 pub mod sse;
 pub mod usage;
 
@@ -36,6 +37,8 @@ pub struct Live {
     pub auth: AuthConfig,
     /// Named system prompts (`prompts/`), referred to by `system_prompt`.
     pub prompts: std::collections::BTreeMap<String, String>,
+    /// The configuration these came from (a promotion loads versions with its settings).
+    pub config: Arc<Config>,
 }
 
 pub struct AppState {
@@ -53,6 +56,8 @@ pub struct AppState {
     batch_tasks: TaskTracker,
     /// Cancelled at shutdown: runners start no new line.
     batch_stop: CancellationToken,
+    /// Registry models: stages, canaries, the audit trail.
+    pub releases: Arc<crate::release::Releases>,
 }
 
 impl AppState {
@@ -81,11 +86,36 @@ impl AppState {
     /// Applies a new configuration's keys and routes. Deployments whose settings did not
     /// change are kept as they are (their engines, breakers and in-flight streams).
     pub async fn reload(&self, cfg: &Config) -> Result<(), String> {
+        let _one = self.releases.ops.lock().await;
+        self.releases.configure(cfg)?;
         let old = self.live();
-        let routes = crate::deploy::build_routes(cfg, Some(&old.routes), self.clock.clone()).await?;
+        let routes =
+            crate::deploy::build_routes(cfg, Some(&old.routes), self.clock.clone(), Some(&self.releases), &[]).await?;
         self.accounting.limits.configure(&cfg.auth.keys);
-        *self.live.write().unwrap_or_else(|p| p.into_inner()) =
-            Arc::new(Live { routes, auth: cfg.auth.clone(), prompts: cfg.prompts.clone() });
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Live {
+            routes,
+            auth: cfg.auth.clone(),
+            prompts: cfg.prompts.clone(),
+            config: Arc::new(cfg.clone()),
+        });
+        Ok(())
+    }
+
+    /// Rebuilds the routes from the current configuration and the releases' stages, with
+    /// `loaded` (versions loaded and warmed beforehand) in them; the swap is atomic: one
+    /// request sees the old routes or the new. The caller holds `releases.ops`.
+    pub async fn rebuild_routes(&self, loaded: &[Arc<crate::router::Deployment>]) -> Result<(), String> {
+        let old = self.live();
+        let routes = crate::deploy::build_routes(
+            &old.config,
+            Some(&old.routes),
+            self.clock.clone(),
+            Some(&self.releases),
+            loaded,
+        )
+        .await?;
+        let mut w = self.live.write().unwrap_or_else(|p| p.into_inner());
+        *w = Arc::new(Live { routes, auth: w.auth.clone(), prompts: w.prompts.clone(), config: w.config.clone() });
         Ok(())
     }
 }
@@ -96,11 +126,21 @@ pub async fn state(cfg: &Config) -> anyhow::Result<Arc<AppState>> {
 
 /// With an injected clock (tests move time for rate limits, breakers and windows).
 pub async fn state_with_clock(cfg: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<AppState>> {
-    let routes = crate::deploy::build_routes(cfg, None, clock.clone()).await.map_err(|e| anyhow::anyhow!(e))?;
+    let accounting = Arc::new(Accounting::new(cfg, clock.clone()));
+    let releases = crate::release::Releases::open(cfg, Some(accounting.clone())).map_err(|e| anyhow::anyhow!(e))?;
+    let routes = crate::deploy::build_routes(cfg, None, clock.clone(), Some(&releases), &[])
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
     Ok(Arc::new(AppState {
-        live: RwLock::new(Arc::new(Live { routes, auth: cfg.auth.clone(), prompts: cfg.prompts.clone() })),
+        live: RwLock::new(Arc::new(Live {
+            routes,
+            auth: cfg.auth.clone(),
+            prompts: cfg.prompts.clone(),
+            config: Arc::new(cfg.clone()),
+        })),
         server: cfg.server.clone(),
-        accounting: Arc::new(Accounting::new(cfg, clock.clone())),
+        accounting,
+        releases,
         hard_stop: CancellationToken::new(),
         clock,
         cache: crate::cache::ResponseCache::new(&cfg.server.cache),
@@ -133,6 +173,11 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/v1/batches", post(batch::create_batch).get(batch::list_batches))
         .route("/v1/batches/{id}", get(batch::get_batch))
         .route("/v1/batches/{id}/cancel", post(batch::cancel_batch))
+        .route("/v1/admin/models", get(models::list))
+        .route("/v1/admin/models/{name}/audit", get(models::audit))
+        .route("/v1/admin/models/{name}/promote", post(models::promote))
+        .route("/v1/admin/models/{name}/canary", post(models::canary))
+        .route("/v1/admin/models/{name}/rollback", post(models::rollback))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(st.clone());
@@ -176,10 +221,18 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
 
 fn model_object(st: &AppState, alias: &crate::router::Alias) -> Value {
     let deployments: Vec<Value> = alias
-        .deployments
-        .iter()
+        .all()
         .map(|d| {
             let mut o = json!({ "name": d.name(), "kind": d.cfg.kind.name() });
+            if let Some(v) = &d.version {
+                o["version"] = json!(v.label());
+                let role = match &alias.canary {
+                    Some(c) if Arc::ptr_eq(&c.staging, d) => "staging",
+                    _ if alias.standby.iter().any(|s| Arc::ptr_eq(s, d)) => "standby",
+                    _ => "production",
+                };
+                o["stage"] = json!(role);
+            }
             if let Some(info) = d.backend.info() {
                 o["model"] = info;
             }
@@ -235,7 +288,7 @@ async fn ready(State(st): State<Arc<AppState>>) -> Response {
         let Some(alias) = live.routes.get(name) else {
             continue;
         };
-        for d in &alias.deployments {
+        for d in alias.routed() {
             let d = d.clone();
             let alias = name.clone();
             checks.push(async move {
@@ -284,7 +337,7 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     out.push_str("# HELP tollgate_deployment_in_flight Requests holding a deployment's concurrency permit.\n# TYPE tollgate_deployment_in_flight gauge\n");
     for name in &live.routes.order {
         if let Some(a) = live.routes.get(name) {
-            for d in &a.deployments {
+            for d in a.all() {
                 let used = d.cfg.max_concurrency - d.permits.available_permits();
                 out.push_str(&format!("tollgate_deployment_in_flight{{deployment=\"{}\"}} {used}\n", d.name()));
                 let open = u8::from(d.breaker.is_open());
@@ -292,6 +345,21 @@ async fn metrics(State(st): State<Arc<AppState>>) -> Response {
             }
         }
     }
+    out.push_str("# HELP tollgate_canary_weight_percent A registry model's canary weight.\n# TYPE tollgate_canary_weight_percent gauge\n");
+    for name in st.releases.names() {
+        if let Some(m) = st.releases.model(&name) {
+            let s = m.stages();
+            let staging = s.staging.as_deref().unwrap_or("");
+            let production = s.production.as_deref().unwrap_or("");
+            out.push_str(&format!(
+                "tollgate_canary_weight_percent{{model=\"{name}\",production=\"{production}\",staging=\"{staging}\"}} {}\n",
+                s.canary_weight
+            ));
+        }
+    }
+    out.push_str("# HELP tollgate_canary_auto_rollbacks_total Canaries set to weight 0 for doing worse than production.\n# TYPE tollgate_canary_auto_rollbacks_total counter\n");
+    let n = st.releases.auto_rollbacks.load(std::sync::atomic::Ordering::Relaxed);
+    out.push_str(&format!("tollgate_canary_auto_rollbacks_total {n}\n"));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

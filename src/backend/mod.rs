@@ -39,6 +39,9 @@ pub struct BackendRequest {
     /// The request's session (`x-session-id`), bound to the API key that names it: the
     /// caller's key name and the id, hashed (hex).
     pub session: Option<String>,
+    /// The seed an embedded engine draws with when the request names none (chosen by the
+    /// gateway and recorded, so that the answer can be reproduced).
+    pub seed: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -35,6 +35,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub auth: AuthConfig,
     pub aliases: Vec<AliasConfig>,
+    /// Registry models' desired stages (`[[model]]` in `routes/`).
+    pub models: Vec<ModelConfig>,
     pub prompts: BTreeMap<String, String>,
 }
 
@@ -58,6 +60,8 @@ pub struct ServerConfig {
     pub monitor: crate::monitor::MonitorConfig,
     /// Lines of one batch in flight at once.
     pub batch_concurrency: usize,
+    /// The model registry (`crate::registry`).
+    pub registry_dir: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +80,7 @@ impl Default for ServerConfig {
             default_max_tokens: 1024,
             monitor: crate::monitor::MonitorConfig::default(),
             batch_concurrency: 16,
+            registry_dir: PathBuf::from("data/registry"),
         }
     }
 }
@@ -133,9 +138,46 @@ pub struct AutoRouterConfig {
     pub escalate_on_length: bool,
 }
 
+/// A registry model's stages as `routes/` declares them, and its canary's rollback policy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub name: String,
+    pub production: Option<String>,
+    pub staging: Option<String>,
+    /// Percent of sticky identities sent to `staging`.
+    pub canary_weight: f64,
+    pub rollback: RollbackPolicy,
+    pub file: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RollbackPolicy {
+    pub enabled: bool,
+    pub error_rate_margin: f64,
+    pub p95_margin: f64,
+    pub min_requests: u64,
+}
+
+impl Default for RollbackPolicy {
+    fn default() -> Self {
+        RollbackPolicy { enabled: true, error_rate_margin: 0.05, p95_margin: 1.0, min_requests: 100 }
+    }
+}
+
+/// A deployment served from the registry: `model = "NAME"` follows the model's stages
+/// (production, and staging by its canary weight); `model = "NAME@X.Y.Z"` pins a version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReleaseRef {
+    pub model: String,
+    pub version: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeploymentConfig {
     pub name: String,
+    /// For a registry deployment, `kind` is the template each version is served with (a
+    /// GGUF version on the local engine with these settings; a remote version at its endpoint).
+    pub release: Option<ReleaseRef>,
     pub kind: DeploymentKind,
     pub max_concurrency: usize,
     pub weight: u32,
@@ -238,6 +280,27 @@ pub struct LoadOptions {
 /// Reads the environment through a function, so tests need not mutate the process's.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
+/// The data and registry directories only, from the gateway file (or the defaults), without
+/// checking routes: `tollgate models add` must work before routes name the new version.
+pub fn load_paths(config: Option<&Path>) -> Result<(PathBuf, PathBuf), String> {
+    let path = config.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("tollgate.toml"));
+    let gw: raw::GatewayFile = if path.exists() {
+        read_toml(&path)?
+    } else if config.is_some() {
+        return Err(format!("{}: the config file does not exist", path.display()));
+    } else {
+        raw::GatewayFile::default()
+    };
+    let base =
+        if path.exists() { path.parent().map(Path::to_path_buf) } else { None }.unwrap_or_else(|| PathBuf::from("."));
+    let data = base.join(gw.data_dir.as_deref().unwrap_or("data"));
+    let registry = match &gw.registry.dir {
+        Some(d) => base.join(d),
+        None => data.join("registry"),
+    };
+    Ok((data, registry))
+}
+
 pub fn load(opts: &LoadOptions) -> Result<Config, ConfigErrors> {
     load_with_env(opts, &|k| std::env::var(k).ok())
 }
@@ -272,6 +335,7 @@ pub fn load_with_env(opts: &LoadOptions, env: Env<'_>) -> Result<Config, ConfigE
     }
 
     let mut aliases = Vec::new();
+    let mut models: Vec<ModelConfig> = Vec::new();
     // The routes directory is read when a gateway file names it, or by default beside it;
     // a zero-config start without a gateway file serves only what the command line gives.
     let routes_dir = base.join(gw.routes_dir.as_deref().unwrap_or("routes"));
@@ -285,6 +349,11 @@ pub fn load_with_env(opts: &LoadOptions, env: Env<'_>) -> Result<Config, ConfigE
                     for (i, a) in r.alias.into_iter().enumerate() {
                         if let Some(a) = alias_config(a, i, &file, env, &mut errs) {
                             aliases.push(a);
+                        }
+                    }
+                    for (i, m) in r.model.into_iter().enumerate() {
+                        if let Some(m) = model_config(m, i, &file, &mut errs) {
+                            models.push(m);
                         }
                     }
                 }
@@ -359,10 +428,11 @@ pub fn load_with_env(opts: &LoadOptions, env: Env<'_>) -> Result<Config, ConfigE
             }
         }
     }
+    check_releases(&aliases, &models, &server.registry_dir, &mut errs);
     let prompts_dir = base.join(gw.prompts_dir.as_deref().unwrap_or("prompts"));
     let prompts = load_prompts(&prompts_dir, &mut errs);
     if errs.is_empty() {
-        Ok(Config { source, server, auth, aliases, prompts })
+        Ok(Config { source, server, auth, aliases, models, prompts })
     } else {
         Err(ConfigErrors(errs))
     }
@@ -372,6 +442,7 @@ impl DeploymentConfig {
     fn defaults() -> Self {
         DeploymentConfig {
             name: String::new(),
+            release: None,
             kind: DeploymentKind::Local(LocalConfig::for_path(PathBuf::new())),
             max_concurrency: 256,
             weight: 1,
@@ -459,6 +530,10 @@ fn server_config(
     }
     // Relative to the gateway file, like every path in it (the working directory without one).
     s.data_dir = base.join(gw.data_dir.as_deref().unwrap_or("data"));
+    s.registry_dir = match &gw.registry.dir {
+        Some(d) => base.join(d),
+        None => s.data_dir.join("registry"),
+    };
     if let Some(b) = gw.max_body_bytes {
         if b < 1024 {
             errs.push(format!("{file}: max_body_bytes: {b} is too small (at least 1024)"));
@@ -808,6 +883,19 @@ fn deployment_config(
             }
         }
     };
+    let registry = d.kind == "registry";
+    if registry {
+        match d.model.as_deref().map(crate::registry::parse_ref) {
+            Some(Ok((model, version))) => out.release = Some(ReleaseRef { model, version }),
+            Some(Err(e)) => errs.push(format!("{f}: {at}.model: {e}")),
+            None => errs.push(format!("{f}: {at}.model: required for kind = \"registry\" (NAME or NAME@X.Y.Z)")),
+        }
+        for (name, set) in remote_only.iter().chain(&local_only[..1]) {
+            if *set && *name != "model" {
+                errs.push(format!("{f}: {at}.{name}: not a setting of kind = \"registry\" (the registry holds it)"));
+            }
+        }
+    }
     match d.kind.as_str() {
         "openai" | "ollama" => {
             misplaced(&local_only, &d.kind, errs);
@@ -852,9 +940,12 @@ fn deployment_config(
             };
             out.kind = if d.kind == "openai" { DeploymentKind::OpenAi(remote) } else { DeploymentKind::Ollama(remote) };
         }
-        "local" => {
-            misplaced(&remote_only, "local", errs);
+        "local" | "registry" => {
+            if !registry {
+                misplaced(&remote_only, "local", errs);
+            }
             let path = match &d.path {
+                None if registry => None,
                 Some(p) => plain(p, f, &format!("{at}.path"), env, errs).map(|p| {
                     let p = PathBuf::from(p);
                     if p.is_relative() {
@@ -905,7 +996,8 @@ fn deployment_config(
             out.batch_concurrency = (l.parallel as usize).saturating_sub(1).max(1);
             out.kind = DeploymentKind::Local(l);
         }
-        other => errs.push(format!("{f}: {at}.kind: '{other}' is not one of \"openai\", \"ollama\", \"local\"")),
+        other => errs
+            .push(format!("{f}: {at}.kind: '{other}' is not one of \"openai\", \"ollama\", \"local\", \"registry\"")),
     }
     if let Some(b) = d.batch_concurrency {
         if b == 0 {
@@ -914,6 +1006,80 @@ fn deployment_config(
         out.batch_concurrency = b.max(1);
     }
     (errs.len() == before).then_some(out)
+}
+
+fn model_config(m: raw::ModelFile, i: usize, file: &Path, errs: &mut Vec<String>) -> Option<ModelConfig> {
+    let f = file.display().to_string();
+    let at = format!("model[{i}]");
+    let before = errs.len();
+    if !crate::registry::valid_name(&m.name) {
+        errs.push(format!("{f}: {at}.name: '{}' is not a registry model name", m.name));
+    }
+    for (k, v) in [("production", &m.production), ("staging", &m.staging)] {
+        if let Some(v) = v.as_deref().filter(|v| !crate::registry::valid_version(v)) {
+            errs.push(format!("{f}: {at}.{k}: '{v}' is not a version like 1.2.0"));
+        }
+    }
+    let canary_weight = m.canary_weight.unwrap_or(if m.staging.is_some() { 10.0 } else { 0.0 });
+    if !(0.0..=100.0).contains(&canary_weight) {
+        errs.push(format!("{f}: {at}.canary_weight: {canary_weight} is not a percentage (0 to 100)"));
+    }
+    if m.staging.is_some() && m.staging == m.production {
+        errs.push(format!("{f}: {at}: staging and production are the same version"));
+    }
+    let mut rollback = RollbackPolicy::default();
+    if let Some(r) = m.rollback {
+        rollback.enabled = r.enabled.unwrap_or(true);
+        for (k, v, slot) in [
+            ("error_rate_margin", r.error_rate_margin, &mut rollback.error_rate_margin),
+            ("p95_margin", r.p95_margin, &mut rollback.p95_margin),
+        ] {
+            if let Some(v) = v {
+                if !(v >= 0.0 && v.is_finite()) {
+                    errs.push(format!("{f}: {at}.rollback.{k}: must be a non-negative fraction"));
+                }
+                *slot = v;
+            }
+        }
+        rollback.min_requests = r.min_requests.unwrap_or(rollback.min_requests);
+        if rollback.min_requests == 0 {
+            errs.push(format!("{f}: {at}.rollback.min_requests: must be at least 1"));
+        }
+    }
+    (errs.len() == before).then(|| ModelConfig {
+        name: m.name,
+        production: m.production,
+        staging: m.staging,
+        canary_weight,
+        rollback,
+        file: file.to_path_buf(),
+    })
+}
+
+/// Registry references: pinned versions exist; a followed model is declared once in `[[model]]`.
+fn check_releases(aliases: &[AliasConfig], models: &[ModelConfig], registry: &Path, errs: &mut Vec<String>) {
+    let reg = crate::registry::Registry::new(registry.to_path_buf());
+    let mut seen = HashSet::new();
+    for m in models {
+        if !seen.insert(m.name.clone()) {
+            errs.push(format!("{}: model '{}' is declared more than once", m.file.display(), m.name));
+        }
+        for v in [&m.production, &m.staging].into_iter().flatten() {
+            if let Err(e) = reg.get(&m.name, v) {
+                errs.push(format!("{}: model '{}': {e}", m.file.display(), m.name));
+            }
+        }
+    }
+    for a in aliases {
+        for d in &a.deployments {
+            let Some(r) = &d.release else { continue };
+            if let Some(v) = &r.version {
+                if let Err(e) = reg.get(&r.model, v) {
+                    errs.push(format!("{}: alias '{}': deployment '{}': {e}", a.file.display(), a.name, d.name));
+                }
+            }
+        }
+    }
 }
 
 /// `prompts/NAME.txt` or `prompts/NAME@VERSION.txt` (or `.md`): named system prompts.

@@ -31,6 +31,15 @@ pub struct GatewayFile {
     pub monitor: MonitorFile,
     #[serde(default)]
     pub batch: BatchFile,
+    #[serde(default)]
+    pub registry: RegistryFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryFile {
+    /// The model registry: `<dir>/<name>/<version>/` (default: `registry` in the data directory).
+    pub dir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +132,34 @@ pub struct KeyFile {
 pub struct RoutesFile {
     #[serde(default)]
     pub alias: Vec<AliasFile>,
+    /// Registry models: the desired stages of their versions (the store may override them).
+    #[serde(default)]
+    pub model: Vec<ModelFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    pub name: String,
+    /// The version answering by default, e.g. "1.0.0".
+    pub production: Option<String>,
+    /// A canary version, answering `canary_weight` percent of sticky identities.
+    pub staging: Option<String>,
+    pub canary_weight: Option<f64>,
+    pub rollback: Option<RollbackFile>,
+}
+
+/// Automatic rollback of a canary that does worse than production.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackFile {
+    pub enabled: Option<bool>,
+    /// Canary error rate minus production's, as a fraction (0.05: five points).
+    pub error_rate_margin: Option<f64>,
+    /// Canary p95 latency over production's, as a fraction (0.5: 50% slower).
+    pub p95_margin: Option<f64>,
+    /// Canary requests needed before judging.
+    pub min_requests: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

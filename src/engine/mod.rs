@@ -344,7 +344,7 @@ impl LocalBackend {
         }
     }
 
-    fn params(&self, req: &ValidRequest, prompt_len: usize) -> GenParams {
+    fn params(&self, req: &ValidRequest, prompt_len: usize, seed: u32) -> GenParams {
         let s = &req.sampling;
         let room = (self.ctx_per_seq as usize).saturating_sub(prompt_len) as u32;
         GenParams {
@@ -359,7 +359,8 @@ impl LocalBackend {
             seed: match s.seed {
                 // 0xFFFFFFFF asks llama.cpp for a random seed; keep a given seed fixed.
                 Some(v) => (v as u64 & 0xFFFF_FFFF).min(0xFFFF_FFFE) as u32,
-                None => rand::random::<u32>() & 0x7FFF_FFFF,
+                // The gateway's choice, recorded with the request.
+                None => seed.min(0xFFFF_FFFE),
             },
             max_tokens: s.max_tokens.unwrap_or(room).min(room.max(1)),
             stops: s.stop.clone(),
@@ -461,7 +462,7 @@ impl Backend for LocalBackend {
                     .with_code("context_length_exceeded"),
                 ));
             }
-            let params = self.params(req, tokens.len());
+            let params = self.params(req, tokens.len(), br.seed);
             let (tx, rx) = mpsc::unbounded_channel();
             let job = Job {
                 tokens,

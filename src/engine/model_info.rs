@@ -122,35 +122,7 @@ pub fn sha256_cached(path: &Path) -> Result<String, String> {
     Ok(sha)
 }
 
-/// `general.file_type` as llama.cpp names it.
-pub fn file_type_name(ft: u32) -> String {
-    let n = match ft {
-        0 => "F32",
-        1 => "F16",
-        2 => "Q4_0",
-        3 => "Q4_1",
-        7 => "Q8_0",
-        8 => "Q5_0",
-        9 => "Q5_1",
-        10 => "Q2_K",
-        11 => "Q3_K_S",
-        12 => "Q3_K_M",
-        13 => "Q3_K_L",
-        14 => "Q4_K_S",
-        15 => "Q4_K_M",
-        16 => "Q5_K_S",
-        17 => "Q5_K_M",
-        18 => "Q6_K",
-        19 => "IQ2_XXS",
-        20 => "IQ2_XS",
-        24 => "IQ1_S",
-        25 => "IQ4_NL",
-        30 => "IQ4_XS",
-        32 => "BF16",
-        _ => return format!("file_type {ft}"),
-    };
-    n.to_owned()
-}
+pub use crate::registry::gguf::file_type_name;
 
 /// llama.cpp's built-in template for an architecture whose GGUF carries none.
 pub fn builtin_template_for(arch: &str) -> &'static str {

@@ -40,6 +40,8 @@ pub enum Reply {
     Sse(Vec<String>, End),
     /// NDJSON lines (Ollama), chunked, then the ending.
     Ndjson(Vec<String>, End),
+    /// Nothing until `release` is notified, then the reply (an upstream that is slow to answer).
+    Hold(Arc<Notify>, Box<Reply>),
 }
 
 #[derive(Clone)]
@@ -184,7 +186,15 @@ async fn serve_conn(
 
 /// Writes one reply; false when the connection must not be reused.
 async fn write_reply(sock: &mut TcpStream, reply: Reply, closed: &Notify) -> bool {
+    let reply = match reply {
+        Reply::Hold(release, inner) => {
+            release.notified().await;
+            *inner
+        }
+        r => r,
+    };
     match reply {
+        Reply::Hold(..) => unreachable!("a held reply is unwrapped above"),
         Reply::Fixture(name) => {
             let dir = fixture_dir();
             let head = std::fs::read_to_string(dir.join(format!("{name}.headers"))).unwrap();

@@ -100,6 +100,25 @@ impl Gateway {
     }
 }
 
+/// A webhook receiver on 127.0.0.1:0 (`POST /hook`): its address and the bodies it got.
+pub async fn webhook() -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+    let hook = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(v);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, hook).await });
+    (addr, rx)
+}
+
 /// One route file with a single openai-kind deployment.
 pub fn openai_route(alias: &str, dep: &str, base_url: &str, model: &str, extra: &str) -> String {
     format!(

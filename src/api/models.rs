@@ -1,0 +1,320 @@
+//! The admin API of model releases (`/v1/admin/models`): list versions and stages, promote
+//! (blue/green), stage a canary or change its weight, roll back, read the audit trail.
+//!
+//! A change that moves traffic to a version first loads it under every registry deployment
+//! that follows its model, warms it (`prompts/` prefixes filled) and asks it a one-token
+//! question; only then is the change recorded and the routes swapped, in one step, so that
+//! no request reaches a version before it is ready. The version that leaves production
+//! stays loaded (standby), so a rollback is a swap back and takes effect on the next request.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::{auth, AppState};
+use crate::accounting::now_ms;
+use crate::release::{AuditEntry, ModelLive, Stages};
+use crate::router::Deployment;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangeBody {
+    version: Option<String>,
+    /// Percent, for a canary.
+    weight: Option<f64>,
+    reason: Option<String>,
+}
+
+async fn admin_body(st: &AppState, headers: &HeaderMap, body: Body) -> Result<(String, ChangeBody), ApiError> {
+    let actor = auth::authenticate_admin(&st.live().auth, headers)?;
+    let bytes = super::inference::read_body(body, 64 * 1024).await?;
+    let b = if bytes.iter().all(u8::is_ascii_whitespace) {
+        ChangeBody { version: None, weight: None, reason: None }
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid_request(format!("Bad request body: {e}"), None))?
+    };
+    if let Some(r) = &b.reason {
+        if r.len() > 1000 {
+            return Err(ApiError::invalid_request("'reason' is longer than 1000 bytes.", Some("reason")));
+        }
+    }
+    Ok((actor, b))
+}
+
+fn known(st: &AppState, name: &str) -> Result<Arc<ModelLive>, ApiError> {
+    st.releases.model(name).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "No route follows the model '{name}': declare it with [[model]] in routes/ and serve it with a \
+             kind = \"registry\" deployment."
+        ))
+        .with_code("model_not_found")
+    })
+}
+
+fn registry_error(e: String) -> ApiError {
+    ApiError::not_found(e).with_code("version_not_found")
+}
+
+/// Loads, warms and tests `version` under every registry deployment that follows `model`
+/// (reusing one already loaded); the deployments, ready for traffic.
+async fn prepare(st: &AppState, model: &str, version: &str) -> Result<Vec<Arc<Deployment>>, String> {
+    let live = st.live();
+    let meta = st.releases.registry.get(model, version)?;
+    let mlive = st.releases.model(model);
+    let mut out: Vec<Arc<Deployment>> = Vec::new();
+    for a in &live.config.aliases {
+        for t in &a.deployments {
+            if !t.release.as_ref().is_some_and(|r| r.model == model && r.version.is_none()) {
+                continue;
+            }
+            let dc = crate::deploy::version_config(t, &meta, &st.releases);
+            if out.iter().any(|d| d.name() == dc.name) {
+                continue;
+            }
+            let loaded =
+                live.routes.aliases.values().flat_map(|a| a.all()).find(|d| d.name() == dc.name && d.cfg == dc);
+            let dep = match loaded {
+                Some(d) => d.clone(),
+                None => {
+                    let started = Instant::now();
+                    let d =
+                        crate::deploy::load_version(&live.config, dc, &meta, mlive.clone(), st.clock.clone()).await?;
+                    crate::deploy::smoke_test(&d).await.map_err(|e| format!("{}: {e}", d.name()))?;
+                    tracing::info!(
+                        deployment = d.name(),
+                        load_ms = started.elapsed().as_millis() as u64,
+                        "version loaded, warmed and tested"
+                    );
+                    d
+                }
+            };
+            out.push(dep);
+        }
+    }
+    Ok(out)
+}
+
+/// Loads what `after` needs, records the change, swaps the routes.
+async fn change(
+    st: &AppState,
+    live: &ModelLive,
+    action: &str,
+    load: Option<&str>,
+    after: Stages,
+    actor: String,
+    reason: Option<String>,
+) -> Result<Response, ApiError> {
+    let before = live.stages();
+    let version = load.map(str::to_owned).or(after.production.clone());
+    let started = Instant::now();
+    let loaded = match load {
+        Some(v) => match prepare(st, &live.name, v).await {
+            Ok(l) => l,
+            Err(e) => {
+                let entry = AuditEntry {
+                    id: 0,
+                    at_ms: now_ms(),
+                    model: live.name.clone(),
+                    action: format!("{action}_failed"),
+                    version: version.clone(),
+                    actor,
+                    reason,
+                    detail: json!({ "before": before, "error": e }),
+                };
+                let _ = st.releases.commit(&live.name, None, entry);
+                return Err(ApiError::unavailable(format!(
+                    "{}@{v} could not be made ready; traffic stays where it was: {e}",
+                    live.name
+                ))
+                .with_code("version_not_ready"));
+            }
+        },
+        None => Vec::new(),
+    };
+    if live.stages() != before {
+        // Only an automatic rollback changes stages outside `ops`: it must not be undone.
+        return Err(ApiError::conflict(format!(
+            "{}'s stages changed while the version was loading (an automatic rollback); nothing was changed, \
+             look at the audit trail and try again.",
+            live.name
+        )));
+    }
+    let entry = AuditEntry {
+        id: 0,
+        at_ms: now_ms(),
+        model: live.name.clone(),
+        action: action.to_owned(),
+        version,
+        actor: actor.clone(),
+        reason,
+        detail: json!({ "before": before, "after": after, "ready_ms": started.elapsed().as_millis() as u64 }),
+    };
+    let entry = st.releases.commit(&live.name, Some(&after), entry).map_err(ApiError::internal)?;
+    if let Err(e) = st.rebuild_routes(&loaded).await {
+        // The routes could not take the change: put the stages back, and say so in the trail.
+        let undo = AuditEntry {
+            id: 0,
+            at_ms: now_ms(),
+            model: live.name.clone(),
+            action: format!("{action}_reverted"),
+            version: entry.version.clone(),
+            actor,
+            reason: Some(e.clone()),
+            detail: json!({ "after": before }),
+        };
+        let _ = st.releases.commit(&live.name, Some(&before), undo);
+        return Err(ApiError::unavailable(format!("The change could not be applied: {e}")));
+    }
+    Ok(axum::Json(json!({ "model": live.name, "stages": live.stages(), "audit": entry })).into_response())
+}
+
+/// `POST /v1/admin/models/{name}/promote` `{"version": "1.1.0", "reason": "..."}`.
+pub async fn promote(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (actor, b) = admin_body(&st, &headers, body).await?;
+    let version =
+        b.version.ok_or_else(|| ApiError::invalid_request("Give the 'version' to promote.", Some("version")))?;
+    let live = known(&st, &name)?;
+    let _one = st.releases.ops.lock().await;
+    st.releases.registry.get(&name, &version).map_err(registry_error)?;
+    let cur = live.stages();
+    if cur.production.as_deref() == Some(version.as_str()) {
+        return Err(ApiError::conflict(format!("{name}@{version} is already in production.")));
+    }
+    let was_canary = cur.staging.as_deref() == Some(version.as_str());
+    let after = Stages {
+        production: Some(version.clone()),
+        staging: if was_canary { None } else { cur.staging.clone() },
+        canary_weight: if was_canary { 0.0 } else { cur.canary_weight },
+        previous: cur.production.clone(),
+    };
+    change(&st, &live, "promote", Some(&version), after, actor, b.reason).await
+}
+
+/// `POST /v1/admin/models/{name}/canary` `{"version": "1.1.0", "weight": 10}` stages a
+/// canary; `{"weight": 25}` changes the current canary's weight (0 stops its traffic).
+pub async fn canary(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (actor, b) = admin_body(&st, &headers, body).await?;
+    let live = known(&st, &name)?;
+    let _one = st.releases.ops.lock().await;
+    let cur = live.stages();
+    let weight = b.weight.unwrap_or(if b.version.is_some() { 10.0 } else { cur.canary_weight });
+    if !(0.0..=100.0).contains(&weight) {
+        return Err(ApiError::invalid_request(
+            format!("'weight' {weight} is not a percentage (0 to 100)."),
+            Some("weight"),
+        ));
+    }
+    let version = match (b.version, &cur.staging) {
+        (Some(v), _) => v,
+        (None, Some(s)) => s.clone(),
+        (None, None) => {
+            return Err(ApiError::invalid_request(
+                format!("{name} has no canary: give the 'version' to stage."),
+                Some("version"),
+            ))
+        }
+    };
+    st.releases.registry.get(&name, &version).map_err(registry_error)?;
+    if cur.production.as_deref() == Some(version.as_str()) {
+        return Err(ApiError::conflict(format!(
+            "{name}@{version} is the production version; it cannot be its canary."
+        )));
+    }
+    let same = cur.staging.as_deref() == Some(version.as_str());
+    let after = Stages { staging: Some(version.clone()), canary_weight: weight, ..cur };
+    let (action, load) = if same { ("weight", None) } else { ("canary", Some(version.as_str())) };
+    change(&st, &live, action, load, after, actor, b.reason).await
+}
+
+/// `POST /v1/admin/models/{name}/rollback`: the previous production version answers again.
+pub async fn rollback(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let (actor, b) = admin_body(&st, &headers, body).await?;
+    if b.version.is_some() || b.weight.is_some() {
+        return Err(ApiError::invalid_request("A rollback takes only a 'reason'.", None));
+    }
+    let live = known(&st, &name)?;
+    let _one = st.releases.ops.lock().await;
+    let cur = live.stages();
+    let Some(prev) = cur.previous.clone() else {
+        return Err(ApiError::conflict(format!("{name} has no previous production version to roll back to.")));
+    };
+    let after = Stages {
+        production: Some(prev.clone()),
+        previous: cur.production.clone(),
+        staging: cur.staging.clone().filter(|s| *s != prev),
+        canary_weight: if cur.staging.as_deref() == Some(prev.as_str()) { 0.0 } else { cur.canary_weight },
+    };
+    // The previous version is normally loaded (standby): `prepare` then reuses it at once.
+    change(&st, &live, "rollback", Some(&prev), after, actor, b.reason).await
+}
+
+/// `GET /v1/admin/models`: every registry version, with its stage and whether it is loaded.
+pub async fn list(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    auth::authenticate_admin(&st.live().auth, &headers)?;
+    let live = st.live();
+    let loaded: Vec<String> = live
+        .routes
+        .aliases
+        .values()
+        .flat_map(|a| a.all())
+        .filter_map(|d| d.version.as_ref().map(|v| v.label()))
+        .collect();
+    let metas = st.releases.registry.list().map_err(ApiError::internal)?;
+    let mut data = Vec::new();
+    for meta in metas {
+        let stages = st.releases.model(&meta.name).map(|l| l.stages());
+        let label = format!("{}@{}", meta.name, meta.version);
+        let mut v = serde_json::to_value(&meta).unwrap_or(Value::Null);
+        v["id"] = json!(label);
+        v["stage"] = json!(stage_of(stages.as_ref(), &meta.version));
+        if let Some(s) = stages.as_ref().filter(|s| s.staging.as_deref() == Some(meta.version.as_str())) {
+            v["canary_weight"] = json!(s.canary_weight);
+        }
+        v["loaded"] = json!(loaded.contains(&label));
+        data.push(v);
+    }
+    Ok(axum::Json(json!({ "object": "list", "data": data })).into_response())
+}
+
+/// A version's stage under a model's stages: production, staging, archived (the rollback
+/// target, or any other version).
+pub fn stage_of(stages: Option<&Stages>, version: &str) -> &'static str {
+    match stages {
+        Some(s) if s.production.as_deref() == Some(version) => "production",
+        Some(s) if s.staging.as_deref() == Some(version) => "staging",
+        _ => "archived",
+    }
+}
+
+/// `GET /v1/admin/models/{name}/audit`: every change, oldest first.
+pub async fn audit(
+    State(st): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    auth::authenticate_admin(&st.live().auth, &headers)?;
+    let entries = st.releases.audit(Some(&name)).map_err(ApiError::internal)?;
+    Ok(axum::Json(json!({ "object": "list", "model": name, "data": entries })).into_response())
+}

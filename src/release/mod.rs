@@ -1,0 +1,509 @@
+//! Model releases: which registry version of a model answers (production, and a staging
+//! canary by its weight), the sticky assignment of identities to the canary, the canary's
+//! comparison with production and its automatic rollback, and the durable record of every
+//! change ([`store`]). Loading a version and swapping it into the routes is `crate::deploy`'s
+//! and the admin API's (`crate::api::models`) work; this module owns the state and its rules.
+//!
+//! Sticky assignment: an identity (the `x-session-id`, else the request's `user`, else the
+//! API key) hashes with the model's name to a bucket in 0..10,000; the canary answers the
+//! buckets below its weight in basis points. One identity therefore sees one version, the
+//! weight applies across identities, and raising the weight only adds identities to the
+//! canary (none moves back).
+//!
+//! Automatic rollback: every request a version answers (or fails, attempt by attempt) is
+//! kept in a window of its last [`WINDOW`] outcomes, from the moment the canary started.
+//! Once the canary has `min_requests` of them, it is rolled back (weight 0) when its error
+//! rate exceeds production's by `error_rate_margin`, or its p95 latency exceeds
+//! production's by `p95_margin` (a fraction); an alert fires and the audit record says why.
+
+pub mod cli;
+pub mod store;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+use serde_json::json;
+
+use crate::accounting::{now_ms, RequestRecord};
+use crate::config::{Config, ModelConfig, RollbackPolicy};
+use crate::registry::Registry;
+pub use store::{AuditEntry, Stages, Store};
+
+/// Outcomes kept per version for the canary comparison.
+pub const WINDOW: usize = 1000;
+const BUCKETS: u64 = 10_000;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The identity's bucket for a model, in 0..10,000.
+pub fn bucket(model: &str, identity: &str) -> u64 {
+    let h = crate::config::sha256(format!("{model}\u{0}{identity}").as_bytes());
+    u64::from_be_bytes(h[..8].try_into().unwrap_or_default()) % BUCKETS
+}
+
+/// Percent → basis points, clamped.
+fn basis_points(weight: f64) -> u32 {
+    (weight.clamp(0.0, 100.0) * 100.0).round() as u32
+}
+
+#[derive(Default)]
+struct Side {
+    /// (error, latency in ms for a success)
+    outcomes: VecDeque<(bool, Option<f64>)>,
+}
+
+impl Side {
+    fn push(&mut self, error: bool, latency: Option<f64>) {
+        if self.outcomes.len() == WINDOW {
+            self.outcomes.pop_front();
+        }
+        self.outcomes.push_back((error, latency));
+    }
+    fn len(&self) -> u64 {
+        self.outcomes.len() as u64
+    }
+    fn error_rate(&self) -> f64 {
+        if self.outcomes.is_empty() {
+            return 0.0;
+        }
+        self.outcomes.iter().filter(|o| o.0).count() as f64 / self.outcomes.len() as f64
+    }
+    /// p95 of successful latencies (nearest rank) and how many there were.
+    fn p95(&self) -> (Option<f64>, u64) {
+        let mut v: Vec<f64> = self.outcomes.iter().filter_map(|o| o.1).collect();
+        if v.is_empty() {
+            return (None, 0);
+        }
+        v.sort_by(f64::total_cmp);
+        let rank = ((v.len() as f64 * 0.95).ceil() as usize).clamp(1, v.len());
+        (Some(v[rank - 1]), v.len() as u64)
+    }
+}
+
+#[derive(Default)]
+struct Compare {
+    canary: Side,
+    production: Side,
+}
+
+/// One registry model, live: its stages, its canary weight (read by every request), its
+/// rollback policy and the comparison behind it.
+pub struct ModelLive {
+    pub name: String,
+    stages: RwLock<Stages>,
+    weight_bp: AtomicU32,
+    policy: RwLock<RollbackPolicy>,
+    compare: Mutex<Compare>,
+    owner: Weak<Releases>,
+}
+
+impl ModelLive {
+    pub fn stages(&self) -> Stages {
+        let mut s = self.stages.read().unwrap_or_else(|p| p.into_inner()).clone();
+        s.canary_weight = f64::from(self.weight_bp.load(Ordering::Relaxed)) / 100.0;
+        s
+    }
+
+    /// Does this identity's request go to the canary?
+    pub fn canary_for(&self, identity: &str) -> bool {
+        let bp = self.weight_bp.load(Ordering::Relaxed);
+        bp > 0 && bucket(&self.name, identity) < u64::from(bp)
+    }
+
+    fn set(&self, stages: &Stages) {
+        let mut cur = self.stages.write().unwrap_or_else(|p| p.into_inner());
+        let canary_changed = cur.staging != stages.staging || cur.production != stages.production;
+        *cur = stages.clone();
+        self.weight_bp
+            .store(if stages.staging.is_some() { basis_points(stages.canary_weight) } else { 0 }, Ordering::Relaxed);
+        if canary_changed {
+            *lock(&self.compare) = Compare::default();
+        }
+    }
+
+    /// One outcome of a request this model's `version` answered or failed.
+    fn observe(&self, version: &str, error: bool, latency_ms: Option<f64>) {
+        let (is_canary, is_prod) = {
+            let s = self.stages.read().unwrap_or_else(|p| p.into_inner());
+            (s.staging.as_deref() == Some(version), s.production.as_deref() == Some(version))
+        };
+        if !is_canary && !is_prod {
+            return;
+        }
+        let policy = *self.policy.read().unwrap_or_else(|p| p.into_inner());
+        let verdict = {
+            let mut c = lock(&self.compare);
+            if is_canary {
+                c.canary.push(error, latency_ms);
+            } else {
+                c.production.push(error, latency_ms);
+            }
+            if !is_canary || !policy.enabled || self.weight_bp.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            judge(&c, &policy)
+        };
+        if let Some((why, detail)) = verdict {
+            // Only the first request to see the verdict acts on it.
+            let mut s = self.stages.write().unwrap_or_else(|p| p.into_inner());
+            if self.weight_bp.swap(0, Ordering::Relaxed) == 0 {
+                return;
+            }
+            s.canary_weight = 0.0;
+            let stages = s.clone();
+            drop(s);
+            if let Some(owner) = self.owner.upgrade() {
+                owner.auto_rollback(self, version, &stages, why, detail);
+            }
+        }
+    }
+}
+
+/// The canary against production under the policy: why it must be rolled back, if it must.
+fn judge(c: &Compare, p: &RollbackPolicy) -> Option<(String, serde_json::Value)> {
+    let n = c.canary.len();
+    if n < p.min_requests {
+        return None;
+    }
+    let (cr, pr) = (c.canary.error_rate(), c.production.error_rate());
+    if cr - pr > p.error_rate_margin {
+        let why = format!(
+            "canary error rate {:.1}% over {n} requests exceeds production's {:.1}% over {} by more than {:.1} points",
+            cr * 100.0,
+            pr * 100.0,
+            c.production.len(),
+            p.error_rate_margin * 100.0
+        );
+        let detail = json!({"canary_error_rate": cr, "production_error_rate": pr, "canary_requests": n,
+            "production_requests": c.production.len(), "error_rate_margin": p.error_rate_margin});
+        return Some((why, detail));
+    }
+    let ((cp, cn), (pp, pn)) = (c.canary.p95(), c.production.p95());
+    if let (Some(cp), Some(pp)) = (cp, pp) {
+        if cn >= p.min_requests && pn >= p.min_requests && cp > pp * (1.0 + p.p95_margin) {
+            let why = format!(
+                "canary p95 latency {cp:.0} ms over {cn} requests exceeds production's {pp:.0} ms over {pn} by more than {:.0}%",
+                p.p95_margin * 100.0
+            );
+            let detail = json!({"canary_p95_ms": cp, "production_p95_ms": pp, "canary_requests": cn,
+                "production_requests": pn, "p95_margin": p.p95_margin});
+            return Some((why, detail));
+        }
+    }
+    None
+}
+
+/// What a version deployment carries: which version it is, and where its outcomes go.
+pub struct VersionTag {
+    pub model: String,
+    pub version: String,
+    pub sha256: Option<String>,
+    /// The model's live state, for a version that follows stages (not a pinned one).
+    pub live: Option<Arc<ModelLive>>,
+}
+
+impl std::fmt::Debug for VersionTag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.model, self.version)
+    }
+}
+
+impl VersionTag {
+    /// `NAME@X.Y.Z`.
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.model, self.version)
+    }
+
+    /// An attempt on this version failed before anything reached the client (or its
+    /// breaker is open, so it could not be asked).
+    pub fn observe_failure(&self) {
+        if let Some(l) = &self.live {
+            l.observe(&self.version, true, None);
+        }
+    }
+
+    /// A request this version answered has ended.
+    pub fn observe(&self, rec: &RequestRecord) {
+        if let Some(l) = &self.live {
+            let error = crate::monitor::is_error(rec);
+            l.observe(&self.version, error, (!error).then_some(rec.total_ms));
+        }
+    }
+}
+
+/// Every registry model's live state, the store behind it, and the alerts it raises.
+pub struct Releases {
+    pub registry: Registry,
+    store: Mutex<Store>,
+    models: RwLock<HashMap<String, Arc<ModelLive>>>,
+    /// One change at a time (a promotion loads a model: seconds).
+    pub ops: tokio::sync::Mutex<()>,
+    monitor: Option<Arc<crate::accounting::Accounting>>,
+    pub auto_rollbacks: AtomicU64,
+}
+
+impl Releases {
+    /// Opens the store under the data directory and brings every `[[model]]` of the
+    /// configuration live: with its stored stages, or (the first time) with the stages
+    /// `routes/` declares, recorded as a `seed` change.
+    pub fn open(cfg: &Config, accounting: Option<Arc<crate::accounting::Accounting>>) -> Result<Arc<Releases>, String> {
+        let store = Store::open(&cfg.server.data_dir.join("releases.sqlite"))?;
+        let r = Arc::new(Releases {
+            registry: Registry::new(cfg.server.registry_dir.clone()),
+            store: Mutex::new(store),
+            models: RwLock::new(HashMap::new()),
+            ops: tokio::sync::Mutex::new(()),
+            monitor: accounting,
+            auto_rollbacks: AtomicU64::new(0),
+        });
+        r.configure(cfg)?;
+        Ok(r)
+    }
+
+    /// Applies a (re)loaded configuration: new models are seeded, policies updated. Stored
+    /// stages win over `routes/` (see [`Releases::drift`]).
+    pub fn configure(self: &Arc<Self>, cfg: &Config) -> Result<(), String> {
+        let stored = lock(&self.store).all()?;
+        let mut names: Vec<(&str, Option<&ModelConfig>)> =
+            cfg.models.iter().map(|m| (m.name.as_str(), Some(m))).collect();
+        // A model that deployments follow without a `[[model]]` entry lives on its store state.
+        for a in &cfg.aliases {
+            for d in &a.deployments {
+                if let Some(r) = d.release.as_ref().filter(|r| r.version.is_none()) {
+                    if !names.iter().any(|(n, _)| *n == r.model) {
+                        names.push((r.model.as_str(), None));
+                    }
+                }
+            }
+        }
+        for (name, mc) in names {
+            let stages = match (stored.get(name), mc) {
+                (Some(s), _) => s.clone(),
+                (None, Some(m)) => {
+                    let s = Stages {
+                        production: m.production.clone(),
+                        staging: m.staging.clone(),
+                        canary_weight: if m.staging.is_some() { m.canary_weight } else { 0.0 },
+                        previous: None,
+                    };
+                    let entry = AuditEntry {
+                        id: 0,
+                        at_ms: now_ms(),
+                        model: name.to_owned(),
+                        action: "seed".into(),
+                        version: s.production.clone(),
+                        actor: "routes".into(),
+                        reason: Some(format!("first start with {}", m.file.display())),
+                        detail: json!({ "after": s }),
+                    };
+                    lock(&self.store).apply(Some(&s), &entry)?;
+                    s
+                }
+                (None, None) => Stages::default(),
+            };
+            let policy = mc.map(|m| m.rollback).unwrap_or_default();
+            let mut models = self.models.write().unwrap_or_else(|p| p.into_inner());
+            let live = models.entry(name.to_owned()).or_insert_with(|| {
+                Arc::new(ModelLive {
+                    name: name.to_owned(),
+                    stages: RwLock::new(Stages::default()),
+                    weight_bp: AtomicU32::new(0),
+                    policy: RwLock::new(policy),
+                    compare: Mutex::new(Compare::default()),
+                    owner: Arc::downgrade(self),
+                })
+            });
+            *live.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
+            live.set(&stages);
+        }
+        Ok(())
+    }
+
+    pub fn model(&self, name: &str) -> Option<Arc<ModelLive>> {
+        self.models.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.models.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Records a change and makes it live: the stages (when given) and the audit record are
+    /// written first, in one transaction, then every request sees the new stages.
+    pub fn commit(&self, model: &str, stages: Option<&Stages>, entry: AuditEntry) -> Result<AuditEntry, String> {
+        let mut entry = entry;
+        entry.id = lock(&self.store).apply(stages, &entry)?;
+        if let (Some(s), Some(live)) = (stages, self.model(model)) {
+            live.set(s);
+        }
+        Ok(entry)
+    }
+
+    pub fn audit(&self, model: Option<&str>) -> Result<Vec<AuditEntry>, String> {
+        lock(&self.store).audit(model)
+    }
+
+    fn auto_rollback(&self, live: &ModelLive, version: &str, stages: &Stages, why: String, detail: serde_json::Value) {
+        self.auto_rollbacks.fetch_add(1, Ordering::Relaxed);
+        let entry = AuditEntry {
+            id: 0,
+            at_ms: now_ms(),
+            model: live.name.clone(),
+            action: "auto_rollback".into(),
+            version: Some(version.to_owned()),
+            actor: "auto".into(),
+            reason: Some(why.clone()),
+            detail: json!({ "after": stages, "measured": detail }),
+        };
+        if let Err(e) = lock(&self.store).apply(Some(stages), &entry) {
+            tracing::error!(model = %live.name, "the automatic rollback could not be recorded: {e}");
+        }
+        if let Some(acc) = &self.monitor {
+            acc.monitor.emit(crate::monitor::Alert {
+                kind: crate::monitor::AlertKind::CanaryRollback,
+                deployment: format!("{}@{version}", live.name),
+                value: detail
+                    .get("canary_error_rate")
+                    .or(detail.get("canary_p95_ms"))
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(0.0),
+                threshold: detail
+                    .get("error_rate_margin")
+                    .or(detail.get("p95_margin"))
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(0.0),
+                requests: detail.get("canary_requests").and_then(|v| v.as_u64()).unwrap_or(0),
+                firing: true,
+                message: format!("{}@{version}: canary weight set to 0: {why}", live.name),
+            });
+        }
+    }
+
+    /// The stored stages of every model (for listings without a running gateway).
+    pub fn stored(&self) -> Result<HashMap<String, Stages>, String> {
+        lock(&self.store).all()
+    }
+}
+
+/// Where the store and `routes/` disagree, model by model: one line each.
+pub fn drift(cfg: &Config, stored: &HashMap<String, Stages>) -> Vec<String> {
+    {
+        let mut out = Vec::new();
+        for m in &cfg.models {
+            let Some(s) = stored.get(&m.name) else { continue };
+            let w = if m.staging.is_some() { m.canary_weight } else { 0.0 };
+            let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
+            if s.production != m.production {
+                out.push(format!(
+                    "{}: production is {} in the store, {} in {}",
+                    m.name,
+                    show(&s.production),
+                    show(&m.production),
+                    m.file.display()
+                ));
+            }
+            if s.staging != m.staging {
+                out.push(format!(
+                    "{}: staging is {} in the store, {} in {}",
+                    m.name,
+                    show(&s.staging),
+                    show(&m.staging),
+                    m.file.display()
+                ));
+            }
+            if s.staging.is_some() && (s.canary_weight - w).abs() > 1e-9 {
+                out.push(format!(
+                    "{}: the canary weight is {}% in the store, {}% in {}",
+                    m.name,
+                    s.canary_weight,
+                    w,
+                    m.file.display()
+                ));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_spread_and_the_weight_holds_across_identities() {
+        let n = 100_000;
+        let under_10 = (0..n).filter(|i| bucket("gemma", &format!("user-{i}")) < 1000).count();
+        let share = under_10 as f64 / n as f64;
+        assert!((share - 0.10).abs() < 0.005, "{share}");
+        // The same identity, another model: an independent draw.
+        let both =
+            (0..n).filter(|i| bucket("a", &format!("u{i}")) < 1000 && bucket("b", &format!("u{i}")) < 1000).count();
+        assert!((both as f64 / n as f64 - 0.01).abs() < 0.002, "{both}");
+    }
+
+    fn live(policy: RollbackPolicy) -> Arc<ModelLive> {
+        let l = Arc::new(ModelLive {
+            name: "m".into(),
+            stages: RwLock::new(Stages::default()),
+            weight_bp: AtomicU32::new(0),
+            policy: RwLock::new(policy),
+            compare: Mutex::new(Compare::default()),
+            owner: Weak::new(),
+        });
+        l.set(&Stages {
+            production: Some("1.0.0".into()),
+            staging: Some("1.1.0".into()),
+            canary_weight: 10.0,
+            previous: None,
+        });
+        l
+    }
+
+    #[test]
+    fn a_canary_with_more_errors_is_rolled_back_once_it_has_enough_requests() {
+        let p = RollbackPolicy { enabled: true, error_rate_margin: 0.05, p95_margin: 0.5, min_requests: 20 };
+        let l = live(p);
+        for _ in 0..100 {
+            l.observe("1.0.0", false, Some(100.0));
+        }
+        for i in 0..19 {
+            l.observe("1.1.0", i % 2 == 0, Some(100.0));
+        }
+        assert_eq!(l.stages().canary_weight, 10.0, "19 requests are not enough to judge");
+        l.observe("1.1.0", true, None);
+        assert_eq!(l.stages().canary_weight, 0.0);
+        assert!(!l.canary_for("anyone"));
+    }
+
+    #[test]
+    fn a_slower_canary_is_rolled_back_and_a_similar_one_is_not() {
+        let p = RollbackPolicy { enabled: true, error_rate_margin: 0.05, p95_margin: 0.5, min_requests: 20 };
+        let l = live(p);
+        for i in 0..100 {
+            l.observe("1.0.0", false, Some(100.0 + f64::from(i % 10)));
+        }
+        for i in 0..40 {
+            l.observe("1.1.0", false, Some(110.0 + f64::from(i % 10)));
+        }
+        assert_eq!(l.stages().canary_weight, 10.0, "within the margin");
+        for _ in 0..20 {
+            l.observe("1.1.0", false, Some(400.0));
+        }
+        assert_eq!(l.stages().canary_weight, 0.0, "p95 now 400 ms against 109 ms");
+    }
+
+    #[test]
+    fn raising_the_weight_only_adds_identities() {
+        let l = live(RollbackPolicy::default());
+        let ids: Vec<String> = (0..2000).map(|i| format!("u{i}")).collect();
+        let at10: Vec<bool> = ids.iter().map(|i| l.canary_for(i)).collect();
+        l.set(&Stages { canary_weight: 25.0, ..l.stages() });
+        for (i, was) in ids.iter().zip(&at10) {
+            assert!(!*was || l.canary_for(i), "{i} left the canary when its weight rose");
+        }
+    }
+}
