@@ -2,7 +2,9 @@
 //! fallback along the alias's ordered deployments, and a circuit breaker per deployment.
 //!
 //! The algorithm for one request:
-//! 1. Walk the alias's deployments in their declared order. Skip one whose breaker is open.
+//! 1. Walk the alias's deployments in their declared order (or prefix-affine order), with a
+//!    registry model's canary version ahead of its production version for the identities
+//!    the canary's weight covers (`crate::release`). Skip one whose breaker is open.
 //! 2. Take a concurrency permit without waiting; a deployment at its limit is skipped (it is
 //!    "full"). The permit travels with the response and is released only when the whole
 //!    stream has been delivered or dropped.
@@ -245,12 +247,9 @@ pub struct Failed {
     pub attempts: u32,
 }
 
-pub async fn dispatch(alias: &Alias, req: &BackendRequest) -> Result<Dispatched, Failed> {
-    dispatch_to(alias, alias.order(req.fingerprint), req).await
-}
-
-/// Walks `ordered` (the alias's deployments in the order chosen for this request).
-pub async fn dispatch_to(
+/// Walks `ordered`: the alias's deployments in the order chosen for this request
+/// ([`Alias::order_for`]).
+pub async fn dispatch(
     alias: &Alias,
     ordered: Vec<Arc<Deployment>>,
     req: &BackendRequest,

@@ -230,8 +230,8 @@ async fn serve_valid(
     let session = headers.and_then(|h| h.get(SESSION_HEADER)).and_then(|v| v.to_str().ok());
     // A registry model's canary takes the identities its weight covers, sticky: the session,
     // else the request's user, else the key.
-    let identity = session.filter(|s| !s.is_empty()).or(req.user.as_deref()).or(caller.name()).unwrap_or("");
-    let canary = alias.picks_canary(identity).cloned();
+    let identity = session.filter(|s| !s.is_empty()).or(req.user.as_deref()).or(caller.name()).unwrap_or("").to_owned();
+    let canary = alias.picks_canary(&identity).cloned();
     // The seed an engine draws with, recorded so that the answer can be reproduced.
     let seed = match req.sampling.seed {
         Some(v) => (v as u64 & 0xFFFF_FFFF).min(0xFFFF_FFFE) as u32,
@@ -283,7 +283,7 @@ async fn serve_valid(
         seed,
     };
     let mut abandoned = Abandoned { rec: Some(rec.clone()), accounting: st.accounting.clone(), start };
-    let mut dispatched = router::dispatch_to(&alias, alias.order_for(fingerprint, canary.is_some()), &br).await;
+    let mut dispatched = router::dispatch(&alias, alias.order_for(fingerprint, canary.is_some()), &br).await;
     // The small model failed (or, if configured, was cut at max_tokens): ask the large one.
     if let Some((large, on_length)) = escalation.take() {
         let escalate = match &dispatched {
@@ -315,7 +315,8 @@ async fn serve_valid(
             route_header = rec.route.as_deref().and_then(|r| HeaderValue::from_str(r).ok());
             rec.downgrade_price = None;
             alias = large;
-            dispatched = router::dispatch(&alias, &br).await;
+            let canary = alias.picks_canary(&identity).is_some();
+            dispatched = router::dispatch(&alias, alias.order_for(fingerprint, canary), &br).await;
         }
     }
     abandoned.rec = None;
