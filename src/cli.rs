@@ -307,7 +307,7 @@ fn print_config(cfg: &Config) {
                 "    {}. {} [{}] {} (max_concurrency={}, weight={}{price})",
                 i + 1,
                 d.name,
-                d.kind.name(),
+                if d.release.is_some() { "registry" } else { d.kind.name() },
                 target,
                 d.max_concurrency,
                 d.weight

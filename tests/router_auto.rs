@@ -93,3 +93,63 @@ async fn a_failing_small_model_escalates() {
     assert_eq!(h["x-tollgate-deployment"], "large-dep");
     assert!(h["x-tollgate-route"].to_str().unwrap().contains("escalated=large"));
 }
+
+/// The router with a classifier prompt (the project's own, `prompts/router-classifier@1.txt`).
+fn classified(small_url: &str, timeout_ms: u64) -> Vec<(&'static str, String)> {
+    let mut r = routes(small_url, false);
+    r[2].1 += &format!("classifier_prompt = \"router-classifier@1\"\nclassifier_timeout_ms = {timeout_ms}\n");
+    r
+}
+
+fn classifier_prompt() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/prompts/router-classifier@1.txt")).unwrap()
+}
+
+#[tokio::test]
+async fn the_classifier_asks_the_small_model_first_and_is_accounted() {
+    let up = common::llama_server();
+    let r = classified(&up, 30_000);
+    let files: Vec<(&str, &str)> = r.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let prompt = classifier_prompt();
+    let gw = Gateway::start_full(OPEN, &files, &[("router-classifier@1", &prompt)], &[]).await;
+    let (h, _) = ask(&gw, "Hello! How are you today?", 2).await;
+    let route = h["x-tollgate-route"].to_str().unwrap().to_owned();
+    // The test model is a base model: whatever it says, the route must follow it.
+    if route.contains("classifier=easy") {
+        assert!(route.starts_with("small;") && route.ends_with("model=small"), "{route}");
+    } else if route.contains("classifier=hard") {
+        assert!(route.starts_with("large;") && route.ends_with("model=large"), "{route}");
+    } else {
+        assert!(route.contains("classifier=unclear, rules decided"), "{route}");
+        assert!(route.starts_with("small;"), "the rules send a greeting small: {route}");
+    }
+    // The classifier's own call is in the ledger, on the small deployment, with its tokens.
+    gw.running.state.accounting.ledger.as_ref().unwrap().flush().await;
+    let c = rusqlite::Connection::open(gw.dir.path().join("data/ledger/ledger.sqlite")).unwrap();
+    let (dep, prompt_tokens): (String, i64) = c
+        .query_row("SELECT deployment, prompt_tokens FROM requests WHERE route = 'classifier'", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(dep, "small-dep");
+    assert!(prompt_tokens > 60, "the classifier prompt was sent: {prompt_tokens} tokens");
+}
+
+#[tokio::test]
+async fn a_classifier_that_does_not_answer_in_time_leaves_the_decision_to_the_rules() {
+    // A small model that never answers: the fault a real server will not give on demand.
+    let fake = common::fake::Fake::start(vec![]).await;
+    let never = std::sync::Arc::new(tokio::sync::Notify::new());
+    fake.set_default(common::fake::Reply::Hold(never, Box::new(common::fake::Reply::Fixture("chat"))));
+    let r = classified(&fake.base(), 200);
+    let files: Vec<(&str, &str)> = r.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let prompt = classifier_prompt();
+    let gw = Gateway::start_full(OPEN, &files, &[("router-classifier@1", &prompt)], &[]).await;
+    let hard = "Prove step by step that the square root of 2 is irrational, then write a Rust function \
+                `fn is_prime(n: u64) -> bool` and explain its complexity.";
+    let (h, v) = ask(&gw, hard, 2).await;
+    let route = h["x-tollgate-route"].to_str().unwrap();
+    assert!(route.starts_with("large;") && route.contains("classifier=timeout, rules decided"), "{route}");
+    assert_eq!(h["x-tollgate-deployment"], "large-dep");
+    assert!(v["choices"][0]["message"]["content"].is_string());
+}

@@ -187,14 +187,24 @@ async fn serve_valid(
     let mut alias = match &alias.auto {
         None => alias,
         Some(auto) => {
-            let decision = crate::smallroute::decide(&crate::smallroute::features(&req.body), &auto.weights);
+            let mut decision = crate::smallroute::decide(&crate::smallroute::features(&req.body), &auto.weights);
+            let mut asked = String::new();
+            if let Some(cl) = &auto.classifier {
+                match classify(st, live, &auto.small, cl, &req, &caller, rid).await {
+                    Ok(large) => {
+                        decision.large = large;
+                        asked = format!("; classifier={}", if large { "hard" } else { "easy" });
+                    }
+                    Err(why) => asked = format!("; classifier={why}, rules decided"),
+                }
+            }
             let target = if decision.large { &auto.large } else { &auto.small };
             let Some(t) = live.routes.get(target).cloned() else {
                 let e =
                     ApiError::unavailable(format!("The router '{shown}' points at '{target}', which is not loaded."));
                 return Err((e, Some(rec)));
             };
-            let text = format!("{}; model={target}", decision.header());
+            let text = format!("{}{asked}; model={target}", decision.header());
             route_header = HeaderValue::from_str(&text).ok();
             rec.route = Some(text);
             if !decision.large {
@@ -417,6 +427,94 @@ async fn serve_valid(
             Ok(resp)
         }
     }
+}
+
+/// The router's classifier: the named prompt and the request's last user message, asked of
+/// the small alias for one word under the timeout. `Ok(true)`: HARD. The call is accounted as
+/// its own record (`route = "classifier"`). Errors say why the rules decide instead:
+/// `timeout`, `error`, or `unclear` (an answer that is neither word).
+async fn classify(
+    st: &Arc<AppState>,
+    live: &super::Live,
+    small: &str,
+    cl: &crate::config::Classifier,
+    req: &protocol::ValidRequest,
+    caller: &auth::Caller,
+    rid: &str,
+) -> Result<bool, &'static str> {
+    let start = Instant::now();
+    let alias = live.routes.get(small).ok_or("error")?;
+    let system = live.prompts.get(&cl.prompt).ok_or("error")?;
+    let text = match &req.prompt {
+        Prompt::Chat(m) => m.iter().rev().find(|m| m.role == "user").map(|m| m.content.as_str()).unwrap_or(""),
+        Prompt::Text(t) => t.as_str(),
+        Prompt::Embed(_) => return Err("error"),
+    };
+    // The end of a long request says most about what is asked.
+    let cut = text.len().saturating_sub(4000);
+    let text = &text[(cut..=text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(0)..];
+    let body = serde_json::json!({"model": small, "max_tokens": 3, "temperature": 0.0,
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": text}]});
+    let bytes = serde_json::to_vec(&body).map_err(|_| "error")?;
+    let creq = protocol::validate(Endpoint::Chat, &bytes).map_err(|_| "error")?;
+    let mut rec = RequestRecord::new(format!("{rid}-classifier"), Endpoint::Chat, small.to_owned(), false);
+    rec.key = caller.name().map(str::to_owned);
+    rec.route = Some("classifier".into());
+    let br = BackendRequest {
+        req: Arc::new(creq),
+        request_id: format!("{rid}-classifier"),
+        traceparent: None,
+        priority: Priority::Interactive,
+        fingerprint: 0,
+        session: None,
+        seed: 0,
+    };
+    let outcome = tokio::time::timeout(cl.timeout, router::dispatch(alias, alias.order_for(0, false), &br)).await;
+    let answer = match outcome {
+        Err(_) => {
+            rec.status = 504;
+            rec.error = Some("classifier_timeout");
+            Err("timeout")
+        }
+        Ok(Err(f)) => {
+            rec.status = f.error.status.as_u16();
+            rec.error = Some(f.error.kind());
+            rec.deployment = f.deployment;
+            Err("error")
+        }
+        Ok(Ok(d)) => {
+            rec.deployment = Some(d.deployment.name().to_owned());
+            rec.backend_kind = Some(d.deployment.cfg.kind.name());
+            rec.price = d.deployment.cfg.price.clone();
+            let mut tap = Tap::new(start, None);
+            let said = match &d.reply {
+                Committed::Full { body, usage } => {
+                    tap.observe(body);
+                    if let Some(u) = usage {
+                        tap.set_usage(*u);
+                    }
+                    body.get("choices")
+                        .and_then(|c| c.get(0))
+                        .and_then(|c| c["message"]["content"].as_str())
+                        .unwrap_or("")
+                        .trim()
+                        .to_ascii_lowercase()
+                }
+                Committed::Stream { .. } => String::new(),
+            };
+            tap.finish_into(&mut rec);
+            if said.starts_with("hard") {
+                Ok(true)
+            } else if said.starts_with("easy") {
+                Ok(false)
+            } else {
+                Err("unclear")
+            }
+        }
+    };
+    rec.total_ms = start.elapsed().as_secs_f64() * 1000.0;
+    st.accounting.finish(rec);
+    answer
 }
 
 /// The version that answered, for the record (and its canary comparison).

@@ -136,6 +136,15 @@ pub struct AutoRouterConfig {
     pub large: String,
     pub weights: crate::smallroute::RouterWeights,
     pub escalate_on_length: bool,
+    /// The small model asked first, under a timeout.
+    pub classifier: Option<Classifier>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Classifier {
+    /// A named prompt in `prompts/`.
+    pub prompt: String,
+    pub timeout: Duration,
 }
 
 /// A registry model's stages as `routes/` declares them, and its canary's rollback policy.
@@ -431,6 +440,19 @@ pub fn load_with_env(opts: &LoadOptions, env: Env<'_>) -> Result<Config, ConfigE
     check_releases(&aliases, &models, &server.registry_dir, &mut errs);
     let prompts_dir = base.join(gw.prompts_dir.as_deref().unwrap_or("prompts"));
     let prompts = load_prompts(&prompts_dir, &mut errs);
+    for a in &aliases {
+        if let Some(c) = a.router.as_ref().and_then(|r| r.classifier.as_ref()) {
+            if !prompts.contains_key(&c.prompt) {
+                errs.push(format!(
+                    "{}: alias '{}': router.classifier_prompt: no prompt '{}' in {}",
+                    a.file.display(),
+                    a.name,
+                    c.prompt,
+                    prompts_dir.display()
+                ));
+            }
+        }
+    }
     if errs.is_empty() {
         Ok(Config { source, server, auth, aliases, models, prompts })
     } else {
@@ -790,6 +812,10 @@ fn alias_config(a: raw::AliasFile, i: usize, file: &Path, env: Env<'_>, errs: &m
         large: r.large,
         weights: r.weights.unwrap_or_default(),
         escalate_on_length: r.escalate_on_length.unwrap_or(false),
+        classifier: r.classifier_prompt.map(|prompt| Classifier {
+            prompt,
+            timeout: Duration::from_millis(r.classifier_timeout_ms.unwrap_or(500).max(1)),
+        }),
     });
     (errs.len() == before).then(|| AliasConfig {
         name: a.name,

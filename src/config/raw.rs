@@ -186,6 +186,11 @@ pub struct RouterFile {
     /// A small-model answer cut at max_tokens (`finish_reason: length`) is asked again of the
     /// large model (non-streamed requests). Errors always escalate.
     pub escalate_on_length: Option<bool>,
+    /// A named prompt (`prompts/`) that asks the small model "EASY or HARD?" before each
+    /// request; the rules decide when it does not answer in time or clearly.
+    pub classifier_prompt: Option<String>,
+    /// How long the classifier may take (default 500 ms).
+    pub classifier_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
