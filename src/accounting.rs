@@ -75,7 +75,7 @@ pub struct RequestRecord {
     /// The sampling parameters as requested, and the seed the answer was drawn with (the
     /// client's, or the one the gateway chose for its engine): enough to reproduce it.
     pub sampler: Option<Value>,
-    pub seed: Option<u64>,
+    pub seed: Option<i64>,
     /// The registry version's canary comparison, told how this request ended.
     #[serde(skip)]
     pub release: Option<Arc<crate::release::VersionTag>>,

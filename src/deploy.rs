@@ -135,12 +135,13 @@ pub fn version_config(template: &DeploymentConfig, meta: &VersionMeta, rel: &Rel
     }
     match (&meta.endpoint, rel.registry.gguf_path(meta)) {
         (Some(e), _) => {
+            let r = template.release.as_ref();
             let remote = RemoteConfig {
                 base_url: e.base_url.trim_end_matches('/').to_owned(),
                 model: e.model.clone(),
-                api_key: None,
-                max_tokens_field: "max_tokens".into(),
-                headers: Vec::new(),
+                api_key: r.and_then(|r| r.api_key.clone()),
+                max_tokens_field: r.map(|r| r.max_tokens_field.clone()).unwrap_or_else(|| "max_tokens".into()),
+                headers: r.map(|r| r.headers.clone()).unwrap_or_default(),
             };
             dc.kind = if e.kind == "ollama" { DeploymentKind::Ollama(remote) } else { DeploymentKind::OpenAi(remote) };
         }
@@ -164,6 +165,17 @@ pub async fn load_version(
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<Deployment>, String> {
     let backend = backend(&dc, cfg).await?;
+    // The file must still be the one registered (a hard-linked source edited in place is not).
+    let loaded_sha =
+        backend.info().and_then(|i| i.get("sha256").and_then(serde_json::Value::as_str).map(str::to_owned));
+    if let (Some(got), Some(want)) = (&loaded_sha, &meta.sha256) {
+        if got != want {
+            return Err(format!(
+                "{}@{}: the model file's SHA-256 is {got}, not the registered {want}: it changed since it was added",
+                meta.name, meta.version
+            ));
+        }
+    }
     let tag = VersionTag { model: meta.name.clone(), version: meta.version.clone(), sha256: meta.sha256.clone(), live };
     Ok(Arc::new(Deployment::new(dc, backend, clock).with_version(tag)))
 }

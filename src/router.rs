@@ -119,15 +119,15 @@ impl Deployment {
         &self.cfg.name
     }
 
-    /// The model file's SHA-256: the registry's, else the local engine's; `None` for a remote
+    /// The model file's SHA-256: the local engine's, else the registry's; `None` for a remote
     /// model the registry does not hold.
     pub fn model_sha256(&self) -> Option<&str> {
         self.sha256
             .get_or_init(|| {
-                self.version.as_ref().and_then(|v| v.sha256.clone()).or_else(|| {
-                    let info = self.backend.info()?;
-                    info.get("sha256").and_then(serde_json::Value::as_str).map(str::to_owned)
-                })
+                // The engine's own hash of what it loaded, else the registry's record.
+                let info = self.backend.info();
+                let loaded = info.as_ref().and_then(|i| i.get("sha256")).and_then(serde_json::Value::as_str);
+                loaded.map(str::to_owned).or_else(|| self.version.as_ref().and_then(|v| v.sha256.clone()))
             })
             .as_deref()
     }

@@ -126,12 +126,14 @@ async fn a_ten_percent_canary_takes_a_tenth_of_distinct_users_and_each_user_stic
         assert_eq!(v, &first[u], "{u} moved between versions");
     }
 
-    // The session wins over the user; without either, the key (here: open, one identity).
+    // The session wins over the user: one session, one version, whoever its user is (the
+    // users below are on both sides).
     let c = reqwest::Client::new();
-    let body =
-        json!({"model": "chat", "user": "someone", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]});
     let mut seen = std::collections::HashSet::new();
-    for _ in 0..5 {
+    let on_canary = first.iter().filter(|(_, v)| *v == "chat@1.1.0").map(|(u, _)| u.clone()).take(2);
+    let on_prod = first.iter().filter(|(_, v)| *v == "chat@1.0.0").map(|(u, _)| u.clone()).take(2);
+    for u in on_canary.chain(on_prod) {
+        let body = json!({"model": "chat", "user": u, "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]});
         let r = c.post(gw.url("/v1/chat/completions")).header("x-session-id", "s-1").json(&body).send().await.unwrap();
         seen.insert(r.headers()[VERSION].to_str().unwrap().to_owned());
     }
@@ -267,6 +269,18 @@ async fn a_canary_that_fails_is_rolled_back_automatically_with_an_alert() {
     assert_eq!(fake.posts().len() - 1, failed, "weight 0: no request reaches the canary");
     let m = reqwest::get(gw.url("/metrics")).await.unwrap().text().await.unwrap();
     assert!(m.contains("tollgate_canary_auto_rollbacks_total 1\n"), "{m}");
+
+    // Given traffic again, the canary is judged afresh: its old failures do not roll it back
+    // at its next request.
+    let (s, v) = admin(&gw, "chat/canary", json!({"weight": 50, "reason": "upstream fixed?"})).await;
+    assert_eq!(s, 200, "{v}");
+    let in_canary: Vec<&String> =
+        users.iter().filter(|u| tollgate::release::bucket("chat", u) < 5000).take(3).collect();
+    assert_eq!(in_canary.len(), 3);
+    for u in in_canary {
+        assert_eq!(ask(&c, &gw, u).await, (200, "chat@1.0.0".to_owned()), "its fallback answers");
+    }
+    assert_eq!(audit(&gw).await.last().unwrap()["action"], "weight", "no second rollback yet");
 }
 
 /// The real engine: two versions of a GGUF model, blue/green with warm prefixes, a
@@ -294,6 +308,7 @@ async fn promote_warms_the_engine_rollback_is_immediate_and_a_restart_keeps_it_a
 
     let (s, v) = admin(&gw, "chat/promote", json!({"version": "1.1.0", "reason": "retrained"})).await;
     assert_eq!(s, 200, "{v}");
+    assert_eq!(v["audit"]["detail"]["loaded"], json!(["chat@1.1.0"]), "{v}");
     // The first request on 1.1.0 finds the named prompt's prefix already in its KV cache.
     let r = c.post(gw.url("/v1/chat/completions")).json(&named).send().await.unwrap();
     assert_eq!(r.headers()[VERSION], "chat@1.1.0");
@@ -311,7 +326,7 @@ async fn promote_warms_the_engine_rollback_is_immediate_and_a_restart_keeps_it_a
     // Rollback: the old version was kept loaded, so the very next request is on it.
     let (s, v) = admin(&gw, "chat/rollback", json!({"reason": "bad answers"})).await;
     assert_eq!(s, 200, "{v}");
-    assert!(v["audit"]["detail"]["ready_ms"].as_u64().unwrap() < 1000, "no load on rollback: {v}");
+    assert_eq!(v["audit"]["detail"]["loaded"], json!([]), "nothing is loaded for a rollback: {v}");
     assert_eq!(ask(&c, &gw, "next").await, (200, "chat@1.0.0".to_owned()));
 
     // A canary at 40% on a remote version (a real llama-server).

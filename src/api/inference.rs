@@ -273,7 +273,7 @@ async fn serve_valid(
         Prompt::Embed(v) => Some(v.join("\n")),
     };
     let include_usage = req.include_usage;
-    let client_seed = req.sampling.seed.is_some();
+    let client_seed = req.sampling.seed;
     let fingerprint = crate::affinity::fingerprint(session, &req);
     // A session belongs to the key that names it: another key naming the same id gets
     // another session.
@@ -344,7 +344,8 @@ async fn serve_valid(
     rec.price = d.deployment.cfg.price.clone();
     trace_version(&mut rec, &d.deployment);
     let local = matches!(d.deployment.cfg.kind, crate::config::DeploymentKind::Local(_));
-    rec.seed = (client_seed || local).then_some(u64::from(seed));
+    // The engine drew with `seed`; a remote upstream got the client's own value, if any.
+    rec.seed = if local { Some(i64::from(seed)) } else { client_seed };
     let version_header = rec.model_version.as_deref().and_then(|v| HeaderValue::from_str(v).ok());
     let mut tap = Tap::with_content(start, prompt_text, st.server.log_content);
     let dep_header = HeaderValue::from_str(d.deployment.name()).unwrap_or(HeaderValue::from_static("-"));

@@ -63,12 +63,14 @@ fn registry_error(e: String) -> ApiError {
 }
 
 /// Loads, warms and tests `version` under every registry deployment that follows `model`
-/// (reusing one already loaded); the deployments, ready for traffic.
-async fn prepare(st: &AppState, model: &str, version: &str) -> Result<Vec<Arc<Deployment>>, String> {
+/// (reusing one already loaded, which is tested again); the deployments, ready for
+/// traffic, and the names of those loaded now.
+async fn prepare(st: &AppState, model: &str, version: &str) -> Result<(Vec<Arc<Deployment>>, Vec<String>), String> {
     let live = st.live();
     let meta = st.releases.registry.get(model, version)?;
     let mlive = st.releases.model(model);
     let mut out: Vec<Arc<Deployment>> = Vec::new();
+    let mut fresh = Vec::new();
     for a in &live.config.aliases {
         for t in &a.deployments {
             if !t.release.as_ref().is_some_and(|r| r.model == model && r.version.is_none()) {
@@ -80,25 +82,33 @@ async fn prepare(st: &AppState, model: &str, version: &str) -> Result<Vec<Arc<De
             }
             let loaded =
                 live.routes.aliases.values().flat_map(|a| a.all()).find(|d| d.name() == dc.name && d.cfg == dc);
+            let started = Instant::now();
             let dep = match loaded {
+                // Loaded (a standby, or a canary being promoted): asked again, since its
+                // upstream may have gone away since.
+                Some(d) if d.breaker.is_open() => return Err(format!("{}: its circuit breaker is open", d.name())),
                 Some(d) => d.clone(),
                 None => {
-                    let started = Instant::now();
                     let d =
                         crate::deploy::load_version(&live.config, dc, &meta, mlive.clone(), st.clock.clone()).await?;
-                    crate::deploy::smoke_test(&d).await.map_err(|e| format!("{}: {e}", d.name()))?;
-                    tracing::info!(
-                        deployment = d.name(),
-                        load_ms = started.elapsed().as_millis() as u64,
-                        "version loaded, warmed and tested"
-                    );
+                    fresh.push(d.name().to_owned());
                     d
                 }
             };
+            crate::deploy::smoke_test(&dep).await.map_err(|e| format!("{}: {e}", dep.name()))?;
+            tracing::info!(deployment = dep.name(), ready_ms = started.elapsed().as_millis() as u64, "version ready");
             out.push(dep);
         }
     }
-    Ok(out)
+    Ok((out, fresh))
+}
+
+/// Runs a change on its own task: a client that goes away mid-change does not leave it half
+/// applied (recorded but not routed).
+async fn detached(
+    f: impl std::future::Future<Output = Result<Response, ApiError>> + Send + 'static,
+) -> Result<Response, ApiError> {
+    tokio::spawn(f).await.unwrap_or_else(|_| Err(ApiError::internal("The change was interrupted.")))
 }
 
 /// Loads what `after` needs, records the change, swaps the routes.
@@ -114,7 +124,7 @@ async fn change(
     let before = live.stages();
     let version = load.map(str::to_owned).or(after.production.clone());
     let started = Instant::now();
-    let loaded = match load {
+    let (loaded, fresh) = match load {
         Some(v) => match prepare(st, &live.name, v).await {
             Ok(l) => l,
             Err(e) => {
@@ -128,7 +138,7 @@ async fn change(
                     reason,
                     detail: json!({ "before": before, "error": e }),
                 };
-                let _ = st.releases.commit(&live.name, None, entry);
+                let _ = st.releases.commit(&live.name, None, None, entry);
                 return Err(ApiError::unavailable(format!(
                     "{}@{v} could not be made ready; traffic stays where it was: {e}",
                     live.name
@@ -136,16 +146,8 @@ async fn change(
                 .with_code("version_not_ready"));
             }
         },
-        None => Vec::new(),
+        None => (Vec::new(), Vec::new()),
     };
-    if live.stages() != before {
-        // Only an automatic rollback changes stages outside `ops`: it must not be undone.
-        return Err(ApiError::conflict(format!(
-            "{}'s stages changed while the version was loading (an automatic rollback); nothing was changed, \
-             look at the audit trail and try again.",
-            live.name
-        )));
-    }
     let entry = AuditEntry {
         id: 0,
         at_ms: now_ms(),
@@ -154,9 +156,21 @@ async fn change(
         version,
         actor: actor.clone(),
         reason,
-        detail: json!({ "before": before, "after": after, "ready_ms": started.elapsed().as_millis() as u64 }),
+        detail: json!({ "before": before, "after": after, "loaded": fresh,
+            "ready_ms": started.elapsed().as_millis() as u64 }),
     };
-    let entry = st.releases.commit(&live.name, Some(&after), entry).map_err(ApiError::internal)?;
+    // Only an automatic rollback changes stages outside `ops`: one that came first wins.
+    let entry = match st.releases.commit(&live.name, Some(&before), Some(&after), entry) {
+        Ok(e) => e,
+        Err(None) => {
+            return Err(ApiError::conflict(format!(
+                "{}'s stages changed while the version was being readied (an automatic rollback); nothing was \
+                 changed: read the audit trail and try again.",
+                live.name
+            )))
+        }
+        Err(Some(e)) => return Err(ApiError::internal(e)),
+    };
     if let Err(e) = st.rebuild_routes(&loaded).await {
         // The routes could not take the change: put the stages back, and say so in the trail.
         let undo = AuditEntry {
@@ -169,7 +183,7 @@ async fn change(
             reason: Some(e.clone()),
             detail: json!({ "after": before }),
         };
-        let _ = st.releases.commit(&live.name, Some(&before), undo);
+        let _ = st.releases.commit(&live.name, None, Some(&before), undo);
         return Err(ApiError::unavailable(format!("The change could not be applied: {e}")));
     }
     Ok(axum::Json(json!({ "model": live.name, "stages": live.stages(), "audit": entry })).into_response())
@@ -183,23 +197,26 @@ pub async fn promote(
     body: Body,
 ) -> Result<Response, ApiError> {
     let (actor, b) = admin_body(&st, &headers, body).await?;
-    let version =
-        b.version.ok_or_else(|| ApiError::invalid_request("Give the 'version' to promote.", Some("version")))?;
-    let live = known(&st, &name)?;
-    let _one = st.releases.ops.lock().await;
-    st.releases.registry.get(&name, &version).map_err(registry_error)?;
-    let cur = live.stages();
-    if cur.production.as_deref() == Some(version.as_str()) {
-        return Err(ApiError::conflict(format!("{name}@{version} is already in production.")));
-    }
-    let was_canary = cur.staging.as_deref() == Some(version.as_str());
-    let after = Stages {
-        production: Some(version.clone()),
-        staging: if was_canary { None } else { cur.staging.clone() },
-        canary_weight: if was_canary { 0.0 } else { cur.canary_weight },
-        previous: cur.production.clone(),
-    };
-    change(&st, &live, "promote", Some(&version), after, actor, b.reason).await
+    detached(async move {
+        let version =
+            b.version.ok_or_else(|| ApiError::invalid_request("Give the 'version' to promote.", Some("version")))?;
+        let live = known(&st, &name)?;
+        let _one = st.releases.ops.lock().await;
+        st.releases.registry.get(&name, &version).map_err(registry_error)?;
+        let cur = live.stages();
+        if cur.production.as_deref() == Some(version.as_str()) {
+            return Err(ApiError::conflict(format!("{name}@{version} is already in production.")));
+        }
+        let was_canary = cur.staging.as_deref() == Some(version.as_str());
+        let after = Stages {
+            production: Some(version.clone()),
+            staging: if was_canary { None } else { cur.staging.clone() },
+            canary_weight: if was_canary { 0.0 } else { cur.canary_weight },
+            previous: cur.production.clone(),
+        };
+        change(&st, &live, "promote", Some(&version), after, actor, b.reason).await
+    })
+    .await
 }
 
 /// `POST /v1/admin/models/{name}/canary` `{"version": "1.1.0", "weight": 10}` stages a
@@ -211,36 +228,39 @@ pub async fn canary(
     body: Body,
 ) -> Result<Response, ApiError> {
     let (actor, b) = admin_body(&st, &headers, body).await?;
-    let live = known(&st, &name)?;
-    let _one = st.releases.ops.lock().await;
-    let cur = live.stages();
-    let weight = b.weight.unwrap_or(if b.version.is_some() { 10.0 } else { cur.canary_weight });
-    if !(0.0..=100.0).contains(&weight) {
-        return Err(ApiError::invalid_request(
-            format!("'weight' {weight} is not a percentage (0 to 100)."),
-            Some("weight"),
-        ));
-    }
-    let version = match (b.version, &cur.staging) {
-        (Some(v), _) => v,
-        (None, Some(s)) => s.clone(),
-        (None, None) => {
+    detached(async move {
+        let live = known(&st, &name)?;
+        let _one = st.releases.ops.lock().await;
+        let cur = live.stages();
+        let weight = b.weight.unwrap_or(if b.version.is_some() { 10.0 } else { cur.canary_weight });
+        if !(0.0..=100.0).contains(&weight) {
             return Err(ApiError::invalid_request(
-                format!("{name} has no canary: give the 'version' to stage."),
-                Some("version"),
-            ))
+                format!("'weight' {weight} is not a percentage (0 to 100)."),
+                Some("weight"),
+            ));
         }
-    };
-    st.releases.registry.get(&name, &version).map_err(registry_error)?;
-    if cur.production.as_deref() == Some(version.as_str()) {
-        return Err(ApiError::conflict(format!(
-            "{name}@{version} is the production version; it cannot be its canary."
-        )));
-    }
-    let same = cur.staging.as_deref() == Some(version.as_str());
-    let after = Stages { staging: Some(version.clone()), canary_weight: weight, ..cur };
-    let (action, load) = if same { ("weight", None) } else { ("canary", Some(version.as_str())) };
-    change(&st, &live, action, load, after, actor, b.reason).await
+        let version = match (b.version, &cur.staging) {
+            (Some(v), _) => v,
+            (None, Some(s)) => s.clone(),
+            (None, None) => {
+                return Err(ApiError::invalid_request(
+                    format!("{name} has no canary: give the 'version' to stage."),
+                    Some("version"),
+                ))
+            }
+        };
+        st.releases.registry.get(&name, &version).map_err(registry_error)?;
+        if cur.production.as_deref() == Some(version.as_str()) {
+            return Err(ApiError::conflict(format!(
+                "{name}@{version} is the production version; it cannot be its canary."
+            )));
+        }
+        let same = cur.staging.as_deref() == Some(version.as_str());
+        let after = Stages { staging: Some(version.clone()), canary_weight: weight, ..cur };
+        let (action, load) = if same { ("weight", None) } else { ("canary", Some(version.as_str())) };
+        change(&st, &live, action, load, after, actor, b.reason).await
+    })
+    .await
 }
 
 /// `POST /v1/admin/models/{name}/rollback`: the previous production version answers again.
@@ -251,23 +271,26 @@ pub async fn rollback(
     body: Body,
 ) -> Result<Response, ApiError> {
     let (actor, b) = admin_body(&st, &headers, body).await?;
-    if b.version.is_some() || b.weight.is_some() {
-        return Err(ApiError::invalid_request("A rollback takes only a 'reason'.", None));
-    }
-    let live = known(&st, &name)?;
-    let _one = st.releases.ops.lock().await;
-    let cur = live.stages();
-    let Some(prev) = cur.previous.clone() else {
-        return Err(ApiError::conflict(format!("{name} has no previous production version to roll back to.")));
-    };
-    let after = Stages {
-        production: Some(prev.clone()),
-        previous: cur.production.clone(),
-        staging: cur.staging.clone().filter(|s| *s != prev),
-        canary_weight: if cur.staging.as_deref() == Some(prev.as_str()) { 0.0 } else { cur.canary_weight },
-    };
-    // The previous version is normally loaded (standby): `prepare` then reuses it at once.
-    change(&st, &live, "rollback", Some(&prev), after, actor, b.reason).await
+    detached(async move {
+        if b.version.is_some() || b.weight.is_some() {
+            return Err(ApiError::invalid_request("A rollback takes only a 'reason'.", None));
+        }
+        let live = known(&st, &name)?;
+        let _one = st.releases.ops.lock().await;
+        let cur = live.stages();
+        let Some(prev) = cur.previous.clone() else {
+            return Err(ApiError::conflict(format!("{name} has no previous production version to roll back to.")));
+        };
+        let after = Stages {
+            production: Some(prev.clone()),
+            previous: cur.production.clone(),
+            staging: cur.staging.clone().filter(|s| *s != prev),
+            canary_weight: if cur.staging.as_deref() == Some(prev.as_str()) { 0.0 } else { cur.canary_weight },
+        };
+        // The previous version is normally loaded (standby): `prepare` then reuses it at once.
+        change(&st, &live, "rollback", Some(&prev), after, actor, b.reason).await
+    })
+    .await
 }
 
 /// `GET /v1/admin/models`: every registry version, with its stage and whether it is loaded.

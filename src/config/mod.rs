@@ -179,6 +179,10 @@ impl Default for RollbackPolicy {
 pub struct ReleaseRef {
     pub model: String,
     pub version: Option<String>,
+    /// For remote versions: credentials and the upstream's name for the length field.
+    pub api_key: Option<Secret>,
+    pub max_tokens_field: String,
+    pub headers: Vec<(String, Secret)>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -911,13 +915,16 @@ fn deployment_config(
     };
     let registry = d.kind == "registry";
     if registry {
+        let (api_key, max_tokens_field, headers) = remote_auth(&d, at, f, env, errs);
         match d.model.as_deref().map(crate::registry::parse_ref) {
-            Some(Ok((model, version))) => out.release = Some(ReleaseRef { model, version }),
+            Some(Ok((model, version))) => {
+                out.release = Some(ReleaseRef { model, version, api_key, max_tokens_field, headers })
+            }
             Some(Err(e)) => errs.push(format!("{f}: {at}.model: {e}")),
             None => errs.push(format!("{f}: {at}.model: required for kind = \"registry\" (NAME or NAME@X.Y.Z)")),
         }
         for (name, set) in remote_only.iter().chain(&local_only[..1]) {
-            if *set && *name != "model" {
+            if *set && matches!(*name, "base_url" | "path") {
                 errs.push(format!("{f}: {at}.{name}: not a setting of kind = \"registry\" (the registry holds it)"));
             }
         }
@@ -941,22 +948,7 @@ fn deployment_config(
                 errs.push(format!("{f}: {at}.model: required (the upstream's model name)"));
                 String::new()
             });
-            let api_key = d.api_key.as_deref().and_then(|k| secret(k, f, &format!("{at}.api_key"), env, errs));
-            let max_tokens_field = d.max_tokens_field.clone().unwrap_or_else(|| "max_tokens".into());
-            if !matches!(max_tokens_field.as_str(), "max_tokens" | "max_completion_tokens") {
-                errs.push(format!("{f}: {at}.max_tokens_field: must be \"max_tokens\" or \"max_completion_tokens\""));
-            }
-            let headers = d
-                .headers
-                .iter()
-                .filter_map(|(k, v)| {
-                    let v = match env_ref(v) {
-                        Some(_) => secret(v, f, &format!("{at}.headers.{k}"), env, errs)?,
-                        None => Secret(v.clone()),
-                    };
-                    Some((k.clone(), v))
-                })
-                .collect();
+            let (api_key, max_tokens_field, headers) = remote_auth(&d, at, f, env, errs);
             let remote = RemoteConfig {
                 base_url: base_url.unwrap_or_default().trim_end_matches('/').to_owned(),
                 model,
@@ -1034,6 +1026,34 @@ fn deployment_config(
     (errs.len() == before).then_some(out)
 }
 
+/// A remote deployment's (or a registry deployment's remote versions') key, length field
+/// name and extra headers.
+fn remote_auth(
+    d: &raw::DeploymentFile,
+    at: &str,
+    f: &str,
+    env: Env<'_>,
+    errs: &mut Vec<String>,
+) -> (Option<Secret>, String, Vec<(String, Secret)>) {
+    let api_key = d.api_key.as_deref().and_then(|k| secret(k, f, &format!("{at}.api_key"), env, errs));
+    let max_tokens_field = d.max_tokens_field.clone().unwrap_or_else(|| "max_tokens".into());
+    if !matches!(max_tokens_field.as_str(), "max_tokens" | "max_completion_tokens") {
+        errs.push(format!("{f}: {at}.max_tokens_field: must be \"max_tokens\" or \"max_completion_tokens\""));
+    }
+    let headers = d
+        .headers
+        .iter()
+        .filter_map(|(k, v)| {
+            let v = match env_ref(v) {
+                Some(_) => secret(v, f, &format!("{at}.headers.{k}"), env, errs)?,
+                None => Secret(v.clone()),
+            };
+            Some((k.clone(), v))
+        })
+        .collect();
+    (api_key, max_tokens_field, headers)
+}
+
 fn model_config(m: raw::ModelFile, i: usize, file: &Path, errs: &mut Vec<String>) -> Option<ModelConfig> {
     let f = file.display().to_string();
     let at = format!("model[{i}]");
@@ -1068,8 +1088,11 @@ fn model_config(m: raw::ModelFile, i: usize, file: &Path, errs: &mut Vec<String>
             }
         }
         rollback.min_requests = r.min_requests.unwrap_or(rollback.min_requests);
-        if rollback.min_requests == 0 {
-            errs.push(format!("{f}: {at}.rollback.min_requests: must be at least 1"));
+        if rollback.min_requests == 0 || rollback.min_requests > crate::release::WINDOW as u64 {
+            errs.push(format!(
+                "{f}: {at}.rollback.min_requests: must be between 1 and {} (the comparison's window)",
+                crate::release::WINDOW
+            ));
         }
     }
     (errs.len() == before).then(|| ModelConfig {
@@ -1097,6 +1120,15 @@ fn check_releases(aliases: &[AliasConfig], models: &[ModelConfig], registry: &Pa
         }
     }
     for a in aliases {
+        let followed = a.deployments.iter().filter(|d| d.release.as_ref().is_some_and(|r| r.version.is_none()));
+        if followed.count() > 1 {
+            errs.push(format!(
+                "{}: alias '{}': more than one deployment follows a registry model's stages; pin the others \
+                 (model = \"NAME@X.Y.Z\") or give each its own alias",
+                a.file.display(),
+                a.name
+            ));
+        }
         for d in &a.deployments {
             let Some(r) = &d.release else { continue };
             if let Some(v) = &r.version {

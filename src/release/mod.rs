@@ -107,21 +107,36 @@ impl ModelLive {
         s
     }
 
-    /// Does this identity's request go to the canary?
+    /// Does this identity's request go to the canary? A request with no identity (an open
+    /// gateway, no session, no `user`) is drawn on its own, so the weight still holds.
     pub fn canary_for(&self, identity: &str) -> bool {
         let bp = self.weight_bp.load(Ordering::Relaxed);
-        bp > 0 && bucket(&self.name, identity) < u64::from(bp)
+        let b = if identity.is_empty() { rand::random::<u64>() % BUCKETS } else { bucket(&self.name, identity) };
+        bp > 0 && b < u64::from(bp)
     }
 
+    /// Makes `stages` live. The comparison starts again when the canary or production
+    /// changes, or when a canary at weight 0 (rolled back) is given traffic again.
     fn set(&self, stages: &Stages) {
         let mut cur = self.stages.write().unwrap_or_else(|p| p.into_inner());
         let canary_changed = cur.staging != stages.staging || cur.production != stages.production;
         *cur = stages.clone();
-        self.weight_bp
-            .store(if stages.staging.is_some() { basis_points(stages.canary_weight) } else { 0 }, Ordering::Relaxed);
-        if canary_changed {
+        let bp = if stages.staging.is_some() { basis_points(stages.canary_weight) } else { 0 };
+        let resumed = self.weight_bp.swap(bp, Ordering::Relaxed) == 0 && bp > 0;
+        if canary_changed || resumed {
             *lock(&self.compare) = Compare::default();
         }
+    }
+
+    /// Sets the canary's weight to 0 if `version` is still the canary and still has traffic:
+    /// the new stages, or `None` when another change came first.
+    fn stop_canary(&self, version: &str) -> Option<Stages> {
+        let mut s = self.stages.write().unwrap_or_else(|p| p.into_inner());
+        if s.staging.as_deref() != Some(version) || self.weight_bp.swap(0, Ordering::Relaxed) == 0 {
+            return None;
+        }
+        s.canary_weight = 0.0;
+        Some(s.clone())
     }
 
     /// One outcome of a request this model's `version` answered or failed.
@@ -147,16 +162,11 @@ impl ModelLive {
             judge(&c, &policy)
         };
         if let Some((why, detail)) = verdict {
-            // Only the first request to see the verdict acts on it.
-            let mut s = self.stages.write().unwrap_or_else(|p| p.into_inner());
-            if self.weight_bp.swap(0, Ordering::Relaxed) == 0 {
-                return;
-            }
-            s.canary_weight = 0.0;
-            let stages = s.clone();
-            drop(s);
-            if let Some(owner) = self.owner.upgrade() {
-                owner.auto_rollback(self, version, &stages, why, detail);
+            match self.owner.upgrade() {
+                Some(owner) => owner.auto_rollback(self, version, why, detail),
+                None => {
+                    self.stop_canary(version);
+                }
             }
         }
     }
@@ -171,7 +181,7 @@ fn judge(c: &Compare, p: &RollbackPolicy) -> Option<(String, serde_json::Value)>
     let (cr, pr) = (c.canary.error_rate(), c.production.error_rate());
     if cr - pr > p.error_rate_margin {
         let why = format!(
-            "canary error rate {:.1}% over {n} requests exceeds production's {:.1}% over {} by more than {:.1} points",
+            "canary error rate {:.1}% over {n} requests exceeds production's {:.1}% over {} by more than {:.1} points (counted per attempt)",
             cr * 100.0,
             pr * 100.0,
             c.production.len(),
@@ -225,11 +235,12 @@ impl VersionTag {
         }
     }
 
-    /// A request this version answered has ended.
+    /// A request this version answered has ended. Its latency counts only when this version
+    /// answered at the first attempt (a fallback's time includes another version's failure).
     pub fn observe(&self, rec: &RequestRecord) {
         if let Some(l) = &self.live {
             let error = crate::monitor::is_error(rec);
-            l.observe(&self.version, error, (!error).then_some(rec.total_ms));
+            l.observe(&self.version, error, (!error && rec.attempts <= 1).then_some(rec.total_ms));
         }
     }
 }
@@ -266,7 +277,9 @@ impl Releases {
     /// Applies a (re)loaded configuration: new models are seeded, policies updated. Stored
     /// stages win over `routes/` (see [`Releases::drift`]).
     pub fn configure(self: &Arc<Self>, cfg: &Config) -> Result<(), String> {
-        let stored = lock(&self.store).all()?;
+        // The store's lock is held throughout: no change lands between reading and applying.
+        let mut store = lock(&self.store);
+        let stored = store.all()?;
         let mut names: Vec<(&str, Option<&ModelConfig>)> =
             cfg.models.iter().map(|m| (m.name.as_str(), Some(m))).collect();
         // A model that deployments follow without a `[[model]]` entry lives on its store state.
@@ -299,7 +312,7 @@ impl Releases {
                         reason: Some(format!("first start with {}", m.file.display())),
                         detail: json!({ "after": s }),
                     };
-                    lock(&self.store).apply(Some(&s), &entry)?;
+                    store.apply(Some(&s), &entry)?;
                     s
                 }
                 (None, None) => Stages::default(),
@@ -333,11 +346,26 @@ impl Releases {
     }
 
     /// Records a change and makes it live: the stages (when given) and the audit record are
-    /// written first, in one transaction, then every request sees the new stages.
-    pub fn commit(&self, model: &str, stages: Option<&Stages>, entry: AuditEntry) -> Result<AuditEntry, String> {
+    /// written first, in one transaction, then every request sees the new stages. With
+    /// `expected`, the change is refused (`Err(None)`) if the live stages are no longer those
+    /// (an automatic rollback came first); `Err(Some(_))` is a store error.
+    pub fn commit(
+        &self,
+        model: &str,
+        expected: Option<&Stages>,
+        stages: Option<&Stages>,
+        entry: AuditEntry,
+    ) -> Result<AuditEntry, Option<String>> {
+        let mut store = lock(&self.store);
+        let live = self.model(model);
+        if let (Some(exp), Some(l)) = (expected, &live) {
+            if l.stages() != *exp {
+                return Err(None);
+            }
+        }
         let mut entry = entry;
-        entry.id = lock(&self.store).apply(stages, &entry)?;
-        if let (Some(s), Some(live)) = (stages, self.model(model)) {
+        entry.id = store.apply(stages, &entry).map_err(Some)?;
+        if let (Some(s), Some(live)) = (stages, live) {
             live.set(s);
         }
         Ok(entry)
@@ -347,7 +375,11 @@ impl Releases {
         lock(&self.store).audit(model)
     }
 
-    fn auto_rollback(&self, live: &ModelLive, version: &str, stages: &Stages, why: String, detail: serde_json::Value) {
+    fn auto_rollback(&self, live: &ModelLive, version: &str, why: String, detail: serde_json::Value) {
+        // Under the store's lock, like every change: the weight drops and is recorded together,
+        // and only if `version` is still the canary with traffic (only the first verdict acts).
+        let mut store = lock(&self.store);
+        let Some(stages) = live.stop_canary(version) else { return };
         self.auto_rollbacks.fetch_add(1, Ordering::Relaxed);
         let entry = AuditEntry {
             id: 0,
@@ -359,9 +391,10 @@ impl Releases {
             reason: Some(why.clone()),
             detail: json!({ "after": stages, "measured": detail }),
         };
-        if let Err(e) = lock(&self.store).apply(Some(stages), &entry) {
+        if let Err(e) = store.apply(Some(&stages), &entry) {
             tracing::error!(model = %live.name, "the automatic rollback could not be recorded: {e}");
         }
+        drop(store);
         if let Some(acc) = &self.monitor {
             acc.monitor.emit(crate::monitor::Alert {
                 kind: crate::monitor::AlertKind::CanaryRollback,
