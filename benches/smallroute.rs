@@ -2,6 +2,8 @@
 //! request of the labelled set (`tests/data/router_prompts.jsonl`, bodies parsed beforehand,
 //! as the gateway has them), many rounds. Reports ns per request: mean, median, p99 and max
 //! of single timed calls, and the mean of untimed back-to-back calls. Target: under 50 us.
+//! Also the canary's sticky assignment (`release::bucket`: one SHA-256 of model and
+//! identity), which every request to a model with a canary pays.
 //!
 //! `cargo bench --no-default-features --bench smallroute`
 
@@ -64,5 +66,20 @@ fn main() {
         pick(0.5),
         pick(0.99),
         samples.last().copied().unwrap_or(0),
+    );
+
+    let ids: Vec<String> = (0..10_000).map(|i| format!("user-{i:05}@example.com")).collect();
+    let t = Instant::now();
+    let mut under = 0u64;
+    for _ in 0..100 {
+        for id in &ids {
+            under += u64::from(tollgate::release::bucket(black_box("chat"), black_box(id)) < 1000);
+        }
+    }
+    let per = t.elapsed().as_nanos() as f64 / (100 * ids.len()) as f64;
+    println!(
+        "canary assignment: {per:.0} ns/request back-to-back over {} identities; {:.2}% under a 10% weight",
+        ids.len(),
+        under as f64 / 10_000.0
     );
 }
