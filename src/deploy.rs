@@ -59,6 +59,9 @@ pub async fn build_routes(
                 return Err(format!("deployment '{}': registry deployments need the release store", d.name));
             };
             let at = |e: String| format!("alias '{}': deployment '{}': {e}", a.name, d.name);
+            // On a reload, a version loaded now is tested before it takes traffic (at start,
+            // nothing is served before the routes are built).
+            let ctx = VersionCtx { cfg, rel, clock: &clock, test_new: old.is_some() };
             let Some(version) = &r.version else {
                 let live = rel.model(&r.model).ok_or_else(|| at(format!("model '{}' is not known", r.model)))?;
                 let st = live.stages();
@@ -69,23 +72,23 @@ pub async fn build_routes(
                         r.model
                     ))
                 })?;
-                let pdep = version_dep(cfg, rel, d, &prod, Some(&live), &mut existing, &clock).await.map_err(at)?;
+                let pdep = version_dep(&ctx, d, &prod, Some(&live), &mut existing).await.map_err(at)?;
                 deployments.push(pdep.clone());
                 if let Some(sv) = st.staging.as_ref().filter(|_| canary.is_none()) {
-                    let sdep = version_dep(cfg, rel, d, sv, Some(&live), &mut existing, &clock).await.map_err(at)?;
+                    let sdep = version_dep(&ctx, d, sv, Some(&live), &mut existing).await.map_err(at)?;
                     canary = Some(Canary { staging: sdep, production: pdep, live: live.clone() });
                 }
                 if let Some(pv) = st.previous.as_ref().filter(|p| Some(*p) != st.staging.as_ref() && **p != prod) {
                     // The rollback target: loaded now, so that a rollback is one step. One that
                     // cannot be loaded any more only costs that step.
-                    match version_dep(cfg, rel, d, pv, Some(&live), &mut existing, &clock).await {
+                    match version_dep(&ctx, d, pv, Some(&live), &mut existing).await {
                         Ok(dep) => standby.push(dep),
                         Err(e) => tracing::warn!(model = %r.model, version = %pv, "rollback target not loaded: {e}"),
                     }
                 }
                 continue;
             };
-            deployments.push(version_dep(cfg, rel, d, version, None, &mut existing, &clock).await.map_err(at)?);
+            deployments.push(version_dep(&ctx, d, version, None, &mut existing).await.map_err(at)?);
         }
         routes.order.push(a.name.clone());
         routes.aliases.insert(
@@ -104,23 +107,32 @@ pub async fn build_routes(
     Ok(routes)
 }
 
+struct VersionCtx<'a> {
+    cfg: &'a Config,
+    rel: &'a Releases,
+    clock: &'a Arc<dyn Clock>,
+    /// Test a version loaded now before it takes traffic.
+    test_new: bool,
+}
+
 /// One registry version under a registry deployment's settings, reused when loaded already.
 async fn version_dep(
-    cfg: &Config,
-    rel: &Releases,
+    ctx: &VersionCtx<'_>,
     template: &DeploymentConfig,
     version: &str,
     live: Option<&Arc<ModelLive>>,
     existing: &mut Loaded,
-    clock: &Arc<dyn Clock>,
 ) -> Result<Arc<Deployment>, String> {
     let model = template.release.as_ref().map(|r| r.model.as_str()).unwrap_or_default();
-    let meta = rel.registry.get(model, version)?;
-    let dc = version_config(template, &meta, rel);
+    let meta = ctx.rel.registry.get(model, version)?;
+    let dc = version_config(template, &meta, ctx.rel);
     if let Some(d) = existing.get(&dc.name).filter(|d| d.cfg == dc) {
         return Ok(d.clone());
     }
-    let dep = load_version(cfg, dc, &meta, live.cloned(), clock.clone()).await?;
+    let dep = load_version(ctx.cfg, dc, &meta, live.cloned(), ctx.clock.clone()).await?;
+    if ctx.test_new {
+        smoke_test(&dep).await.map_err(|e| format!("{}: not ready: {e}", dep.name()))?;
+    }
     existing.insert(dep.name().to_owned(), dep.clone());
     Ok(dep)
 }

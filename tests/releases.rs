@@ -465,3 +465,30 @@ fn models_add_list_and_check_config_drift_on_the_command_line() {
 fn line_of(out: &str, version: &str) -> String {
     out.lines().find(|l| l.split_whitespace().nth(1) == Some(version)).unwrap_or_default().to_owned()
 }
+
+/// A reload that has to load a version again (its settings changed) tests it first: one
+/// that fails is refused, and the routes that were serving keep serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_tests_the_versions_it_loads_before_they_take_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = llama_server();
+    let fake = Fake::start(vec![]).await;
+    let boom = r#"{"error":{"code":500,"message":"failed to decode the batch","type":"server_error"}}"#;
+    fake.set_default(Reply::Status(500, vec![], boom.into()));
+    remote(dir.path(), "chat", "1.0.0", &url);
+    remote(dir.path(), "chat", "1.1.0", &fake.base());
+    let model = "production = \"1.0.0\"\nstaging = \"1.1.0\"\ncanary_weight = 1\nrollback.enabled = false";
+    let gw = start(dir, "", &routes("", model), &[]).await;
+    std::fs::write(gw.dir.path().join("routes/chat.toml"), routes("max_retries = 1", model)).unwrap();
+    let opts =
+        tollgate::config::LoadOptions { config: Some(gw.dir.path().join("tollgate.toml")), ..Default::default() };
+    let cfg = tollgate::config::load_with_env(&opts, &|k| (k == "ADMIN").then(|| ADMIN.to_owned())).unwrap();
+    let e = gw.running.state.reload(&cfg).await.unwrap_err();
+    assert!(e.contains("chat@1.1.0: not ready"), "{e}");
+    let c = reqwest::Client::new();
+    let prod_user = (0..).map(|i| format!("u{i}")).find(|u| tollgate::release::bucket("chat", u) >= 100).unwrap();
+    assert_eq!(ask(&c, &gw, &prod_user).await, (200, "chat@1.0.0".to_owned()));
+    let live = gw.running.state.live();
+    let dep = live.routes.get("chat").unwrap().deployments[0].clone();
+    assert_eq!(dep.cfg.max_retries, 2, "the routes from before the reload still serve");
+}
