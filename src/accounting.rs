@@ -74,7 +74,7 @@ pub struct RequestRecord {
     pub model_sha256: Option<String>,
     /// The sampling parameters as requested, and the seed the answer was drawn with (the
     /// client's, or the one the gateway chose for its engine): enough to reproduce it.
-    pub sampler: Option<Value>,
+    pub sampler: Option<crate::protocol::Sampling>,
     pub seed: Option<i64>,
     /// The registry version's canary comparison, told how this request ended.
     #[serde(skip)]

@@ -143,10 +143,7 @@ impl ResponseCache {
                     h.update(r.base_url.as_bytes());
                     h.update(r.model.as_bytes());
                 }
-                crate::config::DeploymentKind::Local(_) => {
-                    let sha = d.backend.info().and_then(|i| i.get("sha256").and_then(Value::as_str).map(str::to_owned));
-                    h.update(sha.unwrap_or_default().as_bytes());
-                }
+                crate::config::DeploymentKind::Local(_) => h.update(d.model_sha256().unwrap_or_default().as_bytes()),
             }
         }
         h.update([0]);

@@ -46,19 +46,30 @@ pub struct ChatMessage {
 /// A stop condition: `stop` may be a string or an array of up to four strings.
 pub type StopList = Vec<String>;
 
-/// Sampling and length parameters, validated.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// Sampling and length parameters, validated. Serialized (the parameters given, without the
+/// seed, which is recorded on its own) as the ledger's `sampler`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Sampling {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub top_k: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub min_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub presence_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub frequency_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub repetition_penalty: Option<f64>,
+    #[serde(skip)]
     pub seed: Option<i64>,
     /// `max_completion_tokens`, else `max_tokens`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub stop: StopList,
     pub n: u32,
 }

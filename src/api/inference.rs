@@ -238,16 +238,13 @@ async fn serve_valid(
         }
     }
     let session = headers.and_then(|h| h.get(SESSION_HEADER)).and_then(|v| v.to_str().ok());
-    // A registry model's canary takes the identities its weight covers, sticky: the session,
-    // else the request's user, else the key.
-    let identity = session.filter(|s| !s.is_empty()).or(req.user.as_deref()).or(caller.name()).unwrap_or("").to_owned();
-    let canary = alias.picks_canary(&identity).cloned();
+    let canary = alias.picks_canary(identity(session, req.user.as_deref(), &caller)).cloned();
     // The seed an engine draws with, recorded so that the answer can be reproduced.
     let seed = match req.sampling.seed {
         Some(v) => (v as u64 & 0xFFFF_FFFF).min(0xFFFF_FFFE) as u32,
         None => rand::random::<u32>() & 0x7FFF_FFFF,
     };
-    rec.sampler = Some(sampler_json(&req.sampling));
+    rec.sampler = Some(req.sampling.clone());
     // The response cache: a hit is answered here; a miss may lead identical requests.
     let policy = headers.map(ClientPolicy::from_headers).unwrap_or(ClientPolicy { lookup: true, store: true });
     let cache_key =
@@ -325,7 +322,7 @@ async fn serve_valid(
             route_header = rec.route.as_deref().and_then(|r| HeaderValue::from_str(r).ok());
             rec.downgrade_price = None;
             alias = large;
-            let canary = alias.picks_canary(&identity).is_some();
+            let canary = alias.picks_canary(identity(session, br.req.user.as_deref(), &caller)).is_some();
             dispatched = router::dispatch(&alias, alias.order_for(fingerprint, canary), &br).await;
         }
     }
@@ -518,34 +515,17 @@ async fn classify(
     answer
 }
 
+/// Who a request is for a canary's sticky assignment: the session, else the request's
+/// `user`, else the key; empty for none.
+fn identity<'a>(session: Option<&'a str>, user: Option<&'a str>, caller: &'a auth::Caller) -> &'a str {
+    session.filter(|s| !s.is_empty()).or(user).or(caller.name()).unwrap_or("")
+}
+
 /// The version that answered, for the record (and its canary comparison).
 fn trace_version(rec: &mut RequestRecord, dep: &router::Deployment) {
     rec.model_version = dep.version.as_ref().map(|v| v.label());
     rec.model_sha256 = dep.model_sha256().map(str::to_owned);
     rec.release = dep.version.clone();
-}
-
-/// The sampling parameters as requested (those given), for the record.
-fn sampler_json(s: &crate::protocol::Sampling) -> Value {
-    let mut m = serde_json::Map::new();
-    let mut put = |k: &str, v: Option<Value>| {
-        if let Some(v) = v {
-            m.insert(k.to_owned(), v);
-        }
-    };
-    put("temperature", s.temperature.map(Value::from));
-    put("top_p", s.top_p.map(Value::from));
-    put("top_k", s.top_k.map(Value::from));
-    put("min_p", s.min_p.map(Value::from));
-    put("presence_penalty", s.presence_penalty.map(Value::from));
-    put("frequency_penalty", s.frequency_penalty.map(Value::from));
-    put("repetition_penalty", s.repetition_penalty.map(Value::from));
-    put("max_tokens", s.max_tokens.map(Value::from));
-    put("n", Some(Value::from(s.n)));
-    if !s.stop.is_empty() {
-        m.insert("stop".into(), Value::from(s.stop.clone()));
-    }
-    Value::Object(m)
 }
 
 fn finish_of(body: &serde_json::Map<String, Value>) -> Option<&str> {

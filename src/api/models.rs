@@ -189,6 +189,34 @@ async fn change(
     Ok(axum::Json(json!({ "model": live.name, "stages": live.stages(), "audit": entry })).into_response())
 }
 
+/// A change decided from the body and the current stages: its action, the version to make
+/// ready first (if any), and the stages after it.
+struct Plan {
+    action: &'static str,
+    load: Option<String>,
+    after: Stages,
+}
+
+/// The shared path of every change: the admin key and the body, then, on its own task and
+/// under `ops`, the current stages, the plan made from them, and the change.
+async fn run(
+    st: Arc<AppState>,
+    name: String,
+    headers: HeaderMap,
+    body: Body,
+    plan: impl FnOnce(&AppState, &str, ChangeBody, Stages) -> Result<Plan, ApiError> + Send + 'static,
+) -> Result<Response, ApiError> {
+    let (actor, b) = admin_body(&st, &headers, body).await?;
+    detached(async move {
+        let live = known(&st, &name)?;
+        let _one = st.releases.ops.lock().await;
+        let reason = b.reason.clone();
+        let p = plan(&st, &name, b, live.stages())?;
+        change(&st, &live, p.action, p.load.as_deref(), p.after, actor, reason).await
+    })
+    .await
+}
+
 /// `POST /v1/admin/models/{name}/promote` `{"version": "1.1.0", "reason": "..."}`.
 pub async fn promote(
     State(st): State<Arc<AppState>>,
@@ -196,14 +224,10 @@ pub async fn promote(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (actor, b) = admin_body(&st, &headers, body).await?;
-    detached(async move {
+    run(st, name, headers, body, |st, name, b, cur| {
         let version =
             b.version.ok_or_else(|| ApiError::invalid_request("Give the 'version' to promote.", Some("version")))?;
-        let live = known(&st, &name)?;
-        let _one = st.releases.ops.lock().await;
-        st.releases.registry.get(&name, &version).map_err(registry_error)?;
-        let cur = live.stages();
+        st.releases.registry.get(name, &version).map_err(registry_error)?;
         if cur.production.as_deref() == Some(version.as_str()) {
             return Err(ApiError::conflict(format!("{name}@{version} is already in production.")));
         }
@@ -214,7 +238,7 @@ pub async fn promote(
             canary_weight: if was_canary { 0.0 } else { cur.canary_weight },
             previous: cur.production.clone(),
         };
-        change(&st, &live, "promote", Some(&version), after, actor, b.reason).await
+        Ok(Plan { action: "promote", load: Some(version), after })
     })
     .await
 }
@@ -227,11 +251,7 @@ pub async fn canary(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (actor, b) = admin_body(&st, &headers, body).await?;
-    detached(async move {
-        let live = known(&st, &name)?;
-        let _one = st.releases.ops.lock().await;
-        let cur = live.stages();
+    run(st, name, headers, body, |st, name, b, cur| {
         let weight = b.weight.unwrap_or(if b.version.is_some() { 10.0 } else { cur.canary_weight });
         if !(0.0..=100.0).contains(&weight) {
             return Err(ApiError::invalid_request(
@@ -249,16 +269,15 @@ pub async fn canary(
                 ))
             }
         };
-        st.releases.registry.get(&name, &version).map_err(registry_error)?;
+        st.releases.registry.get(name, &version).map_err(registry_error)?;
         if cur.production.as_deref() == Some(version.as_str()) {
             return Err(ApiError::conflict(format!(
                 "{name}@{version} is the production version; it cannot be its canary."
             )));
         }
         let same = cur.staging.as_deref() == Some(version.as_str());
-        let after = Stages { staging: Some(version.clone()), canary_weight: weight, ..cur };
-        let (action, load) = if same { ("weight", None) } else { ("canary", Some(version.as_str())) };
-        change(&st, &live, action, load, after, actor, b.reason).await
+        let (action, load) = if same { ("weight", None) } else { ("canary", Some(version.clone())) };
+        Ok(Plan { action, load, after: Stages { staging: Some(version), canary_weight: weight, ..cur } })
     })
     .await
 }
@@ -270,14 +289,10 @@ pub async fn rollback(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (actor, b) = admin_body(&st, &headers, body).await?;
-    detached(async move {
+    run(st, name, headers, body, |_, name, b, cur| {
         if b.version.is_some() || b.weight.is_some() {
             return Err(ApiError::invalid_request("A rollback takes only a 'reason'.", None));
         }
-        let live = known(&st, &name)?;
-        let _one = st.releases.ops.lock().await;
-        let cur = live.stages();
         let Some(prev) = cur.previous.clone() else {
             return Err(ApiError::conflict(format!("{name} has no previous production version to roll back to.")));
         };
@@ -288,7 +303,7 @@ pub async fn rollback(
             canary_weight: if cur.staging.as_deref() == Some(prev.as_str()) { 0.0 } else { cur.canary_weight },
         };
         // The previous version is normally loaded (standby): `prepare` then reuses it at once.
-        change(&st, &live, "rollback", Some(&prev), after, actor, b.reason).await
+        Ok(Plan { action: "rollback", load: Some(prev), after })
     })
     .await
 }
@@ -311,7 +326,7 @@ pub async fn list(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result
         let label = format!("{}@{}", meta.name, meta.version);
         let mut v = serde_json::to_value(&meta).unwrap_or(Value::Null);
         v["id"] = json!(label);
-        v["stage"] = json!(stage_of(stages.as_ref(), &meta.version));
+        v["stage"] = json!(crate::release::stage_of(stages.as_ref(), &meta.version));
         if let Some(s) = stages.as_ref().filter(|s| s.staging.as_deref() == Some(meta.version.as_str())) {
             v["canary_weight"] = json!(s.canary_weight);
         }
@@ -319,16 +334,6 @@ pub async fn list(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result
         data.push(v);
     }
     Ok(axum::Json(json!({ "object": "list", "data": data })).into_response())
-}
-
-/// A version's stage under a model's stages: production, staging, archived (the rollback
-/// target, or any other version).
-pub fn stage_of(stages: Option<&Stages>, version: &str) -> &'static str {
-    match stages {
-        Some(s) if s.production.as_deref() == Some(version) => "production",
-        Some(s) if s.staging.as_deref() == Some(version) => "staging",
-        _ => "archived",
-    }
 }
 
 /// `GET /v1/admin/models/{name}/audit`: every change, oldest first.

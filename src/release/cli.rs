@@ -138,12 +138,7 @@ pub fn run(cmd: ModelsCommand) -> Result<(), String> {
             let opts = crate::config::LoadOptions { config: place.config.clone(), ..Default::default() };
             if let Ok(cfg) = crate::config::load(&opts) {
                 for m in &cfg.models {
-                    stored.entry(m.name.clone()).or_insert_with(|| super::Stages {
-                        production: m.production.clone(),
-                        staging: m.staging.clone(),
-                        canary_weight: if m.staging.is_some() { m.canary_weight } else { 0.0 },
-                        previous: None,
-                    });
+                    stored.entry(m.name.clone()).or_insert_with(|| super::declared(m));
                 }
             }
             if json {
@@ -151,7 +146,7 @@ pub fn run(cmd: ModelsCommand) -> Result<(), String> {
                     .iter()
                     .map(|m| {
                         let mut v = serde_json::to_value(m).unwrap_or(Value::Null);
-                        v["stage"] = json!(crate::api::models::stage_of(stored.get(&m.name), &m.version));
+                        v["stage"] = json!(super::stage_of(stored.get(&m.name), &m.version));
                         v
                     })
                     .collect();
@@ -168,7 +163,7 @@ pub fn run(cmd: ModelsCommand) -> Result<(), String> {
             );
             for m in &metas {
                 let s = stored.get(&m.name);
-                let mut stage = crate::api::models::stage_of(s, &m.version).to_owned();
+                let mut stage = super::stage_of(s, &m.version).to_owned();
                 if let Some(s) = s.filter(|s| s.staging.as_deref() == Some(m.version.as_str())) {
                     stage = format!("staging {}%", s.canary_weight);
                 } else if s.is_some_and(|s| s.previous.as_deref() == Some(m.version.as_str())) {

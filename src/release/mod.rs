@@ -161,9 +161,9 @@ impl ModelLive {
             }
             judge(&c, &policy)
         };
-        if let Some((why, detail)) = verdict {
+        if let Some(v) = verdict {
             match self.owner.upgrade() {
-                Some(owner) => owner.auto_rollback(self, version, why, detail),
+                Some(owner) => owner.auto_rollback(self, version, v),
                 None => {
                     self.stop_canary(version);
                 }
@@ -172,8 +172,18 @@ impl ModelLive {
     }
 }
 
+/// Why a canary must be rolled back: the reason in words, the measured value against its
+/// threshold (the alert's), and every measurement (the audit record's).
+struct Verdict {
+    why: String,
+    value: f64,
+    threshold: f64,
+    requests: u64,
+    detail: serde_json::Value,
+}
+
 /// The canary against production under the policy: why it must be rolled back, if it must.
-fn judge(c: &Compare, p: &RollbackPolicy) -> Option<(String, serde_json::Value)> {
+fn judge(c: &Compare, p: &RollbackPolicy) -> Option<Verdict> {
     let n = c.canary.len();
     if n < p.min_requests {
         return None;
@@ -189,7 +199,7 @@ fn judge(c: &Compare, p: &RollbackPolicy) -> Option<(String, serde_json::Value)>
         );
         let detail = json!({"canary_error_rate": cr, "production_error_rate": pr, "canary_requests": n,
             "production_requests": c.production.len(), "error_rate_margin": p.error_rate_margin});
-        return Some((why, detail));
+        return Some(Verdict { why, value: cr, threshold: p.error_rate_margin, requests: n, detail });
     }
     let ((cp, cn), (pp, pn)) = (c.canary.p95(), c.production.p95());
     if let (Some(cp), Some(pp)) = (cp, pp) {
@@ -200,7 +210,7 @@ fn judge(c: &Compare, p: &RollbackPolicy) -> Option<(String, serde_json::Value)>
             );
             let detail = json!({"canary_p95_ms": cp, "production_p95_ms": pp, "canary_requests": cn,
                 "production_requests": pn, "p95_margin": p.p95_margin});
-            return Some((why, detail));
+            return Some(Verdict { why, value: cp, threshold: p.p95_margin, requests: cn, detail });
         }
     }
     None
@@ -296,12 +306,7 @@ impl Releases {
             let stages = match (stored.get(name), mc) {
                 (Some(s), _) => s.clone(),
                 (None, Some(m)) => {
-                    let s = Stages {
-                        production: m.production.clone(),
-                        staging: m.staging.clone(),
-                        canary_weight: if m.staging.is_some() { m.canary_weight } else { 0.0 },
-                        previous: None,
-                    };
+                    let s = declared(m);
                     let entry = AuditEntry {
                         id: 0,
                         at_ms: now_ms(),
@@ -375,7 +380,7 @@ impl Releases {
         lock(&self.store).audit(model)
     }
 
-    fn auto_rollback(&self, live: &ModelLive, version: &str, why: String, detail: serde_json::Value) {
+    fn auto_rollback(&self, live: &ModelLive, version: &str, v: Verdict) {
         // Under the store's lock, like every change: the weight drops and is recorded together,
         // and only if `version` is still the canary with traffic (only the first verdict acts).
         let mut store = lock(&self.store);
@@ -388,8 +393,8 @@ impl Releases {
             action: "auto_rollback".into(),
             version: Some(version.to_owned()),
             actor: "auto".into(),
-            reason: Some(why.clone()),
-            detail: json!({ "after": stages, "measured": detail }),
+            reason: Some(v.why.clone()),
+            detail: json!({ "after": stages, "measured": v.detail }),
         };
         if let Err(e) = store.apply(Some(&stages), &entry) {
             tracing::error!(model = %live.name, "the automatic rollback could not be recorded: {e}");
@@ -399,67 +404,61 @@ impl Releases {
             acc.monitor.emit(crate::monitor::Alert {
                 kind: crate::monitor::AlertKind::CanaryRollback,
                 deployment: format!("{}@{version}", live.name),
-                value: detail
-                    .get("canary_error_rate")
-                    .or(detail.get("canary_p95_ms"))
-                    .and_then(|v| v.as_f64())
-                    .unwrap_or(0.0),
-                threshold: detail
-                    .get("error_rate_margin")
-                    .or(detail.get("p95_margin"))
-                    .and_then(|v| v.as_f64())
-                    .unwrap_or(0.0),
-                requests: detail.get("canary_requests").and_then(|v| v.as_u64()).unwrap_or(0),
+                value: v.value,
+                threshold: v.threshold,
+                requests: v.requests,
                 firing: true,
-                message: format!("{}@{version}: canary weight set to 0: {why}", live.name),
+                message: format!("{}@{version}: canary weight set to 0: {}", live.name, v.why),
             });
         }
     }
+}
 
-    /// The stored stages of every model (for listings without a running gateway).
-    pub fn stored(&self) -> Result<HashMap<String, Stages>, String> {
-        lock(&self.store).all()
+/// A model's stages as `routes/` declares them (a canary weight only with a canary).
+pub fn declared(m: &ModelConfig) -> Stages {
+    Stages {
+        production: m.production.clone(),
+        staging: m.staging.clone(),
+        canary_weight: if m.staging.is_some() { m.canary_weight } else { 0.0 },
+        previous: None,
+    }
+}
+
+/// A version's stage under a model's stages: production, staging, or archived (the rollback
+/// target, or any other version).
+pub fn stage_of(stages: Option<&Stages>, version: &str) -> &'static str {
+    match stages {
+        Some(s) if s.production.as_deref() == Some(version) => "production",
+        Some(s) if s.staging.as_deref() == Some(version) => "staging",
+        _ => "archived",
     }
 }
 
 /// Where the store and `routes/` disagree, model by model: one line each.
 pub fn drift(cfg: &Config, stored: &HashMap<String, Stages>) -> Vec<String> {
-    {
-        let mut out = Vec::new();
-        for m in &cfg.models {
-            let Some(s) = stored.get(&m.name) else { continue };
-            let w = if m.staging.is_some() { m.canary_weight } else { 0.0 };
-            let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
-            if s.production != m.production {
-                out.push(format!(
-                    "{}: production is {} in the store, {} in {}",
-                    m.name,
-                    show(&s.production),
-                    show(&m.production),
-                    m.file.display()
-                ));
-            }
-            if s.staging != m.staging {
-                out.push(format!(
-                    "{}: staging is {} in the store, {} in {}",
-                    m.name,
-                    show(&s.staging),
-                    show(&m.staging),
-                    m.file.display()
-                ));
-            }
-            if s.staging.is_some() && (s.canary_weight - w).abs() > 1e-9 {
-                out.push(format!(
-                    "{}: the canary weight is {}% in the store, {}% in {}",
-                    m.name,
-                    s.canary_weight,
-                    w,
-                    m.file.display()
-                ));
+    let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
+    let mut out = Vec::new();
+    for m in &cfg.models {
+        let Some(s) = stored.get(&m.name) else { continue };
+        let d = declared(m);
+        let weight = |v: f64| format!("{v}%");
+        let lines = [
+            ("production is", s.production != d.production, show(&s.production), show(&d.production)),
+            ("staging is", s.staging != d.staging, show(&s.staging), show(&d.staging)),
+            (
+                "the canary weight is",
+                s.staging.is_some() && (s.canary_weight - d.canary_weight).abs() > 1e-9,
+                weight(s.canary_weight),
+                weight(d.canary_weight),
+            ),
+        ];
+        for (what, differs, store, routes) in lines {
+            if differs {
+                out.push(format!("{}: {what} {store} in the store, {routes} in {}", m.name, m.file.display()));
             }
         }
-        out
     }
+    out
 }
 
 #[cfg(test)]
