@@ -249,6 +249,9 @@ pub struct LocalConfig {
     /// KV cells kept for reusable prompt prefixes (0: no prefix cache).
     pub prefix_cache_tokens: u32,
     pub prefix_cache_entries: u32,
+    /// Batch-invariant numerics (a Q8_0 KV cache): an answer does not depend on what else
+    /// the engine computes beside it.
+    pub deterministic: bool,
     /// Sessions (`x-session-id`): saved under the data directory; idle ones expire.
     pub session_ttl: Duration,
     pub max_sessions: usize,
@@ -498,6 +501,7 @@ impl LocalConfig {
             gpu_layers: 0,
             prefix_cache_tokens: 4096,
             prefix_cache_entries: 16,
+            deterministic: false,
             session_ttl: Duration::from_secs(24 * 3600),
             max_sessions: 1000,
             sessions_dir: None,
@@ -896,6 +900,7 @@ fn deployment_config(
         ("gpu_layers", d.gpu_layers.is_some()),
         ("prefix_cache_tokens", d.prefix_cache_tokens.is_some()),
         ("prefix_cache_entries", d.prefix_cache_entries.is_some()),
+        ("deterministic", d.deterministic.is_some()),
         ("session_ttl_secs", d.session_ttl_secs.is_some()),
         ("max_sessions", d.max_sessions.is_some()),
     ];
@@ -988,12 +993,11 @@ fn deployment_config(
             l.gpu_layers = d.gpu_layers.unwrap_or(0);
             l.prefix_cache_tokens = d.prefix_cache_tokens.unwrap_or(l.context);
             l.prefix_cache_entries = d.prefix_cache_entries.unwrap_or(l.prefix_cache_entries);
+            l.deterministic = d.deterministic.unwrap_or(l.deterministic);
             l.session_ttl = d.session_ttl_secs.map(Duration::from_secs).unwrap_or(l.session_ttl);
             l.max_sessions = d.max_sessions.unwrap_or(l.max_sessions);
-            if l.parallel + l.prefix_cache_entries > 256 {
-                errs.push(format!(
-                    "{f}: {at}: parallel + prefix_cache_entries must be at most 256 (llama.cpp's sequence limit)"
-                ));
+            if l.parallel > 256 {
+                errs.push(format!("{f}: {at}.parallel: must be at most 256 (llama.cpp's sequence limit)"));
             }
             for (name, v) in
                 [("context", l.context), ("parallel", l.parallel), ("batch", l.batch), ("ubatch", l.ubatch)]

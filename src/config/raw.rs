@@ -230,6 +230,7 @@ pub struct DeploymentFile {
     pub gpu_layers: Option<u32>,
     pub prefix_cache_tokens: Option<u32>,
     pub prefix_cache_entries: Option<u32>,
+    pub deterministic: Option<bool>,
     pub session_ttl_secs: Option<u64>,
     pub max_sessions: Option<usize>,
 }

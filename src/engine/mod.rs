@@ -37,6 +37,14 @@ pub fn llama_backend() -> Result<&'static LlamaBackend, String> {
     static B: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     B.get_or_init(|| {
         llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+        // ggml's tiled matmul serves 8 rows and more, its dot-product kernel fewer, and the
+        // two round differently: a row's result would depend on how many others share its
+        // batch. Off (read once, at ggml's first matmul), a row computes the same alone or
+        // batched. The user's own setting wins.
+        if std::env::var_os("GGML_CPU_TILED_MM").is_none() {
+            // SAFETY: set before any engine thread starts; nothing reads it concurrently.
+            std::env::set_var("GGML_CPU_TILED_MM", "0");
+        }
         let dir = backends_dir();
         match &dir {
             Some(d) => llama_cpp_2::llama_backend::load_backends_from_path(d),
@@ -157,7 +165,9 @@ impl LocalBackend {
                 dir,
                 ttl: l.session_ttl,
                 max: l.max_sessions,
+                known: Default::default(),
             }),
+            deterministic: l.deterministic,
         };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let embeddings = dep.embeddings;

@@ -1,30 +1,27 @@
-//! The prefix KV cache index: which token prefixes the engine keeps in its KV cache, so a
-//! new request reuses the longest one and prefills only the rest.
+//! The host-memory prefix cache's index: which token prefixes the engine keeps (as llama.cpp
+//! sequence states, held by the engine thread beside this index), so a new request reuses
+//! the longest one and prefills only the rest. Prefixes still in an idle slot's KV are
+//! reused in place first (`worker.rs`); this cache holds what slots had to give up.
 //!
-//! Algorithm. Every kept prefix is an *entry*, held in its own llama.cpp sequence (ids after
-//! the request slots). Its tokens are cut into blocks of [`BLOCK`] tokens and each block
-//! gets a chained hash `h_i = H(h_{i-1}, block_i)`, so one hash names a whole prefix. The
-//! index maps chained hashes to (entry, blocks). A lookup walks the request's blocks while
-//! their chained hashes are known, then verifies the tokens (hashes may collide) and
-//! extends the match token by token inside the entry: the result is the exact longest
-//! common prefix with that entry. The engine then copies that many cells into the request's
-//! sequence (`seq_cp`, which shares cells in a unified KV cache: no copy of the data).
+//! Algorithm. Every kept prefix is an *entry*. Its tokens are cut into blocks of [`BLOCK`]
+//! tokens and each block gets a chained hash `h_i = H(h_{i-1}, block_i)`, so one hash names
+//! a whole prefix. The index maps chained hashes to (entry, blocks). A lookup walks the
+//! request's blocks while their chained hashes are known, then verifies the tokens (hashes
+//! may collide) and extends the match token by token inside the entry: the result is the
+//! exact longest common prefix with that entry. The engine then restores that entry's
+//! state into the request's slot and trims it to the match.
 //!
-//! Insertion happens when a request finishes: its prompt and generated tokens (what its KV
-//! holds) become an entry. An entry that is a prefix of the new one is replaced (a
-//! conversation's previous turn); a new one that is a prefix of an existing entry only
-//! refreshes it.
+//! Insertion happens when a slot gives up what it holds: its tokens become an entry. An entry
+//! that is a prefix of the new one is replaced (a conversation's previous turn); a new one
+//! that is a prefix of an existing entry only refreshes it.
 //!
-//! Invariants: an entry's tokens are exactly the cells of its sequence; the index holds only
-//! hashes of live entries; the sum of entry lengths stays within the token budget (entries
-//! may share cells, so this over-counts, never under-counts). Eviction is least recently
-//! used, and never touches pinned entries (the warmed `prompts/`). A prefix in use by a
-//! running request is safe by construction: the request's sequence holds its own
-//! references to the shared cells, so evicting the entry frees nothing the request needs.
+//! Invariants: an entry's tokens are exactly those of its saved state; the index holds only
+//! hashes of live entries; the sum of entry lengths stays within the token budget. Eviction
+//! is least recently used, and never touches pinned entries (the warmed `prompts/`).
 //!
-//! Knobs: `prefix_cache_tokens` (the budget in KV cells, 0 turns the cache off) and
-//! `prefix_cache_entries` (sequences set aside for entries), per local deployment;
-//! [`BLOCK`] and [`MIN_REUSE`] here.
+//! Knobs: `prefix_cache_tokens` (the budget in tokens, about 18 KB of host memory each for
+//! the test model; 0 turns all reuse off) and `prefix_cache_entries` (how many prefixes), per
+//! local deployment; [`BLOCK`] and [`MIN_REUSE`] here.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -122,6 +119,11 @@ impl PrefixCache {
         self.clock += 1;
         entry.last_used = self.clock;
         (n >= MIN_REUSE).then_some((e, n))
+    }
+
+    /// Drops entry `e` (its state could not be saved).
+    pub fn forget(&mut self, e: usize) {
+        self.remove(e);
     }
 
     fn remove(&mut self, e: usize) {

@@ -12,6 +12,7 @@
 //! this is deleted, default one day) and `max_sessions` (past it the least recently used
 //! files go, default 1,000), per local deployment.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -24,6 +25,20 @@ pub struct SessionFiles {
     pub dir: PathBuf,
     pub ttl: Duration,
     pub max: usize,
+    /// Tokens each file written or read by this process holds, so a file that cannot beat
+    /// what memory already covers is not loaded (and the slot's KV is not disturbed).
+    pub known: HashMap<String, usize>,
+}
+
+/// What [`SessionFiles::restore`] did to the sequence.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Restored {
+    /// Nothing: no file, or one that cannot cover more than memory does.
+    Untouched,
+    /// The file's KV now covers this many prompt tokens.
+    Tokens(usize),
+    /// The file was tried and not used: the sequence is empty.
+    Cleared,
 }
 
 impl SessionFiles {
@@ -40,22 +55,26 @@ impl SessionFiles {
     }
 
     /// Loads the session into `seq` when it shares more than `at_least` tokens with
-    /// `prompt`; returns how many prompt tokens its KV now covers (at most all but one).
+    /// `prompt` (its KV then covers at most all prompt tokens but one).
     pub fn restore(
-        &self,
+        &mut self,
         ctx: &mut LlamaContext<'_>,
         id: &str,
         seq: i32,
         prompt: &[LlamaToken],
         at_least: usize,
-    ) -> Option<usize> {
+    ) -> Restored {
         let p = self.path(id);
         if !p.exists() {
-            return None;
+            return Restored::Untouched;
         }
         if !self.fresh(&p) {
             let _ = std::fs::remove_file(&p);
-            return None;
+            self.known.remove(id);
+            return Restored::Untouched;
+        }
+        if self.known.get(id).is_some_and(|&n| n.min(prompt.len().saturating_sub(1)) <= at_least) {
+            return Restored::Untouched;
         }
         let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
         let loaded = ctx.state_seq_load_file(&p, seq, prompt.len() + 65_536);
@@ -64,37 +83,40 @@ impl SessionFiles {
             Err(e) => {
                 tracing::warn!(session = id, error = %e, "a session file could not be restored; it is dropped");
                 let _ = std::fs::remove_file(&p);
+                self.known.remove(id);
                 let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
-                return None;
+                return Restored::Cleared;
             }
         };
+        self.known.insert(id.to_owned(), tokens.len());
         let common = tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
         let reuse = common.min(prompt.len().saturating_sub(1));
         if reuse < MIN_REUSE.max(at_least + 1) {
             let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
-            return None;
+            return Restored::Cleared;
         }
         // Keep only the common prefix: an edited history recomputes from where it differs.
         if ctx.clear_kv_cache_seq(Some(seq as u32), Some(reuse as u32), None).is_err() {
             let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
-            return None;
+            return Restored::Cleared;
         }
-        Some(reuse)
+        Restored::Tokens(reuse)
     }
 
     /// Writes the sequence's state after a turn, and keeps the directory within its caps.
-    pub fn save(&self, ctx: &LlamaContext<'_>, id: &str, seq: i32, tokens: &[LlamaToken]) {
+    pub fn save(&mut self, ctx: &LlamaContext<'_>, id: &str, seq: i32, tokens: &[LlamaToken]) {
         if std::fs::create_dir_all(&self.dir).is_err() {
             return;
         }
         let p = self.path(id);
         let tmp = self.dir.join(format!("{id}.kv.tmp"));
         match ctx.state_seq_save_file(&tmp, seq, tokens) {
-            Ok(_) => {
-                if let Err(e) = std::fs::rename(&tmp, &p) {
-                    tracing::warn!(session = id, error = %e, "a session file could not be written");
+            Ok(_) => match std::fs::rename(&tmp, &p) {
+                Ok(()) => {
+                    self.known.insert(id.to_owned(), tokens.len());
                 }
-            }
+                Err(e) => tracing::warn!(session = id, error = %e, "a session file could not be written"),
+            },
             Err(e) => {
                 tracing::warn!(session = id, error = %e, "a session's state could not be saved");
                 let _ = std::fs::remove_file(&tmp);

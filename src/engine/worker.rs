@@ -4,7 +4,8 @@
 //! Each step:
 //! 1. drops sequences whose client is gone (their reply channel is closed) and frees their
 //!    KV cells;
-//! 2. admits waiting jobs into free slots, interactive before batch;
+//! 2. admits waiting jobs into free slots, interactive before batch, each into the slot
+//!    that already holds the longest prefix of its prompt (see "Reuse" below);
 //! 3. builds one batch: one token for every decoding sequence first, then prompt tokens of
 //!    prefilling sequences, oldest first, up to `n_batch` tokens in all (chunked prefill: a
 //!    long prompt takes several steps, so running streams keep flowing);
@@ -14,13 +15,40 @@
 //!    free their slot.
 //!
 //! When no sequence is active and nothing waits, the thread sleeps on the queue's condvar.
+//!
+//! KV layout, and why. Every slot has a KV *stream of its own* (`kv_unified = false`), so a
+//! sequence's cells sit at the indexes of their positions, 0, 1, 2, ..., whatever the other
+//! slots did before. The attention kernels sum over cells in index order, so the layout is
+//! part of the arithmetic: in a shared (unified) cache, a prefix reused through `seq_cp`
+//! and a suffix placed in whatever cells were free made the same request round differently
+//! from its cold run, and greedy answers changed with the cache's history (measured: 3 of 15
+//! repeats differed after warm-up traffic; issue #12). With one stream per slot, a reused
+//! prefix has exactly the layout of a cold one.
+//!
+//! Reuse. A finished request leaves its KV in its slot (the slot *holds* those tokens). A new
+//! job goes to the free slot holding the longest common prefix with its prompt and keeps that
+//! much (the rest is trimmed; at least one prompt token is always prefilled, since its logits
+//! choose the first token). When the host-memory prefix cache ([`PrefixCache`]) knows a
+//! longer prefix, the job takes the least useful free slot instead, whose held tokens are
+//! first saved to that cache (llama.cpp's sequence state), and the entry is restored into
+//! it: a restore writes cells 0..n of the stream, the same layout again. Sessions restore
+//! their files the same way. Warmed `prompts/` are pinned in the host cache.
+//!
+//! Deterministic numerics (`deterministic = true`, per deployment): the layout above makes a
+//! reused prefix identical to a cold one, but ggml's CPU flash attention has three kernels
+//! (a tiled one for 64 or more query tokens, a KV-split one for a lone query over 512 or more
+//! cells, a plain one otherwise) that round differently, so what else shares a step can move
+//! a logit's last bits. An 8-bit (Q8_0) KV cache takes the plain kernel for every shape, and
+//! with ggml's batch-size-dependent tiled matmul off (`GGML_CPU_TILED_MM=0`, set at start),
+//! a sequence's logits no longer depend on the batch it was computed in.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
+use llama_cpp_2::context::session::{LlamaStateSeqFlags, SeqState};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -30,8 +58,8 @@ use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::prefix::PrefixCache;
-use super::sessions::SessionFiles;
+use super::prefix::{PrefixCache, MIN_REUSE};
+use super::sessions::{Restored, SessionFiles};
 use super::text::TextStream;
 use crate::backend::Priority;
 
@@ -233,10 +261,23 @@ pub struct EngineSettings {
     pub n_batch: u32,
     pub n_ubatch: u32,
     pub threads: i32,
-    /// The prefix cache: KV cells set aside for kept prefixes, and sequences for them.
+    /// The host-memory prefix cache: tokens it may hold (0: no reuse at all) and entries.
     pub cache_tokens: u32,
     pub cache_entries: u32,
     pub sessions: Option<SessionFiles>,
+    /// Batch-invariant numerics: a Q8_0 KV cache (see the module header).
+    pub deterministic: bool,
+}
+
+/// What an idle slot's KV stream still holds, for reuse by the next job.
+#[derive(Default)]
+struct Held {
+    tokens: Vec<i32>,
+    last_used: u64,
+}
+
+fn common_prefix(a: &[i32], b: &[i32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 struct Seq {
@@ -271,16 +312,19 @@ pub fn run(
     queue: Arc<Queue>,
     ready: tokio::sync::oneshot::Sender<Result<(), String>>,
 ) {
-    let cache_entries = set.cache_entries.min(256 - set.parallel.min(256));
-    let n_ctx = set.ctx_per_seq.saturating_mul(set.parallel).saturating_add(set.cache_tokens);
-    let params = LlamaContextParams::default()
+    // One KV stream per slot, each of `ctx_per_seq` cells (llama.cpp rounds a stream to 256).
+    let n_ctx = set.ctx_per_seq.div_ceil(256).saturating_mul(256).saturating_mul(set.parallel);
+    let mut params = LlamaContextParams::default()
         .with_n_ctx(std::num::NonZeroU32::new(n_ctx))
         .with_n_batch(set.n_batch)
         .with_n_ubatch(set.n_ubatch.min(set.n_batch))
-        .with_n_seq_max(set.parallel + cache_entries)
+        .with_n_seq_max(set.parallel)
         .with_n_threads(set.threads)
         .with_n_threads_batch(set.threads)
-        .with_kv_unified(true);
+        .with_kv_unified(false);
+    if set.deterministic {
+        params = params.with_type_k(KvCacheType::Q8_0).with_type_v(KvCacheType::Q8_0);
+    }
     let mut ctx = match model.new_context(backend, params) {
         Ok(c) => c,
         Err(e) => {
@@ -293,11 +337,15 @@ pub fn run(
     };
     let _ = ready.send(Ok(()));
     let _close = CloseOnExit(queue.clone());
-    tracing::info!(engine = %set.name, n_ctx, parallel = set.parallel, n_batch = set.n_batch, "engine thread ready");
+    tracing::info!(engine = %set.name, n_ctx, parallel = set.parallel, n_batch = set.n_batch, deterministic = set.deterministic, "engine thread ready");
     let mut batch = LlamaBatch::new(set.n_batch as usize, 1);
     let mut slots: Vec<Option<Seq>> = (0..set.parallel).map(|_| None).collect();
-    let mut cache = PrefixCache::new(cache_entries as usize, set.cache_tokens as usize);
-    let entry_seq = |e: usize| (set.parallel as usize + e) as i32;
+    let mut cache = PrefixCache::new(set.cache_entries as usize, set.cache_tokens as usize);
+    // The host cache's entries' sequence states, by entry index.
+    let mut states: Vec<Option<SeqState>> = (0..set.cache_entries).map(|_| None).collect();
+    let mut held: Vec<Held> = (0..set.parallel).map(|_| Held::default()).collect();
+    let mut clock = 0u64;
+    let mut sessions = set.sessions;
     let n_vocab = model.n_vocab();
     let eog: Vec<LlamaToken> = {
         let v = model.vocab();
@@ -309,14 +357,16 @@ pub fn run(
             if slot.as_ref().is_some_and(|s| s.job.tx.is_closed()) {
                 *slot = None;
                 free_seq(&mut ctx, i);
+                held[i].tokens.clear();
             }
         }
         // 2. Admit, or sleep when idle.
         {
             let mut q = queue.lock();
             loop {
-                let free = slots.iter().position(Option::is_none);
-                let Some(free) = free else { break };
+                if slots.iter().all(Option::is_some) {
+                    break;
+                }
                 let (job, interactive) = match q.interactive.pop_front() {
                     Some(j) => (j, true),
                     None => match q.batch.pop_front() {
@@ -327,26 +377,9 @@ pub fn run(
                 if job.tx.is_closed() {
                     continue;
                 }
-                free_seq(&mut ctx, free);
-                // Reuse the longest cached prefix; at least one prompt token is always
-                // prefilled, since its logits choose the first generated token.
                 let ids: Vec<i32> = job.tokens.iter().map(|t| t.0).collect();
-                let mut cached = 0;
-                let hit = cache.lookup(&ids).map(|(e, n)| (e, n.min(job.tokens.len() - 1)));
-                // A session's file wins when it covers more of the prompt than memory does.
-                if let (Some(sessions), Some(id)) = (&set.sessions, &job.session) {
-                    let in_memory = hit.map_or(0, |(_, n)| n);
-                    if let Some(n) = sessions.restore(&mut ctx, id, free as i32, &job.tokens, in_memory) {
-                        cached = n;
-                    }
-                }
-                if cached == 0 {
-                    if let Some((e, n)) = hit {
-                        if ctx.kv_cache_seq_cp(entry_seq(e), free as i32, Some(0), Some(n as u32)).is_ok() {
-                            cached = n;
-                        }
-                    }
-                }
+                let (free, cached) =
+                    place(&mut ctx, &mut cache, &mut states, &mut held, &slots, sessions.as_mut(), &job, &ids);
                 slots[free] = Some(Seq {
                     cached,
                     decoded: Vec::new(),
@@ -437,6 +470,7 @@ pub fn run(
                 if let Some(s) = slot.take() {
                     let _ = s.job.tx.send(Event::Error(format!("the engine failed to decode: {e}")));
                     free_seq(&mut ctx, i);
+                    held[i].tokens.clear();
                 }
             }
             continue;
@@ -493,16 +527,22 @@ pub fn run(
                         completion_tokens: u64::from(s.generated),
                         timings,
                     });
-                    if cache.enabled() {
-                        keep_prefix(&mut ctx, &mut cache, &s, i, set.parallel as usize);
-                    }
-                    if let (Some(sessions), Some(id)) = (&set.sessions, &s.job.session) {
-                        let mut kv: Vec<LlamaToken> = s.job.tokens.clone();
-                        kv.extend(&s.decoded);
-                        kv.truncate(s.n_past);
+                    let mut kv: Vec<LlamaToken> = s.job.tokens.clone();
+                    kv.extend(&s.decoded);
+                    kv.truncate(s.n_past);
+                    if let (Some(sessions), Some(id)) = (sessions.as_mut(), &s.job.session) {
                         sessions.save(&ctx, id, i as i32, &kv);
                     }
-                    free_seq(&mut ctx, i);
+                    // The slot keeps its KV for the next job; a warmed prompt is also pinned in
+                    // the host cache, so it outlives the slot's next use.
+                    clock += 1;
+                    held[i] = Held { tokens: kv.iter().map(|t| t.0).collect(), last_used: clock };
+                    if !cache.enabled() {
+                        free_seq(&mut ctx, i);
+                        held[i].tokens.clear();
+                    } else if s.job.pin_prefix {
+                        keep(&ctx, &mut cache, &mut states, i, &held[i].tokens, true);
+                    }
                 }
             }
         }
@@ -517,22 +557,86 @@ fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Keeps what a finished sequence's KV holds (prompt and decoded tokens; the prompt only,
-/// for a pinned warm-up) as a cache entry, clearing whatever the cache evicts for it.
-fn keep_prefix(ctx: &mut LlamaContext<'_>, cache: &mut PrefixCache, s: &Seq, slot: usize, parallel: usize) {
-    let mut tokens: Vec<i32> = s.job.tokens.iter().map(|t| t.0).collect();
-    if !s.job.pin_prefix {
-        tokens.extend(s.decoded.iter().map(|t| t.0));
+/// Chooses the free slot for `job` and fills its KV with the longest reusable prefix of the
+/// prompt: held in place by a slot, restored from the host cache, or from the job's session
+/// file. Returns the slot and how many prompt tokens its KV now covers (at most all but one).
+#[allow(clippy::too_many_arguments)]
+fn place(
+    ctx: &mut LlamaContext<'_>,
+    cache: &mut PrefixCache,
+    states: &mut [Option<SeqState>],
+    held: &mut [Held],
+    slots: &[Option<Seq>],
+    sessions: Option<&mut SessionFiles>,
+    job: &Job,
+    ids: &[i32],
+) -> (usize, usize) {
+    let limit = ids.len().saturating_sub(1);
+    let free = || (0..slots.len()).filter(|&i| slots[i].is_none());
+    // The free slot holding the longest prefix (the most recent on a tie).
+    let (best, in_place) = free()
+        .map(|i| (i, common_prefix(&held[i].tokens, ids).min(limit)))
+        .max_by_key(|&(i, n)| (n, held[i].last_used))
+        .unwrap_or((0, 0));
+    let from_host = cache.lookup(ids).map(|(e, n)| (e, n.min(limit)));
+    let host_n = from_host.map_or(0, |(_, n)| n);
+    let mut cached = 0;
+    let slot = if cache.enabled() && in_place >= MIN_REUSE && in_place >= host_n {
+        let _ = ctx.clear_kv_cache_seq(Some(best as u32), Some(in_place as u32), None);
+        cached = in_place;
+        best
+    } else {
+        // The least useful free slot: one holding nothing, else the least recently used;
+        // what it holds goes to the host cache first.
+        let victim = free().min_by_key(|&i| (!held[i].tokens.is_empty(), held[i].last_used)).unwrap_or(best);
+        if cache.enabled() && !held[victim].tokens.is_empty() {
+            let tokens = std::mem::take(&mut held[victim].tokens);
+            keep(ctx, cache, states, victim, &tokens, false);
+        }
+        free_seq(ctx, victim);
+        if let Some((e, n)) = from_host.filter(|&(_, n)| n >= MIN_REUSE) {
+            let restored = states[e].as_ref().is_some_and(|st| ctx.state_seq_set(st, victim as i32).is_ok());
+            if restored && ctx.clear_kv_cache_seq(Some(victim as u32), Some(n as u32), None).is_ok() {
+                cached = n;
+            } else {
+                free_seq(ctx, victim);
+            }
+        }
+        victim
+    };
+    held[slot].tokens.clear();
+    // A session's file wins when it covers more of the prompt than memory does.
+    if let (Some(sessions), Some(id)) = (sessions, &job.session) {
+        match sessions.restore(ctx, id, slot as i32, &job.tokens, cached) {
+            Restored::Tokens(n) => cached = n,
+            Restored::Cleared => cached = 0,
+            Restored::Untouched => {}
+        }
     }
-    tokens.truncate(s.n_past);
-    let placed = cache.insert(&tokens, s.job.pin_prefix);
+    (slot, cached)
+}
+
+/// Saves what `slot`'s KV holds (`tokens`) as a host-cache entry, when the cache places it,
+/// and drops the states of the entries it evicts for it.
+fn keep(
+    ctx: &LlamaContext<'_>,
+    cache: &mut PrefixCache,
+    states: &mut [Option<SeqState>],
+    slot: usize,
+    tokens: &[i32],
+    pinned: bool,
+) {
+    let placed = cache.insert(tokens, pinned);
     for e in placed.evicted {
-        free_seq(ctx, parallel + e);
+        states[e] = None;
     }
     if let Some(e) = placed.entry {
-        free_seq(ctx, parallel + e);
-        if ctx.kv_cache_seq_cp(slot as i32, (parallel + e) as i32, Some(0), Some(tokens.len() as u32)).is_err() {
-            tracing::warn!("could not keep a prefix in the KV cache");
+        match ctx.state_seq_get(slot as i32, LlamaStateSeqFlags::empty()) {
+            Ok(st) => states[e] = Some(st),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not keep a prefix in the host cache");
+                cache.forget(e);
+            }
         }
     }
 }
