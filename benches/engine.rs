@@ -4,6 +4,9 @@
 //! build)), same slots and context, both with ggml's
 //! runtime-selected CPU variants. Interleaved rounds; the median with its spread.
 //!
+//! tollgate runs twice, as configured by default and with `deterministic = true`, so that
+//! switch's cost is measured in the same run.
+//!
 //! `cargo bench --bench engine` after `scripts/setup.sh --llama-server` (it needs
 //! `TOLLGATE_TEST_MODEL` and `TOLLGATE_LLAMA_SERVER`) and `cargo build --release`.
 //! Measured, from each server's own `timings` and from the client's clock:
@@ -25,10 +28,11 @@ const THREADS: &str = "2";
 const SLOTS: usize = 8;
 const CTX_PER_SLOT: usize = 1024;
 
-fn start_tollgate(model: &str, dir: &std::path::Path) -> Server {
-    support::start_tollgate(
+fn start_tollgate(name: &'static str, model: &str, dir: &std::path::Path, extra: &str) -> Server {
+    support::start_tollgate_as(
+        name,
         dir,
-        &format!("[[alias]]\nname = \"gemma\"\n[[alias.deployment]]\nname = \"local\"\nkind = \"local\"\npath = \"{model}\"\ncontext = {CTX_PER_SLOT}\nparallel = {SLOTS}\nthreads = {THREADS}\nbatch = 512\nchat_template = \"gemma\"\n"),
+        &format!("[[alias]]\nname = \"gemma\"\n[[alias.deployment]]\nname = \"local\"\nkind = \"local\"\npath = \"{model}\"\ncontext = {CTX_PER_SLOT}\nparallel = {SLOTS}\nthreads = {THREADS}\nbatch = 512\nchat_template = \"gemma\"\n{extra}"),
     )
 }
 
@@ -85,13 +89,17 @@ fn main() {
     }
     let model = std::env::var("TOLLGATE_TEST_MODEL").expect("TOLLGATE_TEST_MODEL (scripts/setup.sh)");
     let rounds: usize = std::env::var("ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, dir_det) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let model: &'static str = Box::leak(model.into_boxed_str());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
         // llama-server closes idle keep-alive connections after 5 s; never reuse one that old.
         let c = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(1)).build().unwrap();
-        let mut servers = vec![start_tollgate(model, dir.path()), start_llama_server(model)];
+        let mut servers = vec![
+            start_tollgate("tollgate", model, dir.path(), ""),
+            start_tollgate("tollgate deterministic", model, dir_det.path(), "deterministic = true\n"),
+            start_llama_server(model),
+        ];
         for s in &servers {
             wait_ready(&c, s).await;
             stream(&c, s, "Warm up.", 4).await;
@@ -105,7 +113,8 @@ fn main() {
                 let r = stream(&c, s, "Once upon a time", 128).await;
                 let gen = r.timings["predicted_per_second"].as_f64().unwrap_or(r.completion_tokens / (r.end - r.ttft).as_secs_f64());
                 table[si][0].push(gen);
-                let p = stream(&c, s, &long_prompt, 1).await;
+                // A prompt of its own each round and server: prompt processing, not a cache hit.
+                let p = stream(&c, s, &format!("Round {round}, server {si}. {long_prompt}"), 1).await;
                 let pp = p.timings["prompt_per_second"].as_f64().unwrap_or(0.0);
                 table[si][1].push(pp);
                 for (k, n) in [(2, 4usize), (4, 8usize)] {
@@ -126,13 +135,18 @@ fn main() {
             eprintln!("round {} of {rounds} done", round + 1);
         }
         println!("engine vs llama-server: {rounds} interleaved rounds, {THREADS} threads, {SLOTS} slots x {CTX_PER_SLOT} tokens, gemma template");
-        println!("{:<28} {:>26} {:>26}", "", names[0], names[1]);
+        print!("{:<28}", "");
+        for n in &names {
+            print!(" {n:>26}");
+        }
+        println!();
         for (mi, m) in metrics.iter().enumerate() {
-            let cell = |si: usize| {
-                let (med, lo, hi) = median(&mut table[si][mi].clone());
-                format!("{med:.1} ({lo:.1}..{hi:.1})")
-            };
-            println!("{m:<28} {:>26} {:>26}", cell(0), cell(1));
+            print!("{m:<28}");
+            for row in &table {
+                let (med, lo, hi) = median(&mut row[mi].clone());
+                print!(" {:>26}", format!("{med:.1} ({lo:.1}..{hi:.1})"));
+            }
+            println!();
         }
         let size = std::fs::metadata(model).map(|m| m.len() as f64 / 1048576.0).unwrap_or(0.0);
         // KV cache: 18 layers x 1 KV head x 256 dims x (K+V) x f16 per token for this model.

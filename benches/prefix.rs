@@ -6,6 +6,9 @@
 //! `benches/gemma.jinja`, since its `--chat-template gemma` renders a 3-token prompt in this
 //! build), full sliding-window KV (`--swa-full`), interleaved rounds.
 //!
+//! tollgate runs twice: as configured by default and with `deterministic = true` (a Q8_0 KV
+//! cache: batch-invariant attention), so the cost of that switch is measured in the same run.
+//!
 //! `cargo bench --bench prefix` after `scripts/setup.sh --llama-server` and
 //! `cargo build --release`.
 
@@ -17,10 +20,11 @@ use support::{median, wait_ready, Server};
 
 use serde_json::{json, Value};
 
-fn start_tollgate(model: &str, dir: &std::path::Path) -> Server {
-    support::start_tollgate(
+fn start_tollgate(name: &'static str, model: &str, dir: &std::path::Path, extra: &str) -> Server {
+    support::start_tollgate_as(
+        name,
         dir,
-        &format!("[[alias]]\nname = \"gemma\"\n[[alias.deployment]]\nname = \"local\"\nkind = \"local\"\npath = \"{model}\"\ncontext = 4096\nparallel = 4\nthreads = 2\nchat_template = \"gemma\"\nprefix_cache_tokens = 16384\nprefix_cache_entries = 16\n"),
+        &format!("[[alias]]\nname = \"gemma\"\n[[alias.deployment]]\nname = \"local\"\nkind = \"local\"\npath = \"{model}\"\ncontext = 4096\nparallel = 4\nthreads = 2\nchat_template = \"gemma\"\nprefix_cache_tokens = 16384\nprefix_cache_entries = 16\n{extra}"),
     )
 }
 
@@ -86,11 +90,15 @@ fn main() {
     }
     let model = std::env::var("TOLLGATE_TEST_MODEL").expect("TOLLGATE_TEST_MODEL (scripts/setup.sh)");
     let rounds: usize = std::env::var("ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, dir_det) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async move {
         let c = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(1)).build().unwrap();
-        let mut servers = vec![start_tollgate(&model, dir.path()), start_llama_server(&model)];
+        let mut servers = vec![
+            start_tollgate("tollgate", &model, dir.path(), ""),
+            start_tollgate("tollgate deterministic", &model, dir_det.path(), "deterministic = true\n"),
+            start_llama_server(&model),
+        ];
         for s in &servers {
             wait_ready(&c, s).await;
         }
@@ -143,13 +151,18 @@ fn main() {
             "8 prompts over 4 slots: TTFT",
             "8 prompts over 4 slots: hit %",
         ];
-        println!("{:<34} {:>24} {:>24}", "", servers[0].name, servers[1].name);
+        print!("{:<34}", "");
+        for s in &servers {
+            print!(" {:>24}", s.name);
+        }
+        println!();
         for (k, l) in labels.iter().enumerate() {
-            let cell = |si: usize| {
-                let (a, b, c) = median(&mut m[si][k].clone());
-                format!("{a:.0} ({b:.0}..{c:.0})")
-            };
-            println!("{l:<34} {:>24} {:>24}", cell(0), cell(1));
+            print!("{l:<34}");
+            for row in &m {
+                let (a, b, c) = median(&mut row[k].clone());
+                print!(" {:>24}", format!("{a:.0} ({b:.0}..{c:.0})"));
+            }
+            println!();
         }
         for (si, s) in servers.iter().enumerate() {
             let cold = median(&mut m[si][0].clone()).0;

@@ -8,6 +8,7 @@
 # - The build's compiler output (llama.cpp's is long) goes to target/ci/build.log; only its
 #   last 50 lines are printed, and only when the build fails.
 # - The minutes each phase took are printed at the end (setup, build, clippy, each binary).
+# - tests/engine_alone.rs runs again under other CPU variants (TOLLGATE_CPU_VARIANT).
 # Arguments go to every test binary (e.g. a test-name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,12 +54,27 @@ if ! cargo clippy --release --locked --all-targets -- -D warnings >"$logs/clippy
 fi
 lap clippy
 
+# The engine's reproducibility tests run again under other machines' CPU variants (ggml's
+# kernels round differently on each), where this CPU can run them: AVX-512 Intel (icelake)
+# and AVX2 (haswell), beside the variant ggml picks here.
+variants=()
+grep -qw avx512_vbmi2 /proc/cpuinfo && grep -qw avx512_vnni /proc/cpuinfo && variants+=(icelake)
+grep -qw avx2 /proc/cpuinfo && grep -qw fma /proc/cpuinfo && variants+=(haswell)
+while read -r name exe; do
+  echo "$name $exe"
+  if [ "$name" = engine_alone ]; then
+    for v in "${variants[@]}"; do echo "$name@$v $exe"; done
+  fi
+done <"$logs/binaries" >"$logs/runs"
+
 passed=0 failed=0 broken=()
 while read -r name exe; do
   log="$logs/test-$name.log"
   echo "=== $name"
   set +e
-  "$exe" "$@" 2>&1 | tee "$log"
+  vars=()
+  case "$name" in *@*) vars=("TOLLGATE_CPU_VARIANT=${name#*@}") ;; esac
+  env "${vars[@]}" "$exe" "$@" 2>&1 | tee "$log"
   status=${PIPESTATUS[0]}
   set -e
   read -r p f < <(awk '/^test result:/ { for (i = 2; i <= NF; i++) { if ($i == "passed;") p += $(i-1); if ($i == "failed;") f += $(i-1) } }
@@ -71,7 +87,7 @@ while read -r name exe; do
     broken+=("$name (exit $status)")
   fi
   lap "test $name"
-done <"$logs/binaries"
+done <"$logs/runs"
 
 report_times
 [ ${#broken[@]} -eq 0 ] || echo "failed binaries: ${broken[*]}"

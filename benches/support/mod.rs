@@ -34,6 +34,11 @@ pub struct Server {
 
 /// `target/release/tollgate` serving `routes` (one routes file) in `dir`, open auth.
 pub fn start_tollgate(dir: &std::path::Path, routes: &str) -> Server {
+    start_tollgate_as("tollgate", dir, routes)
+}
+
+/// The same, named `name` in the tables (and its log).
+pub fn start_tollgate_as(name: &'static str, dir: &std::path::Path, routes: &str) -> Server {
     let port = free_port();
     std::fs::write(dir.join("tollgate.toml"), "[auth]\nopen = true\n").unwrap();
     std::fs::create_dir_all(dir.join("routes")).unwrap();
@@ -45,10 +50,10 @@ pub fn start_tollgate(dir: &std::path::Path, routes: &str) -> Server {
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(log_file("tollgate"))
+        .stderr(log_file(name))
         .spawn()
         .expect("target/release/tollgate (cargo build --release)");
-    Server { name: "tollgate", child, base: format!("http://127.0.0.1:{port}") }
+    Server { name, child, base: format!("http://127.0.0.1:{port}") }
 }
 
 /// llama-server on `model` with `args`, given Gemma's template as Jinja (its

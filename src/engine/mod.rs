@@ -32,27 +32,44 @@ use crate::protocol::{Endpoint, Prompt, Usage, ValidRequest};
 use model_info::ModelInfo;
 use worker::{EngineSettings, Event, GenParams, Job, Queue, Timings};
 
+/// Whether ggml's tiled matmul is off in this process: decided once, before ggml's first
+/// matmul reads `GGML_CPU_TILED_MM`.
+static TILED_MATMUL_OFF: OnceLock<bool> = OnceLock::new();
+
+/// Decides, once per process, whether ggml's tiled matmul is turned off. ggml multiplies by a
+/// Q6_K matrix with a tiled kernel for 8 rows and more and a dot-product kernel for fewer;
+/// the two round differently, so a row's result depends on how many rows share its batch.
+/// A `deterministic` deployment needs it off; off, prompt processing is slower for every
+/// deployment in the process (measured in the README), so it is off only when one asks
+/// for it (or the user set `GGML_CPU_TILED_MM` themselves). Returns the decision.
+pub fn decide_batch_invariant_matmul(wanted: bool) -> bool {
+    *TILED_MATMUL_OFF.get_or_init(|| match std::env::var("GGML_CPU_TILED_MM") {
+        Ok(v) => v.trim().parse::<i64>().is_ok_and(|n| n == 0),
+        Err(_) if wanted => {
+            // SAFETY: called while starting the gateway, before any engine thread runs ggml.
+            std::env::set_var("GGML_CPU_TILED_MM", "0");
+            true
+        }
+        Err(_) => false,
+    })
+}
+
 /// llama.cpp's backend, initialised once per process with ggml's CPU variants loaded.
 pub fn llama_backend() -> Result<&'static LlamaBackend, String> {
     static B: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     B.get_or_init(|| {
         llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
-        // ggml's tiled matmul serves 8 rows and more, its dot-product kernel fewer, and the
-        // two round differently: a row's result would depend on how many others share its
-        // batch. Off (read once, at ggml's first matmul), a row computes the same alone or
-        // batched. The user's own setting wins.
-        if std::env::var_os("GGML_CPU_TILED_MM").is_none() {
-            // SAFETY: set before any engine thread starts; nothing reads it concurrently.
-            std::env::set_var("GGML_CPU_TILED_MM", "0");
-        }
         let dir = backends_dir();
-        match &dir {
-            Some(d) => llama_cpp_2::llama_backend::load_backends_from_path(d),
-            None => tracing::warn!("no ggml backends directory found; set TOLLGATE_GGML_BACKENDS"),
+        let variant = std::env::var("TOLLGATE_CPU_VARIANT").ok().filter(|v| !v.is_empty());
+        match (&dir, &variant) {
+            (Some(d), Some(v)) => load_variant(d, v)?,
+            (Some(d), None) => llama_cpp_2::llama_backend::load_backends_from_path(d),
+            (None, _) => tracing::warn!("no ggml backends directory found; set TOLLGATE_GGML_BACKENDS"),
         }
         let devices = llama_cpp_2::list_llama_ggml_backend_devices();
         tracing::info!(
             dir = ?dir,
+            cpu_variant = variant.as_deref().unwrap_or("best for this CPU"),
             devices = ?devices.iter().map(|d| format!("{} ({})", d.name, d.description)).collect::<Vec<_>>(),
             "ggml backends loaded"
         );
@@ -60,6 +77,38 @@ pub fn llama_backend() -> Result<&'static LlamaBackend, String> {
     })
     .as_ref()
     .map_err(Clone::clone)
+}
+
+/// Loads one CPU variant (`TOLLGATE_CPU_VARIANT=haswell`, say) instead of the best one for
+/// this CPU. Variants round differently; pinning one gives every machine that can run it the
+/// same arithmetic (a fleet of mixed CPUs answering alike, or a test of another machine's).
+fn load_variant(dir: &std::path::Path, v: &str) -> Result<(), String> {
+    let file = dir.join(format!("libggml-cpu-{v}.so"));
+    if !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || !file.is_file() {
+        let mut known: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                Some(n.strip_prefix("libggml-cpu-")?.strip_suffix(".so")?.to_owned())
+            })
+            .collect();
+        known.sort();
+        return Err(format!(
+            "TOLLGATE_CPU_VARIANT={v}: no such CPU variant in {} (there are: {})",
+            dir.display(),
+            known.join(", ")
+        ));
+    }
+    let path = std::ffi::CString::new(file.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: a NUL-terminated path; ggml returns null when the library cannot be loaded or
+    // reports that this CPU cannot run it, and registers the backend otherwise.
+    let reg = unsafe { llama_cpp_sys_2::ggml_backend_load(path.as_ptr()) };
+    if reg.is_null() {
+        return Err(format!("TOLLGATE_CPU_VARIANT={v}: this CPU cannot run that variant ({})", file.display()));
+    }
+    Ok(())
 }
 
 /// Where ggml's CPU variants are: `$TOLLGATE_GGML_BACKENDS`, else `ggml-backends/` beside
@@ -95,6 +144,13 @@ impl Drop for LocalBackend {
 
 impl LocalBackend {
     pub async fn start(dep: &DeploymentConfig, l: &LocalConfig) -> Result<Arc<LocalBackend>, String> {
+        if l.deterministic && !decide_batch_invariant_matmul(true) {
+            return Err(format!(
+                "{}: deterministic = true needs ggml's tiled matmul off from the start of the process \
+                 (GGML_CPU_TILED_MM=0); restart tollgate with this configuration",
+                dep.name
+            ));
+        }
         let backend = llama_backend()?;
         let path = l.path.clone();
         let size = model_info::precheck(&path)?;
@@ -594,6 +650,8 @@ fn timings_json(t: &Timings) -> Value {
         "predicted_per_token_ms": per(t.predicted_ms, t.predicted_n),
         "predicted_per_second": rate(t.predicted_ms, t.predicted_n),
         "queued_ms": t.queued_ms,
+        // tollgate's own: where the reused prompt tokens came from.
+        "cache_from": t.cache_from,
     })
 }
 

@@ -131,7 +131,14 @@ impl PrefixCache {
             self.used -= old.tokens.len();
             for (i, h) in old.hashes.iter().enumerate() {
                 if self.index.get(h) == Some(&(e, i + 1)) {
-                    self.index.remove(h);
+                    // Entries sharing a prefix share its block hashes, and the index names the
+                    // newest: hand the hash back to another entry that has it (a pinned
+                    // prompt that this one extended would otherwise be unreachable).
+                    let heir = self.entries.iter().position(|x| x.as_ref().is_some_and(|x| x.hashes.get(i) == Some(h)));
+                    match heir {
+                        Some(other) => self.index.insert(*h, (other, i + 1)),
+                        None => self.index.remove(h),
+                    };
                 }
             }
         }
@@ -226,6 +233,19 @@ mod tests {
         assert!(c.lookup(&seq(1000, 96)).is_some());
         assert!(!p.evicted.is_empty());
         assert!(c.used_tokens() <= 250);
+    }
+
+    #[test]
+    fn an_evicted_entry_leaves_the_prefix_it_extended_reachable() {
+        let mut c = PrefixCache::new(3, 1_000);
+        c.insert(&seq(0, 64), true);
+        let mut longer = seq(0, 64);
+        longer.extend(seq(500, 64));
+        c.insert(&longer, false);
+        // Fill the budget until the longer entry is evicted; the pinned one stays findable.
+        c.insert(&seq(2000, 400), false);
+        c.insert(&seq(3000, 400), false);
+        assert_eq!(c.lookup(&longer), Some((0, 64)), "the pinned prefix is still found");
     }
 
     #[test]

@@ -38,9 +38,12 @@
 //! reused prefix identical to a cold one, but ggml's CPU flash attention has three kernels
 //! (a tiled one for 64 or more query tokens, a KV-split one for a lone query over 512 or more
 //! cells, a plain one otherwise) that round differently, so what else shares a step can move
-//! a logit's last bits. An 8-bit (Q8_0) KV cache takes the plain kernel for every shape, and
-//! with ggml's batch-size-dependent tiled matmul off (`GGML_CPU_TILED_MM=0`, set at start),
-//! a sequence's logits no longer depend on the batch it was computed in.
+//! a logit's last bits: a cold run computes its last prompt token inside a prefill chunk, a
+//! reuse computes it alone, and a stream decoded beside others takes another kernel than
+//! one decoded alone. An 8-bit (Q8_0) KV cache takes the plain kernel for every shape, and
+//! with ggml's batch-size-dependent tiled matmul off (`GGML_CPU_TILED_MM=0`, decided once
+//! per process: `engine::decide_batch_invariant_matmul`), a sequence's logits depend on
+//! nothing but its own tokens: cold, reused, restored, alone or batched, they are the same.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -110,6 +113,9 @@ impl Drop for Ticket {
 pub struct Timings {
     pub queued_ms: f64,
     pub cache_n: u64,
+    /// Where the `cache_n` reused tokens came from: "slot" (kept in place), "host" (the
+    /// host-memory prefix cache) or "session" (the session's file); none when cold.
+    pub cache_from: Option<&'static str>,
     pub prompt_n: u64,
     pub prompt_ms: f64,
     pub predicted_n: u64,
@@ -286,8 +292,9 @@ struct Seq {
     text: TextStream,
     /// Tokens in this sequence's KV cache.
     n_past: usize,
-    /// Prompt tokens reused from the prefix cache.
+    /// Prompt tokens reused from the prefix cache, and from where.
     cached: usize,
+    cache_from: Option<&'static str>,
     /// Generated tokens that went through decode (so are in the KV cache).
     decoded: Vec<LlamaToken>,
     /// Prompt tokens added to batches so far.
@@ -378,10 +385,11 @@ pub fn run(
                     continue;
                 }
                 let ids: Vec<i32> = job.tokens.iter().map(|t| t.0).collect();
-                let (free, cached) =
+                let (free, cached, cache_from) =
                     place(&mut ctx, &mut cache, &mut states, &mut held, &slots, sessions.as_mut(), &job, &ids);
                 slots[free] = Some(Seq {
                     cached,
+                    cache_from,
                     decoded: Vec::new(),
                     sampler: sampler(&job.params, n_vocab, &eog),
                     text: TextStream::new(job.params.stops.clone()),
@@ -515,6 +523,7 @@ pub fn run(
                     let timings = Timings {
                         queued_ms: ms(s.admitted.duration_since(s.job.enqueued)),
                         cache_n: s.cached as u64,
+                        cache_from: s.cache_from,
                         prompt_n: (s.job.tokens.len() - s.cached) as u64,
                         prompt_ms: ms(first.duration_since(s.admitted)),
                         predicted_n: u64::from(s.generated),
@@ -559,7 +568,8 @@ fn ms(d: std::time::Duration) -> f64 {
 
 /// Chooses the free slot for `job` and fills its KV with the longest reusable prefix of the
 /// prompt: held in place by a slot, restored from the host cache, or from the job's session
-/// file. Returns the slot and how many prompt tokens its KV now covers (at most all but one).
+/// file. Returns the slot, how many prompt tokens its KV now covers (at most all but one),
+/// and where they came from.
 #[allow(clippy::too_many_arguments)]
 fn place(
     ctx: &mut LlamaContext<'_>,
@@ -570,7 +580,7 @@ fn place(
     sessions: Option<&mut SessionFiles>,
     job: &Job,
     ids: &[i32],
-) -> (usize, usize) {
+) -> (usize, usize, Option<&'static str>) {
     let limit = ids.len().saturating_sub(1);
     let free = || (0..slots.len()).filter(|&i| slots[i].is_none());
     // The free slot holding the longest prefix (the most recent on a tie).
@@ -580,10 +590,11 @@ fn place(
         .unwrap_or((0, 0));
     let from_host = cache.lookup(ids).map(|(e, n)| (e, n.min(limit)));
     let host_n = from_host.map_or(0, |(_, n)| n);
-    let mut cached = 0;
+    let (mut cached, mut from) = (0, None);
     let slot = if cache.enabled() && in_place >= MIN_REUSE && in_place >= host_n {
         let _ = ctx.clear_kv_cache_seq(Some(best as u32), Some(in_place as u32), None);
         cached = in_place;
+        from = Some("slot");
         best
     } else {
         // The least useful free slot: one holding nothing, else the least recently used;
@@ -598,6 +609,7 @@ fn place(
             let restored = states[e].as_ref().is_some_and(|st| ctx.state_seq_set(st, victim as i32).is_ok());
             if restored && ctx.clear_kv_cache_seq(Some(victim as u32), Some(n as u32), None).is_ok() {
                 cached = n;
+                from = Some("host");
             } else {
                 free_seq(ctx, victim);
             }
@@ -608,12 +620,12 @@ fn place(
     // A session's file wins when it covers more of the prompt than memory does.
     if let (Some(sessions), Some(id)) = (sessions, &job.session) {
         match sessions.restore(ctx, id, slot as i32, &job.tokens, cached) {
-            Restored::Tokens(n) => cached = n,
-            Restored::Cleared => cached = 0,
+            Restored::Tokens(n) => (cached, from) = (n, Some("session")),
+            Restored::Cleared => (cached, from) = (0, None),
             Restored::Untouched => {}
         }
     }
-    (slot, cached)
+    (slot, cached, from)
 }
 
 /// Saves what `slot`'s KV holds (`tokens`) as a host-cache entry, when the cache places it,
