@@ -43,7 +43,9 @@ import json, sys
 for line in open(sys.argv[1]):
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable"):
-        print(m["target"]["name"], m["executable"])' "$logs/build.json" >"$logs/binaries"
+        kind = m["target"]["kind"][0]
+        name = m["target"]["name"] if kind == "test" else kind + "-" + m["target"]["name"]
+        print(name, m["executable"])' "$logs/build.json" >"$logs/binaries"
 lap build
 
 if ! cargo clippy --release --locked --all-targets -- -D warnings >"$logs/clippy.log" 2>&1; then

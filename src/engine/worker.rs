@@ -42,8 +42,11 @@
 //! reuse computes it alone, and a stream decoded beside others takes another kernel than
 //! one decoded alone. An 8-bit (Q8_0) KV cache takes the plain kernel for every shape, and
 //! with ggml's batch-size-dependent tiled matmul off (`GGML_CPU_TILED_MM=0`, decided once
-//! per process: `engine::decide_batch_invariant_matmul`), a sequence's logits depend on
-//! nothing but its own tokens: cold, reused, restored, alone or batched, they are the same.
+//! per process: `engine::decide_batch_invariant_matmul`), attention no longer depends on the
+//! batch's shape. The weight matmuls still take one kernel for a single row and another for
+//! several, so a deterministic deployment also computes a prompt's last token in a step of
+//! its own: a cold run then computes it exactly as a reuse of the same prompt does, at the
+//! cost of one step of time to first token on a cold prompt.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -446,7 +449,12 @@ pub fn run(
             if budget == 0 {
                 break;
             }
-            let take = budget.min(s.job.tokens.len() - s.prefilled);
+            // Deterministic: the last prompt token is computed alone, in a step of its own, as
+            // a reuse computes it (matmul kernels are chosen by row count); a warmed prompt
+            // is prefilled whole, as the prompts that extend it are.
+            let len = s.job.tokens.len();
+            let end = if set.deterministic && !s.job.pin_prefix && s.prefilled + 1 < len { len - 1 } else { len };
+            let take = budget.min(end - s.prefilled);
             in_batch[i] = true;
             for k in 0..take {
                 let idx = s.prefilled + k;
