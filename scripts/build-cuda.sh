@@ -29,11 +29,12 @@ if [ ! -x "$root/bin/nvcc" ] || [ ! -x "$root/nvvm/bin/cicc" ]; then
   python3 -m pip install --quiet --upgrade --target "$wheels" \
     'nvidia-cuda-nvcc==13.*' 'nvidia-nvvm==13.*' 'nvidia-cuda-runtime==13.*' \
     'nvidia-cublas==13.*' 'nvidia-cuda-cccl==13.*' >&2
-  # The wheels ship only versioned sonames; the linker wants the plain names too.
-  for f in "$root"/lib/lib{cudart,cublas,cublasLt}.so.*; do
-    [ -e "$f" ] && ln -sf "$(basename "$f")" "${f%%.so.*}.so"
-  done
 fi
+# The wheels ship only versioned sonames; CMake's FindCUDAToolkit and the linker want the
+# plain names too.
+for f in "$root"/lib/lib{cudart,cublas,cublasLt}.so.*; do
+  [ -e "$f" ] && ln -sf "$(basename "$f")" "${f%%.so.*}.so"
+done
 "$root/bin/nvcc" --version | tail -1 >&2
 
 export CUDA_PATH="$root" CUDAToolkit_ROOT="$root" CUDACXX="$root/bin/nvcc"
