@@ -25,6 +25,14 @@ pub async fn build_routes(
     releases: Option<&Releases>,
     extra: &[Arc<Deployment>],
 ) -> Result<Routes, String> {
+    // Before any engine runs ggml (a no-op once decided: a reload cannot change it).
+    #[cfg(feature = "engine")]
+    crate::engine::decide_batch_invariant_matmul(
+        cfg.aliases
+            .iter()
+            .flat_map(|a| &a.deployments)
+            .any(|d| matches!(&d.kind, crate::config::DeploymentKind::Local(l) if l.deterministic)),
+    );
     let mut existing: Loaded = HashMap::new();
     if let Some(old) = old {
         for a in old.aliases.values() {

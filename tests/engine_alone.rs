@@ -290,6 +290,10 @@ fn a_named_prompt_is_warm_from_the_first_request() {
     });
 }
 
+async fn post_chat(gw: &Gateway, body: &Value) -> Value {
+    reqwest::Client::new().post(gw.url("/v1/chat/completions")).json(body).send().await.unwrap().json().await.unwrap()
+}
+
 /// The reply, its cached prompt tokens, and where the engine found them (`timings.cache_from`).
 async fn chat(
     gw: &Gateway,
@@ -403,15 +407,7 @@ async fn same_text_whatever_the_cache_holds(gw: &Gateway, model: &str, cold_refe
     }
     // A warmed prompt: `system_prompt: "expert"` against its text sent inline.
     let named = json!({"model": model, "system_prompt": "expert", "messages": [{"role": "user", "content": "Name a planet."}], "max_tokens": 16, "temperature": 0});
-    let v: Value = reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&named)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = post_chat(gw, &named).await;
     assert!(
         v["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap() >= 30,
         "{model}: the warmed prefix was reused: {v}"
@@ -434,7 +430,6 @@ fn a_deterministic_deployment_answers_alike_alone_and_batched() {
     let _alone = ALONE.lock().unwrap_or_else(|p| p.into_inner());
     let gw = gw();
     RT.block_on(async {
-        let c = reqwest::Client::new();
         let body = |i: usize| {
             json!({"model": "gemma-det", "messages": [{"role": "system", "content": format!("Writer {i}. {}", filler(i + 50, 20 + 25 * i))},
                    {"role": "user", "content": format!("Tell me about {}.", filler(i + 3, 2))}],
@@ -443,12 +438,11 @@ fn a_deterministic_deployment_answers_alike_alone_and_batched() {
         let text = |v: Value| v["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
         let mut alone = Vec::new();
         for i in 0..8 {
-            alone.push(text(c.post(gw.url("/v1/chat/completions")).json(&body(i)).send().await.unwrap().json().await.unwrap()));
+            alone.push(text(post_chat(gw, &body(i)).await));
         }
         let together = join_all((0..8).map(|i| {
-            let c = c.clone();
             let b = body(i);
-            async move { text(c.post(gw.url("/v1/chat/completions")).json(&b).send().await.unwrap().json().await.unwrap()) }
+            async move { text(post_chat(gw, &b).await) }
         }))
         .await;
         assert_eq!(together, alone, "batched as alone");

@@ -126,13 +126,6 @@ pub async fn state(cfg: &Config) -> anyhow::Result<Arc<AppState>> {
 
 /// With an injected clock (tests move time for rate limits, breakers and windows).
 pub async fn state_with_clock(cfg: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<AppState>> {
-    #[cfg(feature = "engine")]
-    crate::engine::decide_batch_invariant_matmul(
-        cfg.aliases
-            .iter()
-            .flat_map(|a| &a.deployments)
-            .any(|d| matches!(&d.kind, crate::config::DeploymentKind::Local(l) if l.deterministic)),
-    );
     let accounting = Arc::new(Accounting::new(cfg, clock.clone()));
     let releases = crate::release::Releases::open(cfg, Some(accounting.clone())).map_err(|e| anyhow::anyhow!(e))?;
     let routes = crate::deploy::build_routes(cfg, None, clock.clone(), Some(&releases), &[])
