@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use serde_json::{Map, Value};
-use tollgate::smallroute::{decide, features, RouterWeights};
+use tollgate::policy::smallroute::{decide, features, RouterWeights};
 
 const ROUNDS: usize = 2_000;
 

@@ -20,27 +20,13 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::config::CacheConfig;
 use crate::protocol::{Endpoint, Usage, ValidRequest};
 use crate::router::{Alias, Deployment};
 
 pub const FOLLOW_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub type Key = [u8; 32];
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct CacheConfig {
-    pub enabled: bool,
-    pub ttl: Duration,
-    pub max_entries: u64,
-    /// Shared across API keys (otherwise each key sees only its own entries).
-    pub global: bool,
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        CacheConfig { enabled: false, ttl: Duration::from_secs(3600), max_entries: 10_000, global: false }
-    }
-}
 
 /// A cached answer: the non-streamed body (its `model` is the alias), and who made it.
 #[derive(Debug)]
@@ -274,7 +260,7 @@ pub fn body_from_stream(
     finish: Option<String>,
     usage: Option<Usage>,
 ) -> Map<String, Value> {
-    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let created = crate::clock::now_s();
     let (object, choice) = match endpoint {
         Endpoint::Chat => (
             "chat.completion",

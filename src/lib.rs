@@ -1,26 +1,47 @@
-//! tollgate: an LLM inference gateway. See `README.md` for use and `../shared/design.md`
-//! for the map; each module's header says what it owns.
+//! tollgate: an LLM inference gateway. See `README.md` for its use; each module's header
+//! says what it owns. The modules are listed in layers, in the order a request passes them;
+//! each imports only those listed above it (`python3 ../shared/tools/modgraph.py src`
+//! checks that there is no cycle).
 
-pub mod accounting;
-pub mod affinity;
-pub mod api;
-pub mod backend;
-pub mod batch;
-pub mod cache;
-pub mod cli;
+// The vocabulary: types and pure functions that everything else speaks.
+/// Time: the injectable clock and wall-clock helpers.
+pub mod clock;
+/// Pure routing policies: the small-model router and prefix affinity.
+pub mod policy;
+/// Prices, costs and token counts.
+pub mod pricing;
+/// The OpenAI wire vocabulary: endpoints, sampling, validated requests, usage, the error object.
+pub mod protocol;
+/// The on-disk model registry: GGUF files, versions and their metadata.
+pub mod registry;
+
+// What the operator asked for.
+/// The checked configuration: every section's type, loaded from the gateway file and `routes/`.
 pub mod config;
-pub mod deploy;
+
+// What a request leaves behind.
+/// The per-request record and what consumes it: limits, ledger, metrics, monitors, usage reports.
+pub mod accounting;
+/// Model versions in stages: canaries, promotion, automatic rollback.
+pub mod release;
+
+// Where a request is answered.
+/// The `Backend` trait and its remote kinds (OpenAI-compatible, Ollama).
+pub mod backend;
+/// The embedded llama.cpp engine (the `local` kind).
 #[cfg(feature = "engine")]
 pub mod engine;
-pub mod ledger;
-pub mod limits;
-pub mod logging;
-pub mod monitor;
-pub mod pricing;
-pub mod protocol;
-pub mod registry;
-pub mod release;
+/// Alias → deployment: permits, retries, fallback, breakers; builds deployments from config.
 pub mod router;
-pub mod server;
-pub mod smallroute;
-pub mod usage;
+
+// Above the routing table.
+/// The Batch API: files, validation, the runner.
+pub mod batch;
+/// The response cache, with request coalescing.
+pub mod cache;
+
+// The edges.
+/// HTTP: extract, call, render.
+pub mod api;
+/// The command line: `serve`, `models`, `batch run`, `keys`, `usage`.
+pub mod cli;

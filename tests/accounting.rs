@@ -13,7 +13,7 @@ use common::fake::{Fake, Reply};
 use common::{openai_route, sse_data, Gateway};
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
-use tollgate::router::ManualClock;
+use tollgate::clock::ManualClock;
 
 const ADMIN: &str = "admin-secret";
 const PRICE: &str = "price = { input = 100, cached_input = 50, output = 200 }";

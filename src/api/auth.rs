@@ -5,8 +5,8 @@
 use axum::http::HeaderMap;
 use subtle::ConstantTimeEq;
 
-use super::error::ApiError;
 use crate::config::{sha256, ApiKeyConfig, AuthConfig};
+use crate::protocol::error::ApiError;
 
 /// Who is calling.
 #[derive(Clone, Debug)]

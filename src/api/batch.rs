@@ -11,10 +11,10 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
-use super::error::ApiError;
 use super::{auth, AppState};
 use crate::batch::files::FileStore;
 use crate::batch::{input::MAX_BYTES, CreateError};
+use crate::protocol::error::ApiError;
 
 fn caller(st: &AppState, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(auth::authenticate(&st.live().auth, headers)?.name().map(str::to_owned))

@@ -10,11 +10,11 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use serde_json::Value;
 
-use super::error::ApiError;
 use super::{auth, sse, AppState};
 use crate::accounting::{RequestRecord, Tap};
 use crate::backend::{BackendRequest, Priority};
 use crate::cache::{Cached, ClientPolicy, Leader, Lookup};
+use crate::protocol::error::ApiError;
 use crate::protocol::{self, Endpoint, Prompt};
 use crate::router::{self, Committed};
 
@@ -187,7 +187,8 @@ async fn serve_valid(
     let mut alias = match &alias.auto {
         None => alias,
         Some(auto) => {
-            let mut decision = crate::smallroute::decide(&crate::smallroute::features(&req.body), &auto.weights);
+            let mut decision =
+                crate::policy::smallroute::decide(&crate::policy::smallroute::features(&req.body), &auto.weights);
             let mut asked = String::new();
             if let Some(cl) = &auto.classifier {
                 match classify(st, live, &auto.small, cl, &req, &caller, rid).await {
@@ -221,7 +222,7 @@ async fn serve_valid(
     let batch = rec.batch_id.is_some();
     let mut limit_headers = Vec::new();
     if let (auth::Caller::Key(k), false) = (&caller, batch) {
-        let ask = crate::limits::Ask {
+        let ask = crate::accounting::limits::Ask {
             key: k,
             prompt_bytes: prompt_bytes(&req.prompt),
             max_tokens: req.sampling.max_tokens.map(u64::from),
@@ -271,7 +272,7 @@ async fn serve_valid(
     };
     let include_usage = req.include_usage;
     let client_seed = req.sampling.seed;
-    let fingerprint = crate::affinity::fingerprint(session, &req);
+    let fingerprint = crate::policy::affinity::fingerprint(session, &req);
     // A session belongs to the key that names it: another key naming the same id gets
     // another session.
     let session_key = session.filter(|s| !s.is_empty() && s.len() <= 256).map(|s| {
@@ -525,7 +526,7 @@ fn identity<'a>(session: Option<&'a str>, user: Option<&'a str>, caller: &'a aut
 fn trace_version(rec: &mut RequestRecord, dep: &router::Deployment) {
     rec.model_version = dep.version.as_ref().map(|v| v.label());
     rec.model_sha256 = dep.model_sha256().map(str::to_owned);
-    rec.release = dep.version.clone();
+    rec.release = dep.version.clone().map(|v| v as Arc<dyn crate::accounting::VersionOutcome>);
 }
 
 fn finish_of(body: &serde_json::Map<String, Value>) -> Option<&str> {

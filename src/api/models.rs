@@ -17,9 +17,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::error::ApiError;
 use super::{auth, AppState};
-use crate::accounting::now_ms;
+use crate::clock::now_ms;
+use crate::protocol::error::ApiError;
 use crate::release::{AuditEntry, ModelLive, Stages};
 use crate::router::Deployment;
 
@@ -76,7 +76,7 @@ async fn prepare(st: &AppState, model: &str, version: &str) -> Result<(Vec<Arc<D
             if !t.release.as_ref().is_some_and(|r| r.model == model && r.version.is_none()) {
                 continue;
             }
-            let dc = crate::deploy::version_config(t, &meta, &st.releases);
+            let dc = crate::router::build::version_config(t, &meta, &st.releases);
             if out.iter().any(|d| d.name() == dc.name) {
                 continue;
             }
@@ -90,12 +90,13 @@ async fn prepare(st: &AppState, model: &str, version: &str) -> Result<(Vec<Arc<D
                 Some(d) => d.clone(),
                 None => {
                     let d =
-                        crate::deploy::load_version(&live.config, dc, &meta, mlive.clone(), st.clock.clone()).await?;
+                        crate::router::build::load_version(&live.config, dc, &meta, mlive.clone(), st.clock.clone())
+                            .await?;
                     fresh.push(d.name().to_owned());
                     d
                 }
             };
-            crate::deploy::smoke_test(&dep).await.map_err(|e| format!("{}: {e}", dep.name()))?;
+            crate::router::build::smoke_test(&dep).await.map_err(|e| format!("{}: {e}", dep.name()))?;
             tracing::info!(deployment = dep.name(), ready_ms = started.elapsed().as_millis() as u64, "version ready");
             out.push(dep);
         }

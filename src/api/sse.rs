@@ -17,10 +17,10 @@ use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use super::error::ApiError;
 use crate::accounting::{Accounting, RequestRecord, Tap};
 use crate::backend::{Chunk, EventStream};
 use crate::cache::{Cached, Leader};
+use crate::protocol::error::ApiError;
 use crate::protocol::Endpoint;
 use crate::router::Deployment;
 

@@ -11,9 +11,9 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
-use super::error::ApiError;
 use super::{auth, AppState};
-use crate::usage::{GroupBy, Query};
+use crate::accounting::usage::{GroupBy, Query};
+use crate::protocol::error::ApiError;
 
 pub async fn usage(State(st): State<Arc<AppState>>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
     match run(&st, &headers, &uri).await {
@@ -66,7 +66,7 @@ fn parse(pairs: Vec<(String, String)>, now_ms: u64) -> Result<Query, ApiError> {
 
 async fn run(st: &Arc<AppState>, headers: &HeaderMap, uri: &axum::http::Uri) -> Result<serde_json::Value, ApiError> {
     auth::authenticate_admin(&st.live().auth, headers)?;
-    let query = parse(pairs(uri)?, crate::accounting::now_ms())?;
+    let query = parse(pairs(uri)?, crate::clock::now_ms())?;
     let Some(ledger) = st.accounting.ledger.clone() else {
         return Err(ApiError::invalid_request("The ledger is off (ledger.enabled = false).", None));
     };
@@ -76,7 +76,7 @@ async fn run(st: &Arc<AppState>, headers: &HeaderMap, uri: &axum::http::Uri) -> 
             tracing::error!("usage: cannot open the ledger: {e}");
             ApiError::unavailable("The ledger database cannot be read right now.")
         })?;
-        crate::usage::report(&c, &query).map_err(|e| {
+        crate::accounting::usage::report(&c, &query).map_err(|e| {
             tracing::error!("usage: query failed: {e}");
             ApiError::unavailable("The ledger database cannot be read right now.")
         })

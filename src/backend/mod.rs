@@ -1,5 +1,5 @@
 //! The `Backend` trait and the remote kinds: OpenAI-compatible servers ([`openai`]) and
-//! Ollama ([`ollama`]). The embedded engine implements the same trait in `crate::engine`.
+//! Ollama ([`ollama`]). The embedded engine (module `engine`, a layer above) implements the same trait.
 //!
 //! A backend answers a validated request with either one full OpenAI-shaped body or a stream
 //! of OpenAI-shaped chunks. It knows nothing of HTTP on the client side, of retries or of
@@ -18,7 +18,7 @@ use futures::stream::BoxStream;
 use http::StatusCode;
 use serde_json::{Map, Value};
 
-use crate::api::error::ApiError;
+use crate::protocol::error::ApiError;
 use crate::protocol::{Usage, ValidRequest};
 
 /// One OpenAI-shaped streaming chunk (`chat.completion.chunk` or `text_completion`).

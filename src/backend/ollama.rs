@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::fmt::Display;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
@@ -21,8 +21,8 @@ use serde_json::{json, Map, Value};
 use super::{
     classify_reqwest, parse_retry_after, Backend, BackendError, BackendReply, BackendRequest, Chunk, EventStream,
 };
-use crate::api::error::ApiError;
 use crate::config::{DeploymentConfig, RemoteConfig};
+use crate::protocol::error::ApiError;
 use crate::protocol::{Endpoint, Prompt, Sampling, Usage, ValidRequest};
 
 /// The longest NDJSON line accepted; a final `/api/generate` line carries the whole context.
@@ -287,7 +287,7 @@ struct Head {
 impl Head {
     fn new(endpoint: Endpoint, model: &str) -> Self {
         let prefix = if endpoint == Endpoint::Chat { "chatcmpl-" } else { "cmpl-" };
-        let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let created = crate::clock::now_s();
         Head { id: format!("{prefix}{}", uuid::Uuid::new_v4().simple()), created, model: model.to_owned() }
     }
 

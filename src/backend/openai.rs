@@ -15,8 +15,8 @@ use serde_json::{Map, Value};
 
 use super::sse::SseParser;
 use super::{classify_reqwest, parse_retry_after, Backend, BackendError, BackendReply, BackendRequest, Chunk};
-use crate::api::error::ApiError;
 use crate::config::{DeploymentConfig, RemoteConfig};
+use crate::protocol::error::ApiError;
 use crate::protocol::{Endpoint, Usage};
 
 pub struct OpenAiBackend {

@@ -65,7 +65,7 @@ impl FileStore {
             id: id.to_owned(),
             object: "file".into(),
             bytes,
-            created_at: crate::accounting::now_ms() / 1000,
+            created_at: crate::clock::now_ms() / 1000,
             filename: filename.to_owned(),
             purpose: purpose.to_owned(),
             status: "processed".into(),

@@ -24,7 +24,6 @@
 //! cancelling → cancelled (results made so far are kept and published); expired when the
 //! completion window passes (likewise).
 
-pub mod client;
 pub mod files;
 pub mod input;
 
@@ -89,10 +88,6 @@ struct Stored {
     batch: BatchObject,
     /// The creating key's name (`None` in open mode).
     key: Option<String>,
-}
-
-fn now_s() -> u64 {
-    crate::accounting::now_ms() / 1000
 }
 
 /// One finished line in `results.jsonl`.
@@ -249,7 +244,7 @@ impl Batches {
             self.files.data_path(input_file_id).ok_or_else(|| CreateError::NotFound(input_file_id.to_owned()))?;
         let bytes = std::fs::read(&path).map_err(CreateError::Io)?;
         let id = format!("batch_{}", uuid::Uuid::new_v4().simple());
-        let now = now_s();
+        let now = crate::clock::now_s();
         let mut b = BatchObject {
             id: id.clone(),
             object: "batch".into(),
@@ -305,7 +300,7 @@ impl Batches {
         }
         let b = self.update(id, |b| {
             b.status = "cancelling".into();
-            b.cancelling_at = Some(now_s());
+            b.cancelling_at = Some(crate::clock::now_s());
         });
         if let Some(r) = self.running.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
             r.cancel.cancel();
@@ -401,7 +396,7 @@ impl Batches {
             self.update(id, |b| {
                 if b.status == "validating" {
                     b.status = "in_progress".into();
-                    b.in_progress_at = Some(now_s());
+                    b.in_progress_at = Some(crate::clock::now_s());
                 }
                 b.request_counts = Counts { total: lines.len() as u64, completed: ok, failed };
             });
@@ -422,7 +417,7 @@ impl Batches {
                     _ = stop.cancelled() => break,
                 };
                 let Ok(permit) = permit else { break };
-                if now_s() >= expires {
+                if crate::clock::now_s() >= expires {
                     break;
                 }
                 let (custom_id, body) = lines[i].clone();
@@ -436,8 +431,8 @@ impl Batches {
                     let (status, resp) = loop {
                         let (status, resp) = exec(endpoint, key.clone(), bid.clone(), req_id.clone(), body.clone()).await;
                         // Every deployment's batch slots are taken: wait for one, not a try.
-                        if status == 429 && resp["error"]["code"] == crate::api::error::BUSY {
-                            if stop.is_cancelled() || cancel.is_cancelled() || now_s() >= expires {
+                        if status == 429 && resp["error"]["code"] == crate::protocol::error::BUSY {
+                            if stop.is_cancelled() || cancel.is_cancelled() || crate::clock::now_s() >= expires {
                                 return; // never started: not recorded
                             }
                             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -505,7 +500,7 @@ impl Batches {
             .update(id, |b| {
                 if b.status != "cancelling" {
                     b.status = "finalizing".into();
-                    b.finalizing_at.get_or_insert(now_s());
+                    b.finalizing_at.get_or_insert(crate::clock::now_s());
                 }
                 if done.values().any(|d| d.ok) {
                     b.output_file_id.get_or_insert_with(FileStore::new_id);
@@ -534,7 +529,7 @@ impl Batches {
         }
         let ok = done.values().filter(|d| d.ok).count() as u64;
         self.update(id, |b| {
-            let now = Some(now_s());
+            let now = Some(crate::clock::now_s());
             b.request_counts = Counts { total: total as u64, completed: ok, failed: done.len() as u64 - ok };
             b.status = end.into();
             match end {

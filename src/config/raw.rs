@@ -181,8 +181,8 @@ pub struct AliasFile {
 pub struct RouterFile {
     pub small: String,
     pub large: String,
-    /// Overrides of the rule scorer's weights and threshold (`crate::smallroute`).
-    pub weights: Option<crate::smallroute::RouterWeights>,
+    /// Overrides of the rule scorer's weights and threshold (`crate::policy::smallroute`).
+    pub weights: Option<crate::policy::smallroute::RouterWeights>,
     /// A small-model answer cut at max_tokens (`finish_reason: length`) is asked again of the
     /// large model (non-streamed requests). Errors always escalate.
     pub escalate_on_length: Option<bool>,

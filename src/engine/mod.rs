@@ -15,7 +15,7 @@ pub mod text;
 pub mod worker;
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -25,9 +25,9 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
-use crate::api::error::ApiError;
 use crate::backend::{Backend, BackendError, BackendReply, BackendRequest, Chunk};
 use crate::config::{DeploymentConfig, LocalConfig};
+use crate::protocol::error::ApiError;
 use crate::protocol::{Endpoint, Prompt, Usage, ValidRequest};
 use model_info::ModelInfo;
 use worker::{EngineSettings, Event, GenParams, Job, Queue, Timings};
@@ -549,7 +549,7 @@ impl Backend for LocalBackend {
                 if br.req.endpoint == Endpoint::Chat { "chatcmpl-" } else { "cmpl-" },
                 uuid::Uuid::new_v4().simple()
             ),
-            created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            created: crate::clock::now_s(),
             model: self.name.clone(),
             fingerprint: format!("tollgate-{}", &self.info.sha256[..12.min(self.info.sha256.len())]),
         };

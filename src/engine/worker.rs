@@ -68,6 +68,7 @@ use super::prefix::{PrefixCache, MIN_REUSE};
 use super::sessions::{Restored, SessionFiles};
 use super::text::TextStream;
 use crate::backend::Priority;
+use crate::clock::ms;
 
 /// Sampling settings as the engine applies them.
 #[derive(Clone, Debug)]
@@ -568,10 +569,6 @@ pub fn run(
         queue.active.store(slots.iter().filter(|s| s.is_some()).count(), Ordering::Relaxed);
     }
     tracing::info!(engine = %set.name, "engine thread stopped");
-}
-
-fn ms(d: std::time::Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 /// Chooses the free slot for `job` and fills its KV with the longest reusable prefix of the

@@ -1,8 +1,9 @@
 //! Model releases: which registry version of a model answers (production, and a staging
 //! canary by its weight), the sticky assignment of identities to the canary, the canary's
 //! comparison with production and its automatic rollback, and the durable record of every
-//! change ([`store`]). Loading a version and swapping it into the routes is `crate::deploy`'s
-//! and the admin API's (`crate::api::models`) work; this module owns the state and its rules.
+//! change ([`store`]). Loading a version and swapping it into the routes is the work of the
+//! layers above (the router's `build` and the admin API's `models`); this module owns the
+//! state and its rules.
 //!
 //! Sticky assignment: an identity (the `x-session-id`, else the request's `user`, else the
 //! API key) hashes with the model's name to a bucket in 0..10,000; the canary answers the
@@ -16,7 +17,6 @@
 //! rate exceeds production's by `error_rate_margin`, or its p95 latency exceeds
 //! production's by `p95_margin` (a fraction); an alert fires and the audit record says why.
 
-pub mod cli;
 pub mod store;
 
 use std::collections::{HashMap, VecDeque};
@@ -25,13 +25,14 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use serde_json::json;
 
-use crate::accounting::{now_ms, RequestRecord};
+use crate::accounting::RequestRecord;
+use crate::clock::now_ms;
 use crate::config::{Config, ModelConfig, RollbackPolicy};
 use crate::registry::Registry;
 pub use store::{AuditEntry, Stages, Store};
 
 /// Outcomes kept per version for the canary comparison.
-pub const WINDOW: usize = 1000;
+use crate::config::ROLLBACK_WINDOW as WINDOW;
 const BUCKETS: u64 = 10_000;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -244,12 +245,14 @@ impl VersionTag {
             l.observe(&self.version, true, None);
         }
     }
+}
 
+impl crate::accounting::VersionOutcome for VersionTag {
     /// A request this version answered has ended. Its latency counts only when this version
     /// answered at the first attempt (a fallback's time includes another version's failure).
-    pub fn observe(&self, rec: &RequestRecord) {
+    fn observe(&self, rec: &RequestRecord) {
         if let Some(l) = &self.live {
-            let error = crate::monitor::is_error(rec);
+            let error = crate::accounting::monitor::is_error(rec);
             l.observe(&self.version, error, (!error && rec.attempts <= 1).then_some(rec.total_ms));
         }
     }
@@ -262,7 +265,7 @@ pub struct Releases {
     models: RwLock<HashMap<String, Arc<ModelLive>>>,
     /// One change at a time (a promotion loads a model: seconds).
     pub ops: tokio::sync::Mutex<()>,
-    monitor: Option<Arc<crate::accounting::Accounting>>,
+    monitor: Option<Arc<crate::accounting::monitor::Monitor>>,
     pub auto_rollbacks: AtomicU64,
 }
 
@@ -270,14 +273,17 @@ impl Releases {
     /// Opens the store under the data directory and brings every `[[model]]` of the
     /// configuration live: with its stored stages, or (the first time) with the stages
     /// `routes/` declares, recorded as a `seed` change.
-    pub fn open(cfg: &Config, accounting: Option<Arc<crate::accounting::Accounting>>) -> Result<Arc<Releases>, String> {
+    pub fn open(
+        cfg: &Config,
+        monitor: Option<Arc<crate::accounting::monitor::Monitor>>,
+    ) -> Result<Arc<Releases>, String> {
         let store = Store::open(&cfg.server.data_dir.join("releases.sqlite"))?;
         let r = Arc::new(Releases {
             registry: Registry::new(cfg.server.registry_dir.clone()),
             store: Mutex::new(store),
             models: RwLock::new(HashMap::new()),
             ops: tokio::sync::Mutex::new(()),
-            monitor: accounting,
+            monitor,
             auto_rollbacks: AtomicU64::new(0),
         });
         r.configure(cfg)?;
@@ -400,9 +406,9 @@ impl Releases {
             tracing::error!(model = %live.name, "the automatic rollback could not be recorded: {e}");
         }
         drop(store);
-        if let Some(acc) = &self.monitor {
-            acc.monitor.emit(crate::monitor::Alert {
-                kind: crate::monitor::AlertKind::CanaryRollback,
+        if let Some(monitor) = &self.monitor {
+            monitor.emit(crate::accounting::monitor::Alert {
+                kind: crate::accounting::monitor::AlertKind::CanaryRollback,
                 deployment: format!("{}@{version}", live.name),
                 value: v.value,
                 threshold: v.threshold,

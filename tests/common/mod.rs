@@ -42,7 +42,7 @@ impl Gateway {
         gateway_toml: &str,
         routes: &[(&str, &str)],
         env: &[(&str, &str)],
-        clock: std::sync::Arc<dyn tollgate::router::Clock>,
+        clock: std::sync::Arc<dyn tollgate::clock::Clock>,
     ) -> Gateway {
         Self::start_in(tempfile::tempdir().unwrap(), gateway_toml, routes, &[], env, Some(clock)).await
     }
@@ -54,7 +54,7 @@ impl Gateway {
         routes: &[(&str, &str)],
         prompts: &[(&str, &str)],
         env: &[(&str, &str)],
-        clock: Option<std::sync::Arc<dyn tollgate::router::Clock>>,
+        clock: Option<std::sync::Arc<dyn tollgate::clock::Clock>>,
     ) -> Gateway {
         std::fs::create_dir_all(dir.path().join("prompts")).unwrap();
         for (name, text) in prompts {
@@ -71,7 +71,7 @@ impl Gateway {
             env.iter().find(|(a, _)| a == k).map(|(_, b)| b.clone()).or_else(|| std::env::var(k).ok())
         })
         .unwrap_or_else(|e| panic!("config: {e}"));
-        let clock = clock.unwrap_or_else(|| std::sync::Arc::new(tollgate::router::SystemClock));
+        let clock = clock.unwrap_or_else(|| std::sync::Arc::new(tollgate::clock::SystemClock));
         let running = tollgate::api::spawn_with_clock(&cfg, "127.0.0.1:0".parse().unwrap(), clock).await.unwrap();
         Gateway { running, dir }
     }

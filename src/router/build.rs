@@ -10,10 +10,11 @@ use std::sync::Arc;
 use crate::backend::ollama::OllamaBackend;
 use crate::backend::openai::OpenAiBackend;
 use crate::backend::{Backend, BackendReply, BackendRequest, Priority};
+use crate::clock::Clock;
 use crate::config::{Config, DeploymentConfig, DeploymentKind, RemoteConfig};
 use crate::registry::VersionMeta;
 use crate::release::{ModelLive, Releases, VersionTag};
-use crate::router::{Alias, Canary, Clock, Deployment, Routes};
+use crate::router::{Alias, Canary, Deployment, Routes};
 
 /// Deployments already loaded, by name: reused when their settings are the same.
 type Loaded = HashMap<String, Arc<Deployment>>;

@@ -1,5 +1,10 @@
 //! The `tollgate` command line: `serve`, `check-config`, `keys new`, `usage`, `batch run`,
-//! `models` (`crate::release::cli`).
+//! `models` ([`models`]); `serve` runs the gateway under its signals ([`serve`]).
+
+pub mod batch;
+pub mod logging;
+pub mod models;
+pub mod serve;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,7 +61,7 @@ pub enum Command {
     /// The model registry and release changes (promote, canary, rollback, audit).
     Models {
         #[command(subcommand)]
-        command: crate::release::cli::ModelsCommand,
+        command: models::ModelsCommand,
     },
     /// Bulk jobs through a running gateway's Batch API.
     Batch {
@@ -133,7 +138,7 @@ pub fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::from(2);
                 }
             };
-            crate::logging::init(cfg.server.log_json || log_json);
+            logging::init(cfg.server.log_json || log_json);
             let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -141,7 +146,7 @@ pub fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(crate::server::run(cfg, opts)) {
+            match rt.block_on(serve::run(cfg, opts)) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -164,8 +169,8 @@ pub fn main() -> std::process::ExitCode {
             }
         }
         Command::Batch { command: BatchCommand::Run { input, output, url, api_key, completion_window, quiet } } => {
-            let args = crate::batch::client::Args { url, api_key, input, output, completion_window, quiet };
-            match crate::batch::client::run(args) {
+            let args = batch::Args { url, api_key, input, output, completion_window, quiet };
+            match batch::run(args) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("tollgate batch: {e:#}");
@@ -179,7 +184,7 @@ pub fn main() -> std::process::ExitCode {
                     if json {
                         println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
                     } else {
-                        print!("{}", crate::usage::table(&report));
+                        print!("{}", crate::accounting::usage::table(&report));
                     }
                     std::process::ExitCode::SUCCESS
                 }
@@ -189,7 +194,7 @@ pub fn main() -> std::process::ExitCode {
                 }
             }
         }
-        Command::Models { command } => match crate::release::cli::run(command) {
+        Command::Models { command } => match models::run(command) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("tollgate models: {e}");
@@ -216,7 +221,7 @@ fn usage(
 ) -> anyhow::Result<serde_json::Value> {
     let secs = crate::config::duration_secs(since)
         .ok_or_else(|| anyhow::anyhow!("--since '{since}' is not like 30m, 24h or 7d"))?;
-    let now = crate::accounting::now_ms() / 1000;
+    let now = crate::clock::now_ms() / 1000;
     let mut q: Vec<(&str, String)> = vec![
         ("start_time", now.saturating_sub(secs).to_string()),
         ("end_time", (now + 1).to_string()),

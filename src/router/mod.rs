@@ -22,63 +22,31 @@
 //! open it for `OPEN_FOR`; then one probe request is let through (half-open): success
 //! closes it, failure opens it again.
 
+pub mod breaker;
+pub mod build;
+
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use rand::Rng;
 use serde_json::Map;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::api::error::ApiError;
 use crate::backend::{Backend, BackendError, BackendReply, BackendRequest, Chunk, EventStream, Priority};
+use crate::clock::Clock;
 use crate::config::DeploymentConfig;
+use crate::protocol::error::ApiError;
 use crate::protocol::Usage;
+pub use breaker::Breaker;
 
 pub const FAILURE_THRESHOLD: u32 = 5;
 pub const OPEN_FOR: Duration = Duration::from_secs(10);
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 const BACKOFF_BASE: Duration = Duration::from_millis(50);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
-
-/// Time, injectable so that tests of the breaker need no sleeps.
-pub trait Clock: Send + Sync {
-    fn now(&self) -> Instant;
-}
-
-pub struct SystemClock;
-impl Clock for SystemClock {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-}
-
-/// A clock that moves only when told: for tests of anything timed (breakers, rate limits,
-/// windows), in unit tests and in a gateway started by an integration test.
-pub struct ManualClock(Mutex<Instant>);
-
-impl ManualClock {
-    pub fn new() -> Self {
-        ManualClock(Mutex::new(Instant::now()))
-    }
-    pub fn advance(&self, d: Duration) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) += d;
-    }
-}
-
-impl Default for ManualClock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Instant {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
 
 /// A deployment: one backend, its limits and its health.
 pub struct Deployment {
@@ -152,10 +120,10 @@ pub struct Alias {
     pub name: String,
     pub description: Option<String>,
     pub deployments: Vec<Arc<Deployment>>,
-    /// Prefix-affine routing over replicas (see `crate::affinity`), with its load factor;
+    /// Prefix-affine routing over replicas (see `crate::policy::affinity`), with its load factor;
     /// `None`: the declared order.
     pub affinity: Option<f64>,
-    /// A small-model router: requests go to one of two other aliases (`crate::smallroute`).
+    /// A small-model router: requests go to one of two other aliases (`crate::policy::smallroute`).
     pub auto: Option<crate::config::AutoRouterConfig>,
     /// A registry model's canary, when one has a staging version.
     pub canary: Option<Canary>,
@@ -197,7 +165,7 @@ impl Alias {
         let names: Vec<&str> = self.deployments.iter().map(|d| d.name()).collect();
         let loads: Vec<u64> =
             self.deployments.iter().map(|d| (d.cfg.max_concurrency - d.permits.available_permits()) as u64).collect();
-        crate::affinity::order(&names, &loads, fingerprint, factor)
+        crate::policy::affinity::order(&names, &loads, fingerprint, factor)
             .into_iter()
             .map(|i| self.deployments[i].clone())
             .collect()
@@ -386,112 +354,9 @@ async fn attempt(dep: &Deployment, req: &BackendRequest) -> Result<Committed, Ba
     }
 }
 
-/// A consecutive-failure circuit breaker with a half-open probe.
-pub struct Breaker {
-    clock: Arc<dyn Clock>,
-    failures: AtomicU32,
-    state: Mutex<BreakerState>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum BreakerState {
-    Closed,
-    Open {
-        until: Instant,
-    },
-    /// A probe is in flight since then. A probe whose request vanished (its client left
-    /// mid-attempt) is given up after `OPEN_FOR`, and another caller probes.
-    HalfOpen {
-        since: Instant,
-    },
-}
-
-impl Breaker {
-    pub fn new(clock: Arc<dyn Clock>) -> Self {
-        Breaker { clock, failures: AtomicU32::new(0), state: Mutex::new(BreakerState::Closed) }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BreakerState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// May a request go to this deployment now? Past the open period, the first caller
-    /// becomes the probe.
-    pub fn allow(&self) -> bool {
-        let mut st = self.lock();
-        let now = self.clock.now();
-        match *st {
-            BreakerState::Closed => true,
-            BreakerState::Open { until } if now >= until => {
-                *st = BreakerState::HalfOpen { since: now };
-                true
-            }
-            BreakerState::HalfOpen { since } if now >= since + OPEN_FOR => {
-                *st = BreakerState::HalfOpen { since: now };
-                true
-            }
-            BreakerState::Open { .. } | BreakerState::HalfOpen { .. } => false,
-        }
-    }
-
-    /// Retries on the same deployment stop once the breaker has opened.
-    fn allow_retry(&self) -> bool {
-        matches!(*self.lock(), BreakerState::Closed)
-    }
-
-    pub fn is_open(&self) -> bool {
-        !matches!(*self.lock(), BreakerState::Closed)
-    }
-
-    pub fn success(&self) {
-        self.failures.store(0, Ordering::Relaxed);
-        *self.lock() = BreakerState::Closed;
-    }
-
-    /// A half-open probe that ended with a client error proves nothing either way.
-    fn release_probe(&self) {
-        let mut st = self.lock();
-        if matches!(*st, BreakerState::HalfOpen { .. }) {
-            *st = BreakerState::Open { until: self.clock.now() };
-        }
-    }
-
-    pub fn failure(&self) {
-        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut st = self.lock();
-        if matches!(*st, BreakerState::HalfOpen { .. }) || n >= FAILURE_THRESHOLD {
-            *st = BreakerState::Open { until: self.clock.now() + OPEN_FOR };
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn breaker_opens_probes_and_closes() {
-        let clock = Arc::new(ManualClock::new());
-        let b = Breaker::new(clock.clone());
-        for _ in 0..FAILURE_THRESHOLD - 1 {
-            b.failure();
-            assert!(b.allow());
-        }
-        b.failure();
-        assert!(!b.allow(), "open after the threshold");
-        clock.advance(OPEN_FOR);
-        assert!(b.allow(), "the first caller after the open period probes");
-        assert!(!b.allow(), "only one probe at a time");
-        b.failure();
-        assert!(!b.allow(), "a failed probe opens it again");
-        clock.advance(OPEN_FOR);
-        assert!(b.allow(), "probing again after the open period");
-        // That probe's request vanished: after another period someone else probes.
-        clock.advance(OPEN_FOR);
-        assert!(b.allow());
-        b.success();
-        assert!(b.allow() && b.allow(), "a good probe closes it");
-    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

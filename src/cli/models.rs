@@ -133,12 +133,12 @@ pub fn run(cmd: ModelsCommand) -> Result<(), String> {
             let reg = Registry::new(dir);
             let metas = reg.list()?;
             let db = data.join("releases.sqlite");
-            let mut stored = if db.exists() { super::Store::open(&db)?.all()? } else { Default::default() };
+            let mut stored = if db.exists() { crate::release::Store::open(&db)?.all()? } else { Default::default() };
             // Before the first start, the stages are what routes/ declares.
             let opts = crate::config::LoadOptions { config: place.config.clone(), ..Default::default() };
             if let Ok(cfg) = crate::config::load(&opts) {
                 for m in &cfg.models {
-                    stored.entry(m.name.clone()).or_insert_with(|| super::declared(m));
+                    stored.entry(m.name.clone()).or_insert_with(|| crate::release::declared(m));
                 }
             }
             if json {
@@ -146,7 +146,7 @@ pub fn run(cmd: ModelsCommand) -> Result<(), String> {
                     .iter()
                     .map(|m| {
                         let mut v = serde_json::to_value(m).unwrap_or(Value::Null);
-                        v["stage"] = json!(super::stage_of(stored.get(&m.name), &m.version));
+                        v["stage"] = json!(crate::release::stage_of(stored.get(&m.name), &m.version));
                         v
                     })
                     .collect();
@@ -163,7 +163,7 @@ pub fn run(cmd: ModelsCommand) -> Result<(), String> {
             );
             for m in &metas {
                 let s = stored.get(&m.name);
-                let mut stage = super::stage_of(s, &m.version).to_owned();
+                let mut stage = crate::release::stage_of(s, &m.version).to_owned();
                 if let Some(s) = s.filter(|s| s.staging.as_deref() == Some(m.version.as_str())) {
                     stage = format!("staging {}%", s.canary_weight);
                 } else if s.is_some_and(|s| s.previous.as_deref() == Some(m.version.as_str())) {

@@ -9,7 +9,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::api::error::ApiError;
+pub mod error;
+
+use error::ApiError;
 
 /// Which OpenAI endpoint a request came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

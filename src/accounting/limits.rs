@@ -31,9 +31,9 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use rust_decimal::Decimal;
 
-use crate::api::error::ApiError;
+use crate::clock::Clock;
 use crate::config::{ApiKeyConfig, KeyLimits};
-use crate::router::Clock;
+use crate::protocol::error::ApiError;
 
 /// The gateway's clock as governor sees it.
 #[derive(Clone)]
@@ -406,7 +406,7 @@ impl Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::ManualClock;
+    use crate::clock::ManualClock;
     use std::str::FromStr;
 
     fn key(limits: KeyLimits) -> ApiKeyConfig {

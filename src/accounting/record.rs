@@ -1,24 +1,27 @@
-//! Accounting: one [`RequestRecord`] per request, built by a [`Tap`] that observes the
-//! response as it passes (it never holds a token back). [`Accounting::finish`] prices it
-//! ([`crate::pricing`]), settles its rate-limit admission and budget ([`crate::limits`]),
-//! journals it to the durable ledger ([`crate::ledger`]), feeds the monitors
-//! ([`crate::monitor`]) and the Prometheus series, and logs one structured line.
+//! The per-request record: one [`RequestRecord`] per request, filled by a [`Tap`] that
+//! observes the response as it passes (it never holds a token back), then handed to
+//! [`crate::accounting::Accounting::finish`].
 //!
 //! Token counts come from the backend's usage report when there is one (`TokenSource::Reported`);
 //! otherwise they are counted with tiktoken's cl100k_base (`TokenSource::Counted`), so a
 //! stream never loses its usage.
 
-use std::collections::HashMap;
-use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::limits::Admission;
+use crate::accounting::limits::Admission;
+use crate::clock::{ms, now_ms};
 use crate::pricing::{Cost, Price, Tokens};
 use crate::protocol::{Endpoint, Usage};
+
+/// What a finished record is reported to besides the sinks: the registry version that
+/// served it (its canary comparison). A trait, so the record names no module above it.
+pub trait VersionOutcome: Send + Sync + std::fmt::Debug {
+    fn observe(&self, rec: &RequestRecord);
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -78,7 +81,7 @@ pub struct RequestRecord {
     pub seed: Option<i64>,
     /// The registry version's canary comparison, told how this request ended.
     #[serde(skip)]
-    pub release: Option<Arc<crate::release::VersionTag>>,
+    pub release: Option<Arc<dyn VersionOutcome>>,
     /// The serving deployment's price (set with the deployment).
     #[serde(skip)]
     pub price: Option<Price>,
@@ -284,220 +287,12 @@ impl Tap {
     }
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 /// Counts tokens with cl100k_base, loaded on first use (only for backends that report none).
 pub fn count_tokens(text: &str) -> u64 {
     static BPE: OnceLock<Option<tiktoken_rs::CoreBPE>> = OnceLock::new();
     match BPE.get_or_init(|| tiktoken_rs::cl100k_base().ok()) {
         Some(bpe) => bpe.encode_ordinary(text).len() as u64,
         None => text.len().div_ceil(4) as u64,
-    }
-}
-
-/// Latency buckets in seconds.
-const BUCKETS: [f64; 16] =
-    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
-
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    fn observe(&mut self, secs: f64) {
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.counts[i] += 1;
-        }
-        self.sum += secs;
-        self.count += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cum = 0;
-        for (b, c) in BUCKETS.iter().zip(self.counts) {
-            cum += c;
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cum}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
-    }
-}
-
-#[derive(Default)]
-struct Series {
-    by_status: HashMap<u16, u64>,
-    prompt_tokens: u64,
-    completion_tokens: u64,
-    cached_tokens: u64,
-    cost_usd: rust_decimal::Decimal,
-    saved_usd: rust_decimal::Decimal,
-    latency: Histogram,
-    ttft: Histogram,
-    tpot: Histogram,
-}
-
-/// Prometheus series per (alias, deployment).
-#[derive(Default)]
-pub struct Metrics {
-    series: Mutex<HashMap<(String, String), Series>>,
-}
-
-impl Metrics {
-    pub fn record(&self, r: &RequestRecord) {
-        let key = (r.alias.clone(), r.deployment.clone().unwrap_or_default());
-        let mut m = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        let s = m.entry(key).or_default();
-        *s.by_status.entry(r.status).or_default() += 1;
-        s.prompt_tokens += r.prompt_tokens;
-        s.completion_tokens += r.completion_tokens;
-        s.cached_tokens += r.cached_tokens;
-        if let Some(c) = &r.cost {
-            s.cost_usd += c.usd;
-            s.saved_usd += c.saved_usd;
-        }
-        s.latency.observe(r.total_ms / 1000.0);
-        if let Some(t) = r.ttft_ms {
-            s.ttft.observe(t / 1000.0);
-            if r.completion_tokens >= 2 {
-                s.tpot.observe((r.total_ms - t).max(0.0) / 1000.0 / (r.completion_tokens - 1) as f64);
-            }
-        }
-    }
-
-    pub fn render(&self, out: &mut String) {
-        let m = self.series.lock().unwrap_or_else(|p| p.into_inner());
-        let mut keys: Vec<_> = m.keys().cloned().collect();
-        keys.sort();
-        let lbl = |k: &(String, String)| format!("alias=\"{}\",deployment=\"{}\"", esc(&k.0), esc(&k.1));
-        out.push_str("# HELP tollgate_requests_total Requests by alias, deployment and HTTP status.\n# TYPE tollgate_requests_total counter\n");
-        for k in &keys {
-            let mut st: Vec<_> = m[k].by_status.iter().collect();
-            st.sort();
-            for (code, n) in st {
-                let _ = writeln!(out, "tollgate_requests_total{{{},status=\"{code}\"}} {n}", lbl(k));
-            }
-        }
-        out.push_str("# HELP tollgate_tokens_total Tokens by alias, deployment and kind.\n# TYPE tollgate_tokens_total counter\n");
-        for k in &keys {
-            let s = &m[k];
-            for (kind, n) in
-                [("prompt", s.prompt_tokens), ("completion", s.completion_tokens), ("cached", s.cached_tokens)]
-            {
-                let _ = writeln!(out, "tollgate_tokens_total{{{},kind=\"{kind}\"}} {n}", lbl(k));
-            }
-        }
-        out.push_str("# HELP tollgate_cost_usd_total What requests cost, in USD, by alias and deployment (priced deployments).\n# TYPE tollgate_cost_usd_total counter\n");
-        for k in &keys {
-            let _ = writeln!(out, "tollgate_cost_usd_total{{{}}} {}", lbl(k), m[k].cost_usd);
-        }
-        out.push_str("# HELP tollgate_saved_usd_total What reuse saved (cache hits, reused prefix tokens), in USD.\n# TYPE tollgate_saved_usd_total counter\n");
-        for k in &keys {
-            let _ = writeln!(out, "tollgate_saved_usd_total{{{}}} {}", lbl(k), m[k].saved_usd);
-        }
-        out.push_str("# HELP tollgate_request_duration_seconds Total request time.\n# TYPE tollgate_request_duration_seconds histogram\n");
-        for k in &keys {
-            m[k].latency.render(out, "tollgate_request_duration_seconds", &lbl(k));
-        }
-        out.push_str("# HELP tollgate_time_to_first_token_seconds Time to the first generated token.\n# TYPE tollgate_time_to_first_token_seconds histogram\n");
-        for k in &keys {
-            m[k].ttft.render(out, "tollgate_time_to_first_token_seconds", &lbl(k));
-        }
-        out.push_str("# HELP tollgate_time_per_output_token_seconds Time per generated token after the first.\n# TYPE tollgate_time_per_output_token_seconds histogram\n");
-        for k in &keys {
-            m[k].tpot.render(out, "tollgate_time_per_output_token_seconds", &lbl(k));
-        }
-    }
-}
-
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-/// Where finished records go.
-pub struct Accounting {
-    pub metrics: Metrics,
-    pub limits: crate::limits::Limits,
-    pub monitor: crate::monitor::Monitor,
-    /// The durable ledger (off with `ledger.enabled = false`).
-    pub ledger: Option<Arc<crate::ledger::Ledger>>,
-}
-
-impl Accounting {
-    /// Opens the ledger under `data_dir` (ingesting what a previous run left in its journal)
-    /// and starts the budgets from it.
-    pub fn new(cfg: &crate::config::Config, clock: Arc<dyn crate::router::Clock>) -> Self {
-        let s = &cfg.server;
-        let limits = crate::limits::Limits::new(clock.clone(), s.default_max_tokens);
-        limits.configure(&cfg.auth.keys);
-        let ledger = s.ledger.then(|| crate::ledger::Ledger::open(&s.data_dir.join("ledger")));
-        if let Some(l) = &ledger {
-            let now = now_ms();
-            let (day, month) = crate::limits::period_starts(now);
-            limits.load_spend(now, l.spend_since(day, month));
-        }
-        Accounting {
-            metrics: Metrics::default(),
-            limits,
-            monitor: crate::monitor::Monitor::new(s.monitor.clone(), clock),
-            ledger,
-        }
-    }
-
-    pub fn finish(&self, mut rec: RequestRecord) {
-        if rec.cost.is_none() {
-            rec.price_it();
-        }
-        if let Some(a) = rec.admission.take() {
-            a.settle(if rec.cache_hit { 0 } else { rec.prompt_tokens + rec.completion_tokens });
-        }
-        if let (Some(k), Some(c)) = (&rec.key, &rec.cost) {
-            self.limits.record_spend(k, c.usd, rec.started_at_ms);
-        }
-        if let Some(l) = &self.ledger {
-            l.append(&rec);
-        }
-        self.metrics.record(&rec);
-        self.monitor.observe(&rec);
-        if let Some(v) = &rec.release {
-            v.observe(&rec);
-        }
-        tracing::info!(
-            target: "tollgate::request",
-            request_id = %rec.request_id,
-            key = rec.key.as_deref().unwrap_or("-"),
-            alias = %rec.alias,
-            deployment = rec.deployment.as_deref().unwrap_or("-"),
-            endpoint = rec.endpoint,
-            stream = rec.stream,
-            status = rec.status,
-            error = rec.error.unwrap_or("-"),
-            attempts = rec.attempts,
-            prompt_tokens = rec.prompt_tokens,
-            completion_tokens = rec.completion_tokens,
-            cached_tokens = rec.cached_tokens,
-            prefill_saved_ms = rec.prefill_saved_ms.map(|t| (t * 1000.0).round() / 1000.0),
-            tokens = ?rec.tokens_source,
-            ttft_ms = rec.ttft_ms.map(|t| (t * 1000.0).round() / 1000.0),
-            total_ms = (rec.total_ms * 1000.0).round() / 1000.0,
-            finish = rec.finish_reason.as_deref().unwrap_or("-"),
-            client_closed = rec.client_closed,
-            cache_hit = rec.cache_hit,
-            cost_usd = rec.cost.map(|c| c.usd.to_string()),
-            saved_usd = rec.cost.map(|c| c.saved_usd.to_string()),
-            prompt = rec.content.as_ref().map(|c| c.0.as_str()),
-            completion = rec.content.as_ref().map(|c| c.1.as_str()),
-            "request"
-        );
     }
 }
 

@@ -1,0 +1,100 @@
+//! Accounting: every finished [`RequestRecord`] goes through [`Accounting::finish`], which
+//! prices it ([`crate::pricing`]), settles its rate-limit admission and budget ([`limits`]),
+//! journals it to the durable ledger ([`ledger`]), feeds the monitors ([`monitor`]) and the
+//! Prometheus series ([`metrics`]), tells the version that served it, and logs one
+//! structured line.
+//!
+//! The record and the [`record::Tap`] that fills it live in [`record`]; `usage` reports
+//! over the ledger.
+
+pub mod ledger;
+pub mod limits;
+pub mod metrics;
+pub mod monitor;
+pub mod record;
+pub mod usage;
+
+use std::sync::Arc;
+
+pub use record::{count_tokens, RequestRecord, Tap, TokenSource, VersionOutcome};
+
+use crate::clock::now_ms;
+use metrics::Metrics;
+
+/// Where finished records go.
+pub struct Accounting {
+    pub metrics: Metrics,
+    pub limits: limits::Limits,
+    pub monitor: Arc<monitor::Monitor>,
+    /// The durable ledger (off with `ledger.enabled = false`).
+    pub ledger: Option<Arc<ledger::Ledger>>,
+}
+
+impl Accounting {
+    /// Opens the ledger under `data_dir` (ingesting what a previous run left in its journal)
+    /// and starts the budgets from it.
+    pub fn new(cfg: &crate::config::Config, clock: Arc<dyn crate::clock::Clock>) -> Self {
+        let s = &cfg.server;
+        let limits = limits::Limits::new(clock.clone(), s.default_max_tokens);
+        limits.configure(&cfg.auth.keys);
+        let ledger = s.ledger.then(|| ledger::Ledger::open(&s.data_dir.join("ledger")));
+        if let Some(l) = &ledger {
+            let now = now_ms();
+            let (day, month) = limits::period_starts(now);
+            limits.load_spend(now, l.spend_since(day, month));
+        }
+        Accounting {
+            metrics: Metrics::default(),
+            limits,
+            monitor: Arc::new(monitor::Monitor::new(s.monitor.clone(), clock)),
+            ledger,
+        }
+    }
+
+    pub fn finish(&self, mut rec: RequestRecord) {
+        if rec.cost.is_none() {
+            rec.price_it();
+        }
+        if let Some(a) = rec.admission.take() {
+            a.settle(if rec.cache_hit { 0 } else { rec.prompt_tokens + rec.completion_tokens });
+        }
+        if let (Some(k), Some(c)) = (&rec.key, &rec.cost) {
+            self.limits.record_spend(k, c.usd, rec.started_at_ms);
+        }
+        if let Some(l) = &self.ledger {
+            l.append(&rec);
+        }
+        self.metrics.record(&rec);
+        self.monitor.observe(&rec);
+        if let Some(v) = &rec.release {
+            v.observe(&rec);
+        }
+        tracing::info!(
+            target: "tollgate::request",
+            request_id = %rec.request_id,
+            key = rec.key.as_deref().unwrap_or("-"),
+            alias = %rec.alias,
+            deployment = rec.deployment.as_deref().unwrap_or("-"),
+            endpoint = rec.endpoint,
+            stream = rec.stream,
+            status = rec.status,
+            error = rec.error.unwrap_or("-"),
+            attempts = rec.attempts,
+            prompt_tokens = rec.prompt_tokens,
+            completion_tokens = rec.completion_tokens,
+            cached_tokens = rec.cached_tokens,
+            prefill_saved_ms = rec.prefill_saved_ms.map(|t| (t * 1000.0).round() / 1000.0),
+            tokens = ?rec.tokens_source,
+            ttft_ms = rec.ttft_ms.map(|t| (t * 1000.0).round() / 1000.0),
+            total_ms = (rec.total_ms * 1000.0).round() / 1000.0,
+            finish = rec.finish_reason.as_deref().unwrap_or("-"),
+            client_closed = rec.client_closed,
+            cache_hit = rec.cache_hit,
+            cost_usd = rec.cost.map(|c| c.usd.to_string()),
+            saved_usd = rec.cost.map(|c| c.saved_usd.to_string()),
+            prompt = rec.content.as_ref().map(|c| c.0.as_str()),
+            completion = rec.content.as_ref().map(|c| c.1.as_str()),
+            "request"
+        );
+    }
+}

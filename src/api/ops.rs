@@ -1,0 +1,156 @@
+//! The operator's endpoints: `/health`, `/ready`, `/metrics`, `/v1/models`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use super::{auth, AppState};
+use crate::protocol::error::ApiError;
+
+fn model_object(st: &AppState, alias: &crate::router::Alias) -> Value {
+    let deployments: Vec<Value> = alias
+        .all()
+        .map(|d| {
+            let mut o = json!({ "name": d.name(), "kind": d.cfg.kind.name() });
+            if let Some(v) = &d.version {
+                o["version"] = json!(v.label());
+                let role = match &alias.canary {
+                    Some(c) if Arc::ptr_eq(&c.staging, d) => "staging",
+                    _ if alias.standby.iter().any(|s| Arc::ptr_eq(s, d)) => "standby",
+                    _ => "production",
+                };
+                o["stage"] = json!(role);
+            }
+            if let Some(info) = d.backend.info() {
+                o["model"] = info;
+            }
+            o
+        })
+        .collect();
+    json!({
+        "id": alias.name,
+        "object": "model",
+        "created": st.created,
+        "owned_by": "tollgate",
+        "deployments": deployments,
+    })
+}
+
+pub(super) async fn models(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let live = st.live();
+    let caller = auth::authenticate(&live.auth, &headers)?;
+    let data: Vec<Value> = live
+        .routes
+        .order
+        .iter()
+        .filter_map(|n| live.routes.get(n))
+        .filter(|a| caller.allows(&a.name))
+        .map(|a| model_object(&st, a))
+        .collect();
+    Ok(axum::Json(json!({ "object": "list", "data": data })).into_response())
+}
+
+pub(super) async fn model(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let live = st.live();
+    let caller = auth::authenticate(&live.auth, &headers)?;
+    match live.routes.get(&id) {
+        Some(a) if caller.allows(&a.name) => Ok(axum::Json(model_object(&st, a)).into_response()),
+        _ => Err(ApiError::model_not_found(&id)),
+    }
+}
+
+pub(super) async fn health() -> Response {
+    axum::Json(json!({ "status": "ok" })).into_response()
+}
+
+/// Green when every alias has at least one deployment that answers its health check and
+/// whose breaker is closed.
+pub(super) async fn ready(State(st): State<Arc<AppState>>) -> Response {
+    let live = st.live();
+    let mut checks = Vec::new();
+    for name in &live.routes.order {
+        let Some(alias) = live.routes.get(name) else {
+            continue;
+        };
+        for d in alias.routed() {
+            let d = d.clone();
+            let alias = name.clone();
+            checks.push(async move {
+                let r = match tokio::time::timeout(Duration::from_secs(5), d.backend.health()).await {
+                    Ok(r) => r,
+                    Err(_) => Err("health check timed out".into()),
+                };
+                let r = r.and_then(|_| if d.breaker.is_open() { Err("circuit breaker open".into()) } else { Ok(()) });
+                (alias, d.name().to_owned(), r)
+            });
+        }
+    }
+    let results = futures::future::join_all(checks).await;
+    let mut aliases = serde_json::Map::new();
+    let mut all_ok = true;
+    for name in &live.routes.order {
+        let mine: Vec<_> = results.iter().filter(|(a, _, _)| a == name).collect();
+        let ok = mine.iter().any(|(_, _, r)| r.is_ok());
+        all_ok &= ok;
+        let deps: serde_json::Map<String, Value> = mine
+            .iter()
+            .map(|(_, d, r)| {
+                (
+                    d.clone(),
+                    match r {
+                        Ok(()) => json!({"ok": true}),
+                        Err(e) => json!({"ok": false, "error": e}),
+                    },
+                )
+            })
+            .collect();
+        aliases.insert(name.clone(), json!({ "ready": ok, "deployments": deps }));
+    }
+    let status = if all_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(json!({ "ready": all_ok, "aliases": aliases }))).into_response()
+}
+
+pub(super) async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let mut out = String::with_capacity(4096);
+    st.accounting.metrics.render(&mut out);
+    st.accounting.monitor.render(&mut out);
+    if let Some(l) = &st.accounting.ledger {
+        l.render(&mut out);
+    }
+    let live = st.live();
+    out.push_str("# HELP tollgate_deployment_in_flight Requests holding a deployment's concurrency permit.\n# TYPE tollgate_deployment_in_flight gauge\n");
+    for name in &live.routes.order {
+        if let Some(a) = live.routes.get(name) {
+            for d in a.all() {
+                let used = d.cfg.max_concurrency - d.permits.available_permits();
+                out.push_str(&format!("tollgate_deployment_in_flight{{deployment=\"{}\"}} {used}\n", d.name()));
+                let open = u8::from(d.breaker.is_open());
+                out.push_str(&format!("tollgate_deployment_breaker_open{{deployment=\"{}\"}} {open}\n", d.name()));
+            }
+        }
+    }
+    out.push_str("# HELP tollgate_canary_weight_percent A registry model's canary weight.\n# TYPE tollgate_canary_weight_percent gauge\n");
+    for name in st.releases.names() {
+        if let Some(m) = st.releases.model(&name) {
+            let s = m.stages();
+            let staging = s.staging.as_deref().unwrap_or("");
+            let production = s.production.as_deref().unwrap_or("");
+            out.push_str(&format!(
+                "tollgate_canary_weight_percent{{model=\"{name}\",production=\"{production}\",staging=\"{staging}\"}} {}\n",
+                s.canary_weight
+            ));
+        }
+    }
+    out.push_str("# HELP tollgate_canary_auto_rollbacks_total Canaries set to weight 0 for doing worse than production.\n# TYPE tollgate_canary_auto_rollbacks_total counter\n");
+    let n = st.releases.auto_rollbacks.load(std::sync::atomic::Ordering::Relaxed);
+    out.push_str(&format!("tollgate_canary_auto_rollbacks_total {n}\n"));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
