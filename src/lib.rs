@@ -40,6 +40,10 @@ pub mod batch;
 /// The response cache, with request coalescing.
 pub mod cache;
 
+// One request, in named steps.
+/// From validated bytes to an answer: alias, router, limits, cache, dispatch, escalation.
+pub mod gateway;
+
 // The edges.
 /// HTTP: extract, call, render.
 pub mod api;

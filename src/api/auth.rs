@@ -6,30 +6,8 @@ use axum::http::HeaderMap;
 use subtle::ConstantTimeEq;
 
 use crate::config::{sha256, ApiKeyConfig, AuthConfig};
+use crate::gateway::Caller;
 use crate::protocol::error::ApiError;
-
-/// Who is calling.
-#[derive(Clone, Debug)]
-pub enum Caller {
-    /// Open mode, no key presented.
-    Anonymous,
-    Key(ApiKeyConfig),
-}
-
-impl Caller {
-    pub fn name(&self) -> Option<&str> {
-        match self {
-            Caller::Anonymous => None,
-            Caller::Key(k) => Some(&k.name),
-        }
-    }
-    pub fn allows(&self, alias: &str) -> bool {
-        match self {
-            Caller::Anonymous => true,
-            Caller::Key(k) => k.allows(alias),
-        }
-    }
-}
 
 pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {

@@ -8,6 +8,7 @@ pub mod error;
 pub mod inference;
 pub mod models;
 mod ops;
+mod render;
 mod serve;
 pub mod sse;
 pub mod usage;
@@ -26,21 +27,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::accounting::Accounting;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{AuthConfig, Config, ServerConfig};
+use crate::config::{Config, ServerConfig};
+pub use crate::gateway::Live;
 use crate::protocol::error::ApiError;
 use crate::protocol::Endpoint;
-use crate::router::Routes;
 pub use serve::{serve, spawn, spawn_with_clock, Running};
-
-/// What a reload replaces.
-pub struct Live {
-    pub routes: Routes,
-    pub auth: AuthConfig,
-    /// Named system prompts (`prompts/`), referred to by `system_prompt`.
-    pub prompts: std::collections::BTreeMap<String, String>,
-    /// The configuration these came from (a promotion loads versions with its settings).
-    pub config: Arc<Config>,
-}
 
 pub struct AppState {
     live: RwLock<Arc<Live>>,

@@ -1,0 +1,120 @@
+//! Renders a [`gateway::Answer`] as an HTTP response: a JSON body, a replayed SSE stream (a
+//! cache hit) or a live SSE stream, each with the same response headers written from its
+//! [`Meta`] in one place.
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+
+use super::{sse, AppState};
+use crate::gateway::{self, Answer, CacheStatus, Meta};
+
+/// The deployment that answered.
+pub const DEPLOYMENT_HEADER: &str = "x-tollgate-deployment";
+/// `hit` or `miss`, on a request the response cache could answer.
+pub const CACHE_HEADER: &str = "x-tollgate-cache";
+/// The small-model router's decision: which model, the score, the reasons.
+pub const ROUTE_HEADER: &str = "x-tollgate-route";
+/// The registry version that answered, `NAME@X.Y.Z`.
+pub const VERSION_HEADER: &str = "x-tollgate-model-version";
+pub const COST_HEADER: &str = "x-tollgate-cost-usd";
+pub const SAVED_HEADER: &str = "x-tollgate-saved-usd";
+
+pub fn answer(st: &AppState, answer: Answer) -> Response {
+    match answer {
+        Answer::Full { body, meta } => {
+            let bytes = serde_json::to_vec(&body).unwrap_or_default();
+            let mut resp =
+                (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes)
+                    .into_response();
+            // A hit's timings are those of the request that made it, not this one's.
+            if meta.cache != Some(CacheStatus::Hit) {
+                timing_headers(&body, resp.headers_mut());
+            }
+            write_meta(meta, resp.headers_mut());
+            resp
+        }
+        Answer::Replay { chunks, meta } => {
+            let mut out = Vec::new();
+            for c in &chunks {
+                out.extend_from_slice(b"data: ");
+                let _ = serde_json::to_writer(&mut out, c);
+                out.extend_from_slice(b"\n\n");
+            }
+            out.extend_from_slice(b"data: [DONE]\n\n");
+            event_stream(Body::from(out), meta)
+        }
+        Answer::Stream { stream, meta } => {
+            let gateway::Streaming { first, rest, alias, include_usage, stall, deployment, permit, record, tap, store } =
+                *stream;
+            let setup = sse::SseSetup {
+                alias,
+                include_usage,
+                keepalive: st.server.keepalive,
+                stall,
+                hard_stop: st.hard_stop.clone(),
+                accounting: st.accounting.clone(),
+                deployment,
+                permit,
+                record,
+                tap,
+                store,
+            };
+            event_stream(sse::body(first, rest, setup), meta)
+        }
+    }
+}
+
+fn event_stream(body: Body, meta: Meta) -> Response {
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    write_meta(meta, h);
+    resp
+}
+
+/// The headers every answer carries, from its [`Meta`].
+fn write_meta(meta: Meta, h: &mut HeaderMap) {
+    h.insert(DEPLOYMENT_HEADER, HeaderValue::from_str(&meta.deployment).unwrap_or(HeaderValue::from_static("-")));
+    if let Some(v) = meta.version.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+        h.insert(VERSION_HEADER, v);
+    }
+    match meta.cache {
+        Some(CacheStatus::Hit) => h.insert(CACHE_HEADER, HeaderValue::from_static("hit")),
+        Some(CacheStatus::Miss) => h.insert(CACHE_HEADER, HeaderValue::from_static("miss")),
+        None => None,
+    };
+    if let Some(c) = meta.cost {
+        for (name, v) in [(COST_HEADER, c.usd), (SAVED_HEADER, c.saved_usd)] {
+            if let Ok(v) = HeaderValue::from_str(&v.to_string()) {
+                h.insert(name, v);
+            }
+        }
+    }
+    h.extend(meta.limits);
+    if let Some(r) = meta.route.as_deref().and_then(|r| HeaderValue::from_str(r).ok()) {
+        h.insert(ROUTE_HEADER, r);
+    }
+}
+
+/// llama-server-style `timings` (the engine's, or an upstream llama-server's) as headers.
+fn timing_headers(body: &Map<String, Value>, h: &mut HeaderMap) {
+    let Some(t) = body.get("timings").and_then(Value::as_object) else {
+        return;
+    };
+    for (field, name) in [
+        ("prompt_ms", "x-tollgate-prompt-ms"),
+        ("prompt_per_second", "x-tollgate-prompt-tokens-per-second"),
+        ("predicted_ms", "x-tollgate-generation-ms"),
+        ("predicted_per_second", "x-tollgate-generation-tokens-per-second"),
+    ] {
+        if let Some(v) = t.get(field).and_then(Value::as_f64) {
+            if let Ok(v) = HeaderValue::from_str(&format!("{v:.3}")) {
+                h.insert(name, v);
+            }
+        }
+    }
+}
