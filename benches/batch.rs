@@ -10,6 +10,7 @@
 //!    create to completed: generated tokens / wall time;
 //! 3. **interactive TTFT**: a short streamed request (max_tokens 1), idle, then while the
 //!    batch runs: the median of `PROBES` (default 10) each.
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // tests and benches: a panic is the report
 
 mod support;
 

@@ -14,6 +14,7 @@
 //! - 4 and 8 concurrent streams (64 tokens each): aggregate generation tokens/s over the
 //!   wall time, and the time to first token of the streams under that load;
 //! - resident memory of each server after the runs.
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // tests and benches: a panic is the report
 
 mod support;
 

@@ -14,6 +14,7 @@
 //! accounting, ledger, limits and monitoring all on (a key with rate, token, concurrency and
 //! budget limits; a priced deployment; the SQLite ledger; the monitors), against one with all
 //! of them off, in the same interleaved rounds (c=1, c=64, and a fixed 1,000 requests/s).
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // tests and benches: a panic is the report
 
 mod support;
 

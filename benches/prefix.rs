@@ -11,6 +11,7 @@
 //!
 //! `cargo bench --bench prefix` after `scripts/setup.sh --llama-server` and
 //! `cargo build --release`.
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // tests and benches: a panic is the report
 
 mod support;
 

@@ -6,6 +6,7 @@
 //! identity), which every request to a model with a canary pays.
 //!
 //! `cargo bench --no-default-features --bench smallroute`
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // tests and benches: a panic is the report
 
 use std::hint::black_box;
 use std::time::Instant;

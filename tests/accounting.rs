@@ -2,6 +2,7 @@
 //! the durable ledger (a `kill -9` of the real binary, an unwritable database), the usage API,
 //! per-key rate limits and budgets on a clock the test moves, and the error-rate webhook
 //! (the one fault here, 500s, comes from a scripted upstream).
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // tests and benches: a panic is the report
 
 mod common;
 

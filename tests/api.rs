@@ -1,4 +1,5 @@
 //! Bad input and authentication: every error is OpenAI-shaped with the status the SDKs map.
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // tests and benches: a panic is the report
 
 mod common;
 

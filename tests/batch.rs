@@ -2,6 +2,7 @@
 //! SDK (files, batches, retrieve, content), input refused with line numbers, cancel keeping
 //! partial results, and a `kill -9` of the real binary mid-batch with `tollgate batch run`
 //! resuming it, every line exactly once.
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // tests and benches: a panic is the report
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The response cache: deterministic requests are answered once upstream, in the shape
 //! asked for, per API key, with the client's cache-control honoured, and identical
 //! requests in flight are coalesced into one upstream call.
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // tests and benches: a panic is the report
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The `tollgate` binary as a user runs it: check-config, keys new, and graceful shutdown
 //! on SIGTERM with a stream in flight.
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // tests and benches: a panic is the report
 
 mod common;
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // tests and benches: a panic is the report
 #![cfg(feature = "engine")]
 //! The embedded engine on the real Gemma 3 270M GGUF, through the whole API. One engine
 //! is loaded for this test binary and shared by every test (llama.cpp's backend

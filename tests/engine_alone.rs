@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // tests and benches: a panic is the report
 #![cfg(feature = "engine")]
 //! Engine tests that need the engine to themselves, in their own test binary (their own
 //! engines), one at a time: slot accounting, and reproducibility. What they assert holds on

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // tests and benches: a panic is the report
 #![cfg(feature = "engine")]
 //! A batch on the embedded engine, with interactive requests beside it: they keep being
 //! answered while the batch runs (batch lines queue below them and leave a slot free), and

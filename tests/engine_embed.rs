@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // tests and benches: a panic is the report
 #![cfg(feature = "engine")]
 //! `/v1/embeddings` from a local deployment configured for embeddings (llama.cpp's mean
 //! pooling over the Gemma GGUF), through the OpenAI SDK shapes. Its own test binary: an

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // tests and benches: a panic is the report
 #![cfg(feature = "engine")]
 //! Sessions on the real engine: a conversation named by `x-session-id` reuses its KV from
 //! the session's saved state (here with the in-memory prefix cache off, so every reuse comes

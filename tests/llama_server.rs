@@ -1,6 +1,7 @@
 //! Through tollgate to a real OpenAI-compatible upstream: llama.cpp's llama-server serving
 //! the Gemma GGUF (built by scripts/setup.sh), streaming and not, with the official
 //! client shapes (async-openai) and raw HTTP where the framing is under test.
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // tests and benches: a panic is the report
 
 mod common;
 

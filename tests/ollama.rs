@@ -1,5 +1,6 @@
 //! An Ollama upstream: its native NDJSON API, translated into OpenAI chunks and bodies.
 //! The upstream is scripted with Ollama's documented wire format, line for line.
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // tests and benches: a panic is the report
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The gateway in front of an OpenAI-compatible upstream that speaks llama-server's wire
 //! format byte for byte (recorded transcripts), and the faults such an upstream can have.
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // tests and benches: a panic is the report
 
 mod common;
 

@@ -4,6 +4,7 @@
 //! failing canary with its alert, and stages, weights and the audit trail across a restart.
 //! Versions answer from a real llama-server or the real engine; the scripted upstream is
 //! used only for what a real server will not do on demand (fail, or hold an answer).
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // tests and benches: a panic is the report
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The small-model router (`[alias.router]`) end to end against a real llama-server: easy and
 //! hard prompts go where the rules say, every answer explains its route, the saving against
 //! always-large is accounted on the real tokens, and a failed or cut small answer escalates.
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // tests and benches: a panic is the report
 
 mod common;
 

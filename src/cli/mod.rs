@@ -126,6 +126,7 @@ pub enum KeysCommand {
     },
 }
 
+#[allow(clippy::print_stdout)] // a command's output is what it prints
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -249,6 +250,7 @@ fn usage(
     })
 }
 
+#[allow(clippy::print_stdout)] // a command's output is what it prints
 fn print_config(cfg: &Config) {
     match &cfg.source {
         Some(p) => println!("config: {} (valid)", p.display()),
@@ -326,6 +328,7 @@ fn print_config(cfg: &Config) {
 }
 
 /// Registry models: the stages `routes/` declares, the store's (which win), and the drift.
+#[allow(clippy::print_stdout)] // a command's output is what it prints
 fn print_models(cfg: &Config) {
     if cfg.models.is_empty() {
         return;

@@ -105,6 +105,7 @@ pub struct Gateway {
     admin_key: Option<String>,
 }
 
+#[allow(clippy::print_stdout)] // a command's output is what it prints
 pub fn run(cmd: ModelsCommand) -> Result<(), String> {
     match cmd {
         ModelsCommand::Add { file, name, version, source, metrics, endpoint, kind, upstream_model, place } => {
