@@ -14,6 +14,10 @@
 //! accounting, ledger, limits and monitoring all on (a key with rate, token, concurrency and
 //! budget limits; a priced deployment; the SQLite ledger; the monitors), against one with all
 //! of them off, in the same interleaved rounds (c=1, c=64, and a fixed 1,000 requests/s).
+//!
+//! `cargo bench --bench overhead -- against BINARY` compares this build with another gateway
+//! binary (e.g. an earlier commit's `target/release/tollgate`, copied aside) in the same way:
+//! a refactor's before and after, measured in one run.
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // tests and benches: a panic is the report
 
 mod support;
@@ -210,12 +214,22 @@ fn all_on() -> (String, &'static str) {
 const ALL_OFF: &str = "open = true\n[ledger]\nenabled = false\n[monitor]\nenabled = false\n";
 
 fn start_gateway(upstream: SocketAddr) -> (Child, SocketAddr, tempfile::TempDir) {
-    start_gateway_with(upstream, "open = true\n", "")
+    start_gateway_with(&this_build(), upstream, "open = true\n", "")
+}
+
+/// The gateway this checkout built.
+fn this_build() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/tollgate")
 }
 
 /// `auth` continues the `[auth]` table (and may add tables after it); `deployment` adds lines
 /// to the deployment.
-fn start_gateway_with(upstream: SocketAddr, auth: &str, deployment: &str) -> (Child, SocketAddr, tempfile::TempDir) {
+fn start_gateway_with(
+    bin: &std::path::Path,
+    upstream: SocketAddr,
+    auth: &str,
+    deployment: &str,
+) -> (Child, SocketAddr, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tollgate.toml"), format!("[log]\nformat = \"text\"\n[auth]\n{auth}")).unwrap();
     std::fs::create_dir(dir.path().join("routes")).unwrap();
@@ -225,8 +239,7 @@ fn start_gateway_with(upstream: SocketAddr, auth: &str, deployment: &str) -> (Ch
     )
     .unwrap();
     let port = support::free_port();
-    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/tollgate");
-    assert!(bin.exists(), "build it first: cargo build --release");
+    assert!(bin.exists(), "{}: build it first (cargo build --release)", bin.display());
     let child = Command::new("taskset")
         .args(["-c", "0"])
         .arg(bin)
@@ -250,8 +263,13 @@ fn main() {
     let rounds: usize = std::env::var("ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
     let secs: f64 = std::env::var("SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(4.0);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    if std::env::args().any(|a| a == "accounting") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "accounting") {
         return rt.block_on(accounting(rounds, secs));
+    }
+    if let Some(i) = args.iter().position(|a| a == "against") {
+        let old = args.get(i + 1).expect("against BINARY: the gateway binary to compare this build with");
+        return rt.block_on(against(std::path::Path::new(old), rounds, secs));
     }
     rt.block_on(async move {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -322,52 +340,80 @@ async fn wait_up(client: &reqwest::Client, addr: SocketAddr) {
     }
 }
 
+/// One gateway of a comparison: what it is called, how it was started, and its key.
+struct Side {
+    name: &'static str,
+    child: Child,
+    addr: SocketAddr,
+    key: Option<&'static str>,
+    _dir: tempfile::TempDir,
+}
+
 /// All of accounting, ledger, limits and monitoring on, against all off.
 async fn accounting(rounds: usize, secs: f64) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let up = l.local_addr().unwrap();
     tokio::spawn(stub(l));
     let (keys, price) = all_on();
-    let (mut off, off_addr, _d1) = start_gateway_with(up, ALL_OFF, "");
-    let (mut on, on_addr, _d2) = start_gateway_with(up, &keys, price);
-    let client = reqwest::Client::builder().tcp_nodelay(true).pool_max_idle_per_host(1024).build().unwrap();
-    wait_up(&client, off_addr).await;
-    wait_up(&client, on_addr).await;
-    let off_url = format!("http://{off_addr}/v1/chat/completions");
-    let on_url = format!("http://{on_addr}/v1/chat/completions");
-    let dur = Duration::from_secs_f64(secs);
+    let (child, addr, _dir) = start_gateway_with(&this_build(), up, ALL_OFF, "");
+    let off = Side { name: "all off", child, addr, key: None, _dir };
+    let (child, addr, _dir) = start_gateway_with(&this_build(), up, &keys, price);
+    let on = Side { name: "all on", child, addr, key: Some(KEY), _dir };
     println!("tollgate accounting overhead: all on against all off, {rounds} interleaved rounds of {secs} s; gateways on core 0, load + stub on core 1");
+    compare(off, on, rounds, secs).await;
+}
+
+/// This build against another gateway binary (an earlier commit's), same configuration.
+async fn against(old: &std::path::Path, rounds: usize, secs: f64) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(stub(l));
+    let (child, addr, _dir) = start_gateway_with(old, up, "open = true\n", "");
+    let before = Side { name: "before", child, addr, key: None, _dir };
+    let (child, addr, _dir) = start_gateway_with(&this_build(), up, "open = true\n", "");
+    let after = Side { name: "after", child, addr, key: None, _dir };
+    println!("tollgate overhead: this build (after) against {} (before), {rounds} interleaved rounds of {secs} s; gateways on core 0, load + stub on core 1", old.display());
+    compare(before, after, rounds, secs).await;
+}
+
+/// Interleaved rounds of `a` and `b` at c=1, a fixed 1,000 requests/s and c=64.
+async fn compare(mut a: Side, mut b: Side, rounds: usize, secs: f64) {
+    let client = reqwest::Client::builder().tcp_nodelay(true).pool_max_idle_per_host(1024).build().unwrap();
+    wait_up(&client, a.addr).await;
+    wait_up(&client, b.addr).await;
+    let a_url = format!("http://{}/v1/chat/completions", a.addr);
+    let b_url = format!("http://{}/v1/chat/completions", b.addr);
+    let dur = Duration::from_secs_f64(secs);
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     for (name, load) in
         [("closed c=1", Load::Closed(1)), ("fixed 1000 rps", Load::Rate(1000)), ("closed c=64", Load::Closed(64))]
     {
-        run_as(&client, &off_url, None, load, Duration::from_millis(300)).await;
-        run_as(&client, &on_url, Some(KEY), load, Duration::from_millis(300)).await;
-        let (mut a, mut b, mut cpu_off, mut cpu_on) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        run_as(&client, &a_url, a.key, load, Duration::from_millis(300)).await;
+        run_as(&client, &b_url, b.key, load, Duration::from_millis(300)).await;
+        let (mut sa, mut sb, mut cpu_a, mut cpu_b) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
-            let t0 = cpu_ticks(off.id());
-            let s = run_as(&client, &off_url, None, load, dur).await;
-            cpu_off.push((cpu_ticks(off.id()) - t0) as f64 / hz * 1e6 / (s.rps * dur.as_secs_f64()));
-            a.push(s);
-            let t0 = cpu_ticks(on.id());
-            let s = run_as(&client, &on_url, Some(KEY), load, dur).await;
-            cpu_on.push((cpu_ticks(on.id()) - t0) as f64 / hz * 1e6 / (s.rps * dur.as_secs_f64()));
-            b.push(s);
+            for (side, url, samples, cpu) in [(&a, &a_url, &mut sa, &mut cpu_a), (&b, &b_url, &mut sb, &mut cpu_b)] {
+                let t0 = cpu_ticks(side.child.id());
+                let s = run_as(&client, url, side.key, load, dur).await;
+                cpu.push((cpu_ticks(side.child.id()) - t0) as f64 / hz * 1e6 / (s.rps * dur.as_secs_f64()));
+                samples.push(s);
+            }
         }
         let med = |v: &mut Vec<f64>| {
             v.sort_by(|a, b| a.partial_cmp(b).unwrap());
             (v[v.len() / 2], v[0], v[v.len() - 1])
         };
         let col = |f: fn(&Sample) -> f64, v: &[Sample]| v.iter().map(f).collect::<Vec<_>>();
-        let mut d50: Vec<f64> = a.iter().zip(&b).map(|(x, y)| y.p50_ms - x.p50_ms).collect();
-        let mut d99: Vec<f64> = a.iter().zip(&b).map(|(x, y)| y.p99_ms - x.p99_ms).collect();
-        let (o50, n50) = (med(&mut col(|s| s.p50_ms, &a)), med(&mut col(|s| s.p50_ms, &b)));
-        let (o99, n99) = (med(&mut col(|s| s.p99_ms, &a)), med(&mut col(|s| s.p99_ms, &b)));
-        let (orps, nrps) = (med(&mut col(|s| s.rps, &a)), med(&mut col(|s| s.rps, &b)));
+        let mut d50: Vec<f64> = sa.iter().zip(&sb).map(|(x, y)| y.p50_ms - x.p50_ms).collect();
+        let mut d99: Vec<f64> = sa.iter().zip(&sb).map(|(x, y)| y.p99_ms - x.p99_ms).collect();
+        let (o50, n50) = (med(&mut col(|s| s.p50_ms, &sa)), med(&mut col(|s| s.p50_ms, &sb)));
+        let (o99, n99) = (med(&mut col(|s| s.p99_ms, &sa)), med(&mut col(|s| s.p99_ms, &sb)));
+        let (orps, nrps) = (med(&mut col(|s| s.rps, &sa)), med(&mut col(|s| s.rps, &sb)));
         let (x50, x99) = (med(&mut d50), med(&mut d99));
         println!("\n[{name}]");
-        println!("  all off: p50 {:.3} ms ({:.3}..{:.3})  p99 {:.3} ms ({:.3}..{:.3})  {:.0} req/s ({:.0}..{:.0})  CPU {:.0} us/request", o50.0, o50.1, o50.2, o99.0, o99.1, o99.2, orps.0, orps.1, orps.2, med(&mut cpu_off).0);
-        println!("  all on : p50 {:.3} ms ({:.3}..{:.3})  p99 {:.3} ms ({:.3}..{:.3})  {:.0} req/s ({:.0}..{:.0})  CPU {:.0} us/request", n50.0, n50.1, n50.2, n99.0, n99.1, n99.2, nrps.0, nrps.1, nrps.2, med(&mut cpu_on).0);
+        for (side, p50, p99, rps, cpu) in [(&a, o50, o99, orps, &mut cpu_a), (&b, n50, n99, nrps, &mut cpu_b)] {
+            println!("  {:<7}: p50 {:.3} ms ({:.3}..{:.3})  p99 {:.3} ms ({:.3}..{:.3})  {:.0} req/s ({:.0}..{:.0})  CPU {:.0} us/request", side.name, p50.0, p50.1, p50.2, p99.0, p99.1, p99.2, rps.0, rps.1, rps.2, med(cpu).0);
+        }
         println!(
             "  added  : p50 {:.3} ms ({:.3}..{:.3})  p99 {:.3} ms ({:.3}..{:.3})  req/s {:+.1}%",
             x50.0,
@@ -379,6 +425,6 @@ async fn accounting(rounds: usize, secs: f64) {
             (nrps.0 / orps.0 - 1.0) * 100.0
         );
     }
-    let _ = off.kill();
-    let _ = on.kill();
+    let _ = a.child.kill();
+    let _ = b.child.kill();
 }
