@@ -565,3 +565,69 @@ impl Drop for Abandoned {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> Caller {
+        Caller::Key(ApiKeyConfig {
+            name: name.into(),
+            sha256: [0; 32],
+            aliases: vec!["*".into()],
+            limits: Default::default(),
+        })
+    }
+
+    #[test]
+    fn the_engine_seed_is_the_clients_folded_into_range_or_a_fresh_one() {
+        assert_eq!(engine_seed(Some(5)), 5);
+        assert_eq!(engine_seed(Some(0)), 0);
+        // u32::MAX is llama.cpp's "random seed": a client's -1 must not ask for one.
+        assert_eq!(engine_seed(Some(-1)), 0xFFFF_FFFE);
+        assert_eq!(engine_seed(Some(1 << 40 | 7)), 7);
+        assert!((0..100).all(|_| engine_seed(None) < 1 << 31));
+    }
+
+    #[test]
+    fn the_canary_identity_is_the_session_then_the_user_then_the_key() {
+        let k = key("team");
+        assert_eq!(identity(Some("s1"), Some("u1"), &k), "s1");
+        assert_eq!(identity(Some(""), Some("u1"), &k), "u1");
+        assert_eq!(identity(None, None, &k), "team");
+        assert_eq!(identity(None, None, &Caller::Anonymous), "");
+    }
+
+    #[test]
+    fn a_session_belongs_to_the_key_that_names_it() {
+        let (a, b) = (key("a"), key("b"));
+        let s = session_key(Some("chat-1"), &a).unwrap();
+        assert_eq!(s.len(), 32);
+        assert_eq!(session_key(Some("chat-1"), &a).as_deref(), Some(s.as_str()));
+        assert_ne!(session_key(Some("chat-1"), &b).as_deref(), Some(s.as_str()));
+        assert_eq!(session_key(Some(""), &a), None);
+        assert_eq!(session_key(Some(&"x".repeat(257)), &a), None);
+        assert_eq!(session_key(None, &a), None);
+    }
+
+    #[test]
+    fn metadata_must_be_an_object_and_is_kept_as_the_records_tags() {
+        let origin = |batch: Option<&str>| Origin {
+            caller: key("k"),
+            session: None,
+            traceparent: None,
+            cache: ClientPolicy { lookup: true, store: true },
+            batch_id: batch.map(str::to_owned),
+        };
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"metadata":{"team":"x"}}"#;
+        let req = protocol::validate(Endpoint::Chat, body).unwrap();
+        let rec = record_for(&req, "r1", &origin(Some("b1"))).ok().unwrap();
+        assert_eq!((rec.key.as_deref(), rec.batch_id.as_deref()), (Some("k"), Some("b1")));
+        assert_eq!(rec.tags, Some(serde_json::json!({"team": "x"})));
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"metadata":"x"}"#;
+        let req = protocol::validate(Endpoint::Chat, body).unwrap();
+        let refused = record_for(&req, "r2", &origin(None)).err().unwrap();
+        assert_eq!(refused.error.param.as_deref(), Some("metadata"));
+        assert_eq!(refused.record.map(|r| r.request_id), Some("r2".to_owned()), "the refusal is recorded");
+    }
+}
