@@ -235,7 +235,7 @@ async fn backend(d: &DeploymentConfig, cfg: &Config) -> Result<Arc<dyn Backend>,
         DeploymentKind::Ollama(r) => Ok(Arc::new(OllamaBackend::new(d, r.clone()))),
         #[cfg(feature = "engine")]
         DeploymentKind::Local(l) => {
-            let b = crate::engine::LocalBackend::start(d, l).await?;
+            let b = crate::engine::LocalBackend::start(d, l).await.map_err(|e| e.to_string())?;
             b.warm_prompts(&cfg.prompts).await;
             Ok(b as Arc<dyn Backend>)
         }
