@@ -8,6 +8,8 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
+use super::ReleaseError;
+
 /// Where a model's traffic goes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Stages {
@@ -41,11 +43,12 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn open(path: &Path) -> Result<Store, String> {
+    pub fn open(path: &Path) -> Result<Store, ReleaseError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|error| ReleaseError::CreateDir { dir: dir.to_owned(), error })?;
         }
-        let conn = Connection::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let open_error = |error| ReleaseError::Open { path: path.to_owned(), error };
+        let conn = Connection::open(path).map_err(open_error)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
              PRAGMA synchronous=FULL;
@@ -69,27 +72,22 @@ impl Store {
              );
              CREATE INDEX IF NOT EXISTS audit_model ON audit(model, id);",
         )
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(open_error)?;
         Ok(Store { conn })
     }
 
-    pub fn all(&self) -> Result<HashMap<String, Stages>, String> {
-        let mut st = self
-            .conn
-            .prepare("SELECT model, production, staging, canary_weight, previous FROM stages")
-            .map_err(|e| e.to_string())?;
-        let rows = st
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    Stages { production: r.get(1)?, staging: r.get(2)?, canary_weight: r.get(3)?, previous: r.get(4)? },
-                ))
-            })
-            .map_err(|e| e.to_string())?;
-        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+    pub fn all(&self) -> Result<HashMap<String, Stages>, ReleaseError> {
+        let mut st = self.conn.prepare("SELECT model, production, staging, canary_weight, previous FROM stages")?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                Stages { production: r.get(1)?, staging: r.get(2)?, canary_weight: r.get(3)?, previous: r.get(4)? },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn get(&self, model: &str) -> Result<Option<Stages>, String> {
+    pub fn get(&self, model: &str) -> Result<Option<Stages>, ReleaseError> {
         self.conn
             .query_row(
                 "SELECT production, staging, canary_weight, previous FROM stages WHERE model = ?1",
@@ -104,13 +102,13 @@ impl Store {
                 },
             )
             .optional()
-            .map_err(|e| e.to_string())
+            .map_err(ReleaseError::from)
     }
 
     /// Writes the model's new stages (when given) and the audit record, atomically; the
     /// record's id.
-    pub fn apply(&mut self, stages: Option<&Stages>, entry: &AuditEntry) -> Result<i64, String> {
-        let tx = self.conn.transaction().map_err(|e| e.to_string())?;
+    pub fn apply(&mut self, stages: Option<&Stages>, entry: &AuditEntry) -> Result<i64, ReleaseError> {
+        let tx = self.conn.transaction()?;
         if let Some(s) = stages {
             tx.execute(
                 "INSERT INTO stages (model, production, staging, canary_weight, previous, updated_ms)
@@ -118,8 +116,7 @@ impl Store {
                  ON CONFLICT(model) DO UPDATE SET production = ?2, staging = ?3, canary_weight = ?4,
                      previous = ?5, updated_ms = ?6",
                 params![entry.model, s.production, s.staging, s.canary_weight, s.previous, entry.at_ms as i64],
-            )
-            .map_err(|e| e.to_string())?;
+            )?;
         }
         tx.execute(
             "INSERT INTO audit (at_ms, model, action, version, actor, reason, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -132,38 +129,32 @@ impl Store {
                 entry.reason,
                 entry.detail.to_string()
             ],
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         let id = tx.last_insert_rowid();
-        tx.commit().map_err(|e| e.to_string())?;
+        tx.commit()?;
         Ok(id)
     }
 
     /// The audit trail, oldest first; one model's or every model's.
-    pub fn audit(&self, model: Option<&str>) -> Result<Vec<AuditEntry>, String> {
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT id, at_ms, model, action, version, actor, reason, detail FROM audit
+    pub fn audit(&self, model: Option<&str>) -> Result<Vec<AuditEntry>, ReleaseError> {
+        let mut st = self.conn.prepare(
+            "SELECT id, at_ms, model, action, version, actor, reason, detail FROM audit
                  WHERE ?1 IS NULL OR model = ?1 ORDER BY id",
-            )
-            .map_err(|e| e.to_string())?;
-        let rows = st
-            .query_map([model], |r| {
-                let detail: String = r.get(7)?;
-                Ok(AuditEntry {
-                    id: r.get(0)?,
-                    at_ms: r.get::<_, i64>(1)? as u64,
-                    model: r.get(2)?,
-                    action: r.get(3)?,
-                    version: r.get(4)?,
-                    actor: r.get(5)?,
-                    reason: r.get(6)?,
-                    detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
-                })
+        )?;
+        let rows = st.query_map([model], |r| {
+            let detail: String = r.get(7)?;
+            Ok(AuditEntry {
+                id: r.get(0)?,
+                at_ms: r.get::<_, i64>(1)? as u64,
+                model: r.get(2)?,
+                action: r.get(3)?,
+                version: r.get(4)?,
+                actor: r.get(5)?,
+                reason: r.get(6)?,
+                detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
             })
-            .map_err(|e| e.to_string())?;
-        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 
