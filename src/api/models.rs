@@ -21,7 +21,7 @@ use super::{auth, AppState};
 use crate::clock::now_ms;
 use crate::protocol::error::ApiError;
 use crate::registry::RegistryError;
-use crate::release::{AuditEntry, ModelLive, ReleaseError, Stages};
+use crate::release::{AuditAction, AuditEntry, Change, ModelLive, ReleaseError, Stages};
 use crate::router::Deployment;
 
 #[derive(Deserialize)]
@@ -117,7 +117,7 @@ async fn detached(
 async fn change(
     st: &AppState,
     live: &ModelLive,
-    action: &str,
+    change: Change,
     load: Option<&str>,
     after: Stages,
     actor: String,
@@ -134,7 +134,7 @@ async fn change(
                     id: 0,
                     at_ms: now_ms(),
                     model: live.name.clone(),
-                    action: format!("{action}_failed"),
+                    action: AuditAction::Failed(change),
                     version: version.clone(),
                     actor,
                     reason,
@@ -154,7 +154,7 @@ async fn change(
         id: 0,
         at_ms: now_ms(),
         model: live.name.clone(),
-        action: action.to_owned(),
+        action: AuditAction::Applied(change),
         version,
         actor: actor.clone(),
         reason,
@@ -179,7 +179,7 @@ async fn change(
             id: 0,
             at_ms: now_ms(),
             model: live.name.clone(),
-            action: format!("{action}_reverted"),
+            action: AuditAction::Reverted(change),
             version: entry.version.clone(),
             actor,
             reason: Some(e.clone()),
@@ -194,7 +194,7 @@ async fn change(
 /// A change decided from the body and the current stages: its action, the version to make
 /// ready first (if any), and the stages after it.
 struct Plan {
-    action: &'static str,
+    change: Change,
     load: Option<String>,
     after: Stages,
 }
@@ -214,7 +214,7 @@ async fn run(
         let _one = st.releases.ops.lock().await;
         let reason = b.reason.clone();
         let p = plan(&st, &name, b, live.stages())?;
-        change(&st, &live, p.action, p.load.as_deref(), p.after, actor, reason).await
+        change(&st, &live, p.change, p.load.as_deref(), p.after, actor, reason).await
     })
     .await
 }
@@ -240,7 +240,7 @@ pub async fn promote(
             canary_weight: if was_canary { 0.0 } else { cur.canary_weight },
             previous: cur.production.clone(),
         };
-        Ok(Plan { action: "promote", load: Some(version), after })
+        Ok(Plan { change: Change::Promote, load: Some(version), after })
     })
     .await
 }
@@ -278,8 +278,8 @@ pub async fn canary(
             )));
         }
         let same = cur.staging.as_deref() == Some(version.as_str());
-        let (action, load) = if same { ("weight", None) } else { ("canary", Some(version.clone())) };
-        Ok(Plan { action, load, after: Stages { staging: Some(version), canary_weight: weight, ..cur } })
+        let (change, load) = if same { (Change::Weight, None) } else { (Change::Canary, Some(version.clone())) };
+        Ok(Plan { change, load, after: Stages { staging: Some(version), canary_weight: weight, ..cur } })
     })
     .await
 }
@@ -305,7 +305,7 @@ pub async fn rollback(
             canary_weight: if cur.staging.as_deref() == Some(prev.as_str()) { 0.0 } else { cur.canary_weight },
         };
         // The previous version is normally loaded (standby): `prepare` then reuses it at once.
-        Ok(Plan { action: "rollback", load: Some(prev), after })
+        Ok(Plan { change: Change::Rollback, load: Some(prev), after })
     })
     .await
 }

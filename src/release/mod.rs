@@ -31,7 +31,7 @@ use crate::clock::now_ms;
 use crate::config::{Config, ModelConfig, RollbackPolicy};
 use crate::registry::Registry;
 pub use error::ReleaseError;
-pub use store::{AuditEntry, Stages, Store};
+pub use store::{AuditAction, AuditEntry, Change, Stages, Store};
 
 /// Outcomes kept per version for the canary comparison.
 use crate::config::ROLLBACK_WINDOW as WINDOW;
@@ -319,7 +319,7 @@ impl Releases {
                         id: 0,
                         at_ms: now_ms(),
                         model: name.to_owned(),
-                        action: "seed".into(),
+                        action: AuditAction::Seed,
                         version: s.production.clone(),
                         actor: "routes".into(),
                         reason: Some(format!("first start with {}", m.file.display())),
@@ -398,7 +398,7 @@ impl Releases {
             id: 0,
             at_ms: now_ms(),
             model: live.name.clone(),
-            action: "auto_rollback".into(),
+            action: AuditAction::AutoRollback,
             version: Some(version.to_owned()),
             actor: "auto".into(),
             reason: Some(v.why.clone()),
