@@ -444,7 +444,7 @@ fn models_add_list_and_check_config_drift_on_the_command_line() {
         id: 0,
         at_ms: 1,
         model: "chat".into(),
-        action: "promote".into(),
+        action: tollgate::release::AuditAction::Applied(tollgate::release::Change::Promote),
         version: Some("1.1.0".into()),
         actor: "admin:test".into(),
         reason: None,

@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::{auth, AppState};
 use crate::batch::files::FileStore;
-use crate::batch::{input::MAX_BYTES, CreateError};
+use crate::batch::{input::MAX_BYTES, BatchStatus, CreateError};
 use crate::protocol::error::ApiError;
 
 fn caller(st: &AppState, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -181,7 +181,7 @@ pub async fn create_batch(State(st): State<Arc<AppState>>, headers: HeaderMap, b
                 CreateError::NotFound(m) => ApiError::not_found(m).with_code("file_not_found"),
                 CreateError::Io(e) => io_error(&e),
             })?;
-        if b.status == "validating" {
+        if b.status == BatchStatus::Validating {
             st.start_batch(&b.id);
         }
         Ok::<_, ApiError>(b)

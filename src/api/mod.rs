@@ -79,7 +79,7 @@ impl AppState {
     /// change are kept as they are (their engines, breakers and in-flight streams).
     pub async fn reload(&self, cfg: &Config) -> Result<(), String> {
         let _one = self.releases.ops.lock().await;
-        self.releases.configure(cfg)?;
+        self.releases.configure(cfg).map_err(|e| e.to_string())?;
         let old = self.live();
         let routes =
             crate::router::build::build_routes(cfg, Some(&old.routes), self.clock.clone(), Some(&self.releases), &[])

@@ -20,7 +20,8 @@ use serde_json::{json, Value};
 use super::{auth, AppState};
 use crate::clock::now_ms;
 use crate::protocol::error::ApiError;
-use crate::release::{AuditEntry, ModelLive, Stages};
+use crate::registry::RegistryError;
+use crate::release::{AuditAction, AuditEntry, Change, ModelLive, ReleaseError, Stages};
 use crate::router::Deployment;
 
 #[derive(Deserialize)]
@@ -58,8 +59,8 @@ fn known(st: &AppState, name: &str) -> Result<Arc<ModelLive>, ApiError> {
     })
 }
 
-fn registry_error(e: String) -> ApiError {
-    ApiError::not_found(e).with_code("version_not_found")
+fn registry_error(e: RegistryError) -> ApiError {
+    ApiError::not_found(e.to_string()).with_code("version_not_found")
 }
 
 /// Loads, warms and tests `version` under every registry deployment that follows `model`
@@ -67,7 +68,7 @@ fn registry_error(e: String) -> ApiError {
 /// traffic, and the names of those loaded now.
 async fn prepare(st: &AppState, model: &str, version: &str) -> Result<(Vec<Arc<Deployment>>, Vec<String>), String> {
     let live = st.live();
-    let meta = st.releases.registry.get(model, version)?;
+    let meta = st.releases.registry.get(model, version).map_err(|e| e.to_string())?;
     let mlive = st.releases.model(model);
     let mut out: Vec<Arc<Deployment>> = Vec::new();
     let mut fresh = Vec::new();
@@ -116,7 +117,7 @@ async fn detached(
 async fn change(
     st: &AppState,
     live: &ModelLive,
-    action: &str,
+    change: Change,
     load: Option<&str>,
     after: Stages,
     actor: String,
@@ -133,7 +134,7 @@ async fn change(
                     id: 0,
                     at_ms: now_ms(),
                     model: live.name.clone(),
-                    action: format!("{action}_failed"),
+                    action: AuditAction::Failed(change),
                     version: version.clone(),
                     actor,
                     reason,
@@ -153,7 +154,7 @@ async fn change(
         id: 0,
         at_ms: now_ms(),
         model: live.name.clone(),
-        action: action.to_owned(),
+        action: AuditAction::Applied(change),
         version,
         actor: actor.clone(),
         reason,
@@ -163,14 +164,14 @@ async fn change(
     // Only an automatic rollback changes stages outside `ops`: one that came first wins.
     let entry = match st.releases.commit(&live.name, Some(&before), Some(&after), entry) {
         Ok(e) => e,
-        Err(None) => {
+        Err(ReleaseError::StagesChanged) => {
             return Err(ApiError::conflict(format!(
                 "{}'s stages changed while the version was being readied (an automatic rollback); nothing was \
                  changed: read the audit trail and try again.",
                 live.name
             )))
         }
-        Err(Some(e)) => return Err(ApiError::internal(e)),
+        Err(e) => return Err(ApiError::internal(e.to_string())),
     };
     if let Err(e) = st.rebuild_routes(&loaded).await {
         // The routes could not take the change: put the stages back, and say so in the trail.
@@ -178,7 +179,7 @@ async fn change(
             id: 0,
             at_ms: now_ms(),
             model: live.name.clone(),
-            action: format!("{action}_reverted"),
+            action: AuditAction::Reverted(change),
             version: entry.version.clone(),
             actor,
             reason: Some(e.clone()),
@@ -193,7 +194,7 @@ async fn change(
 /// A change decided from the body and the current stages: its action, the version to make
 /// ready first (if any), and the stages after it.
 struct Plan {
-    action: &'static str,
+    change: Change,
     load: Option<String>,
     after: Stages,
 }
@@ -213,7 +214,7 @@ async fn run(
         let _one = st.releases.ops.lock().await;
         let reason = b.reason.clone();
         let p = plan(&st, &name, b, live.stages())?;
-        change(&st, &live, p.action, p.load.as_deref(), p.after, actor, reason).await
+        change(&st, &live, p.change, p.load.as_deref(), p.after, actor, reason).await
     })
     .await
 }
@@ -239,7 +240,7 @@ pub async fn promote(
             canary_weight: if was_canary { 0.0 } else { cur.canary_weight },
             previous: cur.production.clone(),
         };
-        Ok(Plan { action: "promote", load: Some(version), after })
+        Ok(Plan { change: Change::Promote, load: Some(version), after })
     })
     .await
 }
@@ -277,8 +278,8 @@ pub async fn canary(
             )));
         }
         let same = cur.staging.as_deref() == Some(version.as_str());
-        let (action, load) = if same { ("weight", None) } else { ("canary", Some(version.clone())) };
-        Ok(Plan { action, load, after: Stages { staging: Some(version), canary_weight: weight, ..cur } })
+        let (change, load) = if same { (Change::Weight, None) } else { (Change::Canary, Some(version.clone())) };
+        Ok(Plan { change, load, after: Stages { staging: Some(version), canary_weight: weight, ..cur } })
     })
     .await
 }
@@ -304,7 +305,7 @@ pub async fn rollback(
             canary_weight: if cur.staging.as_deref() == Some(prev.as_str()) { 0.0 } else { cur.canary_weight },
         };
         // The previous version is normally loaded (standby): `prepare` then reuses it at once.
-        Ok(Plan { action: "rollback", load: Some(prev), after })
+        Ok(Plan { change: Change::Rollback, load: Some(prev), after })
     })
     .await
 }
@@ -320,7 +321,7 @@ pub async fn list(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result
         .flat_map(|a| a.all())
         .filter_map(|d| d.version.as_ref().map(|v| v.label()))
         .collect();
-    let metas = st.releases.registry.list().map_err(ApiError::internal)?;
+    let metas = st.releases.registry.list().map_err(|e| ApiError::internal(e.to_string()))?;
     let mut data = Vec::new();
     for meta in metas {
         let stages = st.releases.model(&meta.name).map(|l| l.stages());
@@ -344,6 +345,6 @@ pub async fn audit(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     auth::authenticate_admin(&st.live().auth, &headers)?;
-    let entries = st.releases.audit(Some(&name)).map_err(ApiError::internal)?;
+    let entries = st.releases.audit(Some(&name)).map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(axum::Json(json!({ "object": "list", "model": name, "data": entries })).into_response())
 }

@@ -57,6 +57,47 @@ pub struct Errors {
     pub data: Vec<LineError>,
 }
 
+/// Where a batch is in its life (see the states above); serialised as OpenAI writes them
+/// (`in_progress`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchStatus {
+    Validating,
+    Failed,
+    InProgress,
+    Finalizing,
+    Completed,
+    Expired,
+    Cancelling,
+    Cancelled,
+}
+
+impl BatchStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchStatus::Validating => "validating",
+            BatchStatus::Failed => "failed",
+            BatchStatus::InProgress => "in_progress",
+            BatchStatus::Finalizing => "finalizing",
+            BatchStatus::Completed => "completed",
+            BatchStatus::Expired => "expired",
+            BatchStatus::Cancelling => "cancelling",
+            BatchStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the batch has ended: nothing more will run or change.
+    pub fn is_final(self) -> bool {
+        matches!(self, BatchStatus::Failed | BatchStatus::Completed | BatchStatus::Expired | BatchStatus::Cancelled)
+    }
+}
+
+impl std::fmt::Display for BatchStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// OpenAI's batch object.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct BatchObject {
@@ -66,7 +107,7 @@ pub struct BatchObject {
     pub errors: Option<Errors>,
     pub input_file_id: String,
     pub completion_window: String,
-    pub status: String,
+    pub status: BatchStatus,
     pub output_file_id: Option<String>,
     pub error_file_id: Option<String>,
     pub created_at: u64,
@@ -252,7 +293,7 @@ impl Batches {
             errors: None,
             input_file_id: input_file_id.to_owned(),
             completion_window: window.to_owned(),
-            status: "validating".into(),
+            status: BatchStatus::Validating,
             output_file_id: None,
             error_file_id: None,
             created_at: now,
@@ -280,7 +321,7 @@ impl Batches {
                 write_atomic(&self.bdir(&id).join("input.jsonl"), &out).map_err(CreateError::Io)?;
             }
             Err(errors) => {
-                b.status = "failed".into();
+                b.status = BatchStatus::Failed;
                 b.failed_at = Some(now);
                 b.errors = Some(Errors { object: "list".into(), data: errors });
             }
@@ -295,11 +336,11 @@ impl Batches {
     /// is published.
     pub fn cancel(&self, id: &str, key: Option<&str>) -> Option<BatchObject> {
         let b = self.get(id, key)?;
-        if !matches!(b.status.as_str(), "validating" | "in_progress") {
+        if !matches!(b.status, BatchStatus::Validating | BatchStatus::InProgress) {
             return Some(b);
         }
         let b = self.update(id, |b| {
-            b.status = "cancelling".into();
+            b.status = BatchStatus::Cancelling;
             b.cancelling_at = Some(crate::clock::now_s());
         });
         if let Some(r) = self.running.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
@@ -312,12 +353,7 @@ impl Batches {
     pub fn resume(self: &Arc<Self>, exec: Exec, tracker: &tokio_util::task::TaskTracker, stop: CancellationToken) {
         let ids: Vec<String> = {
             let m = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            m.values()
-                .filter(|s| {
-                    matches!(s.batch.status.as_str(), "validating" | "in_progress" | "finalizing" | "cancelling")
-                })
-                .map(|s| s.batch.id.clone())
-                .collect()
+            m.values().filter(|s| !s.batch.status.is_final()).map(|s| s.batch.id.clone()).collect()
         };
         for id in ids {
             self.start(&id, exec.clone(), tracker, stop.clone());
@@ -392,17 +428,17 @@ impl Batches {
             (ok, done.len() as u64 - ok)
         };
         let (ok, failed) = count(&done);
-        if stored.batch.status == "validating" || stored.batch.status == "in_progress" {
+        let status = stored.batch.status;
+        if matches!(status, BatchStatus::Validating | BatchStatus::InProgress) {
             self.update(id, |b| {
-                if b.status == "validating" {
-                    b.status = "in_progress".into();
+                if b.status == BatchStatus::Validating {
+                    b.status = BatchStatus::InProgress;
                     b.in_progress_at = Some(crate::clock::now_s());
                 }
                 b.request_counts = Counts { total: lines.len() as u64, completed: ok, failed };
             });
         }
-        let status = stored.batch.status.clone();
-        if status != "finalizing" && status != "cancelling" {
+        if !matches!(status, BatchStatus::Finalizing | BatchStatus::Cancelling) {
             let todo: Vec<usize> = (0..lines.len()).filter(|i| !done.contains_key(i)).collect();
             let results = Arc::new(Mutex::new(
                 std::fs::OpenOptions::new().create(true).append(true).open(self.bdir(id).join("results.jsonl")),
@@ -488,18 +524,18 @@ impl Batches {
     fn finalize(&self, id: &str, total: usize) {
         let Some(b) = self.get(id, None) else { return };
         let done = self.read_done(id);
-        let end = if b.status == "cancelling" || b.cancelling_at.is_some() {
-            "cancelled"
+        let end = if b.status == BatchStatus::Cancelling || b.cancelling_at.is_some() {
+            BatchStatus::Cancelled
         } else if done.len() < total {
-            "expired"
+            BatchStatus::Expired
         } else {
-            "completed"
+            BatchStatus::Completed
         };
         // File ids are fixed before the files are written, so a crash here redoes the same work.
         let b = self
             .update(id, |b| {
-                if b.status != "cancelling" {
-                    b.status = "finalizing".into();
+                if b.status != BatchStatus::Cancelling {
+                    b.status = BatchStatus::Finalizing;
                     b.finalizing_at.get_or_insert(crate::clock::now_s());
                 }
                 if done.values().any(|d| d.ok) {
@@ -531,14 +567,14 @@ impl Batches {
         self.update(id, |b| {
             let now = Some(crate::clock::now_s());
             b.request_counts = Counts { total: total as u64, completed: ok, failed: done.len() as u64 - ok };
-            b.status = end.into();
+            b.status = end;
             match end {
-                "cancelled" => b.cancelled_at = now,
-                "expired" => b.expired_at = now,
+                BatchStatus::Cancelled => b.cancelled_at = now,
+                BatchStatus::Expired => b.expired_at = now,
                 _ => b.completed_at = now,
             }
         });
-        tracing::info!(batch = %id, status = end, completed = ok, total, "batch ended");
+        tracing::info!(batch = %id, status = end.as_str(), completed = ok, total, "batch ended");
     }
 }
 
@@ -547,4 +583,24 @@ fn parse_window(s: &str) -> Option<u64> {
     // A unit is required here ("24h", as OpenAI writes it).
     let secs = crate::config::duration_secs(s).filter(|_| s.ends_with(|c: char| c.is_ascii_alphabetic()))?;
     (60..=7 * 86_400).contains(&secs).then_some(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_written_as_openai_writes_them() {
+        use BatchStatus::*;
+        let all = [Validating, Failed, InProgress, Finalizing, Completed, Expired, Cancelling, Cancelled];
+        for s in all {
+            let json = serde_json::to_value(s).unwrap();
+            assert_eq!(json, json!(s.as_str()));
+            assert_eq!(serde_json::from_value::<BatchStatus>(json).unwrap(), s);
+        }
+        assert_eq!(serde_json::to_string(&InProgress).unwrap(), "\"in_progress\"");
+        let ended: Vec<BatchStatus> = all.into_iter().filter(|s| s.is_final()).collect();
+        assert_eq!(ended, [Failed, Completed, Expired, Cancelled]);
+        assert!(serde_json::from_value::<BatchStatus>(json!("paused")).is_err());
+    }
 }

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use serde::Deserialize;
 use serde_json::{json, Value};
+
+use crate::batch::BatchStatus;
 
 pub struct Args {
     pub url: String,
@@ -85,7 +88,9 @@ async fn run_async(a: Args) -> anyhow::Result<()> {
     let mut batch: Option<Value> = None;
     if let Some(id) = previous.as_ref().and_then(|s| s["batch_id"].as_str()) {
         match api.json(api.req(reqwest::Method::GET, &format!("/v1/batches/{id}"))).await {
-            Ok(b) if !matches!(b["status"].as_str(), Some("failed" | "expired" | "cancelled")) => {
+            Ok(b)
+                if !matches!(status(&b), Some(BatchStatus::Failed | BatchStatus::Expired | BatchStatus::Cancelled)) =>
+            {
                 eprintln!("resuming batch {id} ({})", b["status"].as_str().unwrap_or("?"));
                 batch = Some(b);
             }
@@ -109,7 +114,7 @@ async fn run_async(a: Args) -> anyhow::Result<()> {
             let body =
                 json!({"input_file_id": file["id"], "endpoint": endpoint, "completion_window": a.completion_window});
             let b = api.json(api.req(reqwest::Method::POST, "/v1/batches").json(&body)).await?;
-            if b["status"] == "failed" {
+            if status(&b) == Some(BatchStatus::Failed) {
                 let mut msg = String::from("the input was refused:\n");
                 for e in b["errors"]["data"].as_array().into_iter().flatten() {
                     match e["line"].as_u64() {
@@ -129,22 +134,20 @@ async fn run_async(a: Args) -> anyhow::Result<()> {
     let id = batch["id"].as_str().unwrap_or_default().to_owned();
     let t0 = Instant::now();
     let done_at_start = done(&batch);
-    loop {
-        let status = batch["status"].as_str().unwrap_or("").to_owned();
+    let end = loop {
         if !a.quiet {
             progress(&batch, done_at_start, t0.elapsed());
         }
-        if matches!(status.as_str(), "completed" | "cancelled" | "expired" | "failed") {
+        if let Some(end) = status(&batch).filter(|s| s.is_final()) {
             if !a.quiet {
                 eprintln!();
             }
-            break;
+            break end;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         batch = api.json(api.req(reqwest::Method::GET, &format!("/v1/batches/{id}"))).await?;
-    }
-    let status = batch["status"].as_str().unwrap_or("");
-    if status == "failed" {
+    };
+    if end == BatchStatus::Failed {
         bail!("batch {id} failed: {}", batch["errors"]);
     }
     let mut written = 0;
@@ -164,11 +167,16 @@ async fn run_async(a: Args) -> anyhow::Result<()> {
         eprintln!("{failed} failed lines: {}", path.display());
     }
     let _ = std::fs::remove_file(&state);
-    eprintln!("batch {id} {status}: {written} results in {}", a.output.display());
-    if status != "completed" {
-        bail!("the batch ended {status} with {} of {} lines done", written + failed, batch["request_counts"]["total"]);
+    eprintln!("batch {id} {end}: {written} results in {}", a.output.display());
+    if end != BatchStatus::Completed {
+        bail!("the batch ended {end} with {} of {} lines done", written + failed, batch["request_counts"]["total"]);
     }
     Ok(())
+}
+
+/// The batch's status as the gateway reports it; `None` for one this client does not know.
+fn status(b: &Value) -> Option<BatchStatus> {
+    BatchStatus::deserialize(&b["status"]).ok()
 }
 
 fn done(b: &Value) -> u64 {

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use anyhow::{anyhow, bail};
 use clap::Subcommand;
 use serde_json::{json, Value};
 
@@ -106,24 +107,24 @@ pub struct Gateway {
 }
 
 #[allow(clippy::print_stdout)] // a command's output is what it prints
-pub fn run(cmd: ModelsCommand) -> Result<(), String> {
+pub fn run(cmd: ModelsCommand) -> anyhow::Result<()> {
     match cmd {
         ModelsCommand::Add { file, name, version, source, metrics, endpoint, kind, upstream_model, place } => {
             let (_, dir) = paths(&place)?;
             let reg = Registry::new(dir);
             let mut m = BTreeMap::new();
             for kv in metrics {
-                let (k, v) = kv.split_once('=').ok_or_else(|| format!("--metric '{kv}' is not NAME=VALUE"))?;
+                let (k, v) = kv.split_once('=').ok_or_else(|| anyhow!("--metric '{kv}' is not NAME=VALUE"))?;
                 let v = v.parse::<f64>().map(Value::from).unwrap_or_else(|_| Value::from(v));
                 m.insert(k.to_owned(), v);
             }
             let meta = match (file, endpoint) {
                 (Some(f), None) => reg.add_gguf(&f, &name, &version, source, m)?,
                 (None, Some(base_url)) => {
-                    let model = upstream_model.ok_or("--upstream-model is needed with --endpoint")?;
+                    let model = upstream_model.ok_or_else(|| anyhow!("--upstream-model is needed with --endpoint"))?;
                     reg.add_remote(&name, &version, Endpoint { kind, base_url, model }, source, m)?
                 }
-                _ => return Err("give a GGUF file or --endpoint (not both)".into()),
+                _ => bail!("give a GGUF file or --endpoint (not both)"),
             };
             println!("added {}@{} to {}", meta.name, meta.version, reg.root().display());
             println!("{}", serde_json::to_string_pretty(&meta).unwrap_or_default());
@@ -234,14 +235,14 @@ pub fn run(cmd: ModelsCommand) -> Result<(), String> {
     }
 }
 
-fn paths(place: &Place) -> Result<(PathBuf, PathBuf), String> {
+fn paths(place: &Place) -> anyhow::Result<(PathBuf, PathBuf)> {
     let (data, reg) = crate::config::load_paths(place.config.as_deref())?;
     Ok((data, place.registry.clone().unwrap_or(reg)))
 }
 
 /// One admin API call: a POST with `body`, or a GET without.
-fn call(gw: &Gateway, path: &str, body: Option<Value>) -> Result<Value, String> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+fn call(gw: &Gateway, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let url = format!("{}/v1/admin/models/{path}", gw.url.trim_end_matches('/'));
         let client = reqwest::Client::new();
@@ -252,11 +253,11 @@ fn call(gw: &Gateway, path: &str, body: Option<Value>) -> Result<Value, String> 
         if let Some(k) = &gw.admin_key {
             req = req.bearer_auth(k);
         }
-        let resp = req.send().await.map_err(|e| format!("cannot reach the gateway at {}: {e}", gw.url))?;
+        let resp = req.send().await.map_err(|e| anyhow!("cannot reach the gateway at {}: {e}", gw.url))?;
         let status = resp.status();
-        let v: Value = resp.json().await.map_err(|e| format!("{status}: {e}"))?;
+        let v: Value = resp.json().await.map_err(|e| anyhow!("{status}: {e}"))?;
         if !status.is_success() {
-            return Err(format!("{status}: {}", v["error"]["message"].as_str().unwrap_or("no message")));
+            bail!("{status}: {}", v["error"]["message"].as_str().unwrap_or("no message"));
         }
         Ok(v)
     })

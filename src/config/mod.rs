@@ -345,6 +345,26 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// Why one configuration file could not be read into its unchecked form.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{}: the config file does not exist", .0.display())]
+    Missing(PathBuf),
+    #[error("{}: cannot read: {error}", .path.display())]
+    Read { path: PathBuf, error: std::io::Error },
+    /// Not valid TOML, or not the file's shape: at `line` (1-based) and `key` when known.
+    #[error("{}{}: {}{message}", .path.display(), at_line(*.line), key_prefix(.key))]
+    Parse { path: PathBuf, line: Option<usize>, key: Option<String>, message: String },
+}
+
+fn at_line(line: Option<usize>) -> String {
+    line.map(|l| format!(" (line {l})")).unwrap_or_default()
+}
+
+fn key_prefix(key: &Option<String>) -> String {
+    key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default()
+}
+
 /// Where the configuration comes from.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
@@ -361,12 +381,12 @@ pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// The data and registry directories only, from the gateway file (or the defaults), without
 /// checking routes: `tollgate models add` must work before routes name the new version.
-pub fn load_paths(config: Option<&Path>) -> Result<(PathBuf, PathBuf), String> {
+pub fn load_paths(config: Option<&Path>) -> Result<(PathBuf, PathBuf), FileError> {
     let path = config.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("tollgate.toml"));
     let gw: raw::GatewayFile = if path.exists() {
         read_toml(&path)?
     } else if config.is_some() {
-        return Err(format!("{}: the config file does not exist", path.display()));
+        return Err(FileError::Missing(path));
     } else {
         raw::GatewayFile::default()
     };
@@ -394,12 +414,12 @@ pub fn load_with_env(opts: &LoadOptions, env: Env<'_>) -> Result<Config, ConfigE
         match read_toml::<raw::GatewayFile>(&gateway_path) {
             Ok(g) => (g, Some(gateway_path.clone())),
             Err(e) => {
-                errs.push(e);
+                errs.push(e.to_string());
                 (raw::GatewayFile::default(), Some(gateway_path.clone()))
             }
         }
     } else if explicit {
-        return Err(ConfigErrors(vec![format!("{}: the config file does not exist", gateway_path.display())]));
+        return Err(ConfigErrors(vec![FileError::Missing(gateway_path).to_string()]));
     } else {
         (raw::GatewayFile::default(), None)
     };
@@ -436,7 +456,7 @@ pub fn load_with_env(opts: &LoadOptions, env: Env<'_>) -> Result<Config, ConfigE
                         }
                     }
                 }
-                Err(e) => errs.push(e),
+                Err(e) => errs.push(e.to_string()),
             }
         }
     }
@@ -572,25 +592,14 @@ impl LocalConfig {
     }
 }
 
-fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, FileError> {
+    let text = std::fs::read_to_string(path).map_err(|error| FileError::Read { path: path.to_owned(), error })?;
     let de = toml::Deserializer::new(&text);
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
+        let key = Some(e.path().to_string()).filter(|k| !k.is_empty() && k != ".");
         let inner = e.into_inner();
-        let msg = inner.message().to_owned();
-        let at = inner
-            .span()
-            .map(|s| {
-                let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
-                format!(" (line {line})")
-            })
-            .unwrap_or_default();
-        if key.is_empty() || key == "." {
-            format!("{}{at}: {msg}", path.display())
-        } else {
-            format!("{}{at}: {key}: {msg}", path.display())
-        }
+        let line = inner.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        FileError::Parse { path: path.to_owned(), line, key, message: inner.message().to_owned() }
     })
 }
 

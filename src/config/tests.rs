@@ -77,3 +77,24 @@ fn misplaced_settings_are_refused() {
     let errs = load_dir(d.path(), &[]).unwrap_err().0.join("\n");
     assert!(errs.contains("alias[0].deployment[0].context: not a setting of kind = \"openai\""), "{errs}");
 }
+
+#[test]
+fn file_errors_name_the_file_line_and_key() {
+    let d = tempfile::tempdir().unwrap();
+    let missing = d.path().join("none.toml");
+    let e = load_paths(Some(&missing)).unwrap_err();
+    assert_eq!(e.to_string(), format!("{}: the config file does not exist", missing.display()));
+
+    let p = write(d.path(), "a.toml", "listen = \"127.0.0.1:1\"\ndata_dir = 7\n");
+    let e = load_paths(Some(&p)).unwrap_err();
+    assert!(matches!(&e, FileError::Parse { line: Some(2), key: Some(k), .. } if k == "data_dir"), "{e:?}");
+    assert!(e.to_string().starts_with(&format!("{} (line 2): data_dir: ", p.display())), "{e}");
+
+    let p = write(d.path(), "b.toml", "listen = \n");
+    let e = load_paths(Some(&p)).unwrap_err();
+    assert!(matches!(&e, FileError::Parse { line: Some(1), key: None, .. }), "{e:?}");
+    assert!(e.to_string().starts_with(&format!("{} (line 1): ", p.display())), "{e}");
+
+    let (data, registry) = load_paths(Some(&write(d.path(), "c.toml", "data_dir = \"d\"\n"))).unwrap();
+    assert_eq!((data.clone(), registry), (d.path().join("d"), d.path().join("d").join("registry")));
+}

@@ -19,7 +19,7 @@ pub fn run(
     model: Arc<LlamaModel>,
     set: EngineSettings,
     queue: Arc<Queue>,
-    ready: tokio::sync::oneshot::Sender<Result<(), String>>,
+    ready: tokio::sync::oneshot::Sender<Result<(), super::EngineError>>,
 ) {
     let per_seq = set.ctx_per_seq;
     let params = LlamaContextParams::default()
@@ -34,7 +34,7 @@ pub fn run(
     let mut ctx = match model.new_context(backend, params) {
         Ok(c) => c,
         Err(e) => {
-            let _ = ready.send(Err(format!("cannot create an embedding context: {e}")));
+            let _ = ready.send(Err(super::EngineError::EmbeddingContext(e)));
             return;
         }
     };

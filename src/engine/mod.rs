@@ -8,6 +8,7 @@
 //! Events from the thread become OpenAI chunks, or one body for a non-streamed request.
 
 pub mod embed;
+mod error;
 pub mod model_info;
 pub mod prefix;
 pub mod sessions;
@@ -29,6 +30,7 @@ use crate::backend::{Backend, BackendError, BackendReply, BackendRequest, Chunk}
 use crate::config::{DeploymentConfig, LocalConfig};
 use crate::protocol::error::ApiError;
 use crate::protocol::{Endpoint, Prompt, Usage, ValidRequest};
+pub use error::{EngineError, InitError};
 use model_info::ModelInfo;
 use worker::{EngineSettings, Event, GenParams, Job, Queue, Timings};
 
@@ -55,8 +57,8 @@ pub fn decide_batch_invariant_matmul(wanted: bool) -> bool {
 }
 
 /// llama.cpp's backend, initialised once per process with ggml's CPU variants loaded.
-pub fn llama_backend() -> Result<&'static LlamaBackend, String> {
-    static B: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+pub fn llama_backend() -> Result<&'static LlamaBackend, InitError> {
+    static B: OnceLock<Result<LlamaBackend, InitError>> = OnceLock::new();
     B.get_or_init(|| {
         llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
         let dir = backends_dir();
@@ -73,7 +75,7 @@ pub fn llama_backend() -> Result<&'static LlamaBackend, String> {
             devices = ?devices.iter().map(|d| format!("{} ({})", d.name, d.description)).collect::<Vec<_>>(),
             "ggml backends loaded"
         );
-        LlamaBackend::init().map_err(|e| format!("cannot initialise llama.cpp: {e}"))
+        LlamaBackend::init().map_err(|e| InitError::Llama(e.to_string()))
     })
     .as_ref()
     .map_err(Clone::clone)
@@ -82,7 +84,7 @@ pub fn llama_backend() -> Result<&'static LlamaBackend, String> {
 /// Loads one CPU variant (`TOLLGATE_CPU_VARIANT=haswell`, say) instead of the best one for
 /// this CPU. Variants round differently; pinning one gives every machine that can run it the
 /// same arithmetic (a fleet of mixed CPUs answering alike, or a test of another machine's).
-fn load_variant(dir: &std::path::Path, v: &str) -> Result<(), String> {
+fn load_variant(dir: &std::path::Path, v: &str) -> Result<(), InitError> {
     let file = dir.join(format!("libggml-cpu-{v}.so"));
     if !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || !file.is_file() {
         let mut known: Vec<String> = std::fs::read_dir(dir)
@@ -95,18 +97,14 @@ fn load_variant(dir: &std::path::Path, v: &str) -> Result<(), String> {
             })
             .collect();
         known.sort();
-        return Err(format!(
-            "TOLLGATE_CPU_VARIANT={v}: no such CPU variant in {} (there are: {})",
-            dir.display(),
-            known.join(", ")
-        ));
+        return Err(InitError::UnknownVariant { variant: v.to_owned(), dir: dir.to_owned(), known });
     }
-    let path = std::ffi::CString::new(file.to_string_lossy().as_bytes()).map_err(|e| e.to_string())?;
+    let path = std::ffi::CString::new(file.to_string_lossy().as_bytes()).map_err(InitError::VariantPath)?;
     // SAFETY: a NUL-terminated path; ggml returns null when the library cannot be loaded or
     // reports that this CPU cannot run it, and registers the backend otherwise.
     let reg = unsafe { llama_cpp_sys_2::ggml_backend_load(path.as_ptr()) };
     if reg.is_null() {
-        return Err(format!("TOLLGATE_CPU_VARIANT={v}: this CPU cannot run that variant ({})", file.display()));
+        return Err(InitError::VariantUnsupported { variant: v.to_owned(), file });
     }
     Ok(())
 }
@@ -143,32 +141,31 @@ impl Drop for LocalBackend {
 }
 
 impl LocalBackend {
-    pub async fn start(dep: &DeploymentConfig, l: &LocalConfig) -> Result<Arc<LocalBackend>, String> {
+    pub async fn start(dep: &DeploymentConfig, l: &LocalConfig) -> Result<Arc<LocalBackend>, EngineError> {
         if l.deterministic && !decide_batch_invariant_matmul(true) {
-            return Err(format!(
-                "{}: deterministic = true needs ggml's tiled matmul off from the start of the process \
-                 (GGML_CPU_TILED_MM=0); restart tollgate with this configuration",
-                dep.name
-            ));
+            return Err(EngineError::NeedsTiledMatmulOff { deployment: dep.name.clone() });
         }
         let backend = llama_backend()?;
         let path = l.path.clone();
         let size = model_info::precheck(&path)?;
         let gpu_layers = l.gpu_layers;
         let loaded = tokio::task::spawn_blocking(move || {
-            let sha = model_info::sha256_cached(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let sha =
+                model_info::sha256_cached(&path).map_err(|error| EngineError::Hash { path: path.clone(), error })?;
             let params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
             let model = LlamaModel::load_from_file(backend, &path, &params)
-                .map_err(|e| format!("{}: llama.cpp could not load the model: {e}", path.display()))?;
-            Ok::<_, String>((sha, model))
+                .map_err(|error| EngineError::Load { path: path.clone(), error })?;
+            Ok::<_, EngineError>((sha, model))
         })
         .await
-        .map_err(|e| format!("the model loader panicked: {e}"))??;
+        .map_err(EngineError::LoaderPanicked)??;
         let (sha256, model) = loaded;
         let model = Arc::new(model);
         let arch = model.meta_val_str("general.architecture").unwrap_or_else(|_| "unknown".into());
         let (template, tpl_name, tpl_source) = match (&l.chat_template, model.chat_template(None)) {
-            (Some(name), _) => (LlamaChatTemplate::new(name).map_err(|e| e.to_string())?, name.clone(), "config"),
+            (Some(name), _) => {
+                (LlamaChatTemplate::new(name).map_err(EngineError::TemplateName)?, name.clone(), "config")
+            }
             (None, Ok(t)) => {
                 let shown = t.to_str().map(|s| s.chars().take(80).collect()).unwrap_or_default();
                 (t, shown, "gguf")
@@ -176,13 +173,15 @@ impl LocalBackend {
             (None, Err(_)) => {
                 let name = model_info::builtin_template_for(&arch);
                 tracing::info!(model = %l.path.display(), architecture = %arch, template = name, "the model has no chat template; using llama.cpp's built-in one for its architecture");
-                (LlamaChatTemplate::new(name).map_err(|e| e.to_string())?, name.to_owned(), "builtin")
+                (LlamaChatTemplate::new(name).map_err(EngineError::TemplateName)?, name.to_owned(), "builtin")
             }
         };
-        let probe = [LlamaChatMessage::new("user".into(), "hi".into()).map_err(|e| e.to_string())?];
-        model
-            .apply_chat_template(&template, &probe, true)
-            .map_err(|e| format!("{}: the chat template '{tpl_name}' cannot be applied: {e}", l.path.display()))?;
+        let probe = [LlamaChatMessage::new("user".into(), "hi".into()).map_err(EngineError::ProbeMessage)?];
+        model.apply_chat_template(&template, &probe, true).map_err(|error| EngineError::Template {
+            path: l.path.clone(),
+            template: tpl_name.clone(),
+            error,
+        })?;
         let ctx_per_seq = l.context.min(model.n_ctx_train().max(64));
         let info = ModelInfo {
             path: l.path.display().to_string(),
@@ -237,8 +236,8 @@ impl LocalBackend {
                     worker::run(backend, m, settings, q, ready_tx)
                 }
             })
-            .map_err(|e| format!("cannot start the engine thread: {e}"))?;
-        ready_rx.await.map_err(|_| "the engine thread died while starting".to_owned())??;
+            .map_err(EngineError::Thread)?;
+        ready_rx.await.map_err(|_| EngineError::ThreadDied)??;
         tracing::info!(
             deployment = %dep.name,
             model = %info.path,

@@ -26,27 +26,37 @@ pub struct ModelInfo {
     pub chat_template_source: &'static str,
 }
 
-/// Checks the file before llama.cpp sees it.
-pub fn precheck(path: &Path) -> Result<u64, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: cannot open the model file: {e}", path.display()))?;
+/// Why a model file is refused before llama.cpp sees it.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelFileError {
+    #[error("{}: cannot open the model file: {error}", .path.display())]
+    Open { path: PathBuf, error: std::io::Error },
+    #[error("{}: not a file", .0.display())]
+    NotAFile(PathBuf),
+    #[error("{}: cannot read the model file: {error}", .path.display())]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("{}: not a GGUF file (it does not start with the GGUF magic)", .0.display())]
+    NotGguf(PathBuf),
+    #[error("{}: the model needs {} MiB but only {} MiB of memory is available", .path.display(), .size >> 20, .available >> 20)]
+    TooLarge { path: PathBuf, size: u64, available: u64 },
+}
+
+/// Checks the file before llama.cpp sees it; its size.
+pub fn precheck(path: &Path) -> Result<u64, ModelFileError> {
+    let meta = std::fs::metadata(path).map_err(|error| ModelFileError::Open { path: path.to_owned(), error })?;
     if !meta.is_file() {
-        return Err(format!("{}: not a file", path.display()));
+        return Err(ModelFileError::NotAFile(path.to_owned()));
     }
     let mut magic = [0u8; 4];
     std::fs::File::open(path)
         .and_then(|mut f| f.read_exact(&mut magic))
-        .map_err(|e| format!("{}: cannot read the model file: {e}", path.display()))?;
+        .map_err(|error| ModelFileError::Read { path: path.to_owned(), error })?;
     if &magic != b"GGUF" {
-        return Err(format!("{}: not a GGUF file (it does not start with the GGUF magic)", path.display()));
+        return Err(ModelFileError::NotGguf(path.to_owned()));
     }
-    if let Some(avail) = mem_available() {
-        if meta.len() > avail {
-            return Err(format!(
-                "{}: the model needs {} MiB but only {} MiB of memory is available",
-                path.display(),
-                meta.len() >> 20,
-                avail >> 20
-            ));
+    if let Some(available) = mem_available() {
+        if meta.len() > available {
+            return Err(ModelFileError::TooLarge { path: path.to_owned(), size: meta.len(), available });
         }
     }
     Ok(meta.len())
@@ -80,8 +90,8 @@ fn cache_file() -> PathBuf {
 }
 
 /// The file's SHA-256, from the cache when its size and mtime are unchanged.
-pub fn sha256_cached(path: &Path) -> Result<String, String> {
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+pub fn sha256_cached(path: &Path) -> std::io::Result<String> {
+    let meta = std::fs::metadata(path)?;
     let mtime_ns = meta
         .modified()
         .ok()
@@ -97,11 +107,11 @@ pub fn sha256_cached(path: &Path) -> Result<String, String> {
             return Ok(c.sha256.clone());
         }
     }
-    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut f = std::fs::File::open(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).map_err(|e| e.to_string())?;
+        let n = f.read(&mut buf)?;
         if n == 0 {
             break;
         }
@@ -144,11 +154,13 @@ mod tests {
     #[test]
     fn refuses_missing_and_non_gguf_files() {
         let e = precheck(Path::new("/nonexistent/model.gguf")).unwrap_err();
+        assert!(matches!(e, ModelFileError::Open { .. }), "{e:?}");
+        let e = e.to_string();
         assert!(e.contains("/nonexistent/model.gguf"), "{e}");
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("x.gguf");
         std::fs::write(&p, b"not a model").unwrap();
-        let e = precheck(&p).unwrap_err();
+        let e = precheck(&p).unwrap_err().to_string();
         assert!(e.contains("not a GGUF file") && e.contains("x.gguf"), "{e}");
     }
 }

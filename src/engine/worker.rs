@@ -321,7 +321,7 @@ pub fn run(
     model: Arc<LlamaModel>,
     set: EngineSettings,
     queue: Arc<Queue>,
-    ready: tokio::sync::oneshot::Sender<Result<(), String>>,
+    ready: tokio::sync::oneshot::Sender<Result<(), super::EngineError>>,
 ) {
     // One KV stream per slot, each of `ctx_per_seq` cells (llama.cpp rounds a stream to 256).
     let n_ctx = set.ctx_per_seq.div_ceil(256).saturating_mul(256).saturating_mul(set.parallel);
@@ -338,11 +338,8 @@ pub fn run(
     }
     let mut ctx = match model.new_context(backend, params) {
         Ok(c) => c,
-        Err(e) => {
-            let _ = ready.send(Err(format!(
-                "cannot create a llama.cpp context of {n_ctx} tokens for {} sequences: {e} (too little memory?)",
-                set.parallel
-            )));
+        Err(error) => {
+            let _ = ready.send(Err(super::EngineError::Context { n_ctx, parallel: set.parallel, error }));
             return;
         }
     };

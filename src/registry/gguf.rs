@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The facts the registry records about a GGUF model.
 #[derive(Clone, Debug, PartialEq)]
@@ -81,12 +81,73 @@ const T_UINT64: u32 = 10;
 const T_INT64: u32 = 11;
 const T_FLOAT64: u32 = 12;
 
+/// Why the GGUF header of a file could not be read. Every error names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum GgufError {
+    #[error("{}: cannot open the model file: {error}", .path.display())]
+    Open { path: PathBuf, error: std::io::Error },
+    #[error("{}: cannot read the model file: {error}", .path.display())]
+    Stat { path: PathBuf, error: std::io::Error },
+    #[error("{}: {problem}", .path.display())]
+    Header { path: PathBuf, problem: HeaderError },
+}
+
+/// What is wrong with a header. `what` names the part being read, e.g. `metadata entry 3
+/// (general.name)` or `tensor info 0`.
+#[derive(Debug, thiserror::Error)]
+pub enum HeaderError {
+    #[error("not a GGUF file (it does not start with the GGUF magic)")]
+    NotGguf,
+    #[error("GGUF version {version} is not supported, only versions 2 and 3{}", endian_hint(*.big_endian))]
+    UnsupportedVersion { version: u32, big_endian: bool },
+    #[error("truncated: the file ends inside {what} (at byte {pos} of {len})")]
+    Truncated { what: String, pos: u64, len: u64 },
+    #[error("the header claims {count} {what}, more than the {remaining} bytes left in the file can hold (corrupt?)")]
+    CountTooLarge { count: u64, what: String, remaining: u64 },
+    #[error("cannot read {what}: {error}")]
+    Read { what: String, error: std::io::Error },
+    #[error("{what} is too long")]
+    TooLong { what: String },
+    #[error("{what} is {len} bytes long, more than the {max} allowed")]
+    StringTooLong { what: String, len: u64, max: u64 },
+    #[error("{what} is not valid UTF-8")]
+    NotUtf8 { what: String },
+    #[error("{what} has unknown value type {ty}")]
+    UnknownValueType { what: String, ty: u32 },
+    #[error("{what} has unknown array element type {ty}")]
+    UnknownElementType { what: String, ty: u32 },
+    #[error("{what} nests arrays more than {MAX_ARRAY_DEPTH} deep")]
+    TooDeep { what: String },
+    #[error("{what} has value type {ty}, not the type GGUF specifies")]
+    WrongType { what: String, ty: u32 },
+    #[error("{what}: {value} is not a valid file type")]
+    BadFileType { what: String, value: i128 },
+    #[error("the file has no general.architecture")]
+    NoArchitecture,
+    #[error("{architecture}.context_length is {value}, not a valid context length")]
+    BadContextLength { architecture: String, value: i128 },
+    #[error("{what} has {n_dims} dimensions, more than the {MAX_DIMS} ggml allows")]
+    TooManyDims { what: String, n_dims: u32 },
+    #[error("{what}: its element count overflows")]
+    ElementsOverflow { what: String },
+    #[error("the total parameter count overflows")]
+    ParametersOverflow,
+}
+
+fn endian_hint(big_endian: bool) -> &'static str {
+    if big_endian {
+        " (a big-endian GGUF file?)"
+    } else {
+        ""
+    }
+}
+
 /// Reads the header of the GGUF file at `path`.
-pub fn read_facts(path: &Path) -> Result<GgufFacts, String> {
-    let file = File::open(path).map_err(|e| format!("{}: cannot open the model file: {e}", path.display()))?;
-    let len = file.metadata().map_err(|e| format!("{}: cannot read the model file: {e}", path.display()))?.len();
+pub fn read_facts(path: &Path) -> Result<GgufFacts, GgufError> {
+    let file = File::open(path).map_err(|error| GgufError::Open { path: path.to_owned(), error })?;
+    let len = file.metadata().map_err(|error| GgufError::Stat { path: path.to_owned(), error })?.len();
     let mut r = Reader { inner: BufReader::new(file), pos: 0, len };
-    parse(&mut r).map_err(|e| format!("{}: {e}", path.display()))
+    parse(&mut r).map_err(|problem| GgufError::Header { path: path.to_owned(), problem })
 }
 
 /// `general.file_type` as llama.cpp names it.
@@ -119,15 +180,15 @@ pub fn file_type_name(ft: u32) -> String {
     n.to_owned()
 }
 
-fn parse<R: Read + Seek>(r: &mut Reader<R>) -> Result<GgufFacts, String> {
+fn parse<R: Read + Seek>(r: &mut Reader<R>) -> Result<GgufFacts, HeaderError> {
     let magic: [u8; 4] = r.array("the GGUF magic")?;
     if &magic != b"GGUF" {
-        return Err("not a GGUF file (it does not start with the GGUF magic)".into());
+        return Err(HeaderError::NotGguf);
     }
     let version = u32::from_le_bytes(r.array("the GGUF version")?);
     if !(2..=3).contains(&version) {
-        let hint = if (2..=3).contains(&version.swap_bytes()) { " (a big-endian GGUF file?)" } else { "" };
-        return Err(format!("GGUF version {version} is not supported, only versions 2 and 3{hint}"));
+        let big_endian = (2..=3).contains(&version.swap_bytes());
+        return Err(HeaderError::UnsupportedVersion { version, big_endian });
     }
     let tensor_count = r.u64("the tensor count")?;
     let kv_count = r.u64("the metadata count")?;
@@ -149,22 +210,22 @@ fn parse<R: Read + Seek>(r: &mut Reader<R>) -> Result<GgufFacts, String> {
             ("general.architecture", Value::Str(s)) => architecture = Some(s),
             ("general.name", Value::Str(s)) => name = Some(s),
             ("general.file_type", Value::Int(v)) => {
-                file_type = Some(u32::try_from(v).map_err(|_| format!("{what}: {v} is not a valid file type"))?)
+                file_type = Some(u32::try_from(v).map_err(|_| HeaderError::BadFileType { what, value: v })?)
             }
             (k, Value::Int(v)) if k.ends_with(".context_length") && context_lengths.len() < MAX_CONTEXT_KEYS => {
                 context_lengths.insert(key, v);
             }
             ("general.architecture" | "general.name" | "general.file_type", _) => {
-                return Err(format!("{what} has value type {ty}, not the type GGUF specifies"));
+                return Err(HeaderError::WrongType { what, ty });
             }
             _ => {}
         }
     }
-    let architecture = architecture.ok_or("the file has no general.architecture")?;
+    let architecture = architecture.ok_or(HeaderError::NoArchitecture)?;
     let context_length = match context_lengths.get(&format!("{architecture}.context_length")) {
         Some(&v) => Some(
             u32::try_from(v)
-                .map_err(|_| format!("{architecture}.context_length is {v}, not a valid context length"))?,
+                .map_err(|_| HeaderError::BadContextLength { architecture: architecture.clone(), value: v })?,
         ),
         None => None,
     };
@@ -175,16 +236,16 @@ fn parse<R: Read + Seek>(r: &mut Reader<R>) -> Result<GgufFacts, String> {
         r.skip_string(MAX_TENSOR_NAME, &format!("the name of {what}"))?;
         let n_dims = r.u32(&what)?;
         if n_dims > MAX_DIMS {
-            return Err(format!("{what} has {n_dims} dimensions, more than the {MAX_DIMS} ggml allows"));
+            return Err(HeaderError::TooManyDims { what, n_dims });
         }
         let mut elements: u64 = 1;
         for _ in 0..n_dims {
             let d = r.u64(&what)?;
-            elements = elements.checked_mul(d).ok_or_else(|| format!("{what}: its element count overflows"))?;
+            elements = elements.checked_mul(d).ok_or_else(|| HeaderError::ElementsOverflow { what: what.clone() })?;
         }
         let _ggml_type = r.u32(&what)?;
         let _offset = r.u64(&what)?;
-        parameters = parameters.checked_add(elements).ok_or("the total parameter count overflows")?;
+        parameters = parameters.checked_add(elements).ok_or(HeaderError::ParametersOverflow)?;
     }
 
     Ok(GgufFacts {
@@ -221,76 +282,73 @@ impl<R: Read + Seek> Reader<R> {
         self.len.saturating_sub(self.pos)
     }
 
-    fn need(&self, n: u64, what: &str) -> Result<(), String> {
+    fn need(&self, n: u64, what: &str) -> Result<(), HeaderError> {
         if n > self.remaining() {
-            return Err(format!("truncated: the file ends inside {what} (at byte {} of {})", self.pos, self.len));
+            return Err(HeaderError::Truncated { what: what.to_owned(), pos: self.pos, len: self.len });
         }
         Ok(())
     }
 
     /// Refuses a count of items of at least `min_bytes` each that the rest of the file cannot hold.
-    fn check_count(&self, count: u64, min_bytes: u64, what: &str) -> Result<(), String> {
+    fn check_count(&self, count: u64, min_bytes: u64, what: &str) -> Result<(), HeaderError> {
         if count > self.remaining() / min_bytes {
-            return Err(format!(
-                "the header claims {count} {what}, more than the {} bytes left in the file can hold (corrupt?)",
-                self.remaining()
-            ));
+            return Err(HeaderError::CountTooLarge { count, what: what.to_owned(), remaining: self.remaining() });
         }
         Ok(())
     }
 
-    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], String> {
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], HeaderError> {
         self.need(N as u64, what)?;
         let mut b = [0u8; N];
-        self.inner.read_exact(&mut b).map_err(|e| format!("cannot read {what}: {e}"))?;
+        self.inner.read_exact(&mut b).map_err(|error| HeaderError::Read { what: what.to_owned(), error })?;
         self.pos += N as u64;
         Ok(b)
     }
 
-    fn u32(&mut self, what: &str) -> Result<u32, String> {
+    fn u32(&mut self, what: &str) -> Result<u32, HeaderError> {
         Ok(u32::from_le_bytes(self.array(what)?))
     }
 
-    fn u64(&mut self, what: &str) -> Result<u64, String> {
+    fn u64(&mut self, what: &str) -> Result<u64, HeaderError> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
 
-    fn skip(&mut self, n: u64, what: &str) -> Result<(), String> {
+    fn skip(&mut self, n: u64, what: &str) -> Result<(), HeaderError> {
         self.need(n, what)?;
         // `need` bounds n by the file length, which fits in an i64 on every real filesystem.
-        let step = i64::try_from(n).map_err(|_| format!("{what} is too long"))?;
+        let step = i64::try_from(n).map_err(|_| HeaderError::TooLong { what: what.to_owned() })?;
         // seek_relative keeps the buffer when the target is inside it, so skipping a vocabulary
         // of short strings costs no extra reads.
-        self.inner.seek_relative(step).map_err(|e| format!("cannot read {what}: {e}"))?;
+        self.inner.seek_relative(step).map_err(|error| HeaderError::Read { what: what.to_owned(), error })?;
         self.pos += n;
         Ok(())
     }
 
-    fn string_len(&mut self, max: u64, what: &str) -> Result<u64, String> {
+    fn string_len(&mut self, max: u64, what: &str) -> Result<u64, HeaderError> {
         let n = self.u64(what)?;
         self.need(n, what)?;
         if n > max {
-            return Err(format!("{what} is {n} bytes long, more than the {max} allowed"));
+            return Err(HeaderError::StringTooLong { what: what.to_owned(), len: n, max });
         }
         Ok(n)
     }
 
-    fn string(&mut self, max: u64, what: &str) -> Result<String, String> {
+    fn string(&mut self, max: u64, what: &str) -> Result<String, HeaderError> {
         let n = self.string_len(max, what)?;
         // Bounded by `max` and by the bytes left in the file.
         let mut buf = vec![0u8; n as usize];
-        self.inner.read_exact(&mut buf).map_err(|e| format!("cannot read {what}: {e}"))?;
+        self.inner.read_exact(&mut buf).map_err(|error| HeaderError::Read { what: what.to_owned(), error })?;
         self.pos += n;
-        String::from_utf8(buf).map_err(|_| format!("{what} is not valid UTF-8"))
+        String::from_utf8(buf).map_err(|_| HeaderError::NotUtf8 { what: what.to_owned() })
     }
 
-    fn skip_string(&mut self, max: u64, what: &str) -> Result<(), String> {
+    fn skip_string(&mut self, max: u64, what: &str) -> Result<(), HeaderError> {
         let n = self.string_len(max, what)?;
         self.skip(n, what)
     }
 
     /// Reads an integer or (when `keep_string`) a string value; skips anything else.
-    fn value(&mut self, ty: u32, keep_string: bool, depth: u32, what: &str) -> Result<Value, String> {
+    fn value(&mut self, ty: u32, keep_string: bool, depth: u32, what: &str) -> Result<Value, HeaderError> {
         let v = match ty {
             T_UINT8 => Value::Int(u8::from_le_bytes(self.array(what)?).into()),
             T_INT8 => Value::Int(i8::from_le_bytes(self.array(what)?).into()),
@@ -313,14 +371,14 @@ impl<R: Read + Seek> Reader<R> {
                 self.skip_array(depth, what)?;
                 Value::Skipped
             }
-            _ => return Err(format!("{what} has unknown value type {ty}")),
+            _ => return Err(HeaderError::UnknownValueType { what: what.to_owned(), ty }),
         };
         Ok(v)
     }
 
-    fn skip_array(&mut self, depth: u32, what: &str) -> Result<(), String> {
+    fn skip_array(&mut self, depth: u32, what: &str) -> Result<(), HeaderError> {
         if depth >= MAX_ARRAY_DEPTH {
-            return Err(format!("{what} nests arrays more than {MAX_ARRAY_DEPTH} deep"));
+            return Err(HeaderError::TooDeep { what: what.to_owned() });
         }
         let elem = self.u32(what)?;
         let count = self.u64(what)?;
@@ -338,7 +396,8 @@ impl<R: Read + Seek> Reader<R> {
                 }
             }
             _ => {
-                let size = fixed_size(elem).ok_or_else(|| format!("{what} has unknown array element type {elem}"))?;
+                let size = fixed_size(elem)
+                    .ok_or_else(|| HeaderError::UnknownElementType { what: what.to_owned(), ty: elem })?;
                 self.check_count(count, size, &format!("elements in {what}"))?;
                 self.skip(count * size, what)?;
             }
@@ -543,24 +602,24 @@ mod tests {
     fn refuses_non_gguf_and_unsupported_versions() {
         let d = tempfile::tempdir().unwrap();
         let p = write(&d, "x.bin", b"not a model at all");
-        let e = read_facts(&p).unwrap_err();
+        let e = read_facts(&p).unwrap_err().to_string();
         assert!(e.contains("x.bin") && e.contains("not a GGUF file"), "{e}");
 
         let p = write(&d, "v1.gguf", &Gguf::new(1).finish());
-        let e = read_facts(&p).unwrap_err();
+        let e = read_facts(&p).unwrap_err().to_string();
         assert!(e.contains("v1.gguf") && e.contains("version 1 is not supported"), "{e}");
 
         let p = write(&d, "be.gguf", &Gguf::new(3u32.swap_bytes()).finish());
-        let e = read_facts(&p).unwrap_err();
+        let e = read_facts(&p).unwrap_err().to_string();
         assert!(e.contains("big-endian"), "{e}");
 
-        let e = read_facts(&d.path().join("missing.gguf")).unwrap_err();
+        let e = read_facts(&d.path().join("missing.gguf")).unwrap_err().to_string();
         assert!(e.contains("missing.gguf") && e.contains("cannot open"), "{e}");
 
         let mut w = Gguf::new(3);
         w.kv_str("general.name", "no arch");
         let p = write(&d, "noarch.gguf", &w.finish());
-        let e = read_facts(&p).unwrap_err();
+        let e = read_facts(&p).unwrap_err().to_string();
         assert!(e.contains("no general.architecture"), "{e}");
     }
 
@@ -579,7 +638,7 @@ mod tests {
         // Cut at every byte inside the header; the tensor data after it is never read.
         for cut in 0..header_len {
             let p = write(&d, "cut.gguf", &full[..cut]);
-            let e = read_facts(&p).expect_err(&format!("a file cut at {cut} bytes must be refused"));
+            let e = read_facts(&p).expect_err(&format!("a file cut at {cut} bytes must be refused")).to_string();
             assert!(e.contains("cut.gguf"), "{e}");
             assert!(e.contains("truncated") || e.contains("more than") || e.contains("not a GGUF"), "cut {cut}: {e}");
         }
@@ -590,17 +649,17 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let w = Gguf::new(3);
         let p = write(&d, "kv.gguf", &w.header(0, u64::MAX));
-        let e = read_facts(&p).unwrap_err();
+        let e = read_facts(&p).unwrap_err().to_string();
         assert!(e.contains("kv.gguf") && e.contains("metadata entries"), "{e}");
         let p = write(&d, "t.gguf", &w.header(u64::MAX / 2, 0));
-        let e = read_facts(&p).unwrap_err();
+        let e = read_facts(&p).unwrap_err().to_string();
         assert!(e.contains("tensors"), "{e}");
 
         // A key claiming to be 2^60 bytes long.
         let mut b = w.header(0, 1);
         b.extend_from_slice(&(1u64 << 60).to_le_bytes());
         b.extend_from_slice(&[b'a'; 64]);
-        let e = read_facts(&write(&d, "key.gguf", &b)).unwrap_err();
+        let e = read_facts(&write(&d, "key.gguf", &b)).unwrap_err().to_string();
         assert!(e.contains("truncated"), "{e}");
 
         // Arrays claiming far more elements than the file holds, of each kind.
@@ -611,7 +670,7 @@ mod tests {
             v.extend_from_slice(&[0; 64]);
             let mut w = Gguf::new(3);
             w.kv_raw("big.array", T_ARRAY, &v);
-            let e = read_facts(&write(&d, "arr.gguf", &w.finish())).unwrap_err();
+            let e = read_facts(&write(&d, "arr.gguf", &w.finish())).unwrap_err().to_string();
             assert!(e.contains("more than") && e.contains("big.array"), "elem {elem}: {e}");
         }
 
@@ -623,25 +682,25 @@ mod tests {
         }
         let mut w = Gguf::new(3);
         w.kv_raw("deep", T_ARRAY, &v);
-        let e = read_facts(&write(&d, "deep.gguf", &w.finish())).unwrap_err();
+        let e = read_facts(&write(&d, "deep.gguf", &w.finish())).unwrap_err().to_string();
         assert!(e.contains("nests arrays"), "{e}");
 
         // Too many dimensions, and dimensions whose product overflows.
         let mut w = Gguf::new(3);
         w.kv_str("general.architecture", "x");
         w.tensor("t", &[1, 1, 1, 1, 1], 0);
-        let e = read_facts(&write(&d, "dims.gguf", &w.finish())).unwrap_err();
+        let e = read_facts(&write(&d, "dims.gguf", &w.finish())).unwrap_err().to_string();
         assert!(e.contains("5 dimensions"), "{e}");
         let mut w = Gguf::new(3);
         w.kv_str("general.architecture", "x");
         w.tensor("t", &[1 << 40, 1 << 40], 0);
-        let e = read_facts(&write(&d, "ovf.gguf", &w.finish())).unwrap_err();
+        let e = read_facts(&write(&d, "ovf.gguf", &w.finish())).unwrap_err().to_string();
         assert!(e.contains("overflows"), "{e}");
 
         // Unknown value type.
         let mut w = Gguf::new(3);
         w.kv_raw("weird", 99, &[0; 8]);
-        let e = read_facts(&write(&d, "ty.gguf", &w.finish())).unwrap_err();
+        let e = read_facts(&write(&d, "ty.gguf", &w.finish())).unwrap_err().to_string();
         assert!(e.contains("unknown value type 99"), "{e}");
 
         // A kept string that is not UTF-8.
@@ -649,7 +708,7 @@ mod tests {
         let mut s = 2u64.to_le_bytes().to_vec();
         s.extend_from_slice(&[0xff, 0xfe]);
         w.kv_raw("general.architecture", T_STRING, &s);
-        let e = read_facts(&write(&d, "utf8.gguf", &w.finish())).unwrap_err();
+        let e = read_facts(&write(&d, "utf8.gguf", &w.finish())).unwrap_err().to_string();
         assert!(e.contains("UTF-8"), "{e}");
     }
 

@@ -21,6 +21,7 @@
 //!
 //! Everything here is blocking file I/O; call it off the async runtime.
 
+mod error;
 pub mod gguf;
 
 use std::cmp::Ordering;
@@ -31,6 +32,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+pub use error::{Existing, RegistryError};
 
 const METADATA: &str = "metadata.json";
 const GGUF_FILE: &str = "model.gguf";
@@ -105,17 +108,16 @@ impl Registry {
         version: &str,
         source: Option<String>,
         metrics: BTreeMap<String, serde_json::Value>,
-    ) -> Result<VersionMeta, String> {
+    ) -> Result<VersionMeta, RegistryError> {
         check_name_version(name, version)?;
         // Read first, so a file that is not a model is refused before anything is written.
         let facts = gguf::read_facts(file)?;
         self.refuse_existing(name, version)?;
         let source = match source {
             Some(s) => s,
-            None => std::fs::canonicalize(file)
-                .map_err(|e| format!("{}: cannot resolve the path: {e}", file.display()))?
-                .display()
-                .to_string(),
+            None => {
+                std::fs::canonicalize(file).map_err(RegistryError::io(file, "resolve the path"))?.display().to_string()
+            }
         };
         self.publish(name, version, |tmp| {
             let placed = tmp.join(GGUF_FILE);
@@ -147,16 +149,16 @@ impl Registry {
         endpoint: Endpoint,
         source: Option<String>,
         metrics: BTreeMap<String, serde_json::Value>,
-    ) -> Result<VersionMeta, String> {
+    ) -> Result<VersionMeta, RegistryError> {
         check_name_version(name, version)?;
         if endpoint.kind != "openai" && endpoint.kind != "ollama" {
-            return Err(format!("endpoint kind '{}' is not supported: use openai or ollama", endpoint.kind));
+            return Err(RegistryError::UnsupportedEndpointKind(endpoint.kind));
         }
         if !(endpoint.base_url.starts_with("http://") || endpoint.base_url.starts_with("https://")) {
-            return Err(format!("endpoint base URL '{}' must start with http:// or https://", endpoint.base_url));
+            return Err(RegistryError::BadEndpointUrl(endpoint.base_url));
         }
         if endpoint.model.trim().is_empty() {
-            return Err("the endpoint's model name is empty".into());
+            return Err(RegistryError::EmptyEndpointModel);
         }
         self.refuse_existing(name, version)?;
         self.publish(name, version, |_| {
@@ -179,28 +181,32 @@ impl Registry {
     }
 
     /// The metadata of `name@version`.
-    pub fn get(&self, name: &str, version: &str) -> Result<VersionMeta, String> {
+    pub fn get(&self, name: &str, version: &str) -> Result<VersionMeta, RegistryError> {
         check_name_version(name, version)?;
         let dir = self.version_dir(name, version);
         if !dir.is_dir() {
-            return Err(format!("{name}@{version} is not in the registry at {}", self.root.display()));
+            return Err(RegistryError::NotFound {
+                name: name.to_owned(),
+                version: version.to_owned(),
+                root: self.root.clone(),
+            });
         }
         let meta = read_meta(&dir.join(METADATA))?;
         if meta.name != name || meta.version != version {
-            return Err(format!(
-                "{}: it describes {}@{}, not {name}@{version}",
-                dir.join(METADATA).display(),
-                meta.name,
-                meta.version
-            ));
+            return Err(RegistryError::WrongMetadata {
+                path: dir.join(METADATA),
+                found: format!("{}@{}", meta.name, meta.version),
+                name: name.to_owned(),
+                version: version.to_owned(),
+            });
         }
         Ok(meta)
     }
 
     /// Every version of `name`, oldest (by semver precedence) first; none if the name is unknown.
-    pub fn versions(&self, name: &str) -> Result<Vec<VersionMeta>, String> {
+    pub fn versions(&self, name: &str) -> Result<Vec<VersionMeta>, RegistryError> {
         if !valid_name(name) {
-            return Err(name_error(name));
+            return Err(RegistryError::InvalidName(name.to_owned()));
         }
         let mut versions = subdirs(&self.root.join(name), valid_version)?;
         versions.sort_by(|a, b| compare_versions(a, b));
@@ -208,7 +214,7 @@ impl Registry {
     }
 
     /// Every version of every model, by name, then by version.
-    pub fn list(&self) -> Result<Vec<VersionMeta>, String> {
+    pub fn list(&self) -> Result<Vec<VersionMeta>, RegistryError> {
         let mut names = subdirs(&self.root, valid_name)?;
         names.sort();
         let mut all = Vec::new();
@@ -233,20 +239,20 @@ impl Registry {
         self.root.join(name).join(version)
     }
 
-    fn refuse_existing(&self, name: &str, version: &str) -> Result<(), String> {
+    fn refuse_existing(&self, name: &str, version: &str) -> Result<(), RegistryError> {
         let dir = self.version_dir(name, version);
         if !dir.exists() {
             return Ok(());
         }
-        let what = match read_meta(&dir.join(METADATA)) {
-            Ok(VersionMeta { sha256: Some(sha), .. }) => format!("sha256 {sha}"),
+        let existing = match read_meta(&dir.join(METADATA)) {
+            Ok(VersionMeta { sha256: Some(sha), .. }) => Existing::Sha256(sha),
             Ok(VersionMeta { endpoint: Some(ep), .. }) => {
-                format!("{} endpoint {} model {}", ep.kind, ep.base_url, ep.model)
+                Existing::Endpoint { kind: ep.kind, base_url: ep.base_url, model: ep.model }
             }
-            Ok(_) => "no sha256 recorded".to_owned(),
-            Err(e) => format!("its metadata is unreadable: {e}"),
+            Ok(_) => Existing::NothingRecorded,
+            Err(e) => Existing::Unreadable(Box::new(e)),
         };
-        Err(format!("{name}@{version} is already in the registry ({what}); versions are immutable, add a new version"))
+        Err(RegistryError::Exists { name: name.to_owned(), version: version.to_owned(), existing })
     }
 
     /// Builds a version in a fresh temp directory with `fill` (which places any files and returns
@@ -256,12 +262,12 @@ impl Registry {
         &self,
         name: &str,
         version: &str,
-        fill: impl FnOnce(&Path) -> Result<VersionMeta, String>,
-    ) -> Result<VersionMeta, String> {
+        fill: impl FnOnce(&Path) -> Result<VersionMeta, RegistryError>,
+    ) -> Result<VersionMeta, RegistryError> {
         let parent = self.root.join(name);
-        std::fs::create_dir_all(&parent).map_err(|e| format!("{}: cannot create: {e}", parent.display()))?;
+        std::fs::create_dir_all(&parent).map_err(RegistryError::io(&parent, "create"))?;
         let tmp = parent.join(format!("{TMP_PREFIX}{version}-{:016x}", rand::random::<u64>()));
-        std::fs::create_dir(&tmp).map_err(|e| format!("{}: cannot create: {e}", tmp.display()))?;
+        std::fs::create_dir(&tmp).map_err(RegistryError::io(&tmp, "create"))?;
         let result = fill(&tmp).and_then(|meta| {
             write_meta(&tmp.join(METADATA), &meta)?;
             let dest = self.version_dir(name, version);
@@ -270,7 +276,7 @@ impl Registry {
             self.refuse_existing(name, version)?;
             std::fs::rename(&tmp, &dest).map_err(|e| match self.refuse_existing(name, version) {
                 Err(exists) => exists,
-                Ok(()) => format!("{}: cannot publish: {e}", dest.display()),
+                Ok(()) => RegistryError::io(&dest, "publish")(e),
             })?;
             Ok(meta)
         });
@@ -283,17 +289,17 @@ impl Registry {
 }
 
 /// Splits `NAME` or `NAME@X.Y.Z` into a validated name and optional version.
-pub fn parse_ref(s: &str) -> Result<(String, Option<String>), String> {
+pub fn parse_ref(s: &str) -> Result<(String, Option<String>), RegistryError> {
     let (name, version) = match s.split_once('@') {
         Some((n, v)) => (n, Some(v)),
         None => (s, None),
     };
     if !valid_name(name) {
-        return Err(name_error(name));
+        return Err(RegistryError::InvalidName(name.to_owned()));
     }
     if let Some(v) = version {
         if !valid_version(v) {
-            return Err(version_error(v));
+            return Err(RegistryError::InvalidVersion(v.to_owned()));
         }
     }
     Ok((name.to_owned(), version.map(str::to_owned)))
@@ -386,37 +392,28 @@ fn parse_number(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
-fn name_error(name: &str) -> String {
-    format!(
-        "'{name}' is not a valid model name: use 1 to 64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
-    )
-}
-
-fn version_error(version: &str) -> String {
-    format!("'{version}' is not a valid version: use semver MAJOR.MINOR.PATCH, e.g. 1.0.0 or 1.0.0-rc.1 (no leading v)")
-}
-
-fn check_name_version(name: &str, version: &str) -> Result<(), String> {
+fn check_name_version(name: &str, version: &str) -> Result<(), RegistryError> {
     if !valid_name(name) {
-        return Err(name_error(name));
+        return Err(RegistryError::InvalidName(name.to_owned()));
     }
     if !valid_version(version) {
-        return Err(version_error(version));
+        return Err(RegistryError::InvalidVersion(version.to_owned()));
     }
     Ok(())
 }
 
 /// The names of the directories in `dir` that `keep` accepts; none if `dir` does not exist.
 /// Temp directories (and anything else starting with '.') are never accepted by `keep`.
-fn subdirs(dir: &Path, keep: fn(&str) -> bool) -> Result<Vec<String>, String> {
+fn subdirs(dir: &Path, keep: fn(&str) -> bool) -> Result<Vec<String>, RegistryError> {
+    const ACTION: &str = "read the registry directory";
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("{}: cannot read the registry directory: {e}", dir.display())),
+        Err(e) => return Err(RegistryError::io(dir, ACTION)(e)),
     };
     let mut out = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|e| format!("{}: cannot read the registry directory: {e}", dir.display()))?;
+        let entry = entry.map_err(RegistryError::io(dir, ACTION))?;
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
         if !name.starts_with(TMP_PREFIX) && keep(&name) && entry.path().is_dir() {
             out.push(name);
@@ -425,33 +422,35 @@ fn subdirs(dir: &Path, keep: fn(&str) -> bool) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-fn read_meta(path: &Path) -> Result<VersionMeta, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    serde_json::from_slice(&bytes).map_err(|e| format!("{}: invalid metadata: {e}", path.display()))
+fn read_meta(path: &Path) -> Result<VersionMeta, RegistryError> {
+    let bytes = std::fs::read(path).map_err(RegistryError::io(path, "read"))?;
+    serde_json::from_slice(&bytes).map_err(|error| RegistryError::BadMetadata { path: path.to_owned(), error })
 }
 
-fn write_meta(path: &Path, meta: &VersionMeta) -> Result<(), String> {
-    let mut json = serde_json::to_string_pretty(meta).map_err(|e| format!("cannot encode the metadata: {e}"))?;
+fn write_meta(path: &Path, meta: &VersionMeta) -> Result<(), RegistryError> {
+    let mut json = serde_json::to_string_pretty(meta).map_err(RegistryError::EncodeMetadata)?;
     json.push('\n');
-    let mut f = std::fs::File::create(path).map_err(|e| format!("{}: cannot create: {e}", path.display()))?;
+    let mut f = std::fs::File::create(path).map_err(RegistryError::io(path, "create"))?;
     // Synced before the directory is renamed into place, so a crash cannot publish it empty.
-    f.write_all(json.as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| format!("{}: cannot write: {e}", path.display()))
+    f.write_all(json.as_bytes()).and_then(|()| f.sync_all()).map_err(RegistryError::io(path, "write"))
 }
 
 /// Hard-links `src` to `dest` (same filesystem: instant), else copies it.
-fn place_file(src: &Path, dest: &Path) -> Result<(), String> {
+fn place_file(src: &Path, dest: &Path) -> Result<(), RegistryError> {
     if std::fs::hard_link(src, dest).is_ok() {
         return Ok(());
     }
-    std::fs::copy(src, dest).map_err(|e| format!("cannot copy {} to {}: {e}", src.display(), dest.display()))?;
-    std::fs::File::open(dest).and_then(|f| f.sync_all()).map_err(|e| format!("{}: cannot sync: {e}", dest.display()))
+    std::fs::copy(src, dest).map_err(|error| RegistryError::Copy {
+        from: src.to_owned(),
+        to: dest.to_owned(),
+        error,
+    })?;
+    std::fs::File::open(dest).and_then(|f| f.sync_all()).map_err(RegistryError::io(dest, "sync"))
 }
 
 /// The hex SHA-256 and size of a file, read in 1 MiB chunks.
-fn sha256_file(path: &Path) -> Result<(String, u64), String> {
-    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: cannot open: {e}", path.display()))?;
+fn sha256_file(path: &Path) -> Result<(String, u64), RegistryError> {
+    let mut f = std::fs::File::open(path).map_err(RegistryError::io(path, "open"))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
@@ -460,7 +459,7 @@ fn sha256_file(path: &Path) -> Result<(String, u64), String> {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
+            Err(e) => return Err(RegistryError::io(path, "read")(e)),
         };
         h.update(&buf[..n]);
         size += n as u64;
@@ -576,9 +575,11 @@ mod tests {
         let before = tree(r.root());
         let e = r.add_gguf(&src, "gemma", "1.0.0", None, BTreeMap::new()).unwrap_err();
         let sha = m.sha256.unwrap();
+        assert!(matches!(&e, RegistryError::Exists { existing: Existing::Sha256(s), .. } if *s == sha), "{e:?}");
+        let e = e.to_string();
         assert!(e.contains("gemma@1.0.0 is already in the registry") && e.contains(&sha), "{e}");
         assert!(e.contains("versions are immutable"), "{e}");
-        let e = r.add_remote("gemma", "1.0.0", remote("g"), None, BTreeMap::new()).unwrap_err();
+        let e = r.add_remote("gemma", "1.0.0", remote("g"), None, BTreeMap::new()).unwrap_err().to_string();
         assert!(e.contains("already in the registry"), "{e}");
         assert_eq!(tree(r.root()), before);
     }
@@ -588,19 +589,22 @@ mod tests {
         let (d, r) = registry();
         let src = test_model(d.path());
         for name in ["", "Gemma", "-gemma", ".tmp-x", "a/b", "a@b", "..", &"a".repeat(65), "g emma"] {
-            let e = r.add_gguf(&src, name, "1.0.0", None, BTreeMap::new()).unwrap_err();
+            let e = r.add_gguf(&src, name, "1.0.0", None, BTreeMap::new()).unwrap_err().to_string();
             assert!(e.contains("not a valid model name"), "{name}: {e}");
         }
         for version in ["", "1", "1.0", "v1.0.0", "1.0.0.0", "01.0.0", "1.0.0-", "1.0.0-rc..1", "1.0.0+b", "1.0.0-r/c"]
         {
-            let e = r.add_gguf(&src, "gemma", version, None, BTreeMap::new()).unwrap_err();
+            let e = r.add_gguf(&src, "gemma", version, None, BTreeMap::new()).unwrap_err().to_string();
             assert!(e.contains("not a valid version"), "{version}: {e}");
         }
         let not_gguf = d.path().join("weights.bin");
         std::fs::write(&not_gguf, b"definitely not a model").unwrap();
         let e = r.add_gguf(&not_gguf, "gemma", "1.0.0", None, BTreeMap::new()).unwrap_err();
+        assert!(matches!(e, RegistryError::Gguf(gguf::GgufError::Header { .. })), "{e:?}");
+        let e = e.to_string();
         assert!(e.contains("weights.bin") && e.contains("not a GGUF file"), "{e}");
-        let e = r.add_gguf(&d.path().join("nope.gguf"), "gemma", "1.0.0", None, BTreeMap::new()).unwrap_err();
+        let e =
+            r.add_gguf(&d.path().join("nope.gguf"), "gemma", "1.0.0", None, BTreeMap::new()).unwrap_err().to_string();
         assert!(e.contains("nope.gguf"), "{e}");
         assert!(!r.root().exists(), "a refused add writes nothing: {:?}", tree(d.path()));
         assert!(r.list().unwrap().is_empty(), "a missing root is an empty registry");
@@ -623,13 +627,15 @@ mod tests {
         assert!(r.versions("unknown").unwrap().is_empty());
 
         let e = r.get("gemma", "9.9.9").unwrap_err();
-        assert_eq!(e, format!("gemma@9.9.9 is not in the registry at {}", r.root().display()));
+        assert!(matches!(e, RegistryError::NotFound { .. }), "{e:?}");
+        assert_eq!(e.to_string(), format!("gemma@9.9.9 is not in the registry at {}", r.root().display()));
 
         // A broken metadata.json is an error naming it, not a silently shorter list.
         let bad = r.root().join("gemma/1.9.0/metadata.json");
         std::fs::write(&bad, b"{not json").unwrap();
         let e = r.list().unwrap_err();
-        assert!(e.contains(&bad.display().to_string()), "{e}");
+        assert!(matches!(&e, RegistryError::BadMetadata { path, .. } if *path == bad), "{e:?}");
+        assert!(e.to_string().contains(&bad.display().to_string()), "{e}");
     }
 
     #[test]
@@ -644,9 +650,13 @@ mod tests {
         assert_eq!(tree(&r.root().join("qwen")), ["0.1.0", "0.1.0/metadata.json"]);
 
         let ep = Endpoint { kind: "vllm".into(), ..remote("m") };
-        assert!(r.add_remote("qwen", "0.2.0", ep, None, BTreeMap::new()).unwrap_err().contains("not supported"));
+        assert!(r
+            .add_remote("qwen", "0.2.0", ep, None, BTreeMap::new())
+            .unwrap_err()
+            .to_string()
+            .contains("not supported"));
         let ep = Endpoint { base_url: "ftp://x".into(), ..remote("m") };
-        assert!(r.add_remote("qwen", "0.2.0", ep, None, BTreeMap::new()).unwrap_err().contains("http://"));
+        assert!(r.add_remote("qwen", "0.2.0", ep, None, BTreeMap::new()).unwrap_err().to_string().contains("http://"));
         let ep = Endpoint { kind: "ollama".into(), base_url: "https://h:11434".into(), model: "m".into() };
         assert!(r.add_remote("qwen", "0.2.0", ep, None, BTreeMap::new()).is_ok());
     }
@@ -665,11 +675,11 @@ mod tests {
     fn parses_refs() {
         assert_eq!(parse_ref("gemma").unwrap(), ("gemma".into(), None));
         assert_eq!(parse_ref("gemma-3.270m@1.0.0-rc.1").unwrap(), ("gemma-3.270m".into(), Some("1.0.0-rc.1".into())));
-        assert!(parse_ref("gemma@").unwrap_err().contains("not a valid version"));
-        assert!(parse_ref("gemma@v1.0.0").unwrap_err().contains("not a valid version"));
-        assert!(parse_ref("gemma@1.0.0@2.0.0").unwrap_err().contains("not a valid version"));
-        assert!(parse_ref("@1.0.0").unwrap_err().contains("not a valid model name"));
-        assert!(parse_ref("Gemma").unwrap_err().contains("not a valid model name"));
+        assert!(parse_ref("gemma@").unwrap_err().to_string().contains("not a valid version"));
+        assert!(parse_ref("gemma@v1.0.0").unwrap_err().to_string().contains("not a valid version"));
+        assert!(parse_ref("gemma@1.0.0@2.0.0").unwrap_err().to_string().contains("not a valid version"));
+        assert!(parse_ref("@1.0.0").unwrap_err().to_string().contains("not a valid model name"));
+        assert!(parse_ref("Gemma").unwrap_err().to_string().contains("not a valid model name"));
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! rate exceeds production's by `error_rate_margin`, or its p95 latency exceeds
 //! production's by `p95_margin` (a fraction); an alert fires and the audit record says why.
 
+mod error;
 pub mod store;
 
 use std::collections::{HashMap, VecDeque};
@@ -29,7 +30,8 @@ use crate::accounting::RequestRecord;
 use crate::clock::now_ms;
 use crate::config::{Config, ModelConfig, RollbackPolicy};
 use crate::registry::Registry;
-pub use store::{AuditEntry, Stages, Store};
+pub use error::ReleaseError;
+pub use store::{AuditAction, AuditEntry, Change, Stages, Store};
 
 /// Outcomes kept per version for the canary comparison.
 use crate::config::ROLLBACK_WINDOW as WINDOW;
@@ -276,7 +278,7 @@ impl Releases {
     pub fn open(
         cfg: &Config,
         monitor: Option<Arc<crate::accounting::monitor::Monitor>>,
-    ) -> Result<Arc<Releases>, String> {
+    ) -> Result<Arc<Releases>, ReleaseError> {
         let store = Store::open(&cfg.server.data_dir.join("releases.sqlite"))?;
         let r = Arc::new(Releases {
             registry: Registry::new(cfg.server.registry_dir.clone()),
@@ -292,7 +294,7 @@ impl Releases {
 
     /// Applies a (re)loaded configuration: new models are seeded, policies updated. Stored
     /// stages win over `routes/` (see [`Releases::drift`]).
-    pub fn configure(self: &Arc<Self>, cfg: &Config) -> Result<(), String> {
+    pub fn configure(self: &Arc<Self>, cfg: &Config) -> Result<(), ReleaseError> {
         // The store's lock is held throughout: no change lands between reading and applying.
         let mut store = lock(&self.store);
         let stored = store.all()?;
@@ -317,7 +319,7 @@ impl Releases {
                         id: 0,
                         at_ms: now_ms(),
                         model: name.to_owned(),
-                        action: "seed".into(),
+                        action: AuditAction::Seed,
                         version: s.production.clone(),
                         actor: "routes".into(),
                         reason: Some(format!("first start with {}", m.file.display())),
@@ -358,31 +360,31 @@ impl Releases {
 
     /// Records a change and makes it live: the stages (when given) and the audit record are
     /// written first, in one transaction, then every request sees the new stages. With
-    /// `expected`, the change is refused (`Err(None)`) if the live stages are no longer those
-    /// (an automatic rollback came first); `Err(Some(_))` is a store error.
+    /// `expected`, the change is refused ([`ReleaseError::StagesChanged`]) if the live stages
+    /// are no longer those (an automatic rollback came first).
     pub fn commit(
         &self,
         model: &str,
         expected: Option<&Stages>,
         stages: Option<&Stages>,
         entry: AuditEntry,
-    ) -> Result<AuditEntry, Option<String>> {
+    ) -> Result<AuditEntry, ReleaseError> {
         let mut store = lock(&self.store);
         let live = self.model(model);
         if let (Some(exp), Some(l)) = (expected, &live) {
             if l.stages() != *exp {
-                return Err(None);
+                return Err(ReleaseError::StagesChanged);
             }
         }
         let mut entry = entry;
-        entry.id = store.apply(stages, &entry).map_err(Some)?;
+        entry.id = store.apply(stages, &entry)?;
         if let (Some(s), Some(live)) = (stages, live) {
             live.set(s);
         }
         Ok(entry)
     }
 
-    pub fn audit(&self, model: Option<&str>) -> Result<Vec<AuditEntry>, String> {
+    pub fn audit(&self, model: Option<&str>) -> Result<Vec<AuditEntry>, ReleaseError> {
         lock(&self.store).audit(model)
     }
 
@@ -396,7 +398,7 @@ impl Releases {
             id: 0,
             at_ms: now_ms(),
             model: live.name.clone(),
-            action: "auto_rollback".into(),
+            action: AuditAction::AutoRollback,
             version: Some(version.to_owned()),
             actor: "auto".into(),
             reason: Some(v.why.clone()),

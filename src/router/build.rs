@@ -133,7 +133,7 @@ async fn version_dep(
     existing: &mut Loaded,
 ) -> Result<Arc<Deployment>, String> {
     let model = template.release.as_ref().map(|r| r.model.as_str()).unwrap_or_default();
-    let meta = ctx.rel.registry.get(model, version)?;
+    let meta = ctx.rel.registry.get(model, version).map_err(|e| e.to_string())?;
     let dc = version_config(template, &meta, ctx.rel);
     if let Some(d) = existing.get(&dc.name).filter(|d| d.cfg == dc) {
         return Ok(d.clone());
@@ -235,7 +235,7 @@ async fn backend(d: &DeploymentConfig, cfg: &Config) -> Result<Arc<dyn Backend>,
         DeploymentKind::Ollama(r) => Ok(Arc::new(OllamaBackend::new(d, r.clone()))),
         #[cfg(feature = "engine")]
         DeploymentKind::Local(l) => {
-            let b = crate::engine::LocalBackend::start(d, l).await?;
+            let b = crate::engine::LocalBackend::start(d, l).await.map_err(|e| e.to_string())?;
             b.warm_prompts(&cfg.prompts).await;
             Ok(b as Arc<dyn Backend>)
         }
