@@ -2,25 +2,24 @@
 //!
 //! This module owns the translation both ways: the request (messages, sampling parameters
 //! into Ollama's `options`, and the rejection, by name, of parameters Ollama cannot honour),
-//! the incremental NDJSON parser for streamed replies, and the translation of Ollama's lines
-//! and bodies into OpenAI chunks and bodies, with usage taken from Ollama's token counters.
+//! and the translation of Ollama's lines (framed by [`super::ndjson`]) and bodies into OpenAI
+//! chunks and bodies, with usage taken from Ollama's token counters.
 //! A streamed reply always ends with a usage chunk (the API layer drops it when the client
 //! did not ask). Retries, fallbacks and the final `model` name belong to the router and the
 //! API layer.
 
 use std::collections::VecDeque;
 use std::fmt::Display;
-use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
 use http::StatusCode;
 use serde_json::{json, Map, Value};
 
-use super::{
-    classify_reqwest, parse_retry_after, Backend, BackendError, BackendReply, BackendRequest, Chunk, EventStream,
-};
+use super::ndjson::NdjsonParser;
+use super::remote::{self, classify_reqwest, Remote};
+use super::{Backend, BackendError, BackendReply, BackendRequest, Chunk, EventStream};
 use crate::config::{DeploymentConfig, RemoteConfig};
 use crate::protocol::error::ApiError;
 use crate::protocol::{Endpoint, Prompt, Sampling, Usage, ValidRequest};
@@ -29,18 +28,12 @@ use crate::protocol::{Endpoint, Prompt, Sampling, Usage, ValidRequest};
 const MAX_LINE: usize = 16 << 20;
 
 pub struct OllamaBackend {
-    client: reqwest::Client,
-    cfg: RemoteConfig,
-    health_timeout: Duration,
+    remote: Remote,
 }
 
 impl OllamaBackend {
     pub fn new(dep: &DeploymentConfig, cfg: RemoteConfig) -> Self {
-        OllamaBackend {
-            client: super::http_client(dep.connect_timeout),
-            cfg,
-            health_timeout: dep.connect_timeout.max(Duration::from_secs(2)),
-        }
+        OllamaBackend { remote: Remote::new(dep, cfg) }
     }
 
     /// The native path (`api/chat`, `api/generate`, `api/embed`) and body for a request, or
@@ -81,35 +74,16 @@ impl OllamaBackend {
 impl Backend for OllamaBackend {
     fn call(&self, br: BackendRequest) -> BoxFuture<'static, Result<BackendReply, BackendError>> {
         let req = br.req.clone();
-        let (path, body) = match Self::upstream_request(&self.cfg, &req) {
+        let cfg = self.remote.cfg();
+        let (path, body) = match Self::upstream_request(cfg, &req) {
             Ok(x) => x,
             Err(e) => return futures::future::ready(Err(e)).boxed(),
         };
-        let url = format!("{}/{path}", self.cfg.base_url);
-        let mut rb = self.client.post(url).header("x-request-id", &br.request_id).json(&body);
-        if let Some(k) = &self.cfg.api_key {
-            rb = rb.bearer_auth(&k.0);
-        }
-        if let Some(tp) = &br.traceparent {
-            rb = rb.header("traceparent", tp);
-        }
-        for (k, v) in &self.cfg.headers {
-            rb = rb.header(k, &v.0);
-        }
-        let model = self.cfg.model.clone();
+        let rb = self.remote.post(format!("{}/{path}", cfg.base_url), &br, &body);
+        let model = cfg.model.clone();
         // As for OpenAI upstreams: a whole body gets the first-token budget, stretched.
         async move {
-            let resp = rb.send().await.map_err(classify_reqwest)?;
-            let status = resp.status();
-            if !status.is_success() {
-                let retry_after = parse_retry_after(resp.headers());
-                let body = tokio::time::timeout(Duration::from_secs(10), resp.bytes())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .unwrap_or_default();
-                return Err(BackendError::Status { status, body, retry_after });
-            }
+            let resp = remote::send(rb).await?;
             let endpoint = req.endpoint;
             if req.stream && endpoint != Endpoint::Embeddings {
                 let tr = StreamTranslator::new(endpoint, Head::new(endpoint, &model));
@@ -130,22 +104,7 @@ impl Backend for OllamaBackend {
     }
 
     fn health(&self) -> BoxFuture<'static, Result<(), String>> {
-        let mut rb = self.client.get(format!("{}/api/version", self.cfg.base_url)).timeout(self.health_timeout);
-        if let Some(k) = &self.cfg.api_key {
-            rb = rb.bearer_auth(&k.0);
-        }
-        for (k, v) in &self.cfg.headers {
-            rb = rb.header(k, &v.0);
-        }
-        async move {
-            let r = rb.send().await.map_err(|e| e.to_string())?;
-            if r.status().is_success() {
-                Ok(())
-            } else {
-                Err(format!("GET /api/version answered {}", r.status()))
-            }
-        }
-        .boxed()
+        self.remote.health("api/version")
     }
 }
 
@@ -232,49 +191,6 @@ fn options(s: &Sampling) -> Map<String, Value> {
 }
 
 // ---- The reply ----
-
-/// An incremental NDJSON parser: bytes in, one line out as soon as its newline arrives.
-#[derive(Default)]
-pub struct NdjsonParser {
-    buf: BytesMut,
-    /// How far `buf` is known to hold no newline.
-    scanned: usize,
-}
-
-impl NdjsonParser {
-    pub fn push(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
-    }
-
-    /// Bytes held for a line not yet complete.
-    pub fn buffered(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// The next complete, non-blank line, without its `\n` or `\r\n`.
-    pub fn next_line(&mut self) -> Option<Bytes> {
-        loop {
-            let Some(i) = memchr::memchr(b'\n', &self.buf[self.scanned..]) else {
-                self.scanned = self.buf.len();
-                return None;
-            };
-            let nl = self.scanned + i;
-            self.scanned = 0;
-            let mut line = self.buf.split_to(nl + 1).freeze();
-            line.truncate(if nl > 0 && line[nl - 1] == b'\r' { nl - 1 } else { nl });
-            if !line.iter().all(u8::is_ascii_whitespace) {
-                return Some(line);
-            }
-        }
-    }
-
-    /// At end of input: a last line without its newline still counts.
-    pub fn finish(&mut self) -> Option<Bytes> {
-        self.scanned = 0;
-        let rest = self.buf.split().freeze();
-        (!rest.iter().all(u8::is_ascii_whitespace)).then_some(rest)
-    }
-}
 
 /// What every OpenAI chunk and body of one response shares.
 #[derive(Clone, Debug)]
@@ -544,39 +460,9 @@ mod tests {
         OllamaBackend::upstream_request(&cfg(), &validate(endpoint, body.as_bytes()).unwrap())
     }
 
-    fn lines(p: &mut NdjsonParser) -> Vec<Bytes> {
-        std::iter::from_fn(|| p.next_line()).collect()
-    }
-
     fn run_stream(endpoint: Endpoint, pieces: Vec<&'static [u8]>) -> Vec<Result<Chunk, BackendError>> {
         let body = futures::stream::iter(pieces.into_iter().map(|p| Ok::<_, std::io::Error>(Bytes::from_static(p))));
         futures::executor::block_on(ndjson_chunks(body, StreamTranslator::new(endpoint, head())).collect())
-    }
-
-    #[test]
-    fn parser_splits_anywhere() {
-        for input in [CHAT, GENERATE] {
-            let want: Vec<&[u8]> = input
-                .split(|b| *b == b'\n')
-                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-                .filter(|l| !l.is_empty())
-                .collect();
-            assert_eq!(want.len(), 3);
-            for split in 0..=input.len() {
-                let mut p = NdjsonParser::default();
-                p.push(&input[..split]);
-                let mut got = lines(&mut p);
-                p.push(&input[split..]);
-                got.extend(lines(&mut p));
-                assert_eq!(got, want, "split at {split}");
-                assert_eq!(p.finish(), None);
-            }
-        }
-        let mut p = NdjsonParser::default();
-        p.push(b"{\"a\":1}\n{\"b\":");
-        assert_eq!(lines(&mut p), vec![Bytes::from_static(b"{\"a\":1}")]);
-        p.push(b"2}");
-        assert_eq!((lines(&mut p).len(), p.finish()), (0, Some(Bytes::from_static(b"{\"b\":2}"))));
     }
 
     #[test]
