@@ -3,7 +3,7 @@
 //! This module owns the translation both ways: the request (messages, sampling parameters
 //! into Ollama's `options`, and the rejection, by name, of parameters Ollama cannot honour),
 //! and the translation of Ollama's lines (framed by [`super::ndjson`]) and bodies into OpenAI
-//! chunks and bodies, with usage taken from Ollama's token counters.
+//! chunks and bodies ([`crate::protocol::chunk`]), with usage taken from Ollama's token counters.
 //! A streamed reply always ends with a usage chunk (the API layer drops it when the client
 //! did not ask). Retries, fallbacks and the final `model` name belong to the router and the
 //! API layer.
@@ -21,6 +21,7 @@ use super::ndjson::NdjsonParser;
 use super::remote::{self, classify_reqwest, Remote};
 use super::{Backend, BackendError, BackendReply, BackendRequest, Chunk, EventStream};
 use crate::config::{DeploymentConfig, RemoteConfig};
+use crate::protocol::chunk::{self, Head};
 use crate::protocol::error::ApiError;
 use crate::protocol::{Endpoint, Prompt, Sampling, Usage, ValidRequest};
 
@@ -86,7 +87,7 @@ impl Backend for OllamaBackend {
             let resp = remote::send(rb).await?;
             let endpoint = req.endpoint;
             if req.stream && endpoint != Endpoint::Embeddings {
-                let tr = StreamTranslator::new(endpoint, Head::new(endpoint, &model));
+                let tr = StreamTranslator::new(endpoint, head(endpoint, &model));
                 return Ok(BackendReply::Stream(ndjson_chunks(resp.bytes_stream(), tr)));
             }
             // The router bounds the whole attempt (`request_timeout`).
@@ -96,7 +97,7 @@ impl Backend for OllamaBackend {
                 let base64 = req.body.get("encoding_format").and_then(Value::as_str) == Some("base64");
                 translate_embed(&model, &obj, base64)?
             } else {
-                translate_final(endpoint, &Head::new(endpoint, &model), &obj)?
+                translate_final(endpoint, &head(endpoint, &model), &obj)?
             };
             Ok(BackendReply::Full { body, usage: Some(usage) })
         }
@@ -192,27 +193,9 @@ fn options(s: &Sampling) -> Map<String, Value> {
 
 // ---- The reply ----
 
-/// What every OpenAI chunk and body of one response shares.
-#[derive(Clone, Debug)]
-struct Head {
-    id: String,
-    created: u64,
-    model: String,
-}
-
-impl Head {
-    fn new(endpoint: Endpoint, model: &str) -> Self {
-        let prefix = if endpoint == Endpoint::Chat { "chatcmpl-" } else { "cmpl-" };
-        let created = crate::clock::now_s();
-        Head { id: format!("{prefix}{}", uuid::Uuid::new_v4().simple()), created, model: model.to_owned() }
-    }
-
-    /// `id`, `object`, `created`, `model`, `choices`, in OpenAI's order.
-    fn with(&self, object: &str, choices: Value) -> Map<String, Value> {
-        into_map(
-            json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": choices}),
-        )
-    }
+/// The head of one response's chunks or body (Ollama has no `system_fingerprint`).
+fn head(endpoint: Endpoint, model: &str) -> Head {
+    Head::new(endpoint, chunk::response_id(endpoint), crate::clock::now_s(), model.to_owned(), None)
 }
 
 /// The object a `json!({...})` literal built (json! keeps the written key order).
@@ -221,15 +204,6 @@ fn into_map(v: Value) -> Map<String, Value> {
         Value::Object(m) => m,
         _ => Map::new(),
     }
-}
-
-fn chat_chunk(h: &Head, delta: Value, finish: Option<&str>) -> Chunk {
-    let choice = json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish});
-    h.with("chat.completion.chunk", Value::Array(vec![choice]))
-}
-
-fn text_choice(text: &str, finish: Option<&str>) -> Value {
-    json!({"text": text, "index": 0, "logprobs": null, "finish_reason": finish})
 }
 
 /// Ollama's `done_reason` as an OpenAI `finish_reason`.
@@ -290,31 +264,23 @@ impl StreamTranslator {
     /// The chunks one line becomes; the `done` line adds the finish and usage chunks.
     fn line(&mut self, line: &[u8]) -> Result<Vec<Chunk>, BackendError> {
         let obj = parse_object(line)?;
-        let (h, chat) = (&self.head, self.endpoint == Endpoint::Chat);
+        let (h, chat) = (&self.head, self.head.is_chat());
         let mut out = Vec::new();
         if chat && !self.started {
-            out.push(chat_chunk(h, json!({"role": "assistant", "content": ""}), None));
+            out.push(h.role_chunk());
         }
         self.started = true;
         let (text, thinking) = texts(self.endpoint, &obj);
         if chat && !thinking.is_empty() {
-            out.push(chat_chunk(h, json!({ "reasoning_content": thinking }), None));
+            out.push(h.reasoning_chunk(thinking));
         }
         if !text.is_empty() {
-            out.push(if chat {
-                chat_chunk(h, json!({ "content": text }), None)
-            } else {
-                h.with("text_completion", json!([text_choice(text, None)]))
-            });
+            out.push(h.text_chunk(text));
         }
         if is_done(&obj) {
             self.finished = true;
-            let fr = Some(finish_reason(obj.get("done_reason").and_then(Value::as_str)));
-            let object = if chat { "chat.completion.chunk" } else { "text_completion" };
-            out.push(if chat { chat_chunk(h, json!({}), fr) } else { h.with(object, json!([text_choice("", fr)])) });
-            let mut usage = h.with(object, json!([]));
-            usage.insert("usage".into(), usage_of(&obj).to_json());
-            out.push(usage);
+            out.push(h.finish_chunk(finish_reason(obj.get("done_reason").and_then(Value::as_str))));
+            out.push(h.usage_chunk(usage_of(&obj).to_json()));
         }
         Ok(out)
     }
@@ -400,17 +366,7 @@ fn translate_final(
     let (text, thinking) = texts(endpoint, obj);
     let fr = finish_reason(obj.get("done_reason").and_then(Value::as_str));
     let usage = usage_of(obj);
-    let mut body = if endpoint == Endpoint::Chat {
-        let msg = if thinking.is_empty() {
-            json!({"role": "assistant", "content": text})
-        } else {
-            json!({"role": "assistant", "content": text, "reasoning_content": thinking})
-        };
-        h.with("chat.completion", json!([{"index": 0, "message": msg, "logprobs": null, "finish_reason": fr}]))
-    } else {
-        h.with("text_completion", json!([text_choice(text, Some(fr))]))
-    };
-    body.insert("usage".into(), usage.to_json());
+    let body = h.body(text, Some(thinking).filter(|t| !t.is_empty()), fr, Some(usage));
     Ok((body, usage))
 }
 
@@ -447,8 +403,8 @@ mod tests {
     const CHAT: &[u8] = b"{\"model\":\"llama3.2\",\"created_at\":\"2025-01-20T10:00:00.000000Z\",\"message\":{\"role\":\"assistant\",\"content\":\"Hel\"},\"done\":false}\n{\"model\":\"llama3.2\",\"created_at\":\"2025-01-20T10:00:00.050000Z\",\"message\":{\"role\":\"assistant\",\"content\":\"lo \\u00e9\"},\"done\":false}\n{\"model\":\"llama3.2\",\"created_at\":\"2025-01-20T10:00:00.100000Z\",\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done_reason\":\"stop\",\"done\":true,\"total_duration\":4883583458,\"load_duration\":1334875,\"prompt_eval_count\":26,\"prompt_eval_duration\":342546000,\"eval_count\":2,\"eval_duration\":4535599000}\n";
     const GENERATE: &[u8] = b"{\"model\":\"llama3.2\",\"created_at\":\"2025-01-20T10:00:00.000000Z\",\"response\":\"The\",\"done\":false}\r\n\r\n{\"model\":\"llama3.2\",\"created_at\":\"2025-01-20T10:00:00.050000Z\",\"response\":\" sky\",\"done\":false}\r\n{\"model\":\"llama3.2\",\"created_at\":\"2025-01-20T10:00:00.100000Z\",\"response\":\"\",\"done\":true,\"done_reason\":\"length\",\"context\":[1,2,3],\"total_duration\":10706818083,\"load_duration\":6338219291,\"prompt_eval_count\":5,\"prompt_eval_duration\":130079000,\"eval_count\":2,\"eval_duration\":4232710000}\r\n";
 
-    fn head() -> Head {
-        Head { id: "chatcmpl-x".into(), created: 7, model: "m".into() }
+    fn head(endpoint: Endpoint) -> Head {
+        Head::new(endpoint, "chatcmpl-x".into(), 7, "m".into(), None)
     }
 
     fn cfg() -> RemoteConfig {
@@ -462,7 +418,7 @@ mod tests {
 
     fn run_stream(endpoint: Endpoint, pieces: Vec<&'static [u8]>) -> Vec<Result<Chunk, BackendError>> {
         let body = futures::stream::iter(pieces.into_iter().map(|p| Ok::<_, std::io::Error>(Bytes::from_static(p))));
-        futures::executor::block_on(ndjson_chunks(body, StreamTranslator::new(endpoint, head())).collect())
+        futures::executor::block_on(ndjson_chunks(body, StreamTranslator::new(endpoint, head(endpoint))).collect())
     }
 
     #[test]
@@ -597,14 +553,14 @@ mod tests {
     #[test]
     fn full_bodies() {
         let chat: Map<String, Value> = serde_json::from_str(r#"{"model":"llama3.2","created_at":"2025-01-20T10:00:00.000000Z","message":{"role":"assistant","content":"Hello! How are you today?"},"done_reason":"length","done":true,"total_duration":5191566416,"load_duration":2154458,"prompt_eval_count":26,"prompt_eval_duration":383809000,"eval_count":298,"eval_duration":4799921000}"#).unwrap();
-        let (body, usage) = translate_final(Endpoint::Chat, &head(), &chat).unwrap();
+        let (body, usage) = translate_final(Endpoint::Chat, &head(Endpoint::Chat), &chat).unwrap();
         assert_eq!(body.keys().collect::<Vec<_>>(), ["id", "object", "created", "model", "choices", "usage"]);
         assert_eq!(body["object"], "chat.completion");
         let choice = json!({"index": 0, "message": {"role": "assistant", "content": "Hello! How are you today?"}, "logprobs": null, "finish_reason": "length"});
         assert_eq!(body["choices"], json!([choice]));
         assert_eq!((usage.total_tokens, Usage::from_json(&body["usage"])), (324, Some(usage)));
         let gen: Map<String, Value> = serde_json::from_str(r#"{"model":"llama3.2","created_at":"2025-01-20T10:00:00Z","response":"The sky is blue.","done":true,"done_reason":"stop","context":[1],"prompt_eval_count":5,"eval_count":6}"#).unwrap();
-        let (body, usage) = translate_final(Endpoint::Completions, &head(), &gen).unwrap();
+        let (body, usage) = translate_final(Endpoint::Completions, &head(Endpoint::Completions), &gen).unwrap();
         assert_eq!(body["object"], "text_completion");
         assert_eq!(
             body["choices"][0],
