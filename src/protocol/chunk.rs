@@ -1,8 +1,9 @@
 //! OpenAI completion objects, written in one place: the streamed chunks
 //! (`chat.completion.chunk`, and `text_completion` for the legacy endpoint) and the whole
-//! bodies (`chat.completion`, `text_completion`) that tollgate builds itself, for the embedded
-//! engine and the Ollama translation. (An OpenAI-compatible upstream's own objects pass through
-//! untouched.)
+//! bodies (`chat.completion`, `text_completion`) that tollgate builds itself: for the embedded
+//! engine, the Ollama translation and the response cache (a stored body replayed as a stream,
+//! a finished stream stored as a body). An OpenAI-compatible upstream's own objects pass
+//! through untouched.
 //!
 //! The keys are written in OpenAI's order, and serde_json keeps insertion order
 //! (`preserve_order`), so this order is the order of the bytes clients see:
@@ -32,9 +33,10 @@ pub fn response_id(endpoint: Endpoint) -> String {
 #[derive(Clone, Debug)]
 pub struct Head {
     chat: bool,
-    id: Value,
-    created: Value,
-    model: Value,
+    // Each is written when present (a replayed body has what its upstream sent).
+    id: Option<Value>,
+    created: Option<Value>,
+    model: Option<Value>,
     system_fingerprint: Option<Value>,
 }
 
@@ -49,10 +51,23 @@ impl Head {
     ) -> Head {
         Head {
             chat: endpoint == Endpoint::Chat,
-            id: Value::String(id),
-            created: created.into(),
-            model: Value::String(model),
+            id: Some(Value::String(id)),
+            created: Some(created.into()),
+            model: Some(Value::String(model)),
             system_fingerprint: system_fingerprint.map(Value::String),
+        }
+    }
+
+    /// The head of a whole body, to replay it as chunks: its `id`, `created`, `model` and
+    /// `system_fingerprint` as they are (those it has); chat when its `object` is
+    /// `chat.completion`.
+    pub fn of_body(body: &Object) -> Head {
+        Head {
+            chat: body.get("object").and_then(Value::as_str) == Some("chat.completion"),
+            id: body.get("id").cloned(),
+            created: body.get("created").cloned(),
+            model: body.get("model").cloned(),
+            system_fingerprint: body.get("system_fingerprint").cloned(),
         }
     }
 
@@ -64,12 +79,16 @@ impl Head {
     /// so that appending them does not grow the map.
     fn object(&self, object: &'static str, choice: Option<Value>) -> Object {
         let mut o = Map::with_capacity(8);
-        o.insert("id".into(), self.id.clone());
+        if let Some(id) = &self.id {
+            o.insert("id".into(), id.clone());
+        }
         o.insert("object".into(), Value::String(object.into()));
-        o.insert("created".into(), self.created.clone());
-        o.insert("model".into(), self.model.clone());
-        if let Some(fp) = &self.system_fingerprint {
-            o.insert("system_fingerprint".into(), fp.clone());
+        for (k, v) in
+            [("created", &self.created), ("model", &self.model), ("system_fingerprint", &self.system_fingerprint)]
+        {
+            if let Some(v) = v {
+                o.insert(k.into(), v.clone());
+            }
         }
         o.insert("choices".into(), Value::Array(choice.into_iter().collect()));
         o
@@ -269,6 +288,25 @@ mod tests {
         assert_eq!(
             s(&h.body("The sky", Some("ignored"), "stop", Some(usage))),
             r#"{"id":"chatcmpl-x","object":"text_completion","created":7,"model":"m","choices":[{"text":"The sky","index":0,"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":6,"total_tokens":11}}"#
+        );
+    }
+
+    #[test]
+    fn a_body_replayed_keeps_its_head_as_sent() {
+        let body: Object = serde_json::from_str(
+            r#"{"id":"chatcmpl-1","object":"chat.completion","created":5,"model":"m","system_fingerprint":null,"choices":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s(&Head::of_body(&body).finish_chunk("stop")),
+            r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":5,"model":"m","system_fingerprint":null,"choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]}"#
+        );
+        let body: Object = serde_json::from_str(r#"{"object":"text_completion","model":"m"}"#).unwrap();
+        let h = Head::of_body(&body);
+        assert!(!h.is_chat());
+        assert_eq!(
+            s(&h.text_chunk(Value::Null)),
+            r#"{"object":"text_completion","model":"m","choices":[{"text":null,"index":0,"logprobs":null,"finish_reason":null}]}"#
         );
     }
 
