@@ -21,6 +21,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::CacheConfig;
+use crate::protocol::chunk::Head;
 use crate::protocol::{Endpoint, Usage, ValidRequest};
 use crate::router::{Alias, Deployment};
 
@@ -212,42 +213,23 @@ fn write_canonical(out: &mut Vec<u8>, v: &Value, top: bool) {
     }
 }
 
-/// A cached body replayed as the chunks of a stream (chat or completions).
+/// A cached body replayed as the chunks of a stream (chat or completions): what a live stream
+/// of the same answer sends, with the body's own `id`, `created` and `system_fingerprint`.
 pub fn as_chunks(body: &Map<String, Value>, include_usage: bool) -> Vec<Map<String, Value>> {
-    let chat = body.get("object").and_then(Value::as_str) == Some("chat.completion");
-    let mut base = Map::new();
-    for k in ["id", "created", "model", "system_fingerprint"] {
-        if let Some(v) = body.get(k) {
-            base.insert(k.into(), v.clone());
-        }
-    }
-    base.insert("object".into(), Value::String(if chat { "chat.completion.chunk" } else { "text_completion" }.into()));
-    let mk = |choices: Value| {
-        let mut c = base.clone();
-        c.insert("choices".into(), choices);
-        c
-    };
-    let choice = body.get("choices").and_then(|c| c.get(0)).cloned().unwrap_or(Value::Null);
-    let finish = choice.get("finish_reason").cloned().unwrap_or(Value::Null);
-    let mut out = Vec::new();
-    if chat {
-        let text = choice.get("message").and_then(|m| m.get("content")).cloned().unwrap_or(Value::Null);
-        out.push(mk(serde_json::json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}])));
-        out.push(mk(
-            serde_json::json!([{"index": 0, "delta": {"content": text}, "logprobs": null, "finish_reason": null}]),
-        ));
-        out.push(mk(serde_json::json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": finish}])));
+    let head = Head::of_body(body);
+    let choice = body.get("choices").and_then(|c| c.get(0));
+    let field = |v: Option<&Value>| v.cloned().unwrap_or(Value::Null);
+    let finish = field(choice.and_then(|c| c.get("finish_reason")));
+    let mut out = Vec::with_capacity(4);
+    if head.is_chat() {
+        out.push(head.role_chunk());
+        out.push(head.text_chunk(field(choice.and_then(|c| c.get("message")).and_then(|m| m.get("content")))));
     } else {
-        let text = choice.get("text").cloned().unwrap_or(Value::Null);
-        out.push(mk(serde_json::json!([{"index": 0, "text": text, "logprobs": null, "finish_reason": null}])));
-        out.push(mk(serde_json::json!([{"index": 0, "text": "", "logprobs": null, "finish_reason": finish}])));
+        out.push(head.text_chunk(field(choice.and_then(|c| c.get("text")))));
     }
-    if include_usage {
-        if let Some(u) = body.get("usage") {
-            let mut c = mk(Value::Array(vec![]));
-            c.insert("usage".into(), u.clone());
-            out.push(c);
-        }
+    out.push(head.finish_chunk(finish));
+    if let Some(u) = body.get("usage").filter(|_| include_usage) {
+        out.push(head.usage_chunk(u.clone()));
     }
     out
 }
@@ -260,27 +242,8 @@ pub fn body_from_stream(
     finish: Option<String>,
     usage: Option<Usage>,
 ) -> Map<String, Value> {
-    let created = crate::clock::now_s();
-    let (object, choice) = match endpoint {
-        Endpoint::Chat => (
-            "chat.completion",
-            serde_json::json!({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null, "finish_reason": finish}),
-        ),
-        _ => (
-            "text_completion",
-            serde_json::json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish}),
-        ),
-    };
-    let mut b = Map::new();
-    b.insert("id".into(), Value::String(format!("cached-{}", uuid::Uuid::new_v4().simple())));
-    b.insert("object".into(), object.into());
-    b.insert("created".into(), created.into());
-    b.insert("model".into(), Value::String(alias.to_owned()));
-    b.insert("choices".into(), Value::Array(vec![choice]));
-    if let Some(u) = usage {
-        b.insert("usage".into(), u.to_json());
-    }
-    b
+    let id = format!("cached-{}", uuid::Uuid::new_v4().simple());
+    Head::new(endpoint, id, crate::clock::now_s(), alias.to_owned(), None).body(text, None, finish, usage)
 }
 
 #[cfg(test)]
@@ -305,5 +268,46 @@ mod tests {
         assert_eq!(ClientPolicy::from_headers(&h), ClientPolicy { lookup: false, store: true });
         h.insert(http::header::CACHE_CONTROL, "max-age=0, no-store".parse().unwrap());
         assert_eq!(ClientPolicy::from_headers(&h), ClientPolicy { lookup: false, store: false });
+    }
+
+    fn strings(chunks: &[Map<String, Value>]) -> Vec<String> {
+        chunks.iter().map(|c| serde_json::to_string(c).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_replay_reads_like_the_live_stream_byte_for_byte() {
+        let usage = Usage { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3, cached_tokens: None };
+        for endpoint in [Endpoint::Chat, Endpoint::Completions] {
+            let live = Head::new(endpoint, "id-1".into(), 5, "m".into(), Some("fp".into()));
+            let body = live.body("Hi \u{e9}", None, "stop", Some(usage));
+            let mut want = if endpoint == Endpoint::Chat { vec![live.role_chunk()] } else { vec![] };
+            want.extend([live.text_chunk("Hi \u{e9}"), live.finish_chunk("stop")]);
+            assert_eq!(strings(&as_chunks(&body, false)), strings(&want), "{endpoint:?}");
+            want.push(live.usage_chunk(usage.to_json()));
+            assert_eq!(strings(&as_chunks(&body, true)), strings(&want), "{endpoint:?}");
+        }
+        let chat = strings(&as_chunks(&body_from_stream(Endpoint::Chat, "a", "Hi".into(), None, None), true));
+        assert_eq!(chat.len(), 3, "no usage, no usage chunk");
+        assert!(
+            chat[1].ends_with(
+                r#","model":"a","choices":[{"index":0,"delta":{"content":"Hi"},"logprobs":null,"finish_reason":null}]}"#
+            ),
+            "{}",
+            chat[1]
+        );
+        assert!(chat[1].starts_with(r#"{"id":"cached-"#), "{}", chat[1]);
+    }
+
+    #[test]
+    fn a_stream_is_stored_as_its_body() {
+        let usage = Usage { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3, cached_tokens: Some(1) };
+        let mut b = body_from_stream(Endpoint::Completions, "alias", "txt".into(), Some("length".into()), Some(usage));
+        assert!(b["id"].as_str().unwrap().starts_with("cached-"));
+        b.insert("id".into(), "ID".into());
+        b.insert("created".into(), 7.into());
+        assert_eq!(
+            serde_json::to_string(&b).unwrap(),
+            r#"{"id":"ID","object":"text_completion","created":7,"model":"alias","choices":[{"text":"txt","index":0,"logprobs":null,"finish_reason":"length"}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3,"prompt_tokens_details":{"cached_tokens":1}}}"#
+        );
     }
 }

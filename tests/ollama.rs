@@ -138,3 +138,17 @@ async fn an_unknown_ollama_model_is_a_404_in_openai_shape() {
     let v: Value = r.json().await.unwrap();
     assert!(v["error"]["message"].as_str().unwrap().contains("not found"));
 }
+
+#[tokio::test]
+async fn health_checks_carry_the_deployments_headers() {
+    let fake = Fake::start(vec![]).await;
+    let gw =
+        Gateway::start(OPEN, &[("o.toml", &format!("{}headers = {{ x-gateway-key = \"gw-1\" }}\n", route(&fake)))])
+            .await;
+    assert_eq!(reqwest::get(gw.url("/ready")).await.unwrap().status(), 200);
+    let checks: Vec<_> = fake.requests().into_iter().filter(|c| c.method == "GET").collect();
+    assert!(!checks.is_empty(), "/ready checked the upstream");
+    for c in &checks {
+        assert_eq!((c.path.as_str(), c.header("x-gateway-key")), ("/api/version", Some("gw-1")));
+    }
+}

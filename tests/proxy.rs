@@ -374,6 +374,23 @@ async fn ready_reflects_upstream_health() {
 }
 
 #[tokio::test]
+async fn health_checks_carry_the_deployments_key_and_headers() {
+    // An upstream behind an API gateway may require its headers on every path, `/models` too.
+    let fake = Fake::start(vec![]).await;
+    let extra = "api_key = \"${UP_KEY}\"\nheaders = { x-gateway-key = \"gw-1\" }";
+    let route = openai_route("chat", "up", &fake.base(), "m", extra);
+    let gw = Gateway::start_env(OPEN, &[("a.toml", &route)], &[("UP_KEY", "sk-up")]).await;
+    assert_eq!(reqwest::get(gw.url("/ready")).await.unwrap().status(), 200);
+    let checks: Vec<_> = fake.requests().into_iter().filter(|c| c.method == "GET").collect();
+    assert!(!checks.is_empty(), "/ready checked the upstream");
+    for c in &checks {
+        assert_eq!(c.path, "/v1/models");
+        assert_eq!(c.header("authorization"), Some("Bearer sk-up"));
+        assert_eq!(c.header("x-gateway-key"), Some("gw-1"));
+    }
+}
+
+#[tokio::test]
 async fn embeddings_pass_through_to_upstreams_that_serve_them() {
     let emb = json!({"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1, -0.2]}], "model": "e5", "usage": {"prompt_tokens": 3, "total_tokens": 3}}).to_string();
     let (fake, gw) = one_upstream(vec![Reply::Status(200, vec![], emb)], "embeddings = true").await;

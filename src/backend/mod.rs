@@ -1,12 +1,16 @@
 //! The `Backend` trait and the remote kinds: OpenAI-compatible servers ([`openai`]) and
-//! Ollama ([`ollama`]). The embedded engine (module `engine`, a layer above) implements the same trait.
+//! Ollama ([`ollama`]), which share their HTTP side ([`remote`]) and each have a stream
+//! framing ([`sse`], [`ndjson`]). The embedded engine (module `engine`, a layer above)
+//! implements the same trait.
 //!
 //! A backend answers a validated request with either one full OpenAI-shaped body or a stream
 //! of OpenAI-shaped chunks. It knows nothing of HTTP on the client side, of retries or of
 //! fallbacks: the router owns those, and classifies failures through [`BackendError`].
 
+pub mod ndjson;
 pub mod ollama;
 pub mod openai;
+pub mod remote;
 pub mod sse;
 
 use std::sync::Arc;
@@ -157,36 +161,6 @@ pub trait Backend: Send + Sync + 'static {
     /// Extra facts for `/v1/models` (the engine's model metadata).
     fn info(&self) -> Option<Value> {
         None
-    }
-}
-
-/// Parses `retry-after` given in seconds (the form upstreams use); dates are ignored.
-pub fn parse_retry_after(h: &http::HeaderMap) -> Option<Duration> {
-    let v = h.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
-    v.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
-}
-
-/// One pooled HTTP client for a remote deployment: keep-alive, TCP_NODELAY.
-pub fn http_client(connect_timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .connect_timeout(connect_timeout)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        // An API upstream that redirects is misconfigured; following it would hide that.
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
-}
-
-/// Maps a reqwest failure onto our classes.
-pub fn classify_reqwest(e: reqwest::Error) -> BackendError {
-    if e.is_timeout() {
-        BackendError::Timeout(e.to_string())
-    } else if e.is_connect() {
-        BackendError::Connect(e.to_string())
-    } else {
-        BackendError::Connect(format!("{e}"))
     }
 }
 

@@ -2,26 +2,26 @@
 //!
 //! This module owns the translation both ways: the request (messages, sampling parameters
 //! into Ollama's `options`, and the rejection, by name, of parameters Ollama cannot honour),
-//! the incremental NDJSON parser for streamed replies, and the translation of Ollama's lines
-//! and bodies into OpenAI chunks and bodies, with usage taken from Ollama's token counters.
+//! and the translation of Ollama's lines (framed by [`super::ndjson`]) and bodies into OpenAI
+//! chunks and bodies ([`crate::protocol::chunk`]), with usage taken from Ollama's token counters.
 //! A streamed reply always ends with a usage chunk (the API layer drops it when the client
 //! did not ask). Retries, fallbacks and the final `model` name belong to the router and the
 //! API layer.
 
 use std::collections::VecDeque;
 use std::fmt::Display;
-use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
 use http::StatusCode;
 use serde_json::{json, Map, Value};
 
-use super::{
-    classify_reqwest, parse_retry_after, Backend, BackendError, BackendReply, BackendRequest, Chunk, EventStream,
-};
+use super::ndjson::NdjsonParser;
+use super::remote::{self, classify_reqwest, Remote};
+use super::{Backend, BackendError, BackendReply, BackendRequest, Chunk, EventStream};
 use crate::config::{DeploymentConfig, RemoteConfig};
+use crate::protocol::chunk::{self, Head};
 use crate::protocol::error::ApiError;
 use crate::protocol::{Endpoint, Prompt, Sampling, Usage, ValidRequest};
 
@@ -29,18 +29,12 @@ use crate::protocol::{Endpoint, Prompt, Sampling, Usage, ValidRequest};
 const MAX_LINE: usize = 16 << 20;
 
 pub struct OllamaBackend {
-    client: reqwest::Client,
-    cfg: RemoteConfig,
-    health_timeout: Duration,
+    remote: Remote,
 }
 
 impl OllamaBackend {
     pub fn new(dep: &DeploymentConfig, cfg: RemoteConfig) -> Self {
-        OllamaBackend {
-            client: super::http_client(dep.connect_timeout),
-            cfg,
-            health_timeout: dep.connect_timeout.max(Duration::from_secs(2)),
-        }
+        OllamaBackend { remote: Remote::new(dep, cfg) }
     }
 
     /// The native path (`api/chat`, `api/generate`, `api/embed`) and body for a request, or
@@ -81,38 +75,19 @@ impl OllamaBackend {
 impl Backend for OllamaBackend {
     fn call(&self, br: BackendRequest) -> BoxFuture<'static, Result<BackendReply, BackendError>> {
         let req = br.req.clone();
-        let (path, body) = match Self::upstream_request(&self.cfg, &req) {
+        let cfg = self.remote.cfg();
+        let (path, body) = match Self::upstream_request(cfg, &req) {
             Ok(x) => x,
             Err(e) => return futures::future::ready(Err(e)).boxed(),
         };
-        let url = format!("{}/{path}", self.cfg.base_url);
-        let mut rb = self.client.post(url).header("x-request-id", &br.request_id).json(&body);
-        if let Some(k) = &self.cfg.api_key {
-            rb = rb.bearer_auth(&k.0);
-        }
-        if let Some(tp) = &br.traceparent {
-            rb = rb.header("traceparent", tp);
-        }
-        for (k, v) in &self.cfg.headers {
-            rb = rb.header(k, &v.0);
-        }
-        let model = self.cfg.model.clone();
+        let rb = self.remote.post(format!("{}/{path}", cfg.base_url), &br, &body);
+        let model = cfg.model.clone();
         // As for OpenAI upstreams: a whole body gets the first-token budget, stretched.
         async move {
-            let resp = rb.send().await.map_err(classify_reqwest)?;
-            let status = resp.status();
-            if !status.is_success() {
-                let retry_after = parse_retry_after(resp.headers());
-                let body = tokio::time::timeout(Duration::from_secs(10), resp.bytes())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .unwrap_or_default();
-                return Err(BackendError::Status { status, body, retry_after });
-            }
+            let resp = remote::send(rb).await?;
             let endpoint = req.endpoint;
             if req.stream && endpoint != Endpoint::Embeddings {
-                let tr = StreamTranslator::new(endpoint, Head::new(endpoint, &model));
+                let tr = StreamTranslator::new(endpoint, head(endpoint, &model));
                 return Ok(BackendReply::Stream(ndjson_chunks(resp.bytes_stream(), tr)));
             }
             // The router bounds the whole attempt (`request_timeout`).
@@ -122,7 +97,7 @@ impl Backend for OllamaBackend {
                 let base64 = req.body.get("encoding_format").and_then(Value::as_str) == Some("base64");
                 translate_embed(&model, &obj, base64)?
             } else {
-                translate_final(endpoint, &Head::new(endpoint, &model), &obj)?
+                translate_final(endpoint, &head(endpoint, &model), &obj)?
             };
             Ok(BackendReply::Full { body, usage: Some(usage) })
         }
@@ -130,22 +105,7 @@ impl Backend for OllamaBackend {
     }
 
     fn health(&self) -> BoxFuture<'static, Result<(), String>> {
-        let mut rb = self.client.get(format!("{}/api/version", self.cfg.base_url)).timeout(self.health_timeout);
-        if let Some(k) = &self.cfg.api_key {
-            rb = rb.bearer_auth(&k.0);
-        }
-        for (k, v) in &self.cfg.headers {
-            rb = rb.header(k, &v.0);
-        }
-        async move {
-            let r = rb.send().await.map_err(|e| e.to_string())?;
-            if r.status().is_success() {
-                Ok(())
-            } else {
-                Err(format!("GET /api/version answered {}", r.status()))
-            }
-        }
-        .boxed()
+        self.remote.health("api/version")
     }
 }
 
@@ -233,70 +193,9 @@ fn options(s: &Sampling) -> Map<String, Value> {
 
 // ---- The reply ----
 
-/// An incremental NDJSON parser: bytes in, one line out as soon as its newline arrives.
-#[derive(Default)]
-pub struct NdjsonParser {
-    buf: BytesMut,
-    /// How far `buf` is known to hold no newline.
-    scanned: usize,
-}
-
-impl NdjsonParser {
-    pub fn push(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
-    }
-
-    /// Bytes held for a line not yet complete.
-    pub fn buffered(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// The next complete, non-blank line, without its `\n` or `\r\n`.
-    pub fn next_line(&mut self) -> Option<Bytes> {
-        loop {
-            let Some(i) = memchr::memchr(b'\n', &self.buf[self.scanned..]) else {
-                self.scanned = self.buf.len();
-                return None;
-            };
-            let nl = self.scanned + i;
-            self.scanned = 0;
-            let mut line = self.buf.split_to(nl + 1).freeze();
-            line.truncate(if nl > 0 && line[nl - 1] == b'\r' { nl - 1 } else { nl });
-            if !line.iter().all(u8::is_ascii_whitespace) {
-                return Some(line);
-            }
-        }
-    }
-
-    /// At end of input: a last line without its newline still counts.
-    pub fn finish(&mut self) -> Option<Bytes> {
-        self.scanned = 0;
-        let rest = self.buf.split().freeze();
-        (!rest.iter().all(u8::is_ascii_whitespace)).then_some(rest)
-    }
-}
-
-/// What every OpenAI chunk and body of one response shares.
-#[derive(Clone, Debug)]
-struct Head {
-    id: String,
-    created: u64,
-    model: String,
-}
-
-impl Head {
-    fn new(endpoint: Endpoint, model: &str) -> Self {
-        let prefix = if endpoint == Endpoint::Chat { "chatcmpl-" } else { "cmpl-" };
-        let created = crate::clock::now_s();
-        Head { id: format!("{prefix}{}", uuid::Uuid::new_v4().simple()), created, model: model.to_owned() }
-    }
-
-    /// `id`, `object`, `created`, `model`, `choices`, in OpenAI's order.
-    fn with(&self, object: &str, choices: Value) -> Map<String, Value> {
-        into_map(
-            json!({"id": self.id, "object": object, "created": self.created, "model": self.model, "choices": choices}),
-        )
-    }
+/// The head of one response's chunks or body (Ollama has no `system_fingerprint`).
+fn head(endpoint: Endpoint, model: &str) -> Head {
+    Head::new(endpoint, chunk::response_id(endpoint), crate::clock::now_s(), model.to_owned(), None)
 }
 
 /// The object a `json!({...})` literal built (json! keeps the written key order).
@@ -305,15 +204,6 @@ fn into_map(v: Value) -> Map<String, Value> {
         Value::Object(m) => m,
         _ => Map::new(),
     }
-}
-
-fn chat_chunk(h: &Head, delta: Value, finish: Option<&str>) -> Chunk {
-    let choice = json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish});
-    h.with("chat.completion.chunk", Value::Array(vec![choice]))
-}
-
-fn text_choice(text: &str, finish: Option<&str>) -> Value {
-    json!({"text": text, "index": 0, "logprobs": null, "finish_reason": finish})
 }
 
 /// Ollama's `done_reason` as an OpenAI `finish_reason`.
@@ -374,31 +264,23 @@ impl StreamTranslator {
     /// The chunks one line becomes; the `done` line adds the finish and usage chunks.
     fn line(&mut self, line: &[u8]) -> Result<Vec<Chunk>, BackendError> {
         let obj = parse_object(line)?;
-        let (h, chat) = (&self.head, self.endpoint == Endpoint::Chat);
+        let (h, chat) = (&self.head, self.head.is_chat());
         let mut out = Vec::new();
         if chat && !self.started {
-            out.push(chat_chunk(h, json!({"role": "assistant", "content": ""}), None));
+            out.push(h.role_chunk());
         }
         self.started = true;
         let (text, thinking) = texts(self.endpoint, &obj);
         if chat && !thinking.is_empty() {
-            out.push(chat_chunk(h, json!({ "reasoning_content": thinking }), None));
+            out.push(h.reasoning_chunk(thinking));
         }
         if !text.is_empty() {
-            out.push(if chat {
-                chat_chunk(h, json!({ "content": text }), None)
-            } else {
-                h.with("text_completion", json!([text_choice(text, None)]))
-            });
+            out.push(h.text_chunk(text));
         }
         if is_done(&obj) {
             self.finished = true;
-            let fr = Some(finish_reason(obj.get("done_reason").and_then(Value::as_str)));
-            let object = if chat { "chat.completion.chunk" } else { "text_completion" };
-            out.push(if chat { chat_chunk(h, json!({}), fr) } else { h.with(object, json!([text_choice("", fr)])) });
-            let mut usage = h.with(object, json!([]));
-            usage.insert("usage".into(), usage_of(&obj).to_json());
-            out.push(usage);
+            out.push(h.finish_chunk(finish_reason(obj.get("done_reason").and_then(Value::as_str))));
+            out.push(h.usage_chunk(usage_of(&obj).to_json()));
         }
         Ok(out)
     }
@@ -484,17 +366,7 @@ fn translate_final(
     let (text, thinking) = texts(endpoint, obj);
     let fr = finish_reason(obj.get("done_reason").and_then(Value::as_str));
     let usage = usage_of(obj);
-    let mut body = if endpoint == Endpoint::Chat {
-        let msg = if thinking.is_empty() {
-            json!({"role": "assistant", "content": text})
-        } else {
-            json!({"role": "assistant", "content": text, "reasoning_content": thinking})
-        };
-        h.with("chat.completion", json!([{"index": 0, "message": msg, "logprobs": null, "finish_reason": fr}]))
-    } else {
-        h.with("text_completion", json!([text_choice(text, Some(fr))]))
-    };
-    body.insert("usage".into(), usage.to_json());
+    let body = h.body(text, Some(thinking).filter(|t| !t.is_empty()), fr, Some(usage));
     Ok((body, usage))
 }
 
@@ -531,8 +403,8 @@ mod tests {
     const CHAT: &[u8] = b"{\"model\":\"llama3.2\",\"created_at\":\"2025-01-20T10:00:00.000000Z\",\"message\":{\"role\":\"assistant\",\"content\":\"Hel\"},\"done\":false}\n{\"model\":\"llama3.2\",\"created_at\":\"2025-01-20T10:00:00.050000Z\",\"message\":{\"role\":\"assistant\",\"content\":\"lo \\u00e9\"},\"done\":false}\n{\"model\":\"llama3.2\",\"created_at\":\"2025-01-20T10:00:00.100000Z\",\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done_reason\":\"stop\",\"done\":true,\"total_duration\":4883583458,\"load_duration\":1334875,\"prompt_eval_count\":26,\"prompt_eval_duration\":342546000,\"eval_count\":2,\"eval_duration\":4535599000}\n";
     const GENERATE: &[u8] = b"{\"model\":\"llama3.2\",\"created_at\":\"2025-01-20T10:00:00.000000Z\",\"response\":\"The\",\"done\":false}\r\n\r\n{\"model\":\"llama3.2\",\"created_at\":\"2025-01-20T10:00:00.050000Z\",\"response\":\" sky\",\"done\":false}\r\n{\"model\":\"llama3.2\",\"created_at\":\"2025-01-20T10:00:00.100000Z\",\"response\":\"\",\"done\":true,\"done_reason\":\"length\",\"context\":[1,2,3],\"total_duration\":10706818083,\"load_duration\":6338219291,\"prompt_eval_count\":5,\"prompt_eval_duration\":130079000,\"eval_count\":2,\"eval_duration\":4232710000}\r\n";
 
-    fn head() -> Head {
-        Head { id: "chatcmpl-x".into(), created: 7, model: "m".into() }
+    fn head(endpoint: Endpoint) -> Head {
+        Head::new(endpoint, "chatcmpl-x".into(), 7, "m".into(), None)
     }
 
     fn cfg() -> RemoteConfig {
@@ -544,39 +416,9 @@ mod tests {
         OllamaBackend::upstream_request(&cfg(), &validate(endpoint, body.as_bytes()).unwrap())
     }
 
-    fn lines(p: &mut NdjsonParser) -> Vec<Bytes> {
-        std::iter::from_fn(|| p.next_line()).collect()
-    }
-
     fn run_stream(endpoint: Endpoint, pieces: Vec<&'static [u8]>) -> Vec<Result<Chunk, BackendError>> {
         let body = futures::stream::iter(pieces.into_iter().map(|p| Ok::<_, std::io::Error>(Bytes::from_static(p))));
-        futures::executor::block_on(ndjson_chunks(body, StreamTranslator::new(endpoint, head())).collect())
-    }
-
-    #[test]
-    fn parser_splits_anywhere() {
-        for input in [CHAT, GENERATE] {
-            let want: Vec<&[u8]> = input
-                .split(|b| *b == b'\n')
-                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-                .filter(|l| !l.is_empty())
-                .collect();
-            assert_eq!(want.len(), 3);
-            for split in 0..=input.len() {
-                let mut p = NdjsonParser::default();
-                p.push(&input[..split]);
-                let mut got = lines(&mut p);
-                p.push(&input[split..]);
-                got.extend(lines(&mut p));
-                assert_eq!(got, want, "split at {split}");
-                assert_eq!(p.finish(), None);
-            }
-        }
-        let mut p = NdjsonParser::default();
-        p.push(b"{\"a\":1}\n{\"b\":");
-        assert_eq!(lines(&mut p), vec![Bytes::from_static(b"{\"a\":1}")]);
-        p.push(b"2}");
-        assert_eq!((lines(&mut p).len(), p.finish()), (0, Some(Bytes::from_static(b"{\"b\":2}"))));
+        futures::executor::block_on(ndjson_chunks(body, StreamTranslator::new(endpoint, head(endpoint))).collect())
     }
 
     #[test]
@@ -711,14 +553,14 @@ mod tests {
     #[test]
     fn full_bodies() {
         let chat: Map<String, Value> = serde_json::from_str(r#"{"model":"llama3.2","created_at":"2025-01-20T10:00:00.000000Z","message":{"role":"assistant","content":"Hello! How are you today?"},"done_reason":"length","done":true,"total_duration":5191566416,"load_duration":2154458,"prompt_eval_count":26,"prompt_eval_duration":383809000,"eval_count":298,"eval_duration":4799921000}"#).unwrap();
-        let (body, usage) = translate_final(Endpoint::Chat, &head(), &chat).unwrap();
+        let (body, usage) = translate_final(Endpoint::Chat, &head(Endpoint::Chat), &chat).unwrap();
         assert_eq!(body.keys().collect::<Vec<_>>(), ["id", "object", "created", "model", "choices", "usage"]);
         assert_eq!(body["object"], "chat.completion");
         let choice = json!({"index": 0, "message": {"role": "assistant", "content": "Hello! How are you today?"}, "logprobs": null, "finish_reason": "length"});
         assert_eq!(body["choices"], json!([choice]));
         assert_eq!((usage.total_tokens, Usage::from_json(&body["usage"])), (324, Some(usage)));
         let gen: Map<String, Value> = serde_json::from_str(r#"{"model":"llama3.2","created_at":"2025-01-20T10:00:00Z","response":"The sky is blue.","done":true,"done_reason":"stop","context":[1],"prompt_eval_count":5,"eval_count":6}"#).unwrap();
-        let (body, usage) = translate_final(Endpoint::Completions, &head(), &gen).unwrap();
+        let (body, usage) = translate_final(Endpoint::Completions, &head(Endpoint::Completions), &gen).unwrap();
         assert_eq!(body["object"], "text_completion");
         assert_eq!(
             body["choices"][0],

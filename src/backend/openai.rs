@@ -7,37 +7,32 @@
 //! did not ask for it). A non-streamed request goes upstream non-streamed and its body
 //! passes through, parsed only for usage.
 
-use std::time::Duration;
-
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use serde_json::{Map, Value};
 
+use super::remote::{self, classify_reqwest, Remote};
 use super::sse::SseParser;
-use super::{classify_reqwest, parse_retry_after, Backend, BackendError, BackendReply, BackendRequest, Chunk};
+use super::{Backend, BackendError, BackendReply, BackendRequest, Chunk};
 use crate::config::{DeploymentConfig, RemoteConfig};
 use crate::protocol::error::ApiError;
 use crate::protocol::{Endpoint, Usage};
 
 pub struct OpenAiBackend {
-    client: reqwest::Client,
+    remote: Remote,
     /// The endpoint URLs, parsed once (chat, completions, embeddings).
     urls: Option<[reqwest::Url; 3]>,
-    cfg: RemoteConfig,
-    health_timeout: Duration,
 }
 
 impl OpenAiBackend {
     pub fn new(dep: &DeploymentConfig, cfg: RemoteConfig) -> Self {
         OpenAiBackend {
-            client: super::http_client(dep.connect_timeout),
             urls: [Endpoint::Chat, Endpoint::Completions, Endpoint::Embeddings]
                 .map(|e| reqwest::Url::parse(&format!("{}/{}", cfg.base_url, e.path())).ok())
                 .into_iter()
                 .collect::<Option<Vec<_>>>()
                 .and_then(|v| v.try_into().ok()),
-            cfg,
-            health_timeout: dep.connect_timeout.max(Duration::from_secs(2)),
+            remote: Remote::new(dep, cfg),
         }
     }
 
@@ -74,37 +69,18 @@ impl Backend for OpenAiBackend {
             Endpoint::Completions => 1,
             Endpoint::Embeddings => 2,
         };
+        let cfg = self.remote.cfg();
         let url = match &self.urls {
             Some(u) => u[idx].clone(),
             None => {
-                let e = BackendError::Connect(format!("the base URL '{}' is not a valid URL", self.cfg.base_url));
+                let e = BackendError::Connect(format!("the base URL '{}' is not a valid URL", cfg.base_url));
                 return async move { Err(e) }.boxed();
             }
         };
-        let body = Self::upstream_body(&self.cfg, &br);
-        let mut rb = self.client.post(url).header("x-request-id", &br.request_id).json(&body);
-        if let Some(k) = &self.cfg.api_key {
-            rb = rb.bearer_auth(&k.0);
-        }
-        if let Some(tp) = &br.traceparent {
-            rb = rb.header("traceparent", tp);
-        }
-        for (k, v) in &self.cfg.headers {
-            rb = rb.header(k, &v.0);
-        }
+        let rb = self.remote.post(url, &br, &Self::upstream_body(cfg, &br));
         let stream = br.req.stream;
         async move {
-            let resp = rb.send().await.map_err(classify_reqwest)?;
-            let status = resp.status();
-            if !status.is_success() {
-                let retry_after = parse_retry_after(resp.headers());
-                let body = tokio::time::timeout(Duration::from_secs(10), resp.bytes())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .unwrap_or_default();
-                return Err(BackendError::Status { status, body, retry_after });
-            }
+            let resp = remote::send(rb).await?;
             if !stream {
                 // The router bounds the whole attempt (`request_timeout`).
                 let bytes = resp.bytes().await.map_err(classify_reqwest)?;
@@ -119,19 +95,7 @@ impl Backend for OpenAiBackend {
     }
 
     fn health(&self) -> BoxFuture<'static, Result<(), String>> {
-        let mut rb = self.client.get(format!("{}/models", self.cfg.base_url)).timeout(self.health_timeout);
-        if let Some(k) = &self.cfg.api_key {
-            rb = rb.bearer_auth(&k.0);
-        }
-        async move {
-            let r = rb.send().await.map_err(|e| e.to_string())?;
-            if r.status().is_success() {
-                Ok(())
-            } else {
-                Err(format!("GET /models answered {}", r.status()))
-            }
-        }
-        .boxed()
+        self.remote.health("models")
     }
 }
 

@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 
 use crate::backend::{Backend, BackendError, BackendReply, BackendRequest, Chunk};
 use crate::config::{DeploymentConfig, LocalConfig};
+use crate::protocol::chunk::{self, Head};
 use crate::protocol::error::ApiError;
 use crate::protocol::{Endpoint, Prompt, Usage, ValidRequest};
 pub use error::{EngineError, InitError};
@@ -541,24 +542,22 @@ impl Backend for LocalBackend {
             self.queue.try_push(job, br.priority).map_err(|_| BackendError::Full)?;
             Ok(rx)
         })();
-        let shape = Shape {
-            endpoint: br.req.endpoint,
-            id: format!(
-                "{}{}",
-                if br.req.endpoint == Endpoint::Chat { "chatcmpl-" } else { "cmpl-" },
-                uuid::Uuid::new_v4().simple()
-            ),
-            created: crate::clock::now_s(),
-            model: self.name.clone(),
-            fingerprint: format!("tollgate-{}", &self.info.sha256[..12.min(self.info.sha256.len())]),
-        };
+        let endpoint = br.req.endpoint;
+        let fingerprint = format!("tollgate-{}", &self.info.sha256[..12.min(self.info.sha256.len())]);
+        let head = Head::new(
+            endpoint,
+            chunk::response_id(endpoint),
+            crate::clock::now_s(),
+            self.name.clone(),
+            Some(fingerprint),
+        );
         let stream = br.req.stream;
         async move {
             let rx = prepared?;
             if stream {
-                Ok(BackendReply::Stream(chunks(shape, rx)))
+                Ok(BackendReply::Stream(chunks(head, rx)))
             } else {
-                full(shape, rx).await
+                full(head, rx).await
             }
         }
         .boxed()
@@ -583,39 +582,6 @@ impl Backend for LocalBackend {
             v["embeddings"] = self.embeddings.into();
             v
         })
-    }
-}
-
-/// What every chunk or body of one response shares.
-struct Shape {
-    endpoint: Endpoint,
-    id: String,
-    created: u64,
-    model: String,
-    fingerprint: String,
-}
-
-impl Shape {
-    fn chunk(&self, choice: Value) -> Chunk {
-        let mut o = Map::new();
-        o.insert("id".into(), Value::String(self.id.clone()));
-        let object = if self.endpoint == Endpoint::Chat { "chat.completion.chunk" } else { "text_completion" };
-        o.insert("object".into(), object.into());
-        o.insert("created".into(), self.created.into());
-        o.insert("model".into(), Value::String(self.model.clone()));
-        o.insert("system_fingerprint".into(), Value::String(self.fingerprint.clone()));
-        o.insert("choices".into(), Value::Array(if choice.is_null() { vec![] } else { vec![choice] }));
-        o
-    }
-
-    fn text_choice(&self, text: &str, finish: Option<&str>) -> Value {
-        match self.endpoint {
-            Endpoint::Chat => {
-                let delta = if finish.is_some() && text.is_empty() { json!({}) } else { json!({ "content": text }) };
-                json!({ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish })
-            }
-            _ => json!({ "text": text, "index": 0, "logprobs": null, "finish_reason": finish }),
-        }
     }
 }
 
@@ -654,30 +620,26 @@ fn timings_json(t: &Timings) -> Value {
     })
 }
 
-fn chunks(shape: Shape, rx: mpsc::UnboundedReceiver<Event>) -> crate::backend::EventStream {
+fn chunks(head: Head, rx: mpsc::UnboundedReceiver<Event>) -> crate::backend::EventStream {
     // The role chunk goes out with the first engine event, not before: until the engine has
     // admitted and prefilled the request, the router may still time it out and fall back.
-    let mut role = shape.endpoint == Endpoint::Chat;
+    let mut role = head.is_chat();
     let mut done = false;
-    let shape = Arc::new(shape);
     let events = tokio_stream_from(rx).map(Some).chain(futures::stream::iter([None])).flat_map(move |ev| {
         let mut out: Vec<Result<Chunk, BackendError>> = Vec::with_capacity(3);
         if role && matches!(ev, Some(Event::Text(_)) | Some(Event::Done { .. })) {
             role = false;
-            out.push(Ok(shape.chunk(
-                json!({ "index": 0, "delta": { "role": "assistant", "content": "" }, "logprobs": null, "finish_reason": null }),
-            )));
+            out.push(Ok(head.role_chunk()));
         }
         match ev {
-            Some(Event::Text(t)) => out.push(Ok(shape.chunk(shape.text_choice(&t, None)))),
+            Some(Event::Text(t)) => out.push(Ok(head.text_chunk(t))),
             Some(Event::Done { finish, prompt_tokens, completion_tokens, timings }) => {
                 done = true;
-                let mut last = shape.chunk(shape.text_choice("", Some(finish)));
+                let mut last = head.finish_chunk(finish);
                 last.insert("timings".into(), timings_json(&timings));
-                let mut u = shape.chunk(Value::Null);
-                u.insert("usage".into(), usage(prompt_tokens, completion_tokens, timings.cache_n).to_json());
+                let u = usage(prompt_tokens, completion_tokens, timings.cache_n);
                 out.push(Ok(last));
-                out.push(Ok(u));
+                out.push(Ok(head.usage_chunk(u.to_json())));
             }
             Some(Event::Error(e)) => {
                 done = true;
@@ -685,7 +647,9 @@ fn chunks(shape: Shape, rx: mpsc::UnboundedReceiver<Event>) -> crate::backend::E
             }
             Some(Event::Embedding(_)) => {}
             // The engine went away without finishing this request.
-            None if !done => out.push(Err(BackendError::Internal("the engine stopped before the request finished".into()))),
+            None if !done => {
+                out.push(Err(BackendError::Internal("the engine stopped before the request finished".into())))
+            }
             None => {}
         }
         futures::stream::iter(out)
@@ -697,7 +661,7 @@ fn tokio_stream_from(mut rx: mpsc::UnboundedReceiver<Event>) -> impl futures::St
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-async fn full(shape: Shape, mut rx: mpsc::UnboundedReceiver<Event>) -> Result<BackendReply, BackendError> {
+async fn full(head: Head, mut rx: mpsc::UnboundedReceiver<Event>) -> Result<BackendReply, BackendError> {
     let mut text = String::new();
     while let Some(ev) = rx.recv().await {
         match ev {
@@ -706,21 +670,7 @@ async fn full(shape: Shape, mut rx: mpsc::UnboundedReceiver<Event>) -> Result<Ba
             Event::Embedding(_) => {}
             Event::Done { finish, prompt_tokens, completion_tokens, timings } => {
                 let u = usage(prompt_tokens, completion_tokens, timings.cache_n);
-                let choice = match shape.endpoint {
-                    Endpoint::Chat => json!({
-                        "index": 0,
-                        "message": { "role": "assistant", "content": text },
-                        "logprobs": null,
-                        "finish_reason": finish,
-                    }),
-                    _ => {
-                        json!({ "text": text, "index": 0, "logprobs": null, "finish_reason": finish })
-                    }
-                };
-                let mut body = shape.chunk(choice);
-                let object = if shape.endpoint == Endpoint::Chat { "chat.completion" } else { "text_completion" };
-                body.insert("object".into(), object.into());
-                body.insert("usage".into(), u.to_json());
+                let mut body = head.body(text, None, finish, Some(u));
                 body.insert("timings".into(), timings_json(&timings));
                 return Ok(BackendReply::Full { body, usage: Some(u) });
             }

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub mod chunk;
 pub mod error;
 
 use error::ApiError;
