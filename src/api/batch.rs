@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Multipart, Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
@@ -20,11 +20,12 @@ fn caller(st: &AppState, headers: &HeaderMap) -> Result<Option<String>, ApiError
     Ok(auth::authenticate(&st.live().auth, headers)?.name().map(str::to_owned))
 }
 
-pub async fn upload(State(st): State<Arc<AppState>>, headers: HeaderMap, mut mp: Multipart) -> Response {
-    match upload_inner(&st, &headers, &mut mp).await {
-        Ok(v) => axum::Json(v).into_response(),
-        Err(e) => e.into_response(),
-    }
+pub async fn upload(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    mut mp: Multipart,
+) -> Result<Response, ApiError> {
+    Ok(axum::Json(upload_inner(&st, &headers, &mut mp).await?).into_response())
 }
 
 async fn upload_inner(st: &AppState, headers: &HeaderMap, mp: &mut Multipart) -> Result<Value, ApiError> {
@@ -109,124 +110,110 @@ pub async fn list_files(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let key = match caller(&st, &headers) {
-        Ok(k) => k,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Response, ApiError> {
+    let key = caller(&st, &headers)?;
     let data = st.batches.files.list(q.get("purpose").map(String::as_str), key.as_deref());
-    axum::Json(json!({"object": "list", "data": data, "has_more": false})).into_response()
+    Ok(axum::Json(json!({"object": "list", "data": data, "has_more": false})).into_response())
 }
 
 fn no_file(id: &str) -> ApiError {
     ApiError::not_found(format!("No such File object: {id}")).with_code("file_not_found")
 }
 
-pub async fn get_file(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let r = caller(&st, &headers).and_then(|key| st.batches.files.get(&id, key.as_deref()).ok_or_else(|| no_file(&id)));
-    match r {
-        Ok(f) => axum::Json(f).into_response(),
-        Err(e) => e.into_response(),
-    }
+pub async fn get_file(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let key = caller(&st, &headers)?;
+    Ok(axum::Json(st.batches.files.get(&id, key.as_deref()).ok_or_else(|| no_file(&id))?).into_response())
 }
 
-pub async fn file_content(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let r = caller(&st, &headers).and_then(|key| {
-        st.batches
-            .files
-            .get(&id, key.as_deref())
-            .and_then(|_| st.batches.files.data_path(&id))
-            .ok_or_else(|| no_file(&id))
-    });
-    let path = match r {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    match tokio::fs::File::open(&path).await {
-        Ok(f) => {
-            let body = Body::from_stream(tokio_util::io::ReaderStream::new(f));
-            let mut resp = Response::new(body);
-            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-            resp
-        }
-        Err(_) => no_file(&id).into_response(),
-    }
+pub async fn file_content(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let key = caller(&st, &headers)?;
+    let files = &st.batches.files;
+    let path = files.get(&id, key.as_deref()).and_then(|_| files.data_path(&id)).ok_or_else(|| no_file(&id))?;
+    let f = tokio::fs::File::open(&path).await.map_err(|_| no_file(&id))?;
+    let mut resp = Response::new(Body::from_stream(tokio_util::io::ReaderStream::new(f)));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    Ok(resp)
 }
 
-pub async fn delete_file(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    match caller(&st, &headers) {
-        Ok(key) if st.batches.files.delete(&id, key.as_deref()) => {
-            axum::Json(json!({"id": id, "object": "file", "deleted": true})).into_response()
-        }
-        Ok(_) => no_file(&id).into_response(),
-        Err(e) => e.into_response(),
+pub async fn delete_file(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let key = caller(&st, &headers)?;
+    if !st.batches.files.delete(&id, key.as_deref()) {
+        return Err(no_file(&id));
     }
+    Ok(axum::Json(json!({"id": id, "object": "file", "deleted": true})).into_response())
 }
 
-pub async fn create_batch(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    let r = async {
-        let live = st.live();
-        let who = auth::authenticate(&live.auth, &headers)?;
-        let key = who.name().map(str::to_owned);
-        let bytes = super::inference::read_body(body, 1024 * 1024).await?;
-        let v: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::invalid_request(format!("The body is not valid JSON: {e}"), None))?;
-        let known = move |m: &str| live.routes.get(m).is_some_and(|a| who.allows(&a.name));
-        let batches = st.batches.clone();
-        let b = tokio::task::spawn_blocking(move || batches.create(key.as_deref(), &v, &known))
-            .await
-            .map_err(|_| ApiError::internal("The batch could not be created."))?
-            .map_err(|e| match e {
-                CreateError::BadRequest(m, p) => ApiError::invalid_request(m, p),
-                CreateError::NotFound(m) => ApiError::not_found(m).with_code("file_not_found"),
-                CreateError::Io(e) => io_error(&e),
-            })?;
-        if b.status == BatchStatus::Validating {
-            st.start_batch(&b.id);
-        }
-        Ok::<_, ApiError>(b)
+pub async fn create_batch(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let live = st.live();
+    let who = auth::authenticate(&live.auth, &headers)?;
+    let key = who.name().map(str::to_owned);
+    let bytes = super::inference::read_body(body, 1024 * 1024).await?;
+    let v: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::invalid_request(format!("The body is not valid JSON: {e}"), None))?;
+    let known = move |m: &str| live.routes.get(m).is_some_and(|a| who.allows(&a.name));
+    let batches = st.batches.clone();
+    let b = tokio::task::spawn_blocking(move || batches.create(key.as_deref(), &v, &known))
+        .await
+        .map_err(|_| ApiError::internal("The batch could not be created."))?
+        .map_err(|e| match e {
+            CreateError::BadRequest(m, p) => ApiError::invalid_request(m, p),
+            CreateError::NotFound(m) => ApiError::not_found(m).with_code("file_not_found"),
+            CreateError::Io(e) => io_error(&e),
+        })?;
+    if b.status == BatchStatus::Validating {
+        st.start_batch(&b.id);
     }
-    .await;
-    match r {
-        Ok(b) => axum::Json(b).into_response(),
-        Err(e) => e.into_response(),
-    }
+    Ok(axum::Json(b).into_response())
 }
 
 fn no_batch(id: &str) -> ApiError {
     ApiError::not_found(format!("No such batch: {id}")).with_code("batch_not_found")
 }
 
-pub async fn get_batch(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    match caller(&st, &headers).and_then(|key| st.batches.get(&id, key.as_deref()).ok_or_else(|| no_batch(&id))) {
-        Ok(b) => axum::Json(b).into_response(),
-        Err(e) => e.into_response(),
-    }
+pub async fn get_batch(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let key = caller(&st, &headers)?;
+    Ok(axum::Json(st.batches.get(&id, key.as_deref()).ok_or_else(|| no_batch(&id))?).into_response())
 }
 
-pub async fn cancel_batch(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    match caller(&st, &headers).and_then(|key| st.batches.cancel(&id, key.as_deref()).ok_or_else(|| no_batch(&id))) {
-        Ok(b) => axum::Json(b).into_response(),
-        Err(e) => e.into_response(),
-    }
+pub async fn cancel_batch(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let key = caller(&st, &headers)?;
+    Ok(axum::Json(st.batches.cancel(&id, key.as_deref()).ok_or_else(|| no_batch(&id))?).into_response())
 }
 
 pub async fn list_batches(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    let key = match caller(&st, &headers) {
-        Ok(k) => k,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Response, ApiError> {
+    let key = caller(&st, &headers)?;
     let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(20).clamp(1, 100);
     let (data, has_more) = st.batches.list(key.as_deref(), q.get("after").map(String::as_str), limit);
     let first = data.first().map(|b| b.id.clone());
     let last = data.last().map(|b| b.id.clone());
-    (
-        StatusCode::OK,
-        axum::Json(json!({"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": has_more})),
-    )
-        .into_response()
+    let list = json!({"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": has_more});
+    Ok(axum::Json(list).into_response())
 }
