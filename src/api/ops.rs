@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::{auth, AppState};
+use crate::backend::Unhealthy;
 use crate::protocol::error::ApiError;
 
 fn model_object(st: &AppState, alias: &crate::router::Alias) -> Value {
@@ -86,9 +87,9 @@ pub(super) async fn ready(State(st): State<Arc<AppState>>) -> Response {
             checks.push(async move {
                 let r = match tokio::time::timeout(Duration::from_secs(5), d.backend.health()).await {
                     Ok(r) => r,
-                    Err(_) => Err("health check timed out".into()),
+                    Err(_) => Err(Unhealthy::TimedOut),
                 };
-                let r = r.and_then(|_| if d.breaker.is_open() { Err("circuit breaker open".into()) } else { Ok(()) });
+                let r = r.and_then(|_| if d.breaker.is_open() { Err(Unhealthy::BreakerOpen) } else { Ok(()) });
                 (alias, d.name().to_owned(), r)
             });
         }
@@ -107,7 +108,7 @@ pub(super) async fn ready(State(st): State<Arc<AppState>>) -> Response {
                     d.clone(),
                     match r {
                         Ok(()) => json!({"ok": true}),
-                        Err(e) => json!({"ok": false, "error": e}),
+                        Err(e) => json!({"ok": false, "error": e.to_string()}),
                     },
                 )
             })

@@ -150,13 +150,33 @@ impl BackendError {
     }
 }
 
+/// Why a backend cannot serve now (`/ready`, and a version's smoke test).
+#[derive(Debug, thiserror::Error)]
+pub enum Unhealthy {
+    /// The upstream could not be reached (connection refused, timeout, TLS, ...).
+    #[error("{0}")]
+    Unreachable(String),
+    /// The upstream answered its health path with a non-success status.
+    #[error("GET /{path} answered {status}")]
+    Status { path: &'static str, status: StatusCode },
+    /// The embedded engine's thread has stopped.
+    #[error("the engine has stopped")]
+    Stopped,
+    /// No answer within the readiness check's time.
+    #[error("health check timed out")]
+    TimedOut,
+    /// The deployment's circuit breaker is open.
+    #[error("circuit breaker open")]
+    BreakerOpen,
+}
+
 pub trait Backend: Send + Sync + 'static {
     /// Serves one request. For a streamed request the returned stream yields its chunks;
     /// dropping it cancels the work upstream.
     fn call(&self, req: BackendRequest) -> BoxFuture<'static, Result<BackendReply, BackendError>>;
 
     /// Whether the backend can serve now (for `/ready`).
-    fn health(&self) -> BoxFuture<'static, Result<(), String>>;
+    fn health(&self) -> BoxFuture<'static, Result<(), Unhealthy>>;
 
     /// Extra facts for `/v1/models` (the engine's model metadata).
     fn info(&self) -> Option<Value> {

@@ -104,7 +104,7 @@ impl Backend for OllamaBackend {
         .boxed()
     }
 
-    fn health(&self) -> BoxFuture<'static, Result<(), String>> {
+    fn health(&self) -> BoxFuture<'static, Result<(), crate::backend::Unhealthy>> {
         self.remote.health("api/version")
     }
 }

@@ -94,7 +94,7 @@ impl Backend for OpenAiBackend {
         .boxed()
     }
 
-    fn health(&self) -> BoxFuture<'static, Result<(), String>> {
+    fn health(&self) -> BoxFuture<'static, Result<(), crate::backend::Unhealthy>> {
         self.remote.health("models")
     }
 }

@@ -14,7 +14,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde::Serialize;
 
-use super::{BackendError, BackendRequest};
+use super::{BackendError, BackendRequest, Unhealthy};
 use crate::config::{DeploymentConfig, RemoteConfig};
 
 /// How long the body of a non-success reply is read: it only explains the failure.
@@ -66,15 +66,15 @@ impl Remote {
     }
 
     /// Whether `GET {base_url}/{path}` answers with a success status in time.
-    pub fn health(&self, path: &'static str) -> BoxFuture<'static, Result<(), String>> {
+    pub fn health(&self, path: &'static str) -> BoxFuture<'static, Result<(), Unhealthy>> {
         let rb = self.client.get(format!("{}/{path}", self.cfg.base_url)).timeout(self.health_timeout);
         let rb = self.authorized(rb);
         async move {
-            let r = rb.send().await.map_err(|e| e.to_string())?;
+            let r = rb.send().await.map_err(|e| Unhealthy::Unreachable(e.to_string()))?;
             if r.status().is_success() {
                 Ok(())
             } else {
-                Err(format!("GET /{path} answered {}", r.status()))
+                Err(Unhealthy::Status { path, status: r.status() })
             }
         }
         .boxed()

@@ -563,13 +563,13 @@ impl Backend for LocalBackend {
         .boxed()
     }
 
-    fn health(&self) -> BoxFuture<'static, Result<(), String>> {
+    fn health(&self) -> BoxFuture<'static, Result<(), crate::backend::Unhealthy>> {
         let ok = self.queue.is_open();
         async move {
             if ok {
                 Ok(())
             } else {
-                Err("the engine has stopped".into())
+                Err(crate::backend::Unhealthy::Stopped)
             }
         }
         .boxed()
