@@ -5,12 +5,13 @@
 //! structured line.
 //!
 //! The record and the [`record::Tap`] that fills it live in [`record`]; `usage` reports
-//! over the ledger.
+//! over the ledger; [`percentile`] is the one nearest-rank percentile every report uses.
 
 pub mod ledger;
 pub mod limits;
 pub mod metrics;
 pub mod monitor;
+pub mod percentile;
 pub mod record;
 pub mod usage;
 

@@ -35,8 +35,9 @@
 //!   missing; at most [`MAX_FIELD_ALIASES`] aliases, the others counted as `_other`.
 //! - **Latency** per (alias, deployment): timestamped samples of total time, TTFT and time per
 //!   output token (`(total − ttft) / (completion_tokens − 1)`, with ttft known and >= 2 tokens),
-//!   pruned to `window` and capped at the newest [`LATENCY_CAP`]; p50/p95/p99 by nearest rank on a
-//!   sorted copy. [`Monitor::window_quantiles`] answers in milliseconds, `render` in seconds.
+//!   pruned to `window` and capped at the newest [`LATENCY_CAP`]; p50/p95/p99 by nearest rank
+//!   ([`super::percentile`]) on a copy. [`Monitor::window_quantiles`] answers in milliseconds,
+//!   `render` in seconds.
 
 mod drift;
 mod webhook;
@@ -51,6 +52,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use super::percentile::{nearest_rank, P50, P95, P99};
 use crate::accounting::RequestRecord;
 use crate::clock::Clock;
 use crate::config::MonitorConfig;
@@ -72,8 +74,8 @@ const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 #[rustfmt::skip]
 pub const FIELDS: [&str; 11] = ["user", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed",
     "metadata", "tools", "response_format", "stream"];
-/// (per mille, label) of the reported quantiles; integers keep the nearest rank exact.
-const QUANTILES: [(u64, &str); 3] = [(500, "0.5"), (950, "0.95"), (990, "0.99")];
+/// (per mille, label) of the reported quantiles.
+const QUANTILES: [(u64, &str); 3] = [(P50, "0.5"), (P95, "0.95"), (P99, "0.99")];
 const METRICS: [&str; 3] = ["total", "ttft", "tpot"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -409,8 +411,8 @@ impl Monitor {
     pub fn window_quantiles(&self, alias: &str, deployment: &str, metric: &str) -> Option<[f64; 3]> {
         let m = METRICS.iter().position(|x| *x == metric)?;
         let cutoff = self.clock.now().checked_sub(self.cfg.window);
-        let values = live(lock(&self.state).deps.get(deployment)?.latency.get(alias)?, m, cutoff);
-        nearest_rank(values)
+        let mut values = live(lock(&self.state).deps.get(deployment)?.latency.get(alias)?, m, cutoff);
+        nearest_rank(&mut values, QUANTILES.map(|q| q.0))
     }
 
     /// (error rate, requests) in the window; None when it holds no requests.
@@ -454,9 +456,9 @@ impl Monitor {
         latency.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         deps.sort_by(|a, b| a.0.cmp(&b.0));
         head(out, "latency_window_seconds", "gauge", "Latency percentiles over the sliding window.");
-        for (alias, name, values) in latency {
-            for (metric, v) in METRICS.into_iter().zip(values) {
-                let Some(q) = nearest_rank(v) else { continue };
+        for (alias, name, mut values) in latency {
+            for (metric, v) in METRICS.into_iter().zip(&mut values) {
+                let Some(q) = nearest_rank(v, QUANTILES.map(|q| q.0)) else { continue };
                 for ((_, quantile), v) in QUANTILES.iter().zip(q) {
                     let labels =
                         [("alias", alias.as_str()), ("deployment", &name), ("metric", metric), ("quantile", quantile)];
@@ -522,13 +524,6 @@ impl Monitor {
 fn live(samples: &VecDeque<Sample>, m: usize, cutoff: Option<Instant>) -> Vec<f64> {
     let live = samples.iter().filter(|s| cutoff.is_none_or(|c| s.0 >= c));
     live.map(|s| s.1[m]).filter(|x| !x.is_nan()).collect()
-}
-
-/// Nearest-rank p50/p95/p99; None when there are no values.
-fn nearest_rank(mut v: Vec<f64>) -> Option<[f64; 3]> {
-    v.sort_by(f64::total_cmp);
-    let n = v.len() as u64;
-    (n > 0).then(|| QUANTILES.map(|(permille, _)| v[((permille * n).div_ceil(1000).max(1) - 1) as usize]))
 }
 
 fn head(out: &mut String, name: &str, kind: &str, help: &str) {
