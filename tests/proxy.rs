@@ -61,9 +61,24 @@ async fn stream_is_forwarded_event_by_event_with_alias_and_without_injected_usag
     assert_eq!(sent.header("traceparent"), Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
 
     // The usage the client never saw is still accounted.
-    let m = reqwest::get(gw.url("/metrics")).await.unwrap().text().await.unwrap();
+    let r = reqwest::get(gw.url("/metrics")).await.unwrap();
+    assert_eq!(r.headers()["content-type"], "text/plain; version=0.0.4; charset=utf-8");
+    let m = r.text().await.unwrap();
     assert!(m.contains(r#"tollgate_tokens_total{alias="chat",deployment="up",kind="completion"} 16"#), "{m}");
     assert!(m.contains(r#"tollgate_tokens_total{alias="chat",deployment="up",kind="prompt"} 29"#), "{m}");
+    // Every sample belongs to a family with its HELP and TYPE, the deployments' too.
+    let described = |kind: &str| -> std::collections::HashSet<String> {
+        m.lines().filter_map(|l| Some(l.strip_prefix(kind)?.split(' ').next()?.to_owned())).collect()
+    };
+    let (help, typed) = (described("# HELP "), described("# TYPE "));
+    assert_eq!(help, typed);
+    for l in m.lines().filter(|l| !l.starts_with('#')) {
+        let name = l.split(['{', ' ']).next().unwrap();
+        let histogram = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s));
+        let family = histogram.filter(|f| typed.contains(*f)).unwrap_or(name);
+        assert!(typed.contains(family), "{l}: no TYPE in {m}");
+    }
+    assert!(m.contains("tollgate_deployment_breaker_open{deployment=\"up\"} 0\n"), "{m}");
 }
 
 #[tokio::test]

@@ -33,6 +33,7 @@ use rusqlite::{params, Connection, OpenFlags};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
+use super::metrics::{family, Collector, ConstCounter, ConstGauge, DescriptorEncoder, NO_LABELS};
 use crate::accounting::RequestRecord;
 
 const TICK: Duration = Duration::from_millis(200);
@@ -345,49 +346,45 @@ impl Ledger {
         }
         out
     }
+}
 
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write as _;
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+/// The ledger's families on `/metrics`: what it wrote, what failed, what waits.
+impl Collector for Ledger {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         let s = &self.stats;
         for (name, help, v) in [
-            (
-                "tollgate_ledger_ingested_total",
-                "Records written to the ledger database.",
-                s.ingested.load(Ordering::Relaxed),
-            ),
+            ("tollgate_ledger_ingested_total", "Records written to the ledger database.", &s.ingested),
             (
                 "tollgate_ledger_journal_errors_total",
                 "Failed journal writes (records kept in memory).",
-                s.journal_errors.load(Ordering::Relaxed),
+                &s.journal_errors,
             ),
             (
                 "tollgate_ledger_db_errors_total",
                 "Failed ledger database opens or writes (records kept in the journal).",
-                s.db_errors.load(Ordering::Relaxed),
+                &s.db_errors,
             ),
-            (
-                "tollgate_ledger_bad_lines_total",
-                "Journal lines that could not be read (cut by a crash).",
-                s.bad_lines.load(Ordering::Relaxed),
-            ),
+            ("tollgate_ledger_bad_lines_total", "Journal lines that could not be read (cut by a crash).", &s.bad_lines),
             (
                 "tollgate_ledger_lost_total",
                 "Records dropped after 100,000 waited in memory for a writable journal.",
-                s.lost.load(Ordering::Relaxed),
+                &s.lost,
             ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            family(&mut enc, name, help, [(NO_LABELS, ConstCounter::new(v.load(Ordering::Relaxed)))])?;
         }
-        let _ = writeln!(
-            out,
-            "# HELP tollgate_ledger_pending_records Records waiting in memory for the journal.\n# TYPE tollgate_ledger_pending_records gauge\ntollgate_ledger_pending_records {}",
-            s.pending.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP tollgate_ledger_db_up Whether the ledger database is open and writable.\n# TYPE tollgate_ledger_db_up gauge\ntollgate_ledger_db_up {}",
-            u8::from(s.db_ok.load(Ordering::Relaxed))
-        );
+        let pending = ConstGauge::new(s.pending.load(Ordering::Relaxed));
+        let help = "Records waiting in memory for the journal.";
+        family(&mut enc, "tollgate_ledger_pending_records", help, [(NO_LABELS, pending)])?;
+        let up = ConstGauge::new(u64::from(s.db_ok.load(Ordering::Relaxed)));
+        let help = "Whether the ledger database is open and writable.";
+        family(&mut enc, "tollgate_ledger_db_up", help, [(NO_LABELS, up)])
     }
 }
 

@@ -5,12 +5,14 @@
 //! structured line.
 //!
 //! The record and the [`record::Tap`] that fills it live in [`record`]; `usage` reports
-//! over the ledger.
+//! over the ledger. [`metrics`] also holds the one Prometheus exposition every layer writes
+//! through, and [`percentile`] the one nearest-rank percentile every report uses.
 
 pub mod ledger;
 pub mod limits;
 pub mod metrics;
 pub mod monitor;
+pub mod percentile;
 pub mod record;
 pub mod usage;
 
@@ -23,7 +25,7 @@ use metrics::Metrics;
 
 /// Where finished records go.
 pub struct Accounting {
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub limits: limits::Limits,
     pub monitor: Arc<monitor::Monitor>,
     /// The durable ledger (off with `ledger.enabled = false`).
@@ -44,10 +46,20 @@ impl Accounting {
             limits.load_spend(now, l.spend_since(day, month));
         }
         Accounting {
-            metrics: Metrics::default(),
+            metrics: Arc::default(),
             limits,
             monitor: Arc::new(monitor::Monitor::new(s.monitor.clone(), clock)),
             ledger,
+        }
+    }
+
+    /// Adds what accounting exposes on `/metrics` to `registry`: the request series, the
+    /// monitors and the ledger, each read at scrape time.
+    pub fn register_metrics(&self, registry: &mut metrics::Registry) {
+        registry.register_collector(Box::new(self.metrics.clone()));
+        registry.register_collector(Box::new(self.monitor.clone()));
+        if let Some(l) = &self.ledger {
+            registry.register_collector(Box::new(l.clone()));
         }
     }
 

@@ -14,6 +14,8 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::percentile::{nearest_rank, P50, P95, P99};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum GroupBy {
     Key,
@@ -93,17 +95,10 @@ pub struct Percentiles {
     pub p99: f64,
 }
 
-/// Nearest-rank percentiles of `v` (sorted here).
+/// Nearest-rank percentiles of `v` (sorted here), rounded to 3 decimals.
 pub fn percentiles(v: &mut [f64]) -> Option<Percentiles> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-        (v[rank - 1] * 1000.0).round() / 1000.0
-    };
-    Some(Percentiles { p50: at(0.50), p95: at(0.95), p99: at(0.99) })
+    let [p50, p95, p99] = nearest_rank(v, [P50, P95, P99])?.map(|x| (x * 1000.0).round() / 1000.0);
+    Some(Percentiles { p50, p95, p99 })
 }
 
 /// Runs the report. Errors are SQLite's (a missing or unreadable database).

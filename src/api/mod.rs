@@ -50,6 +50,8 @@ pub struct AppState {
     batch_stop: CancellationToken,
     /// Registry models: stages, canaries, the audit trail.
     pub releases: Arc<crate::release::Releases>,
+    /// What `/metrics` serves: accounting's collectors, then the deployments' and canaries'.
+    pub prometheus: crate::accounting::metrics::Registry,
 }
 
 impl AppState {
@@ -125,7 +127,13 @@ pub async fn state_with_clock(cfg: &Config, clock: Arc<dyn Clock>) -> anyhow::Re
     let routes = crate::router::build::build_routes(cfg, None, clock.clone(), Some(&releases), &[])
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
-    Ok(Arc::new(AppState {
+    Ok(Arc::new_cyclic(|me| AppState {
+        prometheus: {
+            let mut registry = crate::accounting::metrics::Registry::default();
+            accounting.register_metrics(&mut registry);
+            registry.register_collector(Box::new(ops::Gateway(me.clone())));
+            registry
+        },
         live: RwLock::new(Arc::new(Live {
             routes,
             auth: cfg.auth.clone(),

@@ -1,6 +1,7 @@
-//! The operator's endpoints: `/health`, `/ready`, `/metrics`, `/v1/models`.
+//! The operator's endpoints: `/health`, `/ready`, `/metrics`, `/v1/models`; and the
+//! deployments' and canaries' families on `/metrics` ([`Gateway`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -9,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::{auth, AppState};
+use crate::accounting::metrics::{self, Collector, ConstCounter, ConstGauge, DescriptorEncoder};
 use crate::backend::Unhealthy;
 use crate::protocol::error::ApiError;
 
@@ -120,38 +122,40 @@ pub(super) async fn ready(State(st): State<Arc<AppState>>) -> Response {
 }
 
 pub(super) async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    let mut out = String::with_capacity(4096);
-    st.accounting.metrics.render(&mut out);
-    st.accounting.monitor.render(&mut out);
-    if let Some(l) = &st.accounting.ledger {
-        l.render(&mut out);
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], metrics::encode(&st.prometheus)).into_response()
+}
+
+/// The deployments' and canaries' families on `/metrics`, read from the live routes and the
+/// releases at scrape time. Weak: the registry that holds it is the state's own.
+#[derive(Debug)]
+pub(super) struct Gateway(pub(super) Weak<AppState>);
+
+impl Collector for Gateway {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let Some(st) = self.0.upgrade() else { return Ok(()) };
+        let live = st.live();
+        let aliases = live.routes.order.iter().filter_map(|n| live.routes.get(n));
+        let deployments: Vec<_> = aliases.flat_map(|a| a.all()).collect();
+        let in_flight = deployments.iter().map(|d| {
+            let used = d.cfg.max_concurrency - d.permits.available_permits();
+            ([("deployment", d.name())], ConstGauge::new(used))
+        });
+        let help = "Requests holding a deployment's concurrency permit.";
+        metrics::family(&mut enc, "tollgate_deployment_in_flight", help, in_flight)?;
+        let open =
+            deployments.iter().map(|d| ([("deployment", d.name())], ConstGauge::new(u64::from(d.breaker.is_open()))));
+        let help = "1 while the deployment's circuit breaker is open.";
+        metrics::family(&mut enc, "tollgate_deployment_breaker_open", help, open)?;
+        let stages: Vec<_> =
+            st.releases.names().into_iter().filter_map(|n| Some((st.releases.model(&n)?.stages(), n))).collect();
+        let weights = stages.iter().map(|(s, name)| {
+            let (production, staging) = (s.production.as_deref().unwrap_or(""), s.staging.as_deref().unwrap_or(""));
+            let labels = [("model", name.as_str()), ("production", production), ("staging", staging)];
+            (labels, ConstGauge::new(s.canary_weight))
+        });
+        metrics::family(&mut enc, "tollgate_canary_weight_percent", "A registry model's canary weight.", weights)?;
+        let rollbacks = ConstCounter::new(st.releases.auto_rollbacks.load(std::sync::atomic::Ordering::Relaxed));
+        let help = "Canaries set to weight 0 for doing worse than production.";
+        metrics::family(&mut enc, "tollgate_canary_auto_rollbacks_total", help, [(metrics::NO_LABELS, rollbacks)])
     }
-    let live = st.live();
-    out.push_str("# HELP tollgate_deployment_in_flight Requests holding a deployment's concurrency permit.\n# TYPE tollgate_deployment_in_flight gauge\n");
-    for name in &live.routes.order {
-        if let Some(a) = live.routes.get(name) {
-            for d in a.all() {
-                let used = d.cfg.max_concurrency - d.permits.available_permits();
-                out.push_str(&format!("tollgate_deployment_in_flight{{deployment=\"{}\"}} {used}\n", d.name()));
-                let open = u8::from(d.breaker.is_open());
-                out.push_str(&format!("tollgate_deployment_breaker_open{{deployment=\"{}\"}} {open}\n", d.name()));
-            }
-        }
-    }
-    out.push_str("# HELP tollgate_canary_weight_percent A registry model's canary weight.\n# TYPE tollgate_canary_weight_percent gauge\n");
-    for name in st.releases.names() {
-        if let Some(m) = st.releases.model(&name) {
-            let s = m.stages();
-            let staging = s.staging.as_deref().unwrap_or("");
-            let production = s.production.as_deref().unwrap_or("");
-            out.push_str(&format!(
-                "tollgate_canary_weight_percent{{model=\"{name}\",production=\"{production}\",staging=\"{staging}\"}} {}\n",
-                s.canary_weight
-            ));
-        }
-    }
-    out.push_str("# HELP tollgate_canary_auto_rollbacks_total Canaries set to weight 0 for doing worse than production.\n# TYPE tollgate_canary_auto_rollbacks_total counter\n");
-    let n = st.releases.auto_rollbacks.load(std::sync::atomic::Ordering::Relaxed);
-    out.push_str(&format!("tollgate_canary_auto_rollbacks_total {n}\n"));
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

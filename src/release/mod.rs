@@ -76,13 +76,10 @@ impl Side {
     }
     /// p95 of successful latencies (nearest rank) and how many there were.
     fn p95(&self) -> (Option<f64>, u64) {
+        use crate::accounting::percentile::{nearest_rank, P95};
         let mut v: Vec<f64> = self.outcomes.iter().filter_map(|o| o.1).collect();
-        if v.is_empty() {
-            return (None, 0);
-        }
-        v.sort_by(f64::total_cmp);
-        let rank = ((v.len() as f64 * 0.95).ceil() as usize).clamp(1, v.len());
-        (Some(v[rank - 1]), v.len() as u64)
+        let p95 = nearest_rank(&mut v, [P95]).map(|[p]| p);
+        (p95, v.len() as u64)
     }
 }
 

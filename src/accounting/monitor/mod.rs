@@ -14,7 +14,7 @@
 //!   errors); a slot is reset when its time comes round again, so observe is O(1). Judged only
 //!   with at least `min_requests` (20) in the window: above `error_rate_threshold` (0.01) an
 //!   alert fires once and stays firing until the rate is at or below it. An empty window counts
-//!   as rate 0, and [`Monitor::tick`] (run by `render` and `active_alerts`) re-judges every
+//!   as rate 0, and [`Monitor::tick`] (run by a scrape and `active_alerts`) re-judges every
 //!   deployment, so an alert on a deployment whose traffic stopped still resolves.
 //! - **Drift** per deployment: `PSI = Σ_bins (cur% − base%) · ln(cur% / base%)`, an empty bin
 //!   counted as [`PSI_EPSILON`]. Baseline: the first `drift_window` (500) requests the deployment
@@ -35,14 +35,14 @@
 //!   missing; at most [`MAX_FIELD_ALIASES`] aliases, the others counted as `_other`.
 //! - **Latency** per (alias, deployment): timestamped samples of total time, TTFT and time per
 //!   output token (`(total − ttft) / (completion_tokens − 1)`, with ttft known and >= 2 tokens),
-//!   pruned to `window` and capped at the newest [`LATENCY_CAP`]; p50/p95/p99 by nearest rank on a
-//!   sorted copy. [`Monitor::window_quantiles`] answers in milliseconds, `render` in seconds.
+//!   pruned to `window` and capped at the newest [`LATENCY_CAP`]; p50/p95/p99 by nearest rank
+//!   ([`super::percentile`]) on a copy. [`Monitor::window_quantiles`] answers in milliseconds,
+//!   `/metrics` in seconds.
 
 mod drift;
 mod webhook;
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -51,6 +51,8 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use super::metrics::{family, Collector, ConstCounter, ConstGauge, DescriptorEncoder, NO_LABELS};
+use super::percentile::{nearest_rank, P50, P95, P99};
 use crate::accounting::RequestRecord;
 use crate::clock::Clock;
 use crate::config::MonitorConfig;
@@ -72,8 +74,8 @@ const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 #[rustfmt::skip]
 pub const FIELDS: [&str; 11] = ["user", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed",
     "metadata", "tools", "response_format", "stream"];
-/// (per mille, label) of the reported quantiles; integers keep the nearest rank exact.
-const QUANTILES: [(u64, &str); 3] = [(500, "0.5"), (950, "0.95"), (990, "0.99")];
+/// (per mille, label) of the reported quantiles.
+const QUANTILES: [(u64, &str); 3] = [(P50, "0.5"), (P95, "0.95"), (P99, "0.99")];
 const METRICS: [&str; 3] = ["total", "ttft", "tpot"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -409,8 +411,8 @@ impl Monitor {
     pub fn window_quantiles(&self, alias: &str, deployment: &str, metric: &str) -> Option<[f64; 3]> {
         let m = METRICS.iter().position(|x| *x == metric)?;
         let cutoff = self.clock.now().checked_sub(self.cfg.window);
-        let values = live(lock(&self.state).deps.get(deployment)?.latency.get(alias)?, m, cutoff);
-        nearest_rank(values)
+        let mut values = live(lock(&self.state).deps.get(deployment)?.latency.get(alias)?, m, cutoff);
+        nearest_rank(&mut values, QUANTILES.map(|q| q.0))
     }
 
     /// (error rate, requests) in the window; None when it holds no requests.
@@ -435,9 +437,18 @@ impl Monitor {
             let _ = t.await;
         }
     }
+}
 
-    /// Prometheus text exposition: window gauges, alert and webhook counters, field health.
-    pub fn render(&self, out: &mut String) {
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor").field("cfg", &self.cfg).finish_non_exhaustive()
+    }
+}
+
+/// The monitors' families on `/metrics`: window gauges, alert and webhook counters, field
+/// health. Scraping re-judges every deployment's error rate first ([`Monitor::tick`]).
+impl Collector for Monitor {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         self.tick();
         let now = self.clock.now();
         let (slot, cutoff) = (self.slot(now), now.checked_sub(self.cfg.window));
@@ -453,68 +464,64 @@ impl Monitor {
         }
         latency.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         deps.sort_by(|a, b| a.0.cmp(&b.0));
-        head(out, "latency_window_seconds", "gauge", "Latency percentiles over the sliding window.");
-        for (alias, name, values) in latency {
+        let mut windows = Vec::new();
+        for (alias, name, values) in &mut latency {
             for (metric, v) in METRICS.into_iter().zip(values) {
-                let Some(q) = nearest_rank(v) else { continue };
+                let Some(q) = nearest_rank(v, QUANTILES.map(|q| q.0)) else { continue };
                 for ((_, quantile), v) in QUANTILES.iter().zip(q) {
                     let labels =
-                        [("alias", alias.as_str()), ("deployment", &name), ("metric", metric), ("quantile", quantile)];
-                    line(out, "latency_window_seconds", &labels, v / 1000.0);
+                        [("alias", alias.as_str()), ("deployment", name), ("metric", metric), ("quantile", quantile)];
+                    windows.push((labels, ConstGauge::new(v / 1000.0)));
                 }
             }
         }
-        head(out, "error_rate_window", "gauge", "Error rate per deployment over the sliding window.");
-        for (name, (errors, requests), ..) in deps.iter().filter(|d| d.1 .1 > 0) {
-            line(out, "error_rate_window", &[("deployment", name)], *errors as f64 / *requests as f64);
+        let help = "Latency percentiles over the sliding window.";
+        family(&mut enc, "tollgate_latency_window_seconds", help, windows)?;
+        let rates = deps.iter().filter(|d| d.1 .1 > 0);
+        let rates = rates.map(|(name, (errors, requests), ..)| {
+            ([("deployment", name.as_str())], ConstGauge::new(*errors as f64 / *requests as f64))
+        });
+        let help = "Error rate per deployment over the sliding window.";
+        family(&mut enc, "tollgate_error_rate_window", help, rates)?;
+        let requests = deps.iter().map(|(name, (_, n), ..)| ([("deployment", name.as_str())], ConstGauge::new(*n)));
+        let help = "Requests per deployment in the error-rate window.";
+        family(&mut enc, "tollgate_error_rate_window_requests", help, requests)?;
+        let psi = deps.iter().filter_map(|(name, _, psi, ..)| Some((name, (*psi)?)));
+        let psi = psi.flat_map(|(name, values)| {
+            let kinds = ["prompt_tokens", "completion_tokens", "finish_reason"].into_iter().zip(values);
+            kinds.map(move |(kind, v)| ([("deployment", name.as_str()), ("kind", kind)], ConstGauge::new(v)))
+        });
+        let help = "Population stability index of the latest drift window against the baseline.";
+        family(&mut enc, "tollgate_drift_psi", help, psi)?;
+        fn per_kind(name: &str) -> [[(&str, &str); 2]; 4] {
+            AlertKind::ALL.map(|kind| [("kind", kind.as_str()), ("deployment", name)])
         }
-        head(out, "error_rate_window_requests", "gauge", "Requests per deployment in the error-rate window.");
-        for (name, (_, requests), ..) in &deps {
-            line(out, "error_rate_window_requests", &[("deployment", name)], requests);
-        }
-        head(out, "drift_psi", "gauge", "Population stability index of the latest drift window against the baseline.");
-        for (name, _, psi, ..) in &deps {
-            let Some(values) = psi else { continue };
-            for (kind, v) in ["prompt_tokens", "completion_tokens", "finish_reason"].into_iter().zip(values) {
-                line(out, "drift_psi", &[("deployment", name), ("kind", kind)], v);
-            }
-        }
-        head(out, "alerts_total", "counter", "Alerts raised.");
-        for (name, _, _, raised, _) in &deps {
-            for kind in AlertKind::ALL {
-                line(out, "alerts_total", &[("kind", kind.as_str()), ("deployment", name)], raised[kind as usize]);
-            }
-        }
-        head(out, "alert_firing", "gauge", "1 while the alert fires.");
-        for (name, _, _, _, firing) in &deps {
-            for kind in AlertKind::ALL {
-                line(
-                    out,
-                    "alert_firing",
-                    &[("kind", kind.as_str()), ("deployment", name)],
-                    firing[kind as usize] as u8,
-                );
-            }
-        }
-        head(out, "webhook_dropped_total", "counter", "Alerts dropped because the webhook queue was full.");
-        line(out, "webhook_dropped_total", &[], self.dropped.load(Ordering::Relaxed));
-        head(out, "webhook_failures_total", "counter", "Failed webhook POST attempts, retries included.");
-        line(out, "webhook_failures_total", &[], self.failures.load(Ordering::Relaxed));
+        let raised = deps.iter().flat_map(|(name, _, _, raised, _)| {
+            per_kind(name).into_iter().zip(raised).map(|(labels, n)| (labels, ConstCounter::new(*n)))
+        });
+        family(&mut enc, "tollgate_alerts_total", "Alerts raised.", raised)?;
+        let firing = deps.iter().flat_map(|(name, _, _, _, firing)| {
+            per_kind(name).into_iter().zip(firing).map(|(labels, f)| (labels, ConstGauge::new(u64::from(*f))))
+        });
+        family(&mut enc, "tollgate_alert_firing", "1 while the alert fires.", firing)?;
+        let help = "Alerts dropped because the webhook queue was full.";
+        let dropped = ConstCounter::new(self.dropped.load(Ordering::Relaxed));
+        family(&mut enc, "tollgate_webhook_dropped_total", help, [(NO_LABELS, dropped)])?;
+        let help = "Failed webhook POST attempts, retries included.";
+        let failures = ConstCounter::new(self.failures.load(Ordering::Relaxed));
+        family(&mut enc, "tollgate_webhook_failures_total", help, [(NO_LABELS, failures)])?;
         let mut fields: Vec<_> = lock(&self.fields).iter().map(|(a, c)| (a.clone(), *c)).collect();
         fields.sort_by(|a, b| a.0.cmp(&b.0));
-        head(
-            out,
-            "request_field_total",
-            "counter",
-            "Request bodies by alias with each field present, null or missing.",
-        );
-        for (alias, counts) in &fields {
-            for (field, c) in FIELDS.iter().zip(counts) {
-                for (state, n) in ["present", "null", "missing"].into_iter().zip(c) {
-                    line(out, "request_field_total", &[("alias", alias), ("field", field), ("state", state)], n);
-                }
-            }
-        }
+        let fields = fields.iter().flat_map(|(alias, counts)| {
+            FIELDS.iter().zip(counts).flat_map(move |(field, c)| {
+                let states = ["present", "null", "missing"].into_iter().zip(c);
+                states.map(move |(state, n)| {
+                    ([("alias", alias.as_str()), ("field", field), ("state", state)], ConstCounter::new(*n))
+                })
+            })
+        });
+        let help = "Request bodies by alias with each field present, null or missing.";
+        family(&mut enc, "tollgate_request_field_total", help, fields)
     }
 }
 
@@ -522,27 +529,6 @@ impl Monitor {
 fn live(samples: &VecDeque<Sample>, m: usize, cutoff: Option<Instant>) -> Vec<f64> {
     let live = samples.iter().filter(|s| cutoff.is_none_or(|c| s.0 >= c));
     live.map(|s| s.1[m]).filter(|x| !x.is_nan()).collect()
-}
-
-/// Nearest-rank p50/p95/p99; None when there are no values.
-fn nearest_rank(mut v: Vec<f64>) -> Option<[f64; 3]> {
-    v.sort_by(f64::total_cmp);
-    let n = v.len() as u64;
-    (n > 0).then(|| QUANTILES.map(|(permille, _)| v[((permille * n).div_ceil(1000).max(1) - 1) as usize]))
-}
-
-fn head(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP tollgate_{name} {help}\n# TYPE tollgate_{name} {kind}");
-}
-
-/// One sample line, label values escaped.
-fn line(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-    let _ = write!(out, "tollgate_{name}");
-    for (i, (k, v)) in labels.iter().enumerate() {
-        let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
-        let _ = write!(out, "{}{k}=\"{v}\"", if i == 0 { "{" } else { "," });
-    }
-    let _ = writeln!(out, "{} {value}", if labels.is_empty() { "" } else { "}" });
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The monitors' unit tests, on a manual clock.
 
 use super::*;
+use crate::accounting::metrics::sample;
 use crate::protocol::Endpoint;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde_json::json;
@@ -12,10 +13,10 @@ impl Clock for ManualClock {
     }
 }
 
-fn monitor(cfg: MonitorConfig) -> (Monitor, impl Fn(u64)) {
+fn monitor(cfg: MonitorConfig) -> (Arc<Monitor>, impl Fn(u64)) {
     let clock = Arc::new(ManualClock(Mutex::new(Instant::now())));
     let c = clock.clone();
-    (Monitor::new(cfg, clock), move |secs| *c.0.lock().unwrap() += Duration::from_secs(secs))
+    (Arc::new(Monitor::new(cfg, clock)), move |secs| *c.0.lock().unwrap() += Duration::from_secs(secs))
 }
 
 fn rec(status: u16) -> RequestRecord {
@@ -32,10 +33,10 @@ fn drift_rec(prompt: u64, completion: u64, finish: &str) -> RequestRecord {
     r
 }
 
-fn rendered(m: &Monitor) -> String {
-    let mut out = String::new();
-    m.render(&mut out);
-    out
+fn rendered(m: &Arc<Monitor>) -> String {
+    let mut registry = crate::accounting::metrics::Registry::default();
+    registry.register_collector(Box::new(m.clone()));
+    crate::accounting::metrics::encode(&registry)
 }
 
 #[test]
@@ -62,7 +63,7 @@ fn error_rate_alert_fires_once_and_resolves_once() {
     let out = rendered(&m);
     assert!(out.contains("tollgate_alerts_total{kind=\"error_rate\",deployment=\"d\"} 1\n"), "{out}");
     assert!(out.contains("tollgate_alert_firing{kind=\"error_rate\",deployment=\"d\"} 0\n"), "{out}");
-    assert!(out.contains("tollgate_error_rate_window{deployment=\"d\"} 0\n"), "{out}");
+    assert_eq!(sample(&out, "tollgate_error_rate_window{deployment=\"d\"}"), Some(0.0), "{out}");
     assert_eq!(m.alert_log().len(), 2, "render judges again but adds nothing");
 }
 
@@ -132,7 +133,7 @@ fn shifted_prompt_lengths_drift_and_unshifted_do_not() {
     assert!(log[0].firing && log[0].kind == AlertKind::DriftPromptTokens && log[0].requests == 500);
     let out = rendered(&shifted);
     assert!(out.contains("tollgate_alert_firing{kind=\"drift_prompt_tokens\",deployment=\"d\"} 1\n"), "{out}");
-    assert!(out.contains(&format!("tollgate_drift_psi{{deployment=\"d\",kind=\"prompt_tokens\"}} {p}\n")), "{out}");
+    assert_eq!(sample(&out, "tollgate_drift_psi{deployment=\"d\",kind=\"prompt_tokens\"}"), Some(p), "{out}");
 }
 
 #[test]
@@ -189,9 +190,11 @@ fn window_quantiles_by_nearest_rank() {
     assert_eq!(m.window_quantiles("a\"b", "d", "tpot"), Some([49.0, 94.0, 98.0]));
     assert_eq!(m.window_quantiles("a\"b", "d", "itl"), None);
     let out = rendered(&m);
-    for (q, v) in [("0.5", "0.05"), ("0.95", "0.095"), ("0.99", "0.099")] {
-        let line = format!("{{alias=\"a\\\"b\",deployment=\"d\",metric=\"total\",quantile=\"{q}\"}} {v}\n");
-        assert!(out.contains(&format!("tollgate_latency_window_seconds{line}")), "{out}");
+    for (q, v) in [("0.5", 0.05), ("0.95", 0.095), ("0.99", 0.099)] {
+        let series = format!(
+            "tollgate_latency_window_seconds{{alias=\"a\\\"b\",deployment=\"d\",metric=\"total\",quantile=\"{q}\"}}"
+        );
+        assert_eq!(sample(&out, &series), Some(v), "{out}");
     }
     advance(301);
     assert_eq!(m.window_quantiles("a\"b", "d", "total"), None, "all samples are older than the window");
