@@ -85,7 +85,8 @@ impl AppState {
         let old = self.live();
         let routes =
             crate::router::build::build_routes(cfg, Some(&old.routes), self.clock.clone(), Some(&self.releases), &[])
-                .await?;
+                .await
+                .map_err(|e| e.to_string())?;
         self.accounting.limits.configure(&cfg.auth.keys);
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Live {
             routes,
@@ -108,7 +109,8 @@ impl AppState {
             Some(&self.releases),
             loaded,
         )
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
         let mut w = self.live.write().unwrap_or_else(|p| p.into_inner());
         *w = Arc::new(Live { routes, auth: w.auth.clone(), prompts: w.prompts.clone(), config: w.config.clone() });
         Ok(())

@@ -92,7 +92,8 @@ async fn prepare(st: &AppState, model: &str, version: &str) -> Result<(Vec<Arc<D
                 None => {
                     let d =
                         crate::router::build::load_version(&live.config, dc, &meta, mlive.clone(), st.clock.clone())
-                            .await?;
+                            .await
+                            .map_err(|e| e.to_string())?;
                     fresh.push(d.name().to_owned());
                     d
                 }

@@ -9,15 +9,73 @@ use std::sync::Arc;
 
 use crate::backend::ollama::OllamaBackend;
 use crate::backend::openai::OpenAiBackend;
-use crate::backend::{Backend, BackendReply, BackendRequest, Priority};
+use crate::backend::{Backend, BackendError, BackendReply, BackendRequest, Priority, Unhealthy};
 use crate::clock::Clock;
 use crate::config::{Config, DeploymentConfig, DeploymentKind, RemoteConfig};
-use crate::registry::VersionMeta;
+use crate::registry::{RegistryError, VersionMeta};
 use crate::release::{ModelLive, Releases, VersionTag};
 use crate::router::{Alias, Canary, Deployment, Routes};
 
 /// Deployments already loaded, by name: reused when their settings are the same.
 type Loaded = HashMap<String, Arc<Deployment>>;
+
+/// Why the routes could not be built (at start, or on a reload: the old routes keep serving).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("deployment '{deployment}': {source}")]
+    Deployment { deployment: String, source: LoadError },
+    #[error("deployment '{0}': registry deployments need the release store")]
+    NoReleaseStore(String),
+    #[error("alias '{alias}': deployment '{deployment}': {source}")]
+    Version { alias: String, deployment: String, source: VersionError },
+}
+
+/// Why one registry version could not take its place in the routes.
+#[derive(Debug, thiserror::Error)]
+pub enum VersionError {
+    #[error("model '{0}' is not known")]
+    UnknownModel(String),
+    #[error(
+        "model '{0}' has no production version: set `production` in its [[model]] entry in routes/, \
+         or promote one with `tollgate models promote`"
+    )]
+    NoProduction(String),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("{deployment}: not ready: {source}")]
+    NotReady { deployment: String, source: SmokeError },
+}
+
+/// Why a deployment's backend could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[cfg(feature = "engine")]
+    #[error(transparent)]
+    Engine(#[from] crate::engine::EngineError),
+    #[error("this build has no embedded engine (built without the `engine` feature)")]
+    NoEngine,
+    #[error(
+        "{model}@{version}: the model file's SHA-256 is {got}, not the registered {want}: it changed since it was added"
+    )]
+    ChangedFile { model: String, version: String, got: String, want: String },
+}
+
+/// Why a loaded deployment failed its smoke test.
+#[derive(Debug, thiserror::Error)]
+pub enum SmokeError {
+    #[error("health check failed: {0}")]
+    Health(#[from] Unhealthy),
+    #[error("health request: {0}")]
+    Request(String),
+    #[error("a stream answered a request for a whole body")]
+    Streamed,
+    #[error("test completion failed: {0:?}")]
+    Completion(BackendError),
+    #[error("no answer within {0} s")]
+    Timeout(u64),
+}
 
 pub async fn build_routes(
     cfg: &Config,
@@ -25,7 +83,7 @@ pub async fn build_routes(
     clock: Arc<dyn Clock>,
     releases: Option<&Releases>,
     extra: &[Arc<Deployment>],
-) -> Result<Routes, String> {
+) -> Result<Routes, BuildError> {
     // Before any engine runs ggml (a no-op once decided: a reload cannot change it).
     #[cfg(feature = "engine")]
     crate::engine::decide_batch_invariant_matmul(
@@ -55,7 +113,9 @@ pub async fn build_routes(
                 let dep = match existing.get(&d.name) {
                     Some(old) if old.cfg == *d => old.clone(),
                     _ => {
-                        let backend = backend(d, cfg).await.map_err(|e| format!("deployment '{}': {e}", d.name))?;
+                        let backend = backend(d, cfg)
+                            .await
+                            .map_err(|source| BuildError::Deployment { deployment: d.name.clone(), source })?;
                         let dep = Arc::new(Deployment::new(d.clone(), backend, clock.clone()));
                         existing.insert(d.name.clone(), dep.clone());
                         dep
@@ -65,22 +125,16 @@ pub async fn build_routes(
                 continue;
             };
             let Some(rel) = releases else {
-                return Err(format!("deployment '{}': registry deployments need the release store", d.name));
+                return Err(BuildError::NoReleaseStore(d.name.clone()));
             };
-            let at = |e: String| format!("alias '{}': deployment '{}': {e}", a.name, d.name);
+            let at = |source| BuildError::Version { alias: a.name.clone(), deployment: d.name.clone(), source };
             // On a reload, a version loaded now is tested before it takes traffic (at start,
             // nothing is served before the routes are built).
             let ctx = VersionCtx { cfg, rel, clock: &clock, test_new: old.is_some() };
             let Some(version) = &r.version else {
-                let live = rel.model(&r.model).ok_or_else(|| at(format!("model '{}' is not known", r.model)))?;
+                let live = rel.model(&r.model).ok_or_else(|| at(VersionError::UnknownModel(r.model.clone())))?;
                 let st = live.stages();
-                let prod = st.production.clone().ok_or_else(|| {
-                    at(format!(
-                        "model '{}' has no production version: set `production` in its [[model]] entry in routes/, \
-                         or promote one with `tollgate models promote`",
-                        r.model
-                    ))
-                })?;
+                let prod = st.production.clone().ok_or_else(|| at(VersionError::NoProduction(r.model.clone())))?;
                 let pdep = version_dep(&ctx, d, &prod, Some(&live), &mut existing).await.map_err(at)?;
                 deployments.push(pdep.clone());
                 if let Some(sv) = st.staging.as_ref().filter(|_| canary.is_none()) {
@@ -131,16 +185,18 @@ async fn version_dep(
     version: &str,
     live: Option<&Arc<ModelLive>>,
     existing: &mut Loaded,
-) -> Result<Arc<Deployment>, String> {
+) -> Result<Arc<Deployment>, VersionError> {
     let model = template.release.as_ref().map(|r| r.model.as_str()).unwrap_or_default();
-    let meta = ctx.rel.registry.get(model, version).map_err(|e| e.to_string())?;
+    let meta = ctx.rel.registry.get(model, version)?;
     let dc = version_config(template, &meta, ctx.rel);
     if let Some(d) = existing.get(&dc.name).filter(|d| d.cfg == dc) {
         return Ok(d.clone());
     }
     let dep = load_version(ctx.cfg, dc, &meta, live.cloned(), ctx.clock.clone()).await?;
     if ctx.test_new {
-        smoke_test(&dep).await.map_err(|e| format!("{}: not ready: {e}", dep.name()))?;
+        smoke_test(&dep)
+            .await
+            .map_err(|source| VersionError::NotReady { deployment: dep.name().to_owned(), source })?;
     }
     existing.insert(dep.name().to_owned(), dep.clone());
     Ok(dep)
@@ -184,17 +240,19 @@ pub async fn load_version(
     meta: &VersionMeta,
     live: Option<Arc<ModelLive>>,
     clock: Arc<dyn Clock>,
-) -> Result<Arc<Deployment>, String> {
+) -> Result<Arc<Deployment>, LoadError> {
     let backend = backend(&dc, cfg).await?;
     // The file must still be the one registered (a hard-linked source edited in place is not).
     let loaded_sha =
         backend.info().and_then(|i| i.get("sha256").and_then(serde_json::Value::as_str).map(str::to_owned));
     if let (Some(got), Some(want)) = (&loaded_sha, &meta.sha256) {
         if got != want {
-            return Err(format!(
-                "{}@{}: the model file's SHA-256 is {got}, not the registered {want}: it changed since it was added",
-                meta.name, meta.version
-            ));
+            return Err(LoadError::ChangedFile {
+                model: meta.name.clone(),
+                version: meta.version.clone(),
+                got: got.clone(),
+                want: want.clone(),
+            });
         }
     }
     let tag = VersionTag { model: meta.name.clone(), version: meta.version.clone(), sha256: meta.sha256.clone(), live };
@@ -202,13 +260,13 @@ pub async fn load_version(
 }
 
 /// Proves a loaded deployment answers: its health check, then a one-token chat completion.
-pub async fn smoke_test(dep: &Deployment) -> Result<(), String> {
+pub async fn smoke_test(dep: &Deployment) -> Result<(), SmokeError> {
     let limit = dep.cfg.request_timeout.min(std::time::Duration::from_secs(120));
     tokio::time::timeout(limit, async {
-        dep.backend.health().await.map_err(|e| format!("health check failed: {e}"))?;
+        dep.backend.health().await?;
         let body = br#"{"model":"health","messages":[{"role":"user","content":"Hello"}],"max_tokens":1}"#;
         let req = crate::protocol::validate(crate::protocol::Endpoint::Chat, body)
-            .map_err(|e| format!("health request: {}", e.message))?;
+            .map_err(|e| SmokeError::Request(e.message))?;
         let br = BackendRequest {
             req: Arc::new(req),
             request_id: format!("health-{}", uuid::Uuid::new_v4().simple()),
@@ -220,28 +278,26 @@ pub async fn smoke_test(dep: &Deployment) -> Result<(), String> {
         };
         match dep.backend.call(br).await {
             Ok(BackendReply::Full { .. }) => Ok(()),
-            Ok(BackendReply::Stream(_)) => Err("a stream answered a request for a whole body".to_owned()),
-            Err(e) => Err(format!("test completion failed: {e:?}")),
+            Ok(BackendReply::Stream(_)) => Err(SmokeError::Streamed),
+            Err(e) => Err(SmokeError::Completion(e)),
         }
     })
     .await
-    .map_err(|_| format!("no answer within {} s", limit.as_secs()))?
+    .map_err(|_| SmokeError::Timeout(limit.as_secs()))?
 }
 
 #[cfg_attr(not(feature = "engine"), allow(unused_variables))]
-async fn backend(d: &DeploymentConfig, cfg: &Config) -> Result<Arc<dyn Backend>, String> {
+async fn backend(d: &DeploymentConfig, cfg: &Config) -> Result<Arc<dyn Backend>, LoadError> {
     match &d.kind {
         DeploymentKind::OpenAi(r) => Ok(Arc::new(OpenAiBackend::new(d, r.clone()))),
         DeploymentKind::Ollama(r) => Ok(Arc::new(OllamaBackend::new(d, r.clone()))),
         #[cfg(feature = "engine")]
         DeploymentKind::Local(l) => {
-            let b = crate::engine::LocalBackend::start(d, l).await.map_err(|e| e.to_string())?;
+            let b = crate::engine::LocalBackend::start(d, l).await?;
             b.warm_prompts(&cfg.prompts).await;
             Ok(b as Arc<dyn Backend>)
         }
         #[cfg(not(feature = "engine"))]
-        DeploymentKind::Local(_) => {
-            Err("this build has no embedded engine (built without the `engine` feature)".into())
-        }
+        DeploymentKind::Local(_) => Err(LoadError::NoEngine),
     }
 }
