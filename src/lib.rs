@@ -53,6 +53,8 @@ pub mod registry;
 pub mod policy;
 /// Prices, costs and token counts.
 pub mod pricing;
+/// Chat formats: Jinja chat templates, tool-call and reasoning syntax.
+pub mod chat;
 /// The OpenAI wire vocabulary: endpoints, sampling, validated requests, usage, the error object.
 pub mod protocol;
 /// Time: the injectable clock and wall-clock helpers.
