@@ -3,4 +3,5 @@
 //! calls and reasoning in, parsed back into OpenAI's shapes ([`tools`]). Pure: no engine, no
 //! I/O; the engine (`crate::engine`) renders with it and constrains decoding from it.
 
+pub mod reasoning;
 pub mod schema;
