@@ -5,3 +5,4 @@
 
 pub mod reasoning;
 pub mod schema;
+pub mod tools;
