@@ -2,3 +2,5 @@
 //! messages (and tools) into a prompt ([`template`]), and the syntax a model answers tool
 //! calls and reasoning in, parsed back into OpenAI's shapes ([`tools`]). Pure: no engine, no
 //! I/O; the engine (`crate::engine`) renders with it and constrains decoding from it.
+
+pub mod template;
