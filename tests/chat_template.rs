@@ -92,8 +92,31 @@ fn tool_call_conversation() -> Vec<Value> {
     ]
 }
 
-/// A conversation to render: its name, messages and tools.
-type Case<'a> = (&'static str, Vec<Value>, Option<&'a [Value]>);
+fn parallel_calls_conversation() -> Vec<Value> {
+    let call = |id: &str, city: &str| json!({"id": id, "type": "function", "function": {"name": "get_weather", "arguments": format!("{{\"city\": \"{city}\"}}")}});
+    vec![
+        json!({"role": "developer", "content": "Answer with tools."}),
+        json!({"role": "user", "content": "Paris and Oslo?"}),
+        json!({"role": "assistant", "content": "Let me check.", "tool_calls": [call("call12345", "Paris"), call("call67890", "Oslo")]}),
+        json!({"role": "tool", "tool_call_id": "call12345", "content": "18C"}),
+        json!({"role": "tool", "tool_call_id": "call67890", "content": "9C"}),
+    ]
+}
+
+/// Arguments whose JSON exercises `tojson`: floats, escapes, non-ASCII, null, nesting.
+fn odd_arguments_conversation() -> Vec<Value> {
+    let args = r#"{"city": "Zürich \"centre\"\n", "days": 3, "lat": 47.3769, "scale": 1.5e3, "tiny": 0.00001, "big": 12345678.9, "ok": true, "none": null, "tags": ["a", {"b": []}]}"#;
+    vec![
+        json!({"role": "user", "content": "Tab\there, emoji 😀, quote \"x\""}),
+        json!({"role": "assistant", "content": "", "tool_calls": [{"id": "call00042", "type": "function", "function": {"name": "get_weather", "arguments": args}}]}),
+        json!({"role": "tool", "tool_call_id": "call00042", "name": "get_weather", "content": "{}"}),
+        json!({"role": "assistant", "content": "Done."}),
+        json!({"role": "user", "content": "Thanks"}),
+    ]
+}
+
+/// A conversation to render: its name, messages, tools and `add_generation_prompt`.
+type Case<'a> = (&'static str, Vec<Value>, Option<&'a [Value]>, bool);
 
 /// llama-server's answer: `Ok(prompt)`, or `Err(message)` when it refuses.
 async fn apply_template(client: &reqwest::Client, url: &str, body: &Value) -> Result<String, String> {
@@ -131,25 +154,23 @@ async fn compare(name: &str) {
     assert_eq!(typed_only, ours.requires_typed_content, "{name}: typed content");
 
     let tools = weather_tools();
-    let cases: [Case<'_>; 4] = [
-        ("system", system_conversation(), None),
-        ("text parts", parts_conversation(), None),
-        ("tools", system_conversation(), Some(&tools)),
-        ("tool call", tool_call_conversation(), Some(&tools)),
+    let cases: [Case<'_>; 7] = [
+        ("system", system_conversation(), None, true),
+        ("text parts", parts_conversation(), None, true),
+        ("tools", system_conversation(), Some(&tools), true),
+        ("tool call", tool_call_conversation(), Some(&tools), true),
+        ("parallel calls, developer role", parallel_calls_conversation(), Some(&tools), true),
+        ("odd arguments", odd_arguments_conversation(), Some(&tools), true),
+        ("no generation prompt", system_conversation(), None, false),
     ];
-    for (case, messages, tools) in cases {
-        let mut body = json!({"messages": messages});
+    for (case, messages, tools, add_generation_prompt) in cases {
+        let mut body = json!({"messages": messages, "add_generation_prompt": add_generation_prompt});
         if let Some(tools) = tools {
             body["tools"] = json!(tools);
         }
         let expected = apply_template(&client, &server.url, &body).await;
-        let input = RenderInput {
-            messages: &messages,
-            tools,
-            add_generation_prompt: true,
-            now: SystemTime::now(),
-            extra: None,
-        };
+        let input =
+            RenderInput { messages: &messages, tools, add_generation_prompt, now: SystemTime::now(), extra: None };
         let got = template.render(&input);
         match (&expected, &got) {
             (Ok(expected), Ok(got)) => assert_eq!(got, expected, "{name} / {case}: prompts differ"),
