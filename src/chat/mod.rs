@@ -5,4 +5,5 @@
 
 pub mod reasoning;
 pub mod schema;
+pub mod template;
 pub mod tools;

@@ -176,17 +176,34 @@ pub fn llama_server() -> String {
 }
 
 fn spawn_llama_server(bin: &Path, model: &Path, port: u16) -> Child {
+    spawn_llama_server_with(
+        bin,
+        model,
+        port,
+        &[
+            "-c",
+            "4096",
+            "-np",
+            "2",
+            "-t",
+            "2",
+            "--jinja",
+            "--chat-template-file",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/benches/gemma.jinja"),
+        ],
+    )
+}
+
+/// Starts llama-server on 127.0.0.1:`port` with `args` after the model, in UTC (its
+/// `strftime_now` is local time), killed when the thread that started it ends.
+pub fn spawn_llama_server_with(bin: &Path, model: &Path, port: u16, args: &[&str]) -> Child {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(bin);
     cmd.args(["-m"])
         .arg(model)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "-c", "4096", "-np", "2", "-t", "2"])
-        .args([
-            "--jinja",
-            "--chat-template-file",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/benches/gemma.jinja"),
-            "--no-webui",
-        ])
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--no-webui"])
+        .args(args)
+        .env("TZ", "UTC")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     // Its shared libraries and ggml CPU variants live beside it.
@@ -202,13 +219,13 @@ fn spawn_llama_server(bin: &Path, model: &Path, port: u16) -> Child {
     cmd.spawn().expect("start llama-server")
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Polls a health URL until it answers 200 (llama-server loads its model first). Plain
 /// blocking HTTP, since it may run inside a test's runtime.
-fn wait_healthy(url: &str) {
+pub fn wait_healthy(url: &str) {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_once('/').unwrap();
