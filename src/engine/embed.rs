@@ -12,7 +12,8 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 
-use super::worker::{CloseOnExit, EngineSettings, Event, Job, Queue};
+use super::job::{CloseOnExit, Event, Job, Queue};
+use super::worker::EngineSettings;
 
 pub fn run(
     backend: &'static LlamaBackend,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
 
-use super::worker::Grammar;
+use super::job::Grammar;
 use crate::chat::tools::Constraint;
 use crate::protocol::error::ApiError;
 

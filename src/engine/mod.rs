@@ -12,10 +12,12 @@
 pub mod embed;
 mod error;
 pub mod grammar;
+pub mod job;
 pub mod model_info;
 pub mod prefix;
 mod reply;
 mod request;
+mod sample;
 pub mod sessions;
 pub mod text;
 pub mod worker;
@@ -40,8 +42,9 @@ use crate::protocol::chunk::{self, Head};
 use crate::protocol::error::ApiError;
 use crate::protocol::{Endpoint, Prompt, Usage, ValidRequest};
 pub use error::{EngineError, InitError};
+use job::{Event, GenParams, Job, Queue};
 use model_info::ModelInfo;
-use worker::{EngineSettings, Event, GenParams, Job, Queue};
+use worker::EngineSettings;
 
 /// How chat messages become a prompt.
 pub enum ChatFormat {
@@ -336,6 +339,7 @@ impl LocalBackend {
             logit_bias: Vec::new(),
             top_logprobs: None,
             grammar: None,
+            show_special: false,
             n: 1,
         }
     }
@@ -383,6 +387,7 @@ impl LocalBackend {
             logit_bias: Vec::new(),
             top_logprobs: None,
             grammar: None,
+            show_special: false,
             n: s.n.max(1),
         }
     }

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
-use super::worker::{Event, Timings, TokenLogprob};
+use super::job::{Event, Timings, TokenLogprob};
 use crate::backend::{BackendError, BackendReply, Chunk, EventStream};
 use crate::chat::reasoning::ReasoningTags;
 use crate::chat::tools::{Delta, OutputParser, Parsed, ToolCall, ToolFormat};

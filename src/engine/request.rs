@@ -8,8 +8,8 @@ use llama_cpp_2::model::LlamaChatMessage;
 use llama_cpp_2::token::LlamaToken;
 use serde_json::{Map, Value};
 
+use super::job::GenParams;
 use super::reply::{LogprobShape, ParseSpec, Reading};
-use super::worker::GenParams;
 use super::{ChatFormat, LocalBackend};
 use crate::chat::schema::check_schema;
 use crate::chat::template::{self, RenderInput};
@@ -75,6 +75,7 @@ impl LocalBackend {
     pub(super) fn prepare(&self, req: &ValidRequest, seed: u32) -> Result<Prepared, ApiError> {
         self.check_supported(req)?;
         let (text, spec, tool_constraint) = self.render(req)?;
+        let show_special = spec.as_ref().is_some_and(|s| s.tools_active && s.format != ToolFormat::Generic);
         let tokens = self.model.vocab().tokenize(text.as_bytes(), true, true);
         if tokens.is_empty() {
             return Err(ApiError::invalid_request("The prompt is empty.", Some("prompt")));
@@ -112,6 +113,7 @@ impl LocalBackend {
         params.top_logprobs = top;
         params.grammar = grammar;
         params.n = req.sampling.n.max(1);
+        params.show_special = show_special;
         let echo = match req.body.get("echo") {
             Some(Value::Bool(true)) if req.endpoint == Endpoint::Completions => {
                 if top.is_some() {

@@ -48,9 +48,8 @@
 //! its own: a cold run then computes it exactly as a reuse of the same prompt does, at the
 //! cost of one step of time to first token on a cold prompt.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
@@ -60,261 +59,14 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
-use llama_cpp_2::token::data::LlamaTokenData;
-use llama_cpp_2::token::data_array::LlamaTokenDataArray;
-use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
-use tokio::sync::mpsc::UnboundedSender;
 
+use super::job::{CloseOnExit, Event, Job, Queue, Timings};
 use super::prefix::{PrefixCache, MIN_REUSE};
+use super::sample::{pick, sampler, token_logprob};
 use super::sessions::{Restored, SessionFiles};
 use super::text::TextStream;
-use crate::backend::Priority;
 use crate::clock::ms;
-
-/// Sampling settings as the engine applies them.
-#[derive(Clone, Debug)]
-pub struct GenParams {
-    pub temperature: f32,
-    pub top_p: f32,
-    pub top_k: i32,
-    pub min_p: f32,
-    pub presence_penalty: f32,
-    pub frequency_penalty: f32,
-    pub repetition_penalty: f32,
-    pub seed: u32,
-    pub max_tokens: u32,
-    pub stops: Vec<String>,
-    /// llama-server's `ignore_eos`: end-of-generation tokens are never sampled.
-    pub ignore_eos: bool,
-    /// OpenAI's `logit_bias`: token id → bias added to its logit (−∞ bans it).
-    pub logit_bias: Vec<(i32, f32)>,
-    /// Report each sampled token's log-probability and this many alternatives (0–20).
-    pub top_logprobs: Option<u8>,
-    /// Constrained decoding: a GBNF grammar (checked to parse before the job is queued).
-    pub grammar: Option<Arc<Grammar>>,
-    /// Choices: the prompt is prefilled once, in the first choice's slot, and its KV copied
-    /// to the others', each of which then samples with its own seed (`seed + index`).
-    pub n: u32,
-}
-
-/// A GBNF grammar whose root is `root`: from the first token, or (lazy) only once one of
-/// `triggers` has been generated, the trigger itself being the grammar's first text.
-#[derive(Debug, PartialEq, Eq, Hash)]
-pub struct Grammar {
-    pub gbnf: String,
-    pub triggers: Vec<String>,
-}
-
-/// One sampled token's log-probability, with its bytes, and the most likely alternatives.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TokenLogprob {
-    pub bytes: Vec<u8>,
-    pub logprob: f32,
-    pub top: Vec<(Vec<u8>, f32)>,
-}
-
-pub struct Job {
-    pub tokens: Vec<LlamaToken>,
-    pub params: GenParams,
-    pub tx: UnboundedSender<Event>,
-    pub enqueued: Instant,
-    /// Keep this prompt's prefix in the cache for good (a warmed `prompts/` entry).
-    pub pin_prefix: bool,
-    /// Its place in the engine's capacity, given back when the job's last choice ends (set
-    /// by `try_push`; shared by its choices).
-    pub ticket: Option<Arc<Ticket>>,
-    /// The session it continues (hashed id, bound to the API key).
-    pub session: Option<String>,
-}
-
-impl Job {
-    /// The same job for another of its choices: the same prompt, reply channel and ticket.
-    fn follower(&self) -> Job {
-        Job {
-            tokens: self.tokens.clone(),
-            params: self.params.clone(),
-            tx: self.tx.clone(),
-            enqueued: self.enqueued,
-            pin_prefix: false,
-            ticket: self.ticket.clone(),
-            session: None,
-        }
-    }
-}
-
-/// Every slot is busy and the queue is at its bound (or the engine has stopped).
-#[derive(Debug)]
-pub struct EngineFull;
-
-/// One accepted job's share of the engine's capacity (slots + queue depth); returned on drop.
-pub struct Ticket(Arc<AtomicUsize>);
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct Timings {
-    pub queued_ms: f64,
-    pub cache_n: u64,
-    /// Where the `cache_n` reused tokens came from: "slot" (kept in place), "host" (the
-    /// host-memory prefix cache) or "session" (the session's file); none when cold.
-    pub cache_from: Option<&'static str>,
-    pub prompt_n: u64,
-    pub prompt_ms: f64,
-    pub predicted_n: u64,
-    pub predicted_ms: f64,
-}
-
-#[derive(Debug)]
-pub enum Event {
-    /// Text of choice `choice` safe to send now (may be empty when a stop string or a UTF-8
-    /// character holds it back), and the log-probabilities of the tokens sampled since the
-    /// last event, when asked for.
-    Text {
-        choice: u32,
-        text: String,
-        logprobs: Vec<TokenLogprob>,
-    },
-    /// One input's embedding (embedding deployments).
-    Embedding(Vec<f32>),
-    /// Choice `choice` ended; the job ends when all its choices have.
-    Done {
-        choice: u32,
-        finish: &'static str,
-        prompt_tokens: u64,
-        completion_tokens: u64,
-        timings: Timings,
-    },
-    Error(String),
-}
-
-/// The bounded two-priority wait queue between the async side and the engine thread.
-pub struct Queue {
-    state: Mutex<QueueState>,
-    cv: Condvar,
-    /// Occupied sequence slots, as of the engine's last step (reported in /v1/models).
-    active: AtomicUsize,
-    /// Jobs accepted and not yet ended, queued or running: the engine is full when this
-    /// reaches `slots + depth` (every slot busy and the queue at its bound).
-    in_system: Arc<AtomicUsize>,
-    slots: usize,
-}
-
-struct QueueState {
-    interactive: VecDeque<Job>,
-    batch: VecDeque<Job>,
-    depth: usize,
-    closed: bool,
-}
-
-impl Queue {
-    /// `depth` jobs may wait beyond the `slots` the engine runs at once.
-    pub fn new(slots: usize, depth: usize) -> Self {
-        Queue {
-            state: Mutex::new(QueueState {
-                interactive: VecDeque::new(),
-                batch: VecDeque::new(),
-                depth,
-                closed: false,
-            }),
-            cv: Condvar::new(),
-            active: AtomicUsize::new(0),
-            in_system: Arc::new(AtomicUsize::new(0)),
-            slots,
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Enqueues unless the queue is at its bound (the engine is then full) or closed.
-    pub fn try_push(&self, job: Job, prio: Priority) -> Result<(), EngineFull> {
-        let mut st = self.lock();
-        // Jobs whose clients already left do not hold places in the queue.
-        st.interactive.retain(|j| !j.tx.is_closed());
-        st.batch.retain(|j| !j.tx.is_closed());
-        // Full when every slot is busy and the queue is at its bound. A job gives its place
-        // back before its last event is sent, so a client that answers at once finds it.
-        if st.closed || self.in_system.load(Ordering::Acquire) >= self.slots + st.depth {
-            return Err(EngineFull);
-        }
-        self.in_system.fetch_add(1, Ordering::AcqRel);
-        let mut job = job;
-        job.ticket = Some(Arc::new(Ticket(self.in_system.clone())));
-        match prio {
-            Priority::Interactive => st.interactive.push_back(job),
-            Priority::Batch => st.batch.push_back(job),
-        }
-        drop(st);
-        self.cv.notify_one();
-        Ok(())
-    }
-
-    pub fn active(&self) -> usize {
-        self.active.load(Ordering::Relaxed)
-    }
-
-    pub fn waiting(&self) -> usize {
-        let st = self.lock();
-        st.interactive.len() + st.batch.len()
-    }
-
-    /// For the embedding thread: waits for work, then takes up to `max` jobs whose tokens
-    /// fit in `budget` together (at least one). `None` once the queue is closed and empty.
-    pub fn take_batch(&self, max: usize, budget: usize) -> Option<Vec<Job>> {
-        let mut st = self.lock();
-        loop {
-            st.interactive.retain(|j| !j.tx.is_closed());
-            st.batch.retain(|j| !j.tx.is_closed());
-            if !st.interactive.is_empty() || !st.batch.is_empty() {
-                break;
-            }
-            if st.closed {
-                return None;
-            }
-            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
-        }
-        let mut out: Vec<Job> = Vec::new();
-        let mut used = 0;
-        while out.len() < max {
-            let next_len = st.interactive.front().or(st.batch.front()).map(|j| j.tokens.len());
-            match next_len {
-                Some(n) if out.is_empty() || used + n <= budget => {
-                    used += n;
-                    if let Some(j) = st.interactive.pop_front().or_else(|| st.batch.pop_front()) {
-                        out.push(j);
-                    }
-                }
-                _ => break,
-            }
-        }
-        Some(out)
-    }
-
-    pub fn is_open(&self) -> bool {
-        !self.lock().closed
-    }
-
-    pub fn close(&self) {
-        self.lock().closed = true;
-        self.cv.notify_all();
-    }
-}
-
-/// Held by an engine thread: however its loop ends (a panic included), the queue closes, so
-/// health turns red and new jobs are refused instead of waiting for a thread that is gone.
-pub struct CloseOnExit(pub Arc<Queue>);
-
-impl Drop for CloseOnExit {
-    fn drop(&mut self) {
-        self.0.close();
-    }
-}
 
 pub struct EngineSettings {
     pub name: String,
@@ -619,7 +371,7 @@ pub fn run(
         for (i, slot) in slots.iter_mut().enumerate() {
             let Some(s) = slot.as_mut() else { continue };
             let Some(at) = s.logits_at else { continue };
-            let token = pick(s, &ctx, at);
+            let token = pick(&mut s.sampler, s.grammar.as_mut(), &ctx, at);
             let logprobs = match s.job.params.top_logprobs {
                 Some(k) => vec![token_logprob(&model, ctx.get_logits_ith(at), &s.job.params.logit_bias, token, k)],
                 None => Vec::new(),
@@ -631,7 +383,7 @@ pub fn run(
                 finish = Some("stop");
             } else {
                 s.generated += 1;
-                let bytes = vocab.token_to_piece(token, false, None);
+                let bytes = vocab.token_to_piece(token, s.job.params.show_special, None);
                 let piece = s.text.push(&bytes);
                 let text = Event::Text { choice: s.choice, text: piece.text, logprobs };
                 if matches!(&text, Event::Text { text, logprobs, .. } if !text.is_empty() || !logprobs.is_empty())
@@ -778,68 +530,6 @@ fn take_free_slot(
     victim
 }
 
-/// Samples `s`'s next token from the logits at `at`. Under a grammar, as llama-server does:
-/// the unconstrained choice is kept when the grammar accepts it (one token checked, not the
-/// whole vocabulary); otherwise the grammar masks every token and the chain samples again.
-/// Both samplers accept the token.
-fn pick(s: &mut Seq, ctx: &LlamaContext<'_>, at: i32) -> LlamaToken {
-    let Some(g) = s.grammar.as_mut() else { return s.sampler.sample(ctx, at) };
-    let mut cur = ctx.token_data_array_ith(at);
-    s.sampler.apply(&mut cur);
-    let first = cur.selected_token();
-    let accepted = first.filter(|&t| {
-        let mut one = LlamaTokenDataArray::new(vec![LlamaTokenData::new(t, 0.0, 0.0)], false);
-        g.apply(&mut one);
-        one.data.first().is_some_and(|d| d.logit().is_finite())
-    });
-    let token = match accepted {
-        Some(t) => t,
-        None => {
-            let mut cur = ctx.token_data_array_ith(at);
-            g.apply(&mut cur);
-            s.sampler.apply(&mut cur);
-            cur.selected_token().or(first).unwrap_or(LlamaToken(0))
-        }
-    };
-    g.accept(token);
-    s.sampler.accept(token);
-    token
-}
-
-/// The log-probability of `token` and the `k` likeliest tokens, from the model's distribution
-/// at these logits with the request's `logit_bias` applied (before temperature, top-k/p and
-/// any grammar: what OpenAI and llama-server report).
-fn token_logprob(model: &LlamaModel, logits: &[f32], bias: &[(i32, f32)], token: LlamaToken, k: u8) -> TokenLogprob {
-    let biased = |i: usize| -> f32 {
-        let b: f32 = bias.iter().filter(|(t, _)| *t as usize == i).map(|(_, b)| *b).sum();
-        logits[i] + b
-    };
-    let has_bias = !bias.is_empty();
-    let at = |i: usize| if has_bias { biased(i) } else { logits[i] };
-    let max = (0..logits.len()).map(at).fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = (0..logits.len()).map(|i| f64::from(at(i) - max).exp()).sum();
-    let log_z = f64::from(max) + sum.ln();
-    let lp = |i: usize| (f64::from(at(i)) - log_z) as f32;
-    // The k largest, by one pass over the vocabulary with a small sorted list.
-    let mut top: Vec<(usize, f32)> = Vec::with_capacity(k as usize + 1);
-    if k > 0 {
-        for i in 0..logits.len() {
-            let v = at(i);
-            if top.len() < k as usize || v > top[top.len() - 1].1 {
-                let pos = top.partition_point(|&(_, w)| w >= v);
-                top.insert(pos, (i, v));
-                top.truncate(k as usize);
-            }
-        }
-    }
-    let piece = |t: i32| model.vocab().token_to_piece(LlamaToken(t), false, None);
-    TokenLogprob {
-        bytes: piece(token.0),
-        logprob: lp(token.0 as usize),
-        top: top.into_iter().map(|(i, _)| (piece(i as i32), lp(i))).collect(),
-    }
-}
-
 /// Saves what `slot`'s KV holds (`tokens`) as a host-cache entry, when the cache places it,
 /// and drops the states of the entries it evicts for it.
 fn keep(
@@ -867,35 +557,4 @@ fn keep(
 
 fn free_seq(ctx: &mut LlamaContext<'_>, i: usize) {
     let _ = ctx.clear_kv_cache_seq(Some(i as u32), None, None);
-}
-
-fn sampler(p: &GenParams, n_vocab: i32, eog: &[LlamaToken]) -> LlamaSampler {
-    let mut chain = Vec::new();
-    let mut bias: Vec<LlamaLogitBias> =
-        p.logit_bias.iter().map(|&(t, b)| LlamaLogitBias::new(LlamaToken(t), b)).collect();
-    if p.ignore_eos {
-        bias.extend(eog.iter().map(|t| LlamaLogitBias::new(*t, f32::NEG_INFINITY)));
-    }
-    if !bias.is_empty() {
-        chain.push(LlamaSampler::logit_bias(n_vocab, &bias));
-    }
-    if p.repetition_penalty != 1.0 || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
-        chain.push(LlamaSampler::penalties(n_vocab, 64, p.repetition_penalty, p.frequency_penalty, p.presence_penalty));
-    }
-    if p.temperature <= 0.0 {
-        chain.push(LlamaSampler::greedy());
-    } else {
-        if p.top_k > 0 {
-            chain.push(LlamaSampler::top_k(p.top_k));
-        }
-        if p.top_p < 1.0 {
-            chain.push(LlamaSampler::top_p(p.top_p, 1));
-        }
-        if p.min_p > 0.0 {
-            chain.push(LlamaSampler::min_p(p.min_p, 1));
-        }
-        chain.push(LlamaSampler::temp(p.temperature));
-        chain.push(LlamaSampler::dist(p.seed));
-    }
-    LlamaSampler::chain_simple(chain)
 }
