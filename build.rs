@@ -2,7 +2,8 @@
 //! variants as loadable modules (llama-cpp-2's `dynamic-backends`), so one binary runs on
 //! any x86-64 and picks the best variant at run time. This script:
 //! - sets an rpath to `$ORIGIN` (an installed layout: libraries beside the binary) and to
-//!   the build's library directory (binaries and tests run in place from `target/`);
+//!   the build's library directory (binaries and tests run in place from `target/`), as
+//!   DT_RPATH, which the libraries' own dependencies are found by too;
 //! - copies the CPU variants into `OUT_DIR/ggml-backends`, leaving out
 //!   `libggml-cpu-sapphirerapids.so` (its AMX code dies with SIGILL on CPUs that report AMX
 //!   but cannot run it, as measured in the engine notes), and tells the engine where.
@@ -19,6 +20,10 @@ fn main() {
         return;
     };
     let root = backends.parent().map(PathBuf::from).unwrap_or_default();
+    // An RPATH, not a RUNPATH: it also serves the libraries' own dependencies
+    // (libllama-common.so needs libllama.so, and a test binary that calls only the former has
+    // no entry of its own for the latter).
+    println!("cargo:rustc-link-arg=-Wl,--disable-new-dtags");
     println!("cargo:rustc-link-arg=-Wl,-rpath,$ORIGIN");
     for lib in ["lib", "lib64"] {
         let d = root.join(lib);

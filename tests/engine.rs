@@ -154,7 +154,7 @@ fn unsupported_parameters_are_named_in_a_400() {
             body[k] = val;
             let (s, v) = post("/v1/chat/completions", body).await;
             assert_eq!(s, 400, "{k}: {v}");
-            assert_eq!(v["error"]["param"], k, "{v}");
+            assert!(v["error"]["param"].as_str().is_some_and(|p| p.starts_with(k)), "{k}: {v}");
         }
         let (s, v) = post(
             "/v1/completions",

@@ -100,7 +100,7 @@ fn every_format_answers_required_and_named_calls_streamed_and_not() {
                 let r = c.post(gw().url("/v1/chat/completions")).json(&request(f, choice, true)).send().await.unwrap();
                 let text = r.text().await.unwrap();
                 let (mut name, mut args, mut id, mut finish) = (None, String::new(), None, None);
-                for d in sse_data(&text) {
+                for d in sse_data(&text).into_iter().filter(|d| d != "[DONE]") {
                     let v: Value = serde_json::from_str(&d).unwrap();
                     let ch = &v["choices"][0];
                     for tc in ch["delta"]["tool_calls"].as_array().into_iter().flatten() {
@@ -141,8 +141,9 @@ fn a_tool_result_in_the_history_is_rendered_and_answered() {
             body["tool_choice"] = json!("auto");
             body["max_tokens"] = json!(16);
             let r = c.post(gw().url("/v1/chat/completions")).json(&body).send().await.unwrap();
-            assert_eq!(r.status(), 200, "{f}");
+            let status = r.status();
             let v: Value = r.json().await.unwrap();
+            assert_eq!(status, 200, "{f}: {v}");
             let ch = &v["choices"][0];
             assert!(["stop", "length", "tool_calls"].contains(&ch["finish_reason"].as_str().unwrap()), "{f}: {v}");
             if ch["finish_reason"] == "tool_calls" {

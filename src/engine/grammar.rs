@@ -61,14 +61,23 @@ fn key(c: &Constraint) -> String {
 
 /// GBNF for `c`: the converter's rules with its `root` renamed, under a root that adds the
 /// literal prefix and suffix (and repeats the item, newline-separated, when `c.repeat`).
+///
+/// Tool calls (`param` "tools") are constrained to compact JSON: their arguments reach the
+/// client compacted anyway, so whitespace would be tokens spent for nothing, and a format
+/// whose marker is the JSON itself (Llama 3's `{"name"`) is then always recognised.
 pub fn gbnf(c: &Constraint, param: &str) -> Result<String, ApiError> {
     let schema = serde_json::to_string(&c.schema).unwrap_or_default();
-    let rules = llama_cpp_2::json_schema_to_grammar(&schema).map_err(|e| {
+    let mut rules = llama_cpp_2::json_schema_to_grammar(&schema).map_err(|e| {
         ApiError::invalid_request(
             format!("The JSON schema in '{param}' cannot be turned into a grammar: {e}."),
             Some(param),
         )
     })?;
+    if param == "tools" {
+        let compact: Vec<&str> =
+            rules.lines().map(|l| if l.starts_with("space ::=") { r#"space ::= """# } else { l }).collect();
+        rules = compact.join("\n") + "\n";
+    }
     if c.prefix.is_empty() && c.suffix.is_empty() && !c.repeat {
         return Ok(rules);
     }
@@ -149,6 +158,7 @@ mod tests {
         };
         let g = gbnf(&c, "tools").unwrap();
         assert_eq!(g.lines().filter(|l| l.starts_with("root ::=")).count(), 1, "{g}");
+        assert!(g.lines().any(|l| l == r#"space ::= """#), "tool calls are compact JSON: {g}");
         assert!(g.contains("tg-json ::="), "{g}");
         assert!(g.contains(r#"tg-item ::= "<tool_call>\n" tg-json "\n</tool_call>""#), "{g}");
     }
