@@ -12,13 +12,24 @@ use llama_cpp_2::token::LlamaToken;
 
 use super::job::{GenParams, TokenLogprob};
 
+/// How many of the likeliest tokens a greedy choice under a grammar checks before it masks
+/// the whole vocabulary.
+const GREEDY_SHORTLIST: usize = 256;
+
 /// Samples the next token from the logits at `at`. Under a grammar, as llama-server does:
 /// the unconstrained choice is kept when the grammar accepts it (one token checked, not the
 /// whole vocabulary); otherwise the grammar masks every token and the chain samples again.
-/// Both samplers accept the token.
+///
+/// Greedy (`greedy`: the chain ends in argmax) goes further, with the same answer: the
+/// grammar checks only the [`GREEDY_SHORTLIST`] likeliest tokens (after bias and penalties)
+/// and the first it accepts, in order of logit and then id, is the token; the argmax over the
+/// accepted tokens of the whole vocabulary is necessarily that one, ties broken as llama.cpp's
+/// greedy sampler breaks them (the lowest id). Only when it accepts none of them is the whole
+/// vocabulary masked. Both samplers accept the token.
 pub fn pick(
     chain: &mut LlamaSampler,
     grammar: Option<&mut LlamaSampler>,
+    greedy: bool,
     ctx: &LlamaContext<'_>,
     at: i32,
 ) -> LlamaToken {
@@ -31,7 +42,8 @@ pub fn pick(
         g.apply(&mut one);
         one.data.first().is_some_and(|d| d.logit().is_finite())
     });
-    let token = match accepted {
+    let shortlisted = if accepted.is_none() && greedy { shortlist(g, &mut cur.data) } else { None };
+    let token = match accepted.or(shortlisted) {
         Some(t) => t,
         None => {
             let mut cur = ctx.token_data_array_ith(at);
@@ -43,6 +55,25 @@ pub fn pick(
     g.accept(token);
     chain.accept(token);
     token
+}
+
+/// The likeliest token among the [`GREEDY_SHORTLIST`] likeliest of `data` that `g` accepts
+/// (ties: the lowest id), or `None` when it accepts none of them.
+fn shortlist(g: &mut LlamaSampler, data: &mut [LlamaTokenData]) -> Option<LlamaToken> {
+    let order = |a: &LlamaTokenData, b: &LlamaTokenData| b.logit().total_cmp(&a.logit()).then(a.id().0.cmp(&b.id().0));
+    let k = GREEDY_SHORTLIST.min(data.len());
+    if k == 0 {
+        return None;
+    }
+    if k < data.len() {
+        data.select_nth_unstable_by(k - 1, order);
+    }
+    let mut top: Vec<LlamaTokenData> = data[..k].to_vec();
+    top.sort_by(order);
+    let mut arr = LlamaTokenDataArray::new(top, false);
+    g.apply(&mut arr);
+    // The grammar sets the logits of the tokens it rejects to -inf, in place, in order.
+    arr.data.iter().find(|d| d.logit().is_finite()).map(LlamaTokenData::id)
 }
 
 /// The log-probability of `token` and the `k` likeliest tokens, from the model's distribution

@@ -371,7 +371,8 @@ pub fn run(
         for (i, slot) in slots.iter_mut().enumerate() {
             let Some(s) = slot.as_mut() else { continue };
             let Some(at) = s.logits_at else { continue };
-            let token = pick(&mut s.sampler, s.grammar.as_mut(), &ctx, at);
+            let greedy = s.job.params.temperature <= 0.0;
+            let token = pick(&mut s.sampler, s.grammar.as_mut(), greedy, &ctx, at);
             let logprobs = match s.job.params.top_logprobs {
                 Some(k) => vec![token_logprob(&model, ctx.get_logits_ith(at), &s.job.params.logit_bias, token, k)],
                 None => Vec::new(),
