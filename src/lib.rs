@@ -26,6 +26,8 @@ pub mod gateway;
 pub mod batch;
 /// The response cache, with request coalescing.
 pub mod cache;
+/// Stored Responses and the conversations they chain.
+pub mod conversation;
 
 // Where a request is answered.
 /// Alias → deployment: permits, retries, fallback, breakers; builds deployments from config.

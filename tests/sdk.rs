@@ -5,8 +5,9 @@
 //! gateway process serves every test of this binary; the SDK is installed by
 //! `scripts/setup.sh` from `tests/sdk/requirements.txt`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::sync::OnceLock;
 
 struct Served {
@@ -20,40 +21,9 @@ fn served() -> &'static Served {
         let model = std::env::var("TOLLGATE_TEST_MODEL")
             .expect("TOLLGATE_TEST_MODEL must name the test GGUF (scripts/setup.sh prints it)");
         let dir = tempfile::tempdir().unwrap();
-        let cwd = dir.path().to_owned();
-        // Spawned from a thread that lives as long as the tests: PR_SET_PDEATHSIG (the death
-        // of the spawning thread) ends the gateway exactly when the test binary ends.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
-            cmd.current_dir(cwd)
-                .args(["serve", "--model", &model, "--listen", "127.0.0.1:0"])
-                .env("RUST_LOG", "info")
-                .env("NO_COLOR", "1")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit());
-            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-            unsafe {
-                use std::os::unix::process::CommandExt;
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-            let mut child = cmd.spawn().unwrap();
-            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-            let addr = loop {
-                let line = lines.next().expect("the gateway exited before listening").unwrap();
-                if let Some(i) = line.find("listening on http://") {
-                    break line[i + "listening on http://".len()..].split_whitespace().next().unwrap().to_owned();
-                }
-            };
-            tx.send(addr).unwrap();
-            for _ in lines {}
-            let _ = child.wait();
-        });
-        let addr = rx.recv().expect("the gateway started");
-        Served { url: format!("http://{addr}"), _dir: dir }
+        let args = ["serve", "--model", &model, "--listen", "127.0.0.1:0"];
+        let url = common::serve_for_binary(dir.path().to_owned(), args.iter().map(|s| s.to_string()).collect());
+        Served { url, _dir: dir }
     })
 }
 

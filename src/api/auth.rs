@@ -1,4 +1,5 @@
-//! API-key authentication: keys are accepted as `Authorization: Bearer KEY` or `api-key: KEY`,
+//! API-key authentication: keys are accepted as `Authorization: Bearer KEY`, `api-key: KEY`
+//! (Azure's) or `x-api-key: KEY` (Anthropic's),
 //! hashed with SHA-256 and compared with every configured hash in constant time. Keys are
 //! never logged; records carry the key's configured name.
 
@@ -16,7 +17,7 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
             return Some(k.trim());
         }
     }
-    headers.get("api-key").and_then(|v| v.to_str().ok()).map(str::trim)
+    ["api-key", "x-api-key"].iter().find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()).map(str::trim))
 }
 
 fn find<'a>(keys: &'a [ApiKeyConfig], presented: &str) -> Option<&'a ApiKeyConfig> {

@@ -15,7 +15,7 @@ use super::{auth, render, AppState};
 use crate::cache::ClientPolicy;
 use crate::gateway::{self, Caller, Context, Origin, Refused};
 use crate::protocol::error::ApiError;
-use crate::protocol::Endpoint;
+use crate::protocol::{Dialect, Endpoint};
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const SESSION_HEADER: &str = "x-session-id";
@@ -62,20 +62,32 @@ async fn serve(
     let live = st.live();
     let caller = auth::authenticate(&live.auth, headers).map_err(Refused::bare)?;
     let bytes = read_body(body, st.server.max_body_bytes).await.map_err(Refused::bare)?;
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let origin = Origin {
-        caller,
-        session: text(SESSION_HEADER),
-        traceparent: text("traceparent"),
-        cache: ClientPolicy::from_headers(headers),
-        batch_id: None,
-    };
+    let origin = origin(headers, caller, Dialect::OpenAi, None);
     let ctx = context(st, &live);
     let answer = gateway::serve(&ctx, endpoint, origin, &bytes, rid, start).await?;
     Ok(render::answer(st, answer))
 }
 
-fn context<'a>(st: &'a AppState, live: &'a gateway::Live) -> Context<'a> {
+/// Who sent an HTTP request and how; `session` when the client named none
+/// (`x-session-id` wins).
+pub(super) fn origin<'a>(
+    headers: &'a HeaderMap,
+    caller: Caller,
+    dialect: Dialect,
+    session: Option<&'a str>,
+) -> Origin<'a> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    Origin {
+        caller,
+        session: text(SESSION_HEADER).or(session),
+        traceparent: text("traceparent"),
+        cache: ClientPolicy::from_headers(headers),
+        batch_id: None,
+        dialect,
+    }
+}
+
+pub(super) fn context<'a>(st: &'a AppState, live: &'a gateway::Live) -> Context<'a> {
     Context { live, accounting: &st.accounting, cache: st.cache.as_ref(), log_content: st.server.log_content }
 }
 
@@ -108,6 +120,7 @@ pub async fn run_line(
         traceparent: None,
         cache: ClientPolicy { lookup: true, store: true },
         batch_id: Some(batch_id),
+        dialect: Dialect::OpenAi,
     };
     let resp = match gateway::serve(&context(&st, &live), endpoint, origin, &body, &rid, start).await {
         Ok(answer) => render::answer(&st, answer),

@@ -1,14 +1,18 @@
-//! The HTTP API (axum): routes, shared state, the ops endpoints (`/health`, `/ready`,
-//! `/metrics`, `/v1/models`), OpenAI-shaped 404/405, CORS, and the server's lifecycle:
+//! The HTTP API (axum): routes, shared state, the inference endpoints in three dialects
+//! (OpenAI's chat and completions, its Responses API, Anthropic's Messages API), the ops
+//! endpoints (`/health`, `/ready`, `/metrics`, `/v1/models`), OpenAI-shaped 404/405, CORS,
+//! and the server's lifecycle:
 //! start, reload (keys and routes swapped without dropping streams), graceful shutdown.
 
 pub mod auth;
 pub mod batch;
 pub mod error;
 pub mod inference;
+pub mod messages;
 pub mod models;
 mod ops;
 mod render;
+pub mod responses;
 mod serve;
 pub mod sse;
 pub mod usage;
@@ -52,6 +56,8 @@ pub struct AppState {
     pub releases: Arc<crate::release::Releases>,
     /// What `/metrics` serves: accounting's collectors, then the deployments' and canaries'.
     pub prometheus: crate::accounting::metrics::Registry,
+    /// Stored Responses (`/v1/responses` with `store`).
+    pub conversations: Arc<crate::conversation::Conversations>,
 }
 
 impl AppState {
@@ -129,6 +135,10 @@ pub async fn state_with_clock(cfg: &Config, clock: Arc<dyn Clock>) -> anyhow::Re
     let routes = crate::router::build::build_routes(cfg, None, clock.clone(), Some(&releases), &[])
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
+    let conversations = Arc::new(
+        crate::conversation::Conversations::open(&cfg.server.data_dir, cfg.server.responses_ttl)
+            .map_err(|e| anyhow::anyhow!(e))?,
+    );
     Ok(Arc::new_cyclic(|me| AppState {
         prometheus: {
             let mut registry = crate::accounting::metrics::Registry::default();
@@ -152,6 +162,7 @@ pub async fn state_with_clock(cfg: &Config, clock: Arc<dyn Clock>) -> anyhow::Re
         batch_tasks: TaskTracker::new(),
         batch_stop: CancellationToken::new(),
         created: crate::clock::now_s(),
+        conversations,
     }))
 }
 
@@ -160,6 +171,11 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses::create))
+        .route("/v1/responses/{id}", get(responses::retrieve).delete(responses::delete))
+        .route("/v1/responses/{id}/input_items", get(responses::input_items))
+        .route("/v1/messages", post(messages::create))
+        .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/models", get(ops::models))
         .route("/v1/models/{*id}", get(ops::model))
         .route("/health", get(ops::health))

@@ -7,7 +7,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
-use super::{sse, AppState};
+use super::sse::{self, Framing};
+use super::AppState;
 use crate::gateway::{self, Answer, CacheStatus, Meta};
 
 /// The deployment that answered.
@@ -22,27 +23,38 @@ pub const COST_HEADER: &str = "x-tollgate-cost-usd";
 pub const SAVED_HEADER: &str = "x-tollgate-saved-usd";
 
 pub fn answer(st: &AppState, answer: Answer) -> Response {
+    answer_as(st, answer, Value::Object, |include_usage| Framing::Chat { include_usage })
+}
+
+/// An answer in another dialect: `full` writes a whole chat body in it, `framing` is how
+/// its streams (live or replayed) are written. A chat body's timing headers are kept.
+pub fn answer_as(
+    st: &AppState,
+    answer: Answer,
+    full: impl FnOnce(Map<String, Value>) -> Value,
+    framing: impl FnOnce(bool) -> Framing,
+) -> Response {
     match answer {
         Answer::Full { body, meta } => {
-            let bytes = serde_json::to_vec(&body).unwrap_or_default();
-            let mut resp =
-                (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes)
-                    .into_response();
+            let mut h = HeaderMap::new();
             // A hit's timings are those of the request that made it, not this one's.
             if meta.cache != Some(CacheStatus::Hit) {
-                timing_headers(&body, resp.headers_mut());
+                timing_headers(&body, &mut h);
             }
+            let mut resp = json(StatusCode::OK, &full(body));
+            resp.headers_mut().extend(h);
             write_meta(meta, resp.headers_mut());
             resp
         }
         Answer::Replay { chunks, meta } => {
+            // The chunks were made for the client's own `include_usage`.
+            let mut framing = framing(true);
             let mut out = Vec::new();
-            for c in &chunks {
-                out.extend_from_slice(b"data: ");
-                let _ = serde_json::to_writer(&mut out, c);
-                out.extend_from_slice(b"\n\n");
+            framing.start(&mut out);
+            for c in chunks {
+                framing.chunk(c, &mut out);
             }
-            out.extend_from_slice(b"data: [DONE]\n\n");
+            framing.done(&mut out);
             event_stream(Body::from(out), meta)
         }
         Answer::Stream { stream, meta } => {
@@ -50,7 +62,7 @@ pub fn answer(st: &AppState, answer: Answer) -> Response {
                 *stream;
             let setup = sse::SseSetup {
                 alias,
-                include_usage,
+                framing: framing(include_usage),
                 keepalive: st.server.keepalive,
                 stall,
                 hard_stop: st.hard_stop.clone(),
@@ -64,6 +76,12 @@ pub fn answer(st: &AppState, answer: Answer) -> Response {
             event_stream(sse::body(first, rest, setup), meta)
         }
     }
+}
+
+/// A JSON body with this status.
+pub fn json(status: StatusCode, v: &Value) -> Response {
+    let bytes = serde_json::to_vec(v).unwrap_or_default();
+    (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes).into_response()
 }
 
 fn event_stream(body: Body, meta: Meta) -> Response {

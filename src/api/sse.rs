@@ -1,7 +1,8 @@
 //! The SSE body sent to clients: `data: {chunk}\n\n` per event, `data: [DONE]\n\n` at the end,
 //! `: keep-alive` comments while the backend is silent, an OpenAI-shaped in-band error event
 //! when the stream fails after it started (or stalls past the deployment's stall timeout,
-//! or the gateway's shutdown deadline passes).
+//! or the gateway's shutdown deadline passes). A Responses or Messages stream is the same
+//! chat stream written as that API's typed events ([`Framing`]).
 //!
 //! The body owns the deployment's concurrency permit and the request's accounting record:
 //! both are released when the body ends or is dropped (the client went away), and dropping
@@ -26,7 +27,7 @@ use crate::router::Deployment;
 
 pub struct SseSetup {
     pub alias: String,
-    pub include_usage: bool,
+    pub framing: Framing,
     pub keepalive: Duration,
     pub stall: Duration,
     pub hard_stop: CancellationToken,
@@ -77,7 +78,7 @@ struct State {
     first: Option<Box<Chunk>>,
     rest: EventStream,
     alias: Value,
-    include_usage: bool,
+    framing: Framing,
     keepalive: Duration,
     stall: Duration,
     hard_stop: CancellationToken,
@@ -93,7 +94,7 @@ pub fn body(first: Box<Chunk>, rest: EventStream, s: SseSetup) -> Body {
         first: Some(first),
         rest,
         alias: Value::String(s.alias),
-        include_usage: s.include_usage,
+        framing: s.framing,
         keepalive: s.keepalive,
         stall: s.stall,
         hard_stop: s.hard_stop,
@@ -107,8 +108,11 @@ pub fn body(first: Box<Chunk>, rest: EventStream, s: SseSetup) -> Body {
             return None;
         }
         if let Some(first) = st.first.take() {
-            if let Some(b) = st.encode(*first) {
-                return Some((Ok::<Bytes, std::convert::Infallible>(b), st));
+            let mut out = Vec::with_capacity(512);
+            st.framing.start(&mut out);
+            st.encode(*first, &mut out);
+            if !out.is_empty() {
+                return Some((Ok::<Bytes, std::convert::Infallible>(Bytes::from(out)), st));
             }
         }
         loop {
@@ -124,8 +128,10 @@ pub fn body(first: Box<Chunk>, rest: EventStream, s: SseSetup) -> Body {
                     st.last_event = Instant::now();
                     match item {
                         Some(Ok(chunk)) => {
-                            if let Some(b) = st.encode(chunk) {
-                                return Some((Ok(b), st));
+                            let mut out = Vec::with_capacity(256);
+                            st.encode(chunk, &mut out);
+                            if !out.is_empty() {
+                                return Some((Ok(Bytes::from(out)), st));
                             }
                         }
                         Some(Err(e)) => {
@@ -139,7 +145,9 @@ pub fn body(first: Box<Chunk>, rest: EventStream, s: SseSetup) -> Body {
                             st.done = true;
                             st.store_in_cache().await;
                             st.fin.finish(false);
-                            return Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), st));
+                            let mut out = Vec::with_capacity(256);
+                            st.framing.done(&mut out);
+                            return Some((Ok(Bytes::from(out)), st));
                         }
                     }
                 }
@@ -153,7 +161,7 @@ pub fn body(first: Box<Chunk>, rest: EventStream, s: SseSetup) -> Body {
                         ));
                         return Some((Ok(st.error_event(e)), st));
                     }
-                    return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), st));
+                    return Some((Ok(Bytes::from_static(st.framing.keepalive())), st));
                 }
             }
         }
@@ -171,17 +179,10 @@ impl State {
         leader.cache().insert(leader.key(), Cached { body, usage, deployment }).await;
     }
 
-    /// One chunk as an SSE event; `None` for a usage chunk the client did not ask for.
-    fn encode(&mut self, mut chunk: Chunk) -> Option<Bytes> {
+    /// One chunk, priced and named by the alias, written by the framing.
+    fn encode(&mut self, mut chunk: Chunk, out: &mut Vec<u8>) {
         if let Some(tap) = self.fin.tap() {
             tap.observe(&chunk);
-        }
-        if !self.include_usage && chunk.contains_key("usage") {
-            let usage_only = chunk.get("choices").and_then(Value::as_array).is_some_and(|c| c.is_empty());
-            if usage_only {
-                return None;
-            }
-            chunk.remove("usage");
         }
         // The final usage chunk carries the cost, computed as the record's will be.
         if let Some(u) = chunk.get_mut("usage") {
@@ -194,22 +195,138 @@ impl State {
         if let Some(m) = chunk.get_mut("model") {
             *m = self.alias.clone();
         }
-        let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(b"data: ");
-        if serde_json::to_writer(&mut out, &chunk).is_err() {
-            return None;
-        }
-        out.extend_from_slice(b"\n\n");
-        Some(Bytes::from(out))
+        self.framing.chunk(chunk, out);
     }
 
     fn error_event(&mut self, e: ApiError) -> Bytes {
         self.done = true;
         self.fin.fail(&e);
         self.fin.finish(false);
-        let mut out = b"data: ".to_vec();
-        let _ = serde_json::to_writer(&mut out, &e.to_json());
-        out.extend_from_slice(b"\n\n");
+        let mut out = Vec::with_capacity(256);
+        self.framing.error(&e, &mut out);
         Bytes::from(out)
+    }
+}
+
+/// Called with the final response object when a Responses stream completes (to store it).
+pub type OnResponse = Box<dyn FnOnce(&Value) + Send>;
+
+/// How the chat chunks of a stream reach the client: as they are (`data: {chunk}`, then
+/// `data: [DONE]`), or as the typed events of the Responses or Messages API
+/// (`event: NAME` and `data: {event}`).
+pub enum Framing {
+    Chat {
+        /// The client asked for the usage chunk (`stream_options.include_usage`).
+        include_usage: bool,
+    },
+    Responses {
+        stream: Box<crate::protocol::responses::Stream>,
+        on_complete: Option<OnResponse>,
+    },
+    Messages(Box<crate::protocol::messages::Stream>),
+}
+
+/// `event: NAME` and `data: JSON`.
+pub fn write_event(out: &mut Vec<u8>, name: &str, data: &Value) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    let _ = serde_json::to_writer(&mut *out, data);
+    out.extend_from_slice(b"\n\n");
+}
+
+impl Framing {
+    /// What is sent before the first chunk.
+    pub fn start(&mut self, out: &mut Vec<u8>) {
+        match self {
+            Framing::Chat { .. } => {}
+            Framing::Responses { stream, .. } => {
+                for e in stream.start() {
+                    write_event(out, e.name, &e.data);
+                }
+            }
+            Framing::Messages(m) => {
+                for (name, data) in m.start() {
+                    write_event(out, name, &data);
+                }
+            }
+        }
+    }
+
+    /// One chunk (a chat usage chunk the client did not ask for is not sent).
+    pub fn chunk(&mut self, mut chunk: Chunk, out: &mut Vec<u8>) {
+        match self {
+            Framing::Chat { include_usage } => {
+                if !*include_usage && chunk.contains_key("usage") {
+                    let usage_only = chunk.get("choices").and_then(Value::as_array).is_some_and(|c| c.is_empty());
+                    if usage_only {
+                        return;
+                    }
+                    chunk.remove("usage");
+                }
+                out.extend_from_slice(b"data: ");
+                if serde_json::to_writer(&mut *out, &chunk).is_ok() {
+                    out.extend_from_slice(b"\n\n");
+                }
+            }
+            Framing::Responses { stream, .. } => {
+                for e in stream.push(&chunk) {
+                    write_event(out, e.name, &e.data);
+                }
+            }
+            Framing::Messages(m) => {
+                for (name, data) in m.push(&chunk) {
+                    write_event(out, name, &data);
+                }
+            }
+        }
+    }
+
+    /// The end of a stream that finished.
+    pub fn done(&mut self, out: &mut Vec<u8>) {
+        match self {
+            Framing::Chat { .. } => out.extend_from_slice(b"data: [DONE]\n\n"),
+            Framing::Responses { stream, on_complete } => {
+                for e in stream.finish() {
+                    write_event(out, e.name, &e.data);
+                }
+                if let (Some(f), Some(r)) = (on_complete.take(), stream.response()) {
+                    f(r);
+                }
+            }
+            Framing::Messages(m) => {
+                for (name, data) in m.finish() {
+                    write_event(out, name, &data);
+                }
+            }
+        }
+    }
+
+    /// The in-band error event of a stream that failed after it started.
+    pub fn error(&mut self, e: &ApiError, out: &mut Vec<u8>) {
+        match self {
+            Framing::Chat { .. } => {
+                out.extend_from_slice(b"data: ");
+                let _ = serde_json::to_writer(&mut *out, &e.to_json());
+                out.extend_from_slice(b"\n\n");
+            }
+            Framing::Responses { stream, .. } => {
+                for ev in stream.fail(e) {
+                    write_event(out, ev.name, &ev.data);
+                }
+            }
+            Framing::Messages(_) => {
+                let (name, data) = crate::protocol::messages::error_event(e);
+                write_event(out, name, &data);
+            }
+        }
+    }
+
+    /// What is sent while the backend is silent: a comment, or Anthropic's `ping` event.
+    pub fn keepalive(&self) -> &'static [u8] {
+        match self {
+            Framing::Messages(_) => b"event: ping\ndata: {\"type\": \"ping\"}\n\n",
+            _ => b": keep-alive\n\n",
+        }
     }
 }

@@ -182,6 +182,12 @@ pub trait Backend: Send + Sync + 'static {
     fn info(&self) -> Option<Value> {
         None
     }
+
+    /// The prompt tokens this backend would read for `req`, when it can count them itself
+    /// (the engine, with its model's tokenizer and chat template); `None` when it cannot.
+    fn count_tokens(&self, _req: &ValidRequest) -> Option<Result<u64, ApiError>> {
+        None
+    }
 }
 
 /// A vector as base64 of its little-endian f32s (standard alphabet, padded): what

@@ -72,6 +72,8 @@ pub struct ServerConfig {
     pub batch_concurrency: usize,
     /// The model registry (`crate::registry`).
     pub registry_dir: PathBuf,
+    /// How long a stored response (`/v1/responses` with `store`) is kept.
+    pub responses_ttl: Duration,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +93,7 @@ impl Default for ServerConfig {
             monitor: MonitorConfig::default(),
             batch_concurrency: 16,
             registry_dir: PathBuf::from("data/registry"),
+            responses_ttl: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }

@@ -33,6 +33,16 @@ pub struct GatewayFile {
     pub batch: BatchFile,
     #[serde(default)]
     pub registry: RegistryFile,
+    #[serde(default)]
+    pub responses: ResponsesFile,
+}
+
+/// `[responses]`: stored Responses (`store: true`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponsesFile {
+    /// How long a stored response can be retrieved or continued (default 30 days).
+    pub ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

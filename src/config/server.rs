@@ -65,6 +65,12 @@ pub(super) fn server_config(
         Some(o) => errs.push(format!("{file}: cache.scope: '{o}' is not one of \"key\", \"global\"")),
     }
     s.ledger = gw.ledger.enabled.unwrap_or(true);
+    if let Some(t) = gw.responses.ttl_secs {
+        if t == 0 {
+            errs.push(format!("{file}: responses.ttl_secs: must be at least 1"));
+        }
+        s.responses_ttl = Duration::from_secs(t.max(1));
+    }
     if let Some(c) = gw.batch.concurrency {
         if c == 0 {
             errs.push(format!("{file}: batch.concurrency: must be at least 1"));

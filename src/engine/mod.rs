@@ -459,6 +459,10 @@ impl LocalBackend {
 }
 
 impl Backend for LocalBackend {
+    fn count_tokens(&self, req: &ValidRequest) -> Option<Result<u64, ApiError>> {
+        Some(self.prepare(req, 0).map(|p| p.tokens.len() as u64))
+    }
+
     fn call(&self, br: BackendRequest) -> BoxFuture<'static, Result<BackendReply, BackendError>> {
         if br.req.endpoint == Endpoint::Embeddings || self.embeddings {
             return self.embed(&br);

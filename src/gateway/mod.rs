@@ -38,7 +38,7 @@ use crate::clock::ms;
 use crate::config::{ApiKeyConfig, AuthConfig, Config, DeploymentKind};
 use crate::pricing::Cost;
 use crate::protocol::error::ApiError;
-use crate::protocol::{self, Endpoint, Prompt, ValidRequest};
+use crate::protocol::{self, Dialect, Endpoint, Prompt, ValidRequest};
 use crate::router::{self, Alias, Committed, Deployment, Routes};
 
 /// The alias name every unknown model is recorded under: clients must not grow the metrics.
@@ -96,6 +96,8 @@ pub struct Origin<'a> {
     pub cache: ClientPolicy,
     /// The batch this request is a line of (batch priority, no rate limits).
     pub batch_id: Option<String>,
+    /// The API the client spoke (a Responses or Messages request comes as chat).
+    pub dialect: Dialect,
 }
 
 /// A refused or failed request: the error the client gets, and its record when one was
@@ -276,12 +278,33 @@ pub async fn serve(
     }
 }
 
+/// The prompt tokens of a chat request, counted by the first deployment of its alias that
+/// can count them itself (the engine); `None` when none can. The caller must be allowed the
+/// alias, as for a completion.
+pub fn count_tokens(ctx: &Context<'_>, caller: &Caller, bytes: &[u8]) -> Result<Option<u64>, ApiError> {
+    let mut req = protocol::validate(Endpoint::Chat, bytes)?;
+    protocol::apply_named_prompt(&mut req, &ctx.live.prompts)?;
+    let alias = match ctx.live.routes.get(&req.model) {
+        Some(a) if caller.allows(&a.name) => a.clone(),
+        _ => return Err(ApiError::model_not_found(&req.model)),
+    };
+    for d in alias.all() {
+        if let Some(n) = d.backend.count_tokens(&req) {
+            return n.map(Some);
+        }
+    }
+    Ok(None)
+}
+
 /// Opens the request's record: who, what, and its attribution tags.
 pub fn record_for(req: &ValidRequest, rid: &str, origin: &Origin<'_>) -> Result<RequestRecord, Refused> {
     let mut rec = RequestRecord::new(rid.to_owned(), req.endpoint, req.model.clone(), req.stream);
     rec.key = origin.caller.name().map(str::to_owned);
     rec.user = req.user.clone();
     rec.batch_id = origin.batch_id.clone();
+    if let Some(name) = origin.dialect.endpoint_name() {
+        rec.endpoint = name;
+    }
     match req.body.get("metadata") {
         None | Some(Value::Null) => Ok(rec),
         Some(m @ Value::Object(_)) => {
@@ -618,6 +641,7 @@ mod tests {
             traceparent: None,
             cache: ClientPolicy { lookup: true, store: true },
             batch_id: batch.map(str::to_owned),
+            dialect: Dialect::OpenAi,
         };
         let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"metadata":{"team":"x"}}"#;
         let req = protocol::validate(Endpoint::Chat, body).unwrap();

@@ -11,6 +11,9 @@ use serde_json::{Map, Value};
 
 pub mod chunk;
 pub mod error;
+pub mod messages;
+pub mod responses;
+pub mod translate;
 
 use error::ApiError;
 
@@ -35,6 +38,27 @@ impl Endpoint {
             Endpoint::Chat => "chat",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// The API a client spoke. A Responses or Messages request is served as a chat completion
+/// (translated by [`responses`] and [`messages`]); its record names the endpoint it came in on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    #[default]
+    OpenAi,
+    Responses,
+    Messages,
+}
+
+impl Dialect {
+    /// The endpoint a translated request is recorded under.
+    pub fn endpoint_name(self) -> Option<&'static str> {
+        match self {
+            Dialect::OpenAi => None,
+            Dialect::Responses => Some("responses"),
+            Dialect::Messages => Some("messages"),
         }
     }
 }

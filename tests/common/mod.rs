@@ -296,3 +296,40 @@ pub fn serve_binary(dir: &Path) -> (Child, String) {
     std::thread::spawn(move || for _ in lines {});
     (child, addr)
 }
+
+/// Starts `tollgate ARGS` in `cwd` (port 0 in ARGS) and returns `http://ADDR` once it
+/// listens. The process is spawned from a thread that lives as long as the test binary and
+/// dies with it (PR_SET_PDEATHSIG): one gateway shared by every test of a binary.
+pub fn serve_for_binary(cwd: PathBuf, args: Vec<String>) -> String {
+    use std::io::{BufRead, BufReader};
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.current_dir(cwd)
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("the gateway exited before listening").unwrap();
+            if let Some(i) = line.find("listening on http://") {
+                break line[i + "listening on http://".len()..].split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        tx.send(addr).unwrap();
+        for _ in lines {}
+        let _ = child.wait();
+    });
+    format!("http://{}", rx.recv().expect("the gateway started"))
+}

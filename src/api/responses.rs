@@ -1,0 +1,217 @@
+//! OpenAI's Responses API: `POST /v1/responses` (served as a chat completion through
+//! [`gateway::serve`], so keys, limits, the cache, the router, releases and the ledger apply
+//! unchanged), and the stored responses: `GET` and `DELETE /v1/responses/{id}`,
+//! `GET /v1/responses/{id}/input_items`.
+//!
+//! A stored conversation is the engine's session: every response of a chain made with
+//! `previous_response_id` runs in the session of the chain's first response, so a
+//! follow-up prefills only its new input.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use super::inference::{context, origin, read_body, request_id, REQUEST_ID_HEADER};
+use super::sse::Framing;
+use super::{auth, render, AppState};
+use crate::conversation::{Conversations, Stored};
+use crate::gateway::{self, Caller, Refused};
+use crate::protocol::error::ApiError;
+use crate::protocol::responses::{self, chat_messages, Stream};
+use crate::protocol::translate::{new_id, Reply};
+use crate::protocol::{Dialect, Endpoint};
+
+pub async fn create(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let start = Instant::now();
+    let rid = request_id(&headers);
+    let mut resp = match serve(&st, &headers, body, &rid, start).await {
+        Ok(r) => r,
+        Err(refused) => refused.finish(&st.accounting, start).into_response(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    resp
+}
+
+/// The key a stored response belongs to: its name, or "" for the anonymous caller.
+fn owner(caller: &Caller) -> String {
+    caller.name().unwrap_or_default().to_owned()
+}
+
+fn store_error(e: String) -> ApiError {
+    tracing::error!("{e}");
+    ApiError::internal("The response store failed; see the gateway's log.")
+}
+
+async fn serve(st: &AppState, headers: &HeaderMap, body: Body, rid: &str, start: Instant) -> Result<Response, Refused> {
+    let live = st.live();
+    let caller = auth::authenticate(&live.auth, headers).map_err(Refused::bare)?;
+    let bytes = read_body(body, st.server.max_body_bytes).await.map_err(Refused::bare)?;
+    let mut req = responses::parse(&bytes).map_err(Refused::bare)?;
+    let owner = owner(&caller);
+    let now = crate::clock::now_s();
+    req.resolve(|id| st.conversations.item(&owner, id, now).map_err(store_error)).map_err(Refused::bare)?;
+    let (history, root) = match &req.previous_response_id {
+        None => (Vec::new(), None),
+        Some(pid) => match st.conversations.get(&owner, pid, now).map_err(|e| Refused::bare(store_error(e)))? {
+            Some(prev) => (prev.history, Some(prev.root)),
+            None => {
+                return Err(Refused::bare(
+                    ApiError::invalid_request(
+                        format!("Previous response with id '{pid}' not found."),
+                        Some("previous_response_id"),
+                    )
+                    .with_code("previous_response_not_found"),
+                ))
+            }
+        },
+    };
+    let id = new_id("resp_");
+    let root = root.unwrap_or_else(|| id.clone());
+    let chat = serde_json::to_vec(&req.chat_body(&history)).unwrap_or_default();
+    // A stored conversation keeps its KV on the engine as a session does.
+    let session = req.store.then_some(root.as_str());
+    let origin = origin(headers, caller, Dialect::Responses, session);
+    let answer = gateway::serve(&context(st, &live), Endpoint::Chat, origin, &chat, rid, start).await?;
+
+    let saver = req.store.then(|| {
+        let mut history = history;
+        history.extend(req.messages.iter().cloned());
+        Arc::new(Saver {
+            conversations: st.conversations.clone(),
+            stored: Stored {
+                id: id.clone(),
+                key: owner,
+                created_at: now,
+                root,
+                response: Value::Null,
+                input_items: req.input.clone(),
+                history,
+            },
+        })
+    });
+    let on_complete = saver.clone();
+    let (echo, model) = (req.echo.clone(), req.model.clone());
+    let stream_id = id.clone();
+    Ok(render::answer_as(
+        st,
+        answer,
+        |body| {
+            let r = responses::response(&req.echo, &id, now, &req.model, &Reply::of_body(&body));
+            if let Some(s) = saver {
+                s.save(&r);
+            }
+            r
+        },
+        move |_| Framing::Responses {
+            stream: Box::new(Stream::new(echo, stream_id, now, model)),
+            on_complete: on_complete.map(|s| Box::new(move |r: &Value| s.save(r)) as super::sse::OnResponse),
+        },
+    ))
+}
+
+/// Stores a finished response with the conversation it ends.
+struct Saver {
+    conversations: Arc<Conversations>,
+    stored: Stored,
+}
+
+impl Saver {
+    fn save(&self, response: &Value) {
+        let mut s = self.stored.clone();
+        s.response = response.clone();
+        if let Some(output) = response.get("output").and_then(Value::as_array) {
+            s.history.extend(chat_messages(output).unwrap_or_default());
+        }
+        if let Err(e) = self.conversations.put(&s, crate::clock::now_s()) {
+            tracing::error!("{e}");
+        }
+    }
+}
+
+/// The stored response `id` of the caller, or the 404 every other caller gets.
+fn find(st: &AppState, headers: &HeaderMap, id: &str) -> Result<(String, Stored), ApiError> {
+    let caller = auth::authenticate(&st.live().auth, headers)?;
+    let owner = owner(&caller);
+    match st.conversations.get(&owner, id, crate::clock::now_s()).map_err(store_error)? {
+        Some(s) => Ok((owner, s)),
+        None => Err(ApiError::not_found(format!("Response with id '{id}' not found."))),
+    }
+}
+
+pub async fn retrieve(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    match find(&st, &headers, &id) {
+        Ok((_, s)) => render::json(StatusCode::OK, &s.response),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn delete(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let deleted =
+        find(&st, &headers, &id).and_then(|(owner, _)| st.conversations.delete(&owner, &id).map_err(store_error));
+    match deleted {
+        Ok(_) => render::json(StatusCode::OK, &json!({"id": id, "object": "response.deleted", "deleted": true})),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub struct ListQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+    order: Option<String>,
+}
+
+/// The response's input items, newest first unless `order=asc`, `limit` (1 to 100, default
+/// 20) at a time after the item `after`.
+pub async fn input_items(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let (_, s) = match find(&st, &headers, &id) {
+        Ok(found) => found,
+        Err(e) => return e.into_response(),
+    };
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return ApiError::invalid_request("Invalid 'limit': it must be between 1 and 100.", Some("limit"))
+            .into_response();
+    }
+    let mut items = s.input_items;
+    match q.order.as_deref() {
+        None | Some("desc") => items.reverse(),
+        Some("asc") => {}
+        Some(_) => {
+            return ApiError::invalid_request("Invalid 'order': expected 'asc' or 'desc'.", Some("order"))
+                .into_response()
+        }
+    }
+    let from = match &q.after {
+        None => 0,
+        Some(a) => match items.iter().position(|i| i.get("id").and_then(Value::as_str) == Some(a)) {
+            Some(p) => p + 1,
+            None => {
+                return ApiError::invalid_request(format!("No input item with id '{a}'."), Some("after"))
+                    .into_response()
+            }
+        },
+    };
+    let page: Vec<Value> = items.iter().skip(from).take(limit).cloned().collect();
+    let id_of = |v: Option<&Value>| v.and_then(|i| i.get("id")).cloned().unwrap_or(Value::Null);
+    let body = json!({
+        "object": "list",
+        "data": page,
+        "first_id": id_of(page.first()),
+        "last_id": id_of(page.last()),
+        "has_more": from + page.len() < items.len(),
+    });
+    render::json(StatusCode::OK, &body)
+}

@@ -1,0 +1,227 @@
+//! Stored Responses (`store: true`, OpenAI's default): each response object, its input
+//! items, and the conversation it ends as chat messages, in SQLite at
+//! `<data_dir>/responses.sqlite`, scoped to the API key that made it (another key, or the
+//! anonymous caller, never sees it: a 404 as for an id that does not exist) and kept for
+//! `[responses] ttl_secs` (30 days by default).
+//!
+//! Every input and output item is kept by its id too, for `item_reference`.
+//! `previous_response_id` continues a conversation from its stored history, and every
+//! response of one chain names the chain's first response as its `root`: the gateway makes
+//! that the engine's session, so a follow-up prefills only its new input.
+//!
+//! Writes are small (one row per response) and synchronous, so a follow-up sent the moment
+//! a response is answered always finds it.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::Value;
+
+/// One stored response.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stored {
+    pub id: String,
+    /// The key's name; empty for the anonymous caller.
+    pub key: String,
+    pub created_at: u64,
+    /// The first response of its chain.
+    pub root: String,
+    pub response: Value,
+    pub input_items: Vec<Value>,
+    /// The conversation through this response's output, as chat messages (without the
+    /// instructions, which each request gives anew).
+    pub history: Vec<Value>,
+}
+
+pub struct Conversations {
+    db: Mutex<Connection>,
+    ttl: Duration,
+}
+
+fn err(e: rusqlite::Error) -> String {
+    format!("the response store: {e}")
+}
+
+impl Conversations {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path, ttl: Duration) -> Result<Conversations, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let db = Connection::open(dir.join("responses.sqlite")).map_err(err)?;
+        db.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
+             CREATE TABLE IF NOT EXISTS responses (
+                 id TEXT PRIMARY KEY,
+                 key TEXT NOT NULL,
+                 created_at INTEGER NOT NULL,
+                 expires_at INTEGER NOT NULL,
+                 root TEXT NOT NULL,
+                 response TEXT NOT NULL,
+                 input_items TEXT NOT NULL,
+                 history TEXT NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS responses_expiry ON responses (expires_at);
+             CREATE TABLE IF NOT EXISTS items (
+                 key TEXT NOT NULL,
+                 id TEXT NOT NULL,
+                 response_id TEXT NOT NULL,
+                 expires_at INTEGER NOT NULL,
+                 item TEXT NOT NULL,
+                 PRIMARY KEY (key, id)
+             );
+             CREATE INDEX IF NOT EXISTS items_response ON items (response_id);",
+        )
+        .map_err(err)?;
+        Ok(Conversations { db: Mutex::new(db), ttl })
+    }
+
+    /// An in-memory store (tests).
+    pub fn in_memory(ttl: Duration) -> Conversations {
+        let dir = tempfile_dir();
+        Conversations::open(&dir, ttl).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores a response, and its input and output items for `item_reference`; expired rows
+    /// are removed on the way.
+    pub fn put(&self, s: &Stored, now_s: u64) -> Result<(), String> {
+        let mut db = self.db();
+        let expires = now_s.saturating_add(self.ttl.as_secs());
+        let tx = db.transaction().map_err(err)?;
+        tx.execute("DELETE FROM responses WHERE expires_at <= ?1", params![now_s as i64]).map_err(err)?;
+        tx.execute("DELETE FROM items WHERE expires_at <= ?1", params![now_s as i64]).map_err(err)?;
+        let output = s.response.get("output").and_then(Value::as_array).into_iter().flatten();
+        for item in s.input_items.iter().chain(output) {
+            if let Some(id) = item.get("id").and_then(Value::as_str) {
+                tx.execute(
+                    "INSERT OR REPLACE INTO items (key, id, response_id, expires_at, item) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![s.key, id, s.id, expires as i64, item.to_string()],
+                )
+                .map_err(err)?;
+            }
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO responses (id, key, created_at, expires_at, root, response, input_items, history)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                s.id,
+                s.key,
+                s.created_at as i64,
+                expires as i64,
+                s.root,
+                s.response.to_string(),
+                Value::Array(s.input_items.clone()).to_string(),
+                Value::Array(s.history.clone()).to_string(),
+            ],
+        )
+        .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// An item (input or output) of a response `key` stored, by its id.
+    pub fn item(&self, key: &str, id: &str, now_s: u64) -> Result<Option<Value>, String> {
+        let text: Option<String> = self
+            .db()
+            .query_row(
+                "SELECT item FROM items WHERE key = ?1 AND id = ?2 AND expires_at > ?3",
+                params![key, id, now_s as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(err)?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    /// The response `id` made by `key`, if it exists and has not expired.
+    pub fn get(&self, key: &str, id: &str, now_s: u64) -> Result<Option<Stored>, String> {
+        let db = self.db();
+        let row = db
+            .query_row(
+                "SELECT created_at, root, response, input_items, history FROM responses
+                 WHERE id = ?1 AND key = ?2 AND expires_at > ?3",
+                params![id, key, now_s as i64],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(err)?;
+        let Some((created_at, root, response, input, history)) = row else { return Ok(None) };
+        let list = |t: &str| match serde_json::from_str(t) {
+            Ok(Value::Array(a)) => a,
+            _ => Vec::new(),
+        };
+        Ok(Some(Stored {
+            id: id.to_owned(),
+            key: key.to_owned(),
+            created_at: created_at as u64,
+            root,
+            response: serde_json::from_str(&response).unwrap_or(Value::Null),
+            input_items: list(&input),
+            history: list(&history),
+        }))
+    }
+
+    /// Deletes the response `id` made by `key`; false when there was none.
+    pub fn delete(&self, key: &str, id: &str) -> Result<bool, String> {
+        let db = self.db();
+        let n = db.execute("DELETE FROM responses WHERE id = ?1 AND key = ?2", params![id, key]).map_err(err)?;
+        db.execute("DELETE FROM items WHERE response_id = ?1 AND key = ?2", params![id, key]).map_err(err)?;
+        Ok(n > 0)
+    }
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("tollgate-responses-{}", uuid::Uuid::new_v4().simple()));
+    let _ = std::fs::create_dir_all(&d);
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn stored(id: &str, key: &str) -> Stored {
+        Stored {
+            id: id.into(),
+            key: key.into(),
+            created_at: 100,
+            root: "resp_root".into(),
+            response: json!({"id": id, "object": "response"}),
+            input_items: vec![json!({"id": "msg_1", "type": "message"})],
+            history: vec![json!({"role": "user", "content": "hi"})],
+        }
+    }
+
+    #[test]
+    fn a_response_is_kept_for_its_key_until_it_expires_or_is_deleted() {
+        let c = Conversations::in_memory(Duration::from_secs(60));
+        c.put(&stored("resp_1", "a"), 100).unwrap();
+        assert_eq!(c.get("a", "resp_1", 120).unwrap(), Some(stored("resp_1", "a")));
+        assert_eq!(c.get("b", "resp_1", 120).unwrap(), None, "another key sees nothing");
+        assert_eq!(c.get("", "resp_1", 120).unwrap(), None, "nor does the anonymous caller");
+        assert_eq!(c.item("a", "msg_1", 120).unwrap(), Some(json!({"id": "msg_1", "type": "message"})));
+        assert_eq!(c.item("b", "msg_1", 120).unwrap(), None);
+        assert_eq!(c.get("a", "resp_1", 160).unwrap(), None, "expired");
+        assert_eq!(c.item("a", "msg_1", 160).unwrap(), None, "expired with it");
+        c.put(&stored("resp_2", "a"), 100).unwrap();
+        assert!(!c.delete("b", "resp_2").unwrap());
+        assert!(c.delete("a", "resp_2").unwrap());
+        assert_eq!(c.get("a", "resp_2", 101).unwrap(), None);
+        // A later write sweeps what has expired.
+        c.put(&stored("resp_3", "a"), 200).unwrap();
+        let n: i64 = c.db().query_row("SELECT COUNT(*) FROM responses", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1);
+    }
+}
