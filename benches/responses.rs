@@ -1,9 +1,10 @@
 //! A stored conversation on the engine, measured: the time to first token of a 20-turn
 //! Responses conversation chained by `previous_response_id` (each turn sends only its new
 //! question; the gateway continues the stored history in the chain's engine session), at
-//! turn 20 against turn 1; beside it, turn 20 sent stateless (`store: false`, the whole
-//! history resent as input items) and the same turn as a chat completion. Interleaved rounds,
-//! one tollgate on the test GGUF with Gemma's built-in template.
+//! turn 20 against turn 1; beside it, turn 20 of a stateless conversation (`store: false`,
+//! the whole history resent as input items every turn) and of the same conversation as chat
+//! completions. Each round runs the three, with their own questions; one tollgate on the
+//! test GGUF with Gemma's built-in template.
 //!
 //! `cargo bench --bench responses` after `scripts/setup.sh` and `cargo build --release`.
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // tests and benches: a panic is the report
@@ -39,18 +40,38 @@ async fn ttft(c: &reqwest::Client, s: &Server, body: &Value) -> (f64, Value) {
     (first.unwrap_or_else(|| t0.elapsed()).as_secs_f64() * 1000.0, done["response"].clone())
 }
 
-/// TTFT of the same turn as a streamed chat completion.
-async fn chat_ttft(c: &reqwest::Client, s: &Server, messages: &[Value]) -> f64 {
+/// TTFT of a streamed chat completion, and its text.
+async fn chat_ttft(c: &reqwest::Client, s: &Server, messages: &[Value]) -> (f64, String) {
     let body = json!({"model": "gemma", "messages": messages, "max_tokens": 8, "temperature": 0, "stream": true});
     let t0 = Instant::now();
     let mut r = support::post(c, s, "/v1/chat/completions", &body).await;
+    let (mut first, mut buf) = (None, String::new());
     while let Some(chunk) = r.chunk().await.unwrap() {
         let t = String::from_utf8_lossy(&chunk);
-        if t.contains("\"content\":\"") && !t.contains("\"content\":\"\"") {
-            return t0.elapsed().as_secs_f64() * 1000.0;
+        if first.is_none() && t.contains("\"content\":\"") && !t.contains("\"content\":\"\"") {
+            first = Some(t0.elapsed());
         }
+        buf.push_str(&t);
     }
-    t0.elapsed().as_secs_f64() * 1000.0
+    let text = buf
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect();
+    (first.unwrap_or_else(|| t0.elapsed()).as_secs_f64() * 1000.0, text)
+}
+
+/// The text of a response object's message items.
+fn output_text(r: &Value) -> String {
+    r["output"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|o| o["type"] == "message")
+        .flat_map(|o| o["content"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p["text"].as_str().map(str::to_owned))
+        .collect()
 }
 
 fn question(round: usize, turn: usize) -> String {
@@ -76,28 +97,18 @@ fn main() {
             &format!("[[alias]]\nname = \"gemma\"\n[[alias.deployment]]\nname = \"local\"\nkind = \"local\"\npath = \"{model}\"\ncontext = 8192\nparallel = 4\nthreads = 2\nchat_template = \"gemma\"\n"),
         );
         wait_ready(&c, &s).await;
-        // turn 1, turn 20 chained, turn 20 stateless, turn 20 as chat; prompt tokens at turn 20
+        // turn 1 and turn 20 chained, turn 20 stateless, turn 20 as chat: three conversations
+        // per round, each with its own questions (so that none reuses another's KV).
         let mut m = vec![Vec::new(); 4];
         let mut prompt_tokens = 0;
         for round in 0..rounds {
+            // Chained: each turn sends only its question.
             let mut prev: Option<String> = None;
-            let mut items: Vec<Value> = Vec::new();
-            let mut chat: Vec<Value> = Vec::new();
             for turn in 1..=TURNS {
-                let q = question(round, turn);
-                let mut body = json!({"model": "gemma", "input": q, "max_output_tokens": 8, "temperature": 0, "stream": true});
+                let mut body = json!({"model": "gemma", "input": question(3 * round, turn), "max_output_tokens": 8,
+                    "temperature": 0, "stream": true});
                 if let Some(p) = &prev {
                     body["previous_response_id"] = json!(p);
-                }
-                items.push(json!({"role": "user", "content": q}));
-                chat.push(json!({"role": "user", "content": q}));
-                if turn == TURNS {
-                    // The same turn, stateless and as chat, before the chained one (so that
-                    // neither finds the chained turn's own KV).
-                    let stateless = json!({"model": "gemma", "input": items, "max_output_tokens": 8, "temperature": 0,
-                        "stream": true, "store": false});
-                    m[2].push(ttft(&c, &s, &stateless).await.0);
-                    m[3].push(chat_ttft(&c, &s, &chat).await);
                 }
                 let (t, r) = ttft(&c, &s, &body).await;
                 if turn == 1 {
@@ -107,17 +118,29 @@ fn main() {
                     m[1].push(t);
                     prompt_tokens = r["usage"]["input_tokens"].as_u64().unwrap_or(0);
                 }
-                let text: String = r["output"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|o| o["type"] == "message")
-                    .flat_map(|o| o["content"].as_array().cloned().unwrap_or_default())
-                    .filter_map(|p| p["text"].as_str().map(str::to_owned))
-                    .collect();
-                items.push(json!({"role": "assistant", "content": text}));
-                chat.push(json!({"role": "assistant", "content": text}));
                 prev = r["id"].as_str().map(str::to_owned);
+            }
+            // Stateless: every turn resends the whole history as input items.
+            let mut items: Vec<Value> = Vec::new();
+            for turn in 1..=TURNS {
+                items.push(json!({"role": "user", "content": question(3 * round + 1, turn)}));
+                let body = json!({"model": "gemma", "input": items, "max_output_tokens": 8, "temperature": 0,
+                    "stream": true, "store": false});
+                let (t, r) = ttft(&c, &s, &body).await;
+                if turn == TURNS {
+                    m[2].push(t);
+                }
+                items.push(json!({"role": "assistant", "content": output_text(&r)}));
+            }
+            // The same as chat completions.
+            let mut chat: Vec<Value> = Vec::new();
+            for turn in 1..=TURNS {
+                chat.push(json!({"role": "user", "content": question(3 * round + 2, turn)}));
+                let (t, text) = chat_ttft(&c, &s, &chat).await;
+                if turn == TURNS {
+                    m[3].push(t);
+                }
+                chat.push(json!({"role": "assistant", "content": text}));
             }
         }
         let names = ["turn 1 (chained)", "turn 20 (chained)", "turn 20 (stateless)", "turn 20 (chat)"];

@@ -24,6 +24,7 @@ pub enum GroupBy {
     Deployment,
     Day,
     Batch,
+    Endpoint,
 }
 
 impl GroupBy {
@@ -35,6 +36,7 @@ impl GroupBy {
             "deployment" => GroupBy::Deployment,
             "day" => GroupBy::Day,
             "batch" | "batch_id" => GroupBy::Batch,
+            "endpoint" => GroupBy::Endpoint,
             _ => return None,
         })
     }
@@ -46,6 +48,7 @@ impl GroupBy {
             GroupBy::Deployment => "deployment",
             GroupBy::Day => "day",
             GroupBy::Batch => "batch",
+            GroupBy::Endpoint => "endpoint",
         }
     }
     fn column(self) -> &'static str {
@@ -56,6 +59,7 @@ impl GroupBy {
             GroupBy::Deployment => "deployment",
             GroupBy::Day => "strftime('%Y-%m-%d', started_at_ms / 1000, 'unixepoch')",
             GroupBy::Batch => "batch_id",
+            GroupBy::Endpoint => "endpoint",
         }
     }
 }

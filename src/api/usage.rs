@@ -1,7 +1,7 @@
 //! `GET /v1/usage` (admin key): the ledger's usage report.
 //!
 //! Query: `start_time` and `end_time` (Unix seconds; default the last 24 hours up to now),
-//! `group_by` (comma-separated or repeated: key, user, alias, deployment, day, batch), and the
+//! `group_by` (comma-separated or repeated: key, user, alias, deployment, day, batch, endpoint), and the
 //! filters `key` and `alias`. Everything finished before the call is included: the ledger is
 //! flushed first.
 
@@ -44,7 +44,9 @@ fn parse(pairs: Vec<(String, String)>, now_ms: u64) -> Result<Query, ApiError> {
                 for g in v.split(',').map(str::trim).filter(|g| !g.is_empty()) {
                     let g = GroupBy::parse(g).ok_or_else(|| {
                         ApiError::invalid_request(
-                            format!("'group_by' takes key, user, alias, deployment, day or batch; got '{g}'."),
+                            format!(
+                                "'group_by' takes key, user, alias, deployment, day, batch or endpoint; got '{g}'."
+                            ),
                             Some("group_by"),
                         )
                     })?;
