@@ -33,7 +33,15 @@ fn with_ids(mut resp: Response, rid: &str) -> Response {
 
 /// An error in Anthropic's shape, with the headers the error carries (`retry-after`,
 /// rate-limit state).
-pub fn error(e: ApiError) -> Response {
+pub fn error(mut e: ApiError) -> Response {
+    // The chat path names OpenAI's fields: `tools[3].function.parameters` is `tools.3.input_schema` here.
+    if e.message.contains(".function.parameters") {
+        e.message = e
+            .message
+            .replace(".function.parameters", ".input_schema")
+            .replace("tools[", "tools.")
+            .replace("].input_schema", ".input_schema");
+    }
     let (status, body) = error_body(&e);
     let mut resp = render::json(status, &body);
     let h = resp.headers_mut();
@@ -51,9 +59,15 @@ pub async fn create(State(st): State<Arc<AppState>>, headers: HeaderMap, body: B
     let rid = request_id(&headers);
     let resp = match serve(&st, &headers, body, &rid, start).await {
         Ok(r) => r,
-        Err(refused) => error(refused.finish(&st.accounting, start)),
+        Err(refused) => error(refused.finish_as(&st.accounting, start, anthropic_status)),
     };
     with_ids(resp, &rid)
+}
+
+/// The status an Anthropic client gets for an error (529 for "every deployment is busy"), so
+/// that the record says what was sent.
+fn anthropic_status(e: &ApiError) -> StatusCode {
+    error_body(e).0
 }
 
 async fn serve(st: &AppState, headers: &HeaderMap, body: Body, rid: &str, start: Instant) -> Result<Response, Refused> {
@@ -86,7 +100,7 @@ pub async fn count_tokens(State(st): State<Arc<AppState>>, headers: HeaderMap, b
     let rid = request_id(&headers);
     let resp = match count(&st, &headers, body, &rid, start).await {
         Ok(n) => render::json(StatusCode::OK, &json!({"input_tokens": n})),
-        Err(refused) => error(refused.finish(&st.accounting, start)),
+        Err(refused) => error(refused.finish_as(&st.accounting, start, anthropic_status)),
     };
     with_ids(resp, &rid)
 }

@@ -46,6 +46,48 @@ pub fn check_schema(schema: &Value, param: &str) -> Result<(), ApiError> {
     c.node(schema, "#").map(drop).map_err(|f| f.into_error(param))
 }
 
+/// `schema` made enforceable for a tool's arguments: each subschema that uses what the grammar
+/// cannot enforce (`propertyNames`, a `format`, bounds on a float...) is loosened to its bare
+/// `type` (and description), so the arguments keep their structure and lose only that
+/// constraint. Returns the schema and what was loosened; a schema that is not valid, or that
+/// cannot be loosened, is the error [`check_schema`] gives.
+pub fn relax_schema(schema: &Value, param: &str) -> Result<(Value, Vec<String>), ApiError> {
+    let mut s = schema.clone();
+    let mut loosened = Vec::new();
+    for _ in 0..64 {
+        let checked = {
+            let mut c = Checker { root: &s, refs: HashMap::new(), depth: 0 };
+            c.node(&s, "#").map(drop)
+        };
+        let (what, at) = match checked {
+            Ok(()) => return Ok((s, loosened)),
+            Err(Fail::Unsupported { what, at }) => (what, at),
+            Err(f) => return Err(f.into_error(param)),
+        };
+        let ptr = at.strip_prefix('#').unwrap_or(&at).to_owned();
+        let loose = match s.pointer(&ptr) {
+            Some(Value::Object(o)) => {
+                let mut m = Map::new();
+                for k in ["type", "description"] {
+                    if let Some(v @ Value::String(_)) = o.get(k) {
+                        m.insert(k.into(), v.clone());
+                    }
+                }
+                Some(Value::Object(m))
+            }
+            _ => None,
+        };
+        match (loose, s.pointer_mut(&ptr)) {
+            (Some(l), Some(node)) if *node != l => {
+                *node = l;
+                loosened.push(format!("{what} at {at}"));
+            }
+            _ => return Err(Fail::Unsupported { what, at }.into_error(param)),
+        }
+    }
+    check_schema(&s, param).map(|()| (s, loosened))
+}
+
 /// Types of JSON values, as a bit set.
 type Types = u8;
 const NULL: Types = 1;

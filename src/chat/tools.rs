@@ -21,7 +21,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::schema::{check_schema, embed};
+use super::schema::{check_schema, embed, relax_schema};
 use crate::protocol::error::ApiError;
 
 mod json_stream;
@@ -167,20 +167,29 @@ pub fn parse_tools(body: &Map<String, Value>) -> Result<Vec<Tool>, ApiError> {
             Some(Value::String(d)) => Some(d.clone()),
             Some(_) => return Err(bad(format!("Invalid type for '{p}': expected a string."), &p)),
         };
-        let p = format!("{at}.function.parameters");
-        let parameters = match f.get("parameters") {
-            None | Some(Value::Null) => json!({}),
-            Some(v @ Value::Object(_)) => {
-                check_schema(v, &p)?;
-                v.clone()
-            }
-            Some(_) => return Err(bad(format!("Invalid type for '{p}': expected a JSON schema object."), &p)),
-        };
         let p = format!("{at}.function.strict");
         let strict = match f.get("strict") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
             Some(_) => return Err(bad(format!("Invalid type for '{p}': expected a boolean."), &p)),
+        };
+        let p = format!("{at}.function.parameters");
+        let parameters = match f.get("parameters") {
+            None | Some(Value::Null) => json!({}),
+            // A strict tool is enforced as written, or refused; any other is constrained as far
+            // as the grammar can (agents' tools carry formats and bounds it cannot enforce).
+            Some(v @ Value::Object(_)) if strict => {
+                check_schema(v, &p)?;
+                v.clone()
+            }
+            Some(v @ Value::Object(_)) => {
+                let (relaxed, loosened) = relax_schema(v, &p)?;
+                if !loosened.is_empty() {
+                    tracing::debug!(tool = %name, loosened = ?loosened, "tool schema loosened for constrained decoding");
+                }
+                relaxed
+            }
+            Some(_) => return Err(bad(format!("Invalid type for '{p}': expected a JSON schema object."), &p)),
         };
         tools.push(Tool { name, description, parameters, strict });
     }

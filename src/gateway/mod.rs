@@ -118,8 +118,19 @@ impl Refused {
 
     /// Records the refusal (if a record was opened) and gives back the error to render.
     pub fn finish(self, accounting: &Accounting, start: Instant) -> ApiError {
+        self.finish_as(accounting, start, |e| e.status)
+    }
+
+    /// As [`Refused::finish`], for a dialect that answers the error with another status
+    /// (`status`: what the client will get), so that the record says what was sent.
+    pub fn finish_as(
+        self,
+        accounting: &Accounting,
+        start: Instant,
+        status: impl Fn(&ApiError) -> http::StatusCode,
+    ) -> ApiError {
         if let Some(mut rec) = self.record.map(|r| *r) {
-            rec.status = self.error.status.as_u16();
+            rec.status = status(&self.error).as_u16();
             rec.error = Some(self.error.kind());
             rec.total_ms = ms(start.elapsed());
             accounting.finish(rec);

@@ -91,10 +91,35 @@ fn bad_tools_name_the_parameter() {
         f(json!([{"type": "function", "function": {"name": "a", "strict": "yes"}}])).0,
         "tools[0].function.strict"
     );
-    let (p, m) =
-        f(json!([{"type": "function", "function": {"name": "a", "parameters": {"type": "object", "not": {}}}}]));
+    // A strict tool is enforced as written, or refused.
+    let (p, m) = f(json!([{"type": "function", "function": {"name": "a", "strict": true,
+        "parameters": {"type": "object", "not": {}}}}]));
     assert_eq!(p, "tools[0].function.parameters");
     assert!(m.contains("'not'"), "{m}");
+}
+
+#[test]
+fn what_a_grammar_cannot_enforce_is_loosened_in_a_tool_that_is_not_strict() {
+    // Claude Code's own tools: `propertyNames`, bounds on a float, a `format`.
+    let params = json!({"type": "object", "properties": {
+        "metadata": {"type": "object", "propertyNames": {"pattern": "^[a-z]+$"}, "description": "tags"},
+        "timeout": {"type": "number", "minimum": 0.5, "maximum": 600.0},
+        "url": {"type": "string", "format": "uri"},
+        "count": {"type": "integer", "minimum": 1},
+    }, "required": ["url"], "additionalProperties": false});
+    let t =
+        parse_tools(&body(json!({"tools": [{"type": "function", "function": {"name": "a", "parameters": params}}]})))
+            .unwrap();
+    assert_eq!(
+        t[0].parameters["properties"],
+        json!({"metadata": {"type": "object", "description": "tags"}, "timeout": {"type": "number"},
+            "url": {"type": "string"}, "count": {"type": "integer", "minimum": 1}}),
+        "each loosened to its type; what can be enforced stays"
+    );
+    assert_eq!(t[0].parameters["required"], json!(["url"]));
+    // Not a schema at all is still an error.
+    let bad = body(json!({"tools": [{"type": "function", "function": {"name": "a", "parameters": {"type": 5}}}]}));
+    assert!(parse_tools(&bad).is_err());
 }
 
 #[test]

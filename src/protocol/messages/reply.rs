@@ -72,6 +72,7 @@ pub fn message(id: &str, model: &str, reply: &Reply) -> Value {
 pub fn error_body(e: &ApiError) -> (StatusCode, Value) {
     let (status, kind) = match e.status.as_u16() {
         429 if e.code.as_deref() == Some(BUSY) => (StatusCode::from_u16(529).unwrap_or(e.status), "overloaded_error"),
+        529 => (e.status, "overloaded_error"),
         400 | 405 | 409 | 415 | 422 => (e.status, "invalid_request_error"),
         401 => (e.status, "authentication_error"),
         403 => (e.status, "permission_error"),
