@@ -76,12 +76,6 @@ impl Conversations {
         Ok(Conversations { db: Mutex::new(db), ttl })
     }
 
-    /// An in-memory store (tests).
-    pub fn in_memory(ttl: Duration) -> Conversations {
-        let dir = tempfile_dir();
-        Conversations::open(&dir, ttl).unwrap_or_else(|e| panic!("{e}"))
-    }
-
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.db.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -181,12 +175,6 @@ impl Conversations {
     }
 }
 
-fn tempfile_dir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("tollgate-responses-{}", uuid::Uuid::new_v4().simple()));
-    let _ = std::fs::create_dir_all(&d);
-    d
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,7 +194,8 @@ mod tests {
 
     #[test]
     fn a_response_is_kept_for_its_key_until_it_expires_or_is_deleted() {
-        let c = Conversations::in_memory(Duration::from_secs(60));
+        let dir = tempfile::tempdir().unwrap();
+        let c = Conversations::open(dir.path(), Duration::from_secs(60)).unwrap();
         c.put(&stored("resp_1", "a"), 100).unwrap();
         assert_eq!(c.get("a", "resp_1", 120).unwrap(), Some(stored("resp_1", "a")));
         assert_eq!(c.get("b", "resp_1", 120).unwrap(), None, "another key sees nothing");
