@@ -182,3 +182,89 @@ async fn the_sdk_sees_gateway_errors_as_api_errors() {
         other => panic!("expected an API error, got {other:?}"),
     }
 }
+
+/// One HTTP/1.1 exchange on a raw keep-alive connection: the status line and headers
+/// (lower-cased), and the body by its content-length.
+async fn exchange(conn: &mut tokio::net::TcpStream, request: &str) -> Option<(String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(request.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 4096];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = conn.read(&mut byte).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&byte[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+    let len: usize =
+        head.lines().find_map(|l| l.strip_prefix("content-length: ")).map(|v| v.trim().parse().unwrap()).unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = conn.read(&mut byte).await.ok()?;
+        assert!(n > 0, "the body was cut");
+        buf.extend_from_slice(&byte[..n]);
+    }
+    Some((head, String::from_utf8_lossy(&buf[head_end..head_end + len]).into_owned()))
+}
+
+#[tokio::test]
+async fn an_answer_before_the_body_was_read_closes_the_connection_and_says_so() {
+    use tokio::io::AsyncReadExt;
+    let (_fake, gw) = gateway("").await;
+    let addr = gw.url("").trim_start_matches("http://").to_owned();
+    let body = json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let post = |key: &str, body: &str| {
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{key}content-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    // Read to the end (a 200): the connection stays open for the next request.
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (head, _) = exchange(&mut c, &post("authorization: Bearer key-a\r\n", &body)).await.unwrap();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    let (head, _) = exchange(&mut c, &post("authorization: Bearer key-a\r\n", &body)).await.unwrap();
+    assert!(head.starts_with("http/1.1 200"), "the kept-alive connection serves again: {head}");
+    // Answered from the headers (401), from a path (404), or cut at the size limit (413):
+    // the answer says `connection: close`, and the connection is closed after it.
+    let big = format!("{{\"x\":\"{}\"}}", "y".repeat(100_000));
+    for (req, status) in [
+        (post("", &body), "401"),
+        (post("authorization: Bearer key-a\r\n", &big), "413"),
+        (format!("POST /v1/nothing HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}", body.len()), "404"),
+    ] {
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (head, answer) = exchange(&mut c, &req).await.unwrap();
+        assert!(head.starts_with(&format!("http/1.1 {status}")), "{head}");
+        assert!(head.contains("connection: close"), "{status}: {head}");
+        assert_openai_error(&serde_json::from_str(&answer).unwrap());
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest).await;
+        assert!(rest.is_empty(), "{status}: nothing follows the answer");
+    }
+}
+
+#[tokio::test]
+async fn every_answer_carries_the_request_id() {
+    let (_fake, gw) = gateway("").await;
+    let c = reqwest::Client::new();
+    for (method, path) in [
+        (reqwest::Method::GET, "/health"),
+        (reqwest::Method::GET, "/v1/nothing"),
+        (reqwest::Method::GET, "/v1/chat/completions"),
+        (reqwest::Method::GET, "/v1/models/nope"),
+        (reqwest::Method::GET, "/v1/models"),
+    ] {
+        let r = c.request(method.clone(), gw.url(path)).bearer_auth("key-a").header("x-request-id", "abc-123");
+        let r = r.send().await.unwrap();
+        assert_eq!(r.headers()["x-request-id"], "abc-123", "{method} {path}: {}", r.status());
+        let r = c.request(method.clone(), gw.url(path)).bearer_auth("key-a").send().await.unwrap();
+        let made = r.headers()["x-request-id"].to_str().unwrap();
+        assert!(made.starts_with("req_") && made.len() > 8, "{method} {path}: a fresh id, got {made}");
+    }
+}

@@ -1,11 +1,13 @@
 //! The HTTP API (axum): routes, shared state, the inference endpoints in three dialects
 //! (OpenAI's chat and completions, its Responses API, Anthropic's Messages API), the ops
 //! endpoints (`/health`, `/ready`, `/metrics`, `/v1/models`), OpenAI-shaped 404/405, CORS,
-//! and the server's lifecycle:
+//! connection hygiene ([`conn`]: `Connection: close` after an unread body, `x-request-id` on
+//! every answer, the open-file limit), and the server's lifecycle:
 //! start, reload (keys and routes swapped without dropping streams), graceful shutdown.
 
 pub mod auth;
 pub mod batch;
+mod conn;
 pub mod error;
 pub mod inference;
 pub mod messages;
@@ -200,7 +202,8 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/v1/admin/models/{name}/rollback", post(models::rollback))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(st.clone());
+        .with_state(st.clone())
+        .layer(axum::middleware::from_fn(conn::hygiene));
     if !st.server.cors_origins.is_empty() {
         use tower_http::cors::{AllowOrigin, Any, CorsLayer};
         let origins = &st.server.cors_origins;
