@@ -163,6 +163,28 @@ fn unsupported_parameters_are_named_in_a_400() {
         .await;
         assert_eq!(s, 400, "{v}");
         assert_eq!(v["error"]["param"], "suffix");
+        // An image part would be dropped from the prompt: it is named instead. Text parts are read.
+        let parts = json!([{"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]);
+        let (s, v) = post(
+            "/v1/chat/completions",
+            json!({"model": "gemma", "max_tokens": 2,
+            "messages": [{"role": "user", "content": parts}]}),
+        )
+        .await;
+        assert_eq!(s, 400, "{v}");
+        assert_eq!(
+            (v["error"]["param"].as_str(), v["error"]["code"].as_str()),
+            (Some("messages[0].content[1]"), Some("unsupported_parameter")),
+            "{v}"
+        );
+        let (s, v) = post(
+            "/v1/chat/completions",
+            json!({"model": "gemma", "max_tokens": 2,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]}),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
     });
 }
 

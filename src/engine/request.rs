@@ -56,6 +56,25 @@ impl LocalBackend {
                 .with_code("unsupported_parameter"));
             }
         }
+        // Images and audio would be dropped from the prompt: refused until the engine reads them.
+        let messages = b.get("messages").and_then(Value::as_array).into_iter().flatten();
+        for (i, m) in messages.enumerate() {
+            let parts = m.get("content").and_then(Value::as_array).into_iter().flatten();
+            for (j, part) in parts.enumerate() {
+                let kind = part.get("type").and_then(Value::as_str).unwrap_or("");
+                if kind != "text" {
+                    let param = format!("messages[{i}].content[{j}]");
+                    return Err(ApiError::invalid_request(
+                        format!(
+                            "Invalid '{param}': the local engine reads text parts only, not '{kind}'; \
+                             send this request to a deployment whose model reads them."
+                        ),
+                        Some(&param),
+                    )
+                    .with_code("unsupported_parameter"));
+                }
+            }
+        }
         if b.get("best_of").and_then(Value::as_u64).is_some_and(|n| n > 1) {
             return Err(ApiError::unsupported_param("best_of", "local engine"));
         }
