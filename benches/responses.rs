@@ -100,7 +100,7 @@ fn main() {
         // turn 1 and turn 20 chained, turn 20 stateless, turn 20 as chat: three conversations
         // per round, each with its own questions (so that none reuses another's KV).
         let mut m = vec![Vec::new(); 4];
-        let mut prompt_tokens = 0;
+        let (mut prompt_tokens, mut cached_tokens) = (0, 0);
         for round in 0..rounds {
             // Chained: each turn sends only its question.
             let mut prev: Option<String> = None;
@@ -117,6 +117,7 @@ fn main() {
                 if turn == TURNS {
                     m[1].push(t);
                     prompt_tokens = r["usage"]["input_tokens"].as_u64().unwrap_or(0);
+                    cached_tokens = r["usage"]["input_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0);
                 }
                 prev = r["id"].as_str().map(str::to_owned);
             }
@@ -144,7 +145,11 @@ fn main() {
             }
         }
         let names = ["turn 1 (chained)", "turn 20 (chained)", "turn 20 (stateless)", "turn 20 (chat)"];
-        println!("{} rounds, {TURNS} turns, {prompt_tokens} prompt tokens at turn 20; TTFT ms (median, min, max):", rounds);
+        println!(
+            "{rounds} rounds, {TURNS} turns; chained turn 20: {prompt_tokens} prompt tokens, {cached_tokens} of them from \
+             the KV ({} prefilled); TTFT ms (median, min, max):",
+            prompt_tokens - cached_tokens
+        );
         let mut med = Vec::new();
         for (n, v) in names.iter().zip(m.iter_mut()) {
             let (md, lo, hi) = median(v);
