@@ -106,3 +106,29 @@ async fn sigterm_lets_a_stream_finish_then_exits() {
         "no longer accepting"
     );
 }
+
+#[test]
+fn serve_raises_its_open_file_limit_to_the_hard_limit() {
+    use std::os::unix::process::CommandExt;
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("tollgate.toml"), "[auth]\nopen = true\n").unwrap();
+    std::fs::create_dir(d.path().join("routes")).unwrap();
+    std::fs::write(d.path().join("routes/a.toml"), common::openai_route("chat", "up", "http://127.0.0.1:9", "m", ""))
+        .unwrap();
+    // The child starts with the common soft limit of 256 under whatever hard limit this has.
+    let (mut child, _addr) = common::serve_binary_with(d.path(), |cmd| unsafe {
+        cmd.pre_exec(|| {
+            let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+            l.rlim_cur = l.rlim_max.min(256);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+            Ok(())
+        });
+    });
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let nums: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(nums[0], nums[1], "soft = hard once serving: {line}");
+}

@@ -6,7 +6,7 @@
 //! - Every answer carries `x-request-id`: the client's own (when it is a usable id), else a
 //!   fresh one; handlers that set their own (the inference endpoints) keep it.
 //!
-//! And the process's soft open-file limit is raised to its hard limit at start
+//! And `tollgate serve` raises the process's soft open-file limit to its hard limit at start
 //! ([`raise_open_file_limit`]): each client connection is a descriptor, and the common soft
 //! limit of 1,024 stops a busy gateway accepting long before the machine runs out.
 

@@ -37,6 +37,7 @@ use crate::config::{Config, ServerConfig};
 pub use crate::gateway::Live;
 use crate::protocol::error::ApiError;
 use crate::protocol::Endpoint;
+pub use conn::raise_open_file_limit;
 pub use serve::{serve, spawn, spawn_with_clock, Running};
 
 pub struct AppState {

@@ -45,7 +45,6 @@ pub async fn spawn_with_clock(cfg: &Config, listen: SocketAddr, clock: Arc<dyn C
 
 pub async fn serve(listener: TcpListener, st: Arc<AppState>, shutdown: CancellationToken) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
-    super::conn::raise_open_file_limit();
     let listener = listener.tap_io(|tcp| {
         // Nagle's algorithm would hold small SSE events and responses back ~40 ms.
         let _ = tcp.set_nodelay(true);

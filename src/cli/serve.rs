@@ -16,6 +16,8 @@ pub async fn run(cfg: Config, opts: LoadOptions) -> anyhow::Result<()> {
     if cfg.aliases.is_empty() {
         tracing::warn!("no model aliases are configured: add routes/*.toml or pass --model FILE.gguf");
     }
+    // Before anything opens files: the engine's model, the ledger, every client connection.
+    api::raise_open_file_limit();
     let st = api::state(&cfg).await?;
     let listener = TcpListener::bind(cfg.server.listen)
         .await

@@ -273,8 +273,15 @@ pub fn sse_text(body: &str) -> String {
 /// Starts the real `tollgate serve --config DIR/tollgate.toml` on port 0 and reads the
 /// address it logs.
 pub fn serve_binary(dir: &Path) -> (Child, String) {
+    serve_binary_with(dir, |_| {})
+}
+
+/// As [`serve_binary`], with the command adjusted first (its environment, its limits).
+pub fn serve_binary_with(dir: &Path, adjust: impl FnOnce(&mut Command)) -> (Child, String) {
     use std::io::{BufRead, BufReader};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+    adjust(&mut cmd);
+    let mut child = cmd
         .current_dir(dir)
         .args(["serve", "--config"])
         .arg(dir.join("tollgate.toml"))
