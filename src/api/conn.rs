@@ -4,7 +4,8 @@
 //!   reuse a connection whose unread body is still on the wire, and without the header the
 //!   client would send its next request on a connection that is about to close, and lose it.
 //! - Every answer carries `x-request-id`: the client's own (when it is a usable id), else a
-//!   fresh one; handlers that set their own (the inference endpoints) keep it.
+//!   fresh one, chosen here and written into the request's headers, where the handlers read
+//!   the same id for their records.
 //!
 //! And `tollgate serve` raises the process's soft open-file limit to its hard limit at start
 //! ([`raise_open_file_limit`]): each client connection is a descriptor, and the common soft
@@ -25,31 +26,31 @@ use http_body::{Frame, SizeHint};
 
 use super::inference::{request_id, REQUEST_ID_HEADER};
 
-pub async fn hygiene(req: Request, next: Next) -> Response {
-    let asked = req.headers().get(REQUEST_ID_HEADER).cloned();
+pub async fn hygiene(mut req: Request, next: Next) -> Response {
+    // The one place the request's id is chosen: the handlers read it back from the headers.
+    let rid = HeaderValue::from_str(&request_id(req.headers())).ok();
+    if let Some(v) = &rid {
+        if req.headers().get(REQUEST_ID_HEADER) != Some(v) {
+            req.headers_mut().insert(REQUEST_ID_HEADER, v.clone());
+        }
+    }
     let http1 = matches!(req.version(), Version::HTTP_10 | Version::HTTP_11);
     let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
         || req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
-    let read = Arc::new(AtomicBool::new(!(http1 && has_body)));
-    let req = if read.load(Ordering::Relaxed) {
-        req
-    } else {
-        let (parts, body) = req.into_parts();
-        Request::from_parts(parts, Body::new(Tracked { inner: body, read: read.clone() }))
+    let read = (http1 && has_body).then(|| Arc::new(AtomicBool::new(false)));
+    let req = match &read {
+        None => req,
+        Some(read) => {
+            let (parts, body) = req.into_parts();
+            Request::from_parts(parts, Body::new(Tracked { inner: body, read: read.clone() }))
+        }
     };
     let mut resp = next.run(req).await;
-    if !read.load(Ordering::Relaxed) {
+    if read.is_some_and(|r| !r.load(Ordering::Relaxed)) {
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    if !resp.headers().contains_key(REQUEST_ID_HEADER) {
-        // The cold path (404, 405, /health): the id is checked as the handlers check it.
-        let mut h = axum::http::HeaderMap::new();
-        if let Some(v) = asked {
-            h.insert(REQUEST_ID_HEADER, v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&request_id(&h)) {
-            resp.headers_mut().insert(REQUEST_ID_HEADER, v);
-        }
+    if let Some(v) = rid {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
     resp
 }

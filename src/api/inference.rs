@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -41,14 +41,10 @@ pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiErro
 pub async fn handle(st: Arc<AppState>, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
     let start = Instant::now();
     let rid = request_id(&headers);
-    let mut resp = match serve(&st, endpoint, &headers, body, &rid, start).await {
+    match serve(&st, endpoint, &headers, body, &rid, start).await {
         Ok(r) => r,
         Err(refused) => refused.finish(&st.accounting, start).into_response(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&rid) {
-        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
-    resp
 }
 
 async fn serve(

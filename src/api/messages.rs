@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde_json::json;
 
-use super::inference::{context, origin, read_body, request_id, REQUEST_ID_HEADER};
+use super::inference::{context, origin, read_body, request_id};
 use super::sse::Framing;
 use super::{auth, render, AppState};
 use crate::gateway::{self, Answer, Refused};
@@ -25,7 +25,7 @@ use crate::protocol::{Dialect, Endpoint, Usage};
 
 fn with_ids(mut resp: Response, rid: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(rid) {
-        resp.headers_mut().insert(REQUEST_ID_HEADER, v.clone());
+        // `x-request-id` is written by the connection layer; Anthropic's SDKs read this one.
         resp.headers_mut().insert("request-id", v);
     }
     resp

@@ -12,11 +12,11 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use super::inference::{context, origin, read_body, request_id, REQUEST_ID_HEADER};
+use super::inference::{context, origin, read_body, request_id};
 use super::sse::Framing;
 use super::{auth, render, AppState};
 use crate::conversation::{Conversations, Stored};
@@ -29,14 +29,10 @@ use crate::protocol::{Dialect, Endpoint};
 pub async fn create(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let start = Instant::now();
     let rid = request_id(&headers);
-    let mut resp = match serve(&st, &headers, body, &rid, start).await {
+    match serve(&st, &headers, body, &rid, start).await {
         Ok(r) => r,
         Err(refused) => refused.finish(&st.accounting, start).into_response(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&rid) {
-        resp.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
-    resp
 }
 
 /// The key a stored response belongs to: its name, or "" for the anonymous caller.
