@@ -9,6 +9,10 @@
 //! response of one chain names the chain's first response as its `root`: the gateway makes
 //! that the engine's session, so a follow-up prefills only its new input.
 //!
+//! A response an upstream made itself (its deployment passes the Responses API through) is
+//! kept here too, with the name of that `deployment`: it holds the conversation's state, so
+//! a follow-up is sent to it, and a delete is forwarded to it.
+//!
 //! Writes are small (one row per response) and synchronous, so a follow-up sent the moment
 //! a response is answered always finds it.
 
@@ -33,6 +37,9 @@ pub struct Stored {
     /// The conversation through this response's output, as chat messages (without the
     /// instructions, which each request gives anew).
     pub history: Vec<Value>,
+    /// The deployment whose upstream made and keeps this response (passed through); `None`
+    /// when the gateway made it.
+    pub deployment: Option<String>,
 }
 
 pub struct Conversations {
@@ -73,6 +80,14 @@ impl Conversations {
              CREATE INDEX IF NOT EXISTS items_response ON items (response_id);",
         )
         .map_err(err)?;
+        // Stores made before passed-through responses were kept lack the column.
+        let has_deployment = db
+            .prepare("SELECT 1 FROM pragma_table_info('responses') WHERE name = 'deployment'")
+            .and_then(|mut q| q.exists([]))
+            .map_err(err)?;
+        if !has_deployment {
+            db.execute_batch("ALTER TABLE responses ADD COLUMN deployment TEXT").map_err(err)?;
+        }
         Ok(Conversations { db: Mutex::new(db), ttl })
     }
 
@@ -99,8 +114,9 @@ impl Conversations {
             }
         }
         tx.execute(
-            "INSERT OR REPLACE INTO responses (id, key, created_at, expires_at, root, response, input_items, history)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT OR REPLACE INTO responses
+                 (id, key, created_at, expires_at, root, response, input_items, history, deployment)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 s.id,
                 s.key,
@@ -110,6 +126,7 @@ impl Conversations {
                 s.response.to_string(),
                 Value::Array(s.input_items.clone()).to_string(),
                 Value::Array(s.history.clone()).to_string(),
+                s.deployment,
             ],
         )
         .map_err(err)?;
@@ -135,7 +152,7 @@ impl Conversations {
         let db = self.db();
         let row = db
             .query_row(
-                "SELECT created_at, root, response, input_items, history FROM responses
+                "SELECT created_at, root, response, input_items, history, deployment FROM responses
                  WHERE id = ?1 AND key = ?2 AND expires_at > ?3",
                 params![id, key, now_s as i64],
                 |r| {
@@ -145,12 +162,13 @@ impl Conversations {
                         r.get::<_, String>(2)?,
                         r.get::<_, String>(3)?,
                         r.get::<_, String>(4)?,
+                        r.get::<_, Option<String>>(5)?,
                     ))
                 },
             )
             .optional()
             .map_err(err)?;
-        let Some((created_at, root, response, input, history)) = row else { return Ok(None) };
+        let Some((created_at, root, response, input, history, deployment)) = row else { return Ok(None) };
         let list = |t: &str| match serde_json::from_str(t) {
             Ok(Value::Array(a)) => a,
             _ => Vec::new(),
@@ -163,6 +181,7 @@ impl Conversations {
             response: serde_json::from_str(&response).unwrap_or(Value::Null),
             input_items: list(&input),
             history: list(&history),
+            deployment,
         }))
     }
 
@@ -189,6 +208,7 @@ mod tests {
             response: json!({"id": id, "object": "response"}),
             input_items: vec![json!({"id": "msg_1", "type": "message"})],
             history: vec![json!({"role": "user", "content": "hi"})],
+            deployment: None,
         }
     }
 
@@ -212,5 +232,29 @@ mod tests {
         c.put(&stored("resp_3", "a"), 200).unwrap();
         let n: i64 = c.db().query_row("SELECT COUNT(*) FROM responses", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_store_made_before_passthrough_gains_the_deployment_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Connection::open(dir.path().join("responses.sqlite")).unwrap();
+        old.execute_batch(
+            "CREATE TABLE responses (id TEXT PRIMARY KEY, key TEXT NOT NULL, created_at INTEGER NOT NULL,
+                 expires_at INTEGER NOT NULL, root TEXT NOT NULL, response TEXT NOT NULL,
+                 input_items TEXT NOT NULL, history TEXT NOT NULL);
+             INSERT INTO responses VALUES ('resp_old', 'a', 1, 9999, 'resp_old', '{}', '[]', '[]');",
+        )
+        .unwrap();
+        drop(old);
+        let c = Conversations::open(dir.path(), Duration::from_secs(60)).unwrap();
+        let kept = c.get("a", "resp_old", 100).unwrap().unwrap();
+        assert_eq!(kept.deployment, None, "an old row was made by the gateway");
+        let mut s = stored("resp_up", "a");
+        s.deployment = Some("openai-up".into());
+        c.put(&s, 100).unwrap();
+        assert_eq!(c.get("a", "resp_up", 120).unwrap(), Some(s));
+        // Opening it again finds the column there.
+        drop(c);
+        Conversations::open(dir.path(), Duration::from_secs(60)).unwrap();
     }
 }

@@ -9,7 +9,10 @@
 //! Every check runs twice: against `tollgate serve --model <the test GGUF>` (the engine
 //! itself), and through a second tollgate whose alias is an `openai`-kind deployment in front
 //! of the first, so the request crosses a real chat-completions upstream and is translated on
-//! the way in and out. Both gateways are real processes, started once for this binary.
+//! the way in and out. The Responses checks run a third time through a tollgate whose
+//! deployment passes `/v1/responses` through (`responses = "passthrough"`) to the first,
+//! which then answers as the Responses server. The gateways are real processes, started
+//! once for this binary.
 
 mod common;
 
@@ -21,7 +24,25 @@ use common::serve_for_binary as start;
 struct Gateways {
     engine: String,
     proxied: String,
-    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    passthrough: String,
+    _dirs: [tempfile::TempDir; 3],
+}
+
+/// A tollgate whose alias `alias` is an `openai`-kind deployment in front of `engine`.
+fn front(engine: &str, alias: &str, extra: &str) -> (String, tempfile::TempDir) {
+    let b = tempfile::tempdir().unwrap();
+    std::fs::create_dir(b.path().join("routes")).unwrap();
+    std::fs::write(b.path().join("tollgate.toml"), "[auth]\nopen = true\n").unwrap();
+    std::fs::write(
+        b.path().join("routes/proxied.toml"),
+        format!(
+            "[[alias]]\nname = \"{alias}\"\n\n[[alias.deployment]]\nname = \"upstream\"\nkind = \"openai\"\n\
+             base_url = \"{engine}/v1\"\nmodel = \"gemma\"\nfirst_token_timeout_ms = 120000\n{extra}"
+        ),
+    )
+    .unwrap();
+    let args = ["serve", "--config", "tollgate.toml", "--listen", "127.0.0.1:0"];
+    (start(b.path().to_owned(), args.iter().map(|s| s.to_string()).collect()), b)
 }
 
 fn gateways() -> &'static Gateways {
@@ -32,20 +53,9 @@ fn gateways() -> &'static Gateways {
         let a = tempfile::tempdir().unwrap();
         let args = ["serve", "--model", &model, "--name", "gemma", "--listen", "127.0.0.1:0"];
         let engine = start(a.path().to_owned(), args.iter().map(|s| s.to_string()).collect());
-        let b = tempfile::tempdir().unwrap();
-        std::fs::create_dir(b.path().join("routes")).unwrap();
-        std::fs::write(b.path().join("tollgate.toml"), "[auth]\nopen = true\n").unwrap();
-        std::fs::write(
-            b.path().join("routes/proxied.toml"),
-            format!(
-                "[[alias]]\nname = \"proxied\"\n\n[[alias.deployment]]\nname = \"upstream\"\nkind = \"openai\"\n\
-                 base_url = \"{engine}/v1\"\nmodel = \"gemma\"\nfirst_token_timeout_ms = 120000\n"
-            ),
-        )
-        .unwrap();
-        let args = ["serve", "--config", "tollgate.toml", "--listen", "127.0.0.1:0"];
-        let proxied = start(b.path().to_owned(), args.iter().map(|s| s.to_string()).collect());
-        Gateways { engine, proxied, _dirs: (a, b) }
+        let (proxied, b) = front(&engine, "proxied", "");
+        let (passthrough, c) = front(&engine, "passthrough", "responses = \"passthrough\"\n");
+        Gateways { engine, proxied, passthrough, _dirs: [a, b, c] }
     })
 }
 
@@ -87,4 +97,15 @@ checks!(
     messages_tool_stream,
     messages_count_tokens,
     messages_errors,
+    messages_stop_sequence,
 );
+
+/// The Responses checks through the deployment that passes them through.
+mod passthrough {
+    macro_rules! through {
+        ($($name:ident),* $(,)?) => {
+            $( #[test] fn $name() { super::check(&super::gateways().passthrough, stringify!($name)); } )*
+        };
+    }
+    through!(responses_plain, responses_stream, responses_tool, responses_tool_stream, responses_chain, responses_json);
+}

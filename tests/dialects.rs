@@ -246,3 +246,133 @@ async fn a_stored_response_belongs_to_its_key() {
     assert_eq!(del.status(), 404);
     assert_eq!(get("key-a", format!("/v1/responses/{id}")).await.status(), 200, "still there for its key");
 }
+
+/// The front gateway's alias `chat` passes `/v1/responses` through to a second tollgate (a
+/// real Responses server, translating onto the scripted upstream): what the client sees is
+/// the back's own response, the back holds the conversation, and the front keeps its copy
+/// per key, records the usage, pins the follow-up and forwards the delete.
+#[tokio::test]
+async fn a_passthrough_deployment_gets_the_responses_request_as_the_client_wrote_it() {
+    let fake = Fake::start(vec![]).await;
+    fake.set_default(Reply::Fixture("chat"));
+    let back = Gateway::start(common::OPEN, &[("b.toml", &openai_route("m", "up", &fake.base(), "m", ""))]).await;
+    let route = openai_route("chat", "native", &back.url("/v1"), "m", "responses = \"passthrough\"\n");
+    let front = Gateway::start_env(
+        &format!("[cache]\nenabled = true\n{KEYS}"),
+        &[("a.toml", &route), ("b.toml", &openai_route("other", "up2", &fake.base(), "m", ""))],
+        &[("ADMIN", "admin-secret"), ("KEY_A", "key-a"), ("KEY_B", "key-b")],
+    )
+    .await;
+    let c = reqwest::Client::new();
+    let get = |gw: &Gateway, key: Option<&str>, path: String| {
+        let rb = c.get(gw.url(&path));
+        let rb = match key {
+            Some(k) => rb.bearer_auth(k),
+            None => rb,
+        };
+        async move { rb.send().await.unwrap() }
+    };
+    let ask = json!({"model": "chat", "input": "Say hello in five words.", "max_output_tokens": 16, "temperature": 0,
+        "metadata": {"run": "passthrough"}});
+    let r = responses(&front, "key-a", &ask).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-tollgate-deployment"], "native");
+    let first: Value = r.json().await.unwrap();
+    assert_eq!((first["object"].as_str(), first["model"].as_str()), (Some("response"), Some("chat")), "{first}");
+    let id = first["id"].as_str().unwrap().to_owned();
+    // The back made it (so the front did not translate it) and the front keeps it for key-a.
+    let at_back: Value = get(&back, None, format!("/v1/responses/{id}")).await.json().await.unwrap();
+    assert_eq!(at_back["id"], first["id"]);
+    assert_eq!(at_back["metadata"], json!({"run": "passthrough"}), "the client's fields crossed as they were");
+    assert_eq!(at_back["model"], "m", "the upstream got its own model name");
+    let kept = get(&front, Some("key-a"), format!("/v1/responses/{id}")).await;
+    assert_eq!(kept.status(), 200);
+    assert_eq!(kept.json::<Value>().await.unwrap(), first);
+    assert_eq!(get(&front, Some("key-b"), format!("/v1/responses/{id}")).await.status(), 404);
+    let items: Value =
+        get(&front, Some("key-a"), format!("/v1/responses/{id}/input_items")).await.json().await.unwrap();
+    assert_eq!(items["data"][0]["content"][0]["text"], "Say hello in five words.", "{items}");
+
+    // The same request again: passed through again (no response cache on the upstream's state).
+    let again: Value = responses(&front, "key-a", &ask).await.json().await.unwrap();
+    assert_ne!(again["id"], first["id"]);
+
+    // A follow-up, streamed: the back continues its own conversation, and the events cross
+    // as the back wrote them, with the alias as the model.
+    let follow = json!({"model": "chat", "input": "And in French?", "previous_response_id": id,
+        "max_output_tokens": 16, "stream": true});
+    fake.push(Reply::Fixture("chat-stream-usage"));
+    let r = responses(&front, "key-a", &follow).await;
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let evs = events(&text);
+    assert_eq!(evs.first().map(|e| e.0.as_str()), Some("response.created"), "{text}");
+    // (The recorded upstream answer was cut at its length limit.)
+    assert_eq!(evs.last().map(|e| e.0.as_str()), Some("response.incomplete"), "{text}");
+    assert!(evs.iter().all(|(name, data)| data["type"] == name.as_str()), "{text}");
+    let seq: Vec<u64> = evs.iter().map(|e| e.1["sequence_number"].as_u64().unwrap()).collect();
+    assert!(seq.windows(2).all(|w| w[1] == w[0] + 1), "{seq:?}");
+    let done = &evs.last().unwrap().1["response"];
+    assert_eq!((done["model"].as_str(), done["previous_response_id"].as_str()), (Some("chat"), Some(id.as_str())));
+    let second = done["id"].as_str().unwrap().to_owned();
+    assert_eq!(get(&back, None, format!("/v1/responses/{second}")).await.status(), 200);
+    assert_eq!(get(&front, Some("key-a"), format!("/v1/responses/{second}")).await.status(), 200);
+    // The back's upstream got the whole conversation from the back's own store.
+    let chat = fake.posts().pop().unwrap().json();
+    let said: Vec<&str> = chat["messages"].as_array().unwrap().iter().filter_map(|m| m["content"].as_str()).collect();
+    assert!(said.contains(&"Say hello in five words.") && said.contains(&"And in French?"), "{chat}");
+
+    // The front's ledger: three Responses requests, with the upstream's token counts.
+    let u: Value = get(&front, Some("admin-secret"), "/v1/usage?group_by=endpoint".into()).await.json().await.unwrap();
+    let g = u["data"].as_array().unwrap().iter().find(|g| g["endpoint"] == "responses").unwrap().clone();
+    assert_eq!(g["requests"], 3, "{u}");
+    assert!(g["prompt_tokens"].as_u64().unwrap() > 0 && g["completion_tokens"].as_u64().unwrap() > 0, "{u}");
+
+    // Deleting at the front deletes at the back too; another key cannot.
+    let del = |key: &'static str, id: String| {
+        let rb = c.delete(front.url(&format!("/v1/responses/{id}"))).bearer_auth(key);
+        async move { rb.send().await.unwrap() }
+    };
+    assert_eq!(del("key-b", id.clone()).await.status(), 404);
+    assert_eq!(get(&back, None, format!("/v1/responses/{id}")).await.status(), 200);
+    let r = del("key-a", id.clone()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["deleted"], true);
+    assert_eq!(get(&back, None, format!("/v1/responses/{id}")).await.status(), 404);
+    assert_eq!(get(&front, Some("key-a"), format!("/v1/responses/{id}")).await.status(), 404);
+}
+
+/// A conversation the gateway made is continued by translation even on a deployment that
+/// passes the Responses API through (no upstream knows its id), and a request naming stored
+/// items is resolved by the gateway.
+#[tokio::test]
+async fn a_conversation_the_gateway_made_stays_translated() {
+    let fake = Fake::start(vec![]).await;
+    fake.set_default(Reply::Fixture("chat"));
+    let routes = format!(
+        "{}{}",
+        openai_route("chat", "plain", &fake.base(), "m", ""),
+        openai_route("native", "native-up", &fake.base(), "m", "responses = \"passthrough\"\n")
+    );
+    let gw = Gateway::start(common::OPEN, &[("a.toml", &routes)]).await;
+    let c = reqwest::Client::new();
+    let post = |body: Value| {
+        let rb = c.post(gw.url("/v1/responses")).json(&body);
+        async move { rb.send().await.unwrap() }
+    };
+    let r: Value = post(json!({"model": "chat", "input": "hi", "max_output_tokens": 8})).await.json().await.unwrap();
+    let id = r["id"].as_str().unwrap();
+    assert_eq!(fake.posts().pop().unwrap().path, "/v1/chat/completions");
+    let r = post(json!({"model": "native", "input": "more", "previous_response_id": id, "max_output_tokens": 8})).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["previous_response_id"], id);
+    let sent = fake.posts().pop().unwrap();
+    assert_eq!(sent.path, "/v1/chat/completions", "translated, with the gateway's history");
+    assert_eq!(sent.json()["messages"].as_array().unwrap().len(), 3);
+    // Without history, the same alias passes through.
+    fake.push(Reply::Status(404, vec![], r#"{"error":{"message":"no such route","type":"not_found"}}"#.into()));
+    let r = post(json!({"model": "native", "input": "fresh", "max_output_tokens": 8})).await;
+    assert_eq!(fake.posts().pop().unwrap().path, "/v1/responses");
+    assert_eq!(r.status(), 404, "the upstream's refusal, in OpenAI's shape");
+}

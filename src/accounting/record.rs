@@ -208,8 +208,15 @@ impl Tap {
         }
     }
 
-    /// Looks at one chunk (or a full body: same fields, `message` instead of `delta`).
+    /// Looks at one chunk (or a full body: same fields, `message` instead of `delta`), or at
+    /// a passed-through Responses event or `response` object.
     pub fn observe(&mut self, chunk: &serde_json::Map<String, Value>) {
+        if let Some(t) = chunk.get("type").and_then(Value::as_str) {
+            return self.observe_event(t, chunk);
+        }
+        if chunk.get("object").and_then(Value::as_str) == Some("response") {
+            return self.observe_response(chunk, true);
+        }
         if let Some(t) = chunk.get("timings").and_then(Value::as_object) {
             let f = |k: &str| t.get(k).and_then(Value::as_f64);
             if let (Some(cache_n), Some(per_token)) = (f("cache_n"), f("prompt_per_token_ms")) {
@@ -254,6 +261,69 @@ impl Tap {
             }
             if let Some(f) = c.get("finish_reason").and_then(Value::as_str) {
                 self.finish = Some(f.to_owned());
+            }
+        }
+    }
+
+    /// One event of a Responses stream: its text deltas, and the usage and status of the
+    /// response it ends with.
+    fn observe_event(&mut self, kind: &str, ev: &serde_json::Map<String, Value>) {
+        match kind {
+            "response.output_text.delta" => {
+                let piece = ev.get("delta").and_then(Value::as_str).unwrap_or_default();
+                if !piece.is_empty() {
+                    self.first_token.get_or_insert_with(|| self.start.elapsed());
+                    if self.usage.is_none() || self.keep_content || self.keep_text {
+                        self.text.push_str(piece);
+                    }
+                }
+            }
+            k if k.ends_with(".delta") => {
+                // Tool-call arguments, reasoning, refusals: output beyond the text.
+                self.first_token.get_or_insert_with(|| self.start.elapsed());
+                self.rich = true;
+            }
+            "response.completed" | "response.incomplete" | "response.failed" => {
+                if let Some(r) = ev.get("response").and_then(Value::as_object) {
+                    self.observe_response(r, false);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A `response` object: its usage, its status as a finish reason, and (a whole body) its
+    /// output text.
+    fn observe_response(&mut self, r: &serde_json::Map<String, Value>, whole: bool) {
+        if let Some(u) = r.get("usage").and_then(Usage::from_json) {
+            self.usage = Some(u);
+        }
+        let output = r.get("output").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        let calls = output.iter().any(|i| i.get("type").and_then(Value::as_str) == Some("function_call"));
+        self.rich |= calls;
+        self.finish = match r.get("status").and_then(Value::as_str) {
+            Some("completed") if calls => Some("tool_calls".into()),
+            Some("completed") => Some("stop".into()),
+            Some("incomplete") => Some(
+                match r.get("incomplete_details").and_then(|d| d.get("reason")).and_then(Value::as_str) {
+                    Some("content_filter") => "content_filter",
+                    _ => "length",
+                }
+                .into(),
+            ),
+            Some(other) => Some(other.to_owned()),
+            None => self.finish.take(),
+        };
+        if !whole {
+            return;
+        }
+        let parts = output.iter().filter_map(|i| i.get("content")?.as_array()).flatten();
+        for p in parts.filter(|p| p.get("type").and_then(Value::as_str) == Some("output_text")) {
+            if let Some(t) = p.get("text").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+                self.first_token.get_or_insert_with(|| self.start.elapsed());
+                if self.usage.is_none() || self.keep_content || self.keep_text {
+                    self.text.push_str(t);
+                }
             }
         }
     }

@@ -80,6 +80,7 @@ pub(super) fn origin<'a>(
         cache: ClientPolicy::from_headers(headers),
         batch_id: None,
         dialect,
+        native: None,
     }
 }
 
@@ -117,6 +118,7 @@ pub async fn run_line(
         cache: ClientPolicy { lookup: true, store: true },
         batch_id: Some(batch_id),
         dialect: Dialect::OpenAi,
+        native: None,
     };
     let resp = match gateway::serve(&context(&st, &live), endpoint, origin, &body, &rid, start).await {
         Ok(answer) => render::answer(&st, answer),

@@ -3,6 +3,11 @@
 //! unchanged), and the stored responses: `GET` and `DELETE /v1/responses/{id}`,
 //! `GET /v1/responses/{id}/input_items`.
 //!
+//! A deployment whose upstream speaks the Responses API itself (`responses = "passthrough"`)
+//! is sent the client's body and its answer comes back as the upstream wrote it; the gateway
+//! still keeps the response for its key (retrieve and input items are answered here), pins
+//! the conversation's follow-ups to that deployment and forwards a delete to it.
+//!
 //! A stored conversation is the engine's session: every response of a chain made with
 //! `previous_response_id` runs in the session of the chain's first response, so a
 //! follow-up prefills only its new input.
@@ -19,6 +24,7 @@ use serde_json::{json, Value};
 use super::inference::{context, origin, read_body, request_id};
 use super::sse::Framing;
 use super::{auth, render, AppState};
+use crate::backend::NativeResponses;
 use crate::conversation::{Conversations, Stored};
 use crate::gateway::{self, Caller, Refused};
 use crate::protocol::error::ApiError;
@@ -52,11 +58,12 @@ async fn serve(st: &AppState, headers: &HeaderMap, body: Body, rid: &str, start:
     let mut req = responses::parse(&bytes).map_err(Refused::bare)?;
     let owner = owner(&caller);
     let now = crate::clock::now_s();
+    let references = req.input.iter().any(|i| i.get("type").and_then(Value::as_str) == Some("item_reference"));
     req.resolve(|id| st.conversations.item(&owner, id, now).map_err(store_error)).map_err(Refused::bare)?;
-    let (history, root) = match &req.previous_response_id {
-        None => (Vec::new(), None),
+    let prev = match &req.previous_response_id {
+        None => None,
         Some(pid) => match st.conversations.get(&owner, pid, now).map_err(|e| Refused::bare(store_error(e)))? {
-            Some(prev) => (prev.history, Some(prev.root)),
+            Some(prev) => Some(prev),
             None => {
                 return Err(Refused::bare(
                     ApiError::invalid_request(
@@ -68,14 +75,19 @@ async fn serve(st: &AppState, headers: &HeaderMap, body: Body, rid: &str, start:
             }
         },
     };
+    let native = native(&live, &req.model, &bytes, references, prev.as_ref());
+    let (history, root) = prev.map(|p| (p.history, Some(p.root))).unwrap_or_default();
     let id = new_id("resp_");
     let root = root.unwrap_or_else(|| id.clone());
     let chat = serde_json::to_vec(&req.chat_body(&history)).unwrap_or_default();
     // A stored conversation keeps its KV on the engine as a session does.
     let session = req.store.then_some(root.as_str());
-    let origin = origin(headers, caller, Dialect::Responses, session);
+    let mut origin = origin(headers, caller, Dialect::Responses, session);
+    origin.native = native;
     let answer = gateway::serve(&context(st, &live), Endpoint::Chat, origin, &chat, rid, start).await?;
 
+    // Passed through: the upstream made the response and keeps its state.
+    let passed = answer.is_native_response();
     let saver = req.store.then(|| {
         let mut history = history;
         history.extend(req.messages.iter().cloned());
@@ -89,10 +101,26 @@ async fn serve(st: &AppState, headers: &HeaderMap, body: Body, rid: &str, start:
                 response: Value::Null,
                 input_items: req.input.clone(),
                 history,
+                deployment: passed.then(|| answer.meta().deployment.clone()),
             },
         })
     });
-    let on_complete = saver.clone();
+    let on_complete = saver.clone().map(|s| Box::new(move |r: &Value| s.save(r)) as super::sse::OnResponse);
+    if passed {
+        let alias = Value::String(req.model.clone());
+        return Ok(render::answer_as(
+            st,
+            answer,
+            |body| {
+                let r = Value::Object(body);
+                if let Some(s) = saver {
+                    s.save(&r);
+                }
+                r
+            },
+            move |_| Framing::Native { alias, sequence: 0, on_complete },
+        ));
+    }
     let (echo, model) = (req.echo.clone(), req.model.clone());
     let stream_id = id.clone();
     Ok(render::answer_as(
@@ -105,11 +133,31 @@ async fn serve(st: &AppState, headers: &HeaderMap, body: Body, rid: &str, start:
             }
             r
         },
-        move |_| Framing::Responses {
-            stream: Box::new(Stream::new(echo, stream_id, now, model)),
-            on_complete: on_complete.map(|s| Box::new(move |r: &Value| s.save(r)) as super::sse::OnResponse),
-        },
+        move |_| Framing::Responses { stream: Box::new(Stream::new(echo, stream_id, now, model)), on_complete },
     ))
+}
+
+/// The client's body, to pass through when a deployment of its alias speaks the Responses
+/// API itself. Not when the request names stored items (the gateway resolves those), nor
+/// when it continues a conversation the gateway made (no upstream knows its id); a
+/// conversation an upstream made goes back to that upstream.
+fn native(
+    live: &gateway::Live,
+    model: &str,
+    bytes: &[u8],
+    references: bool,
+    prev: Option<&Stored>,
+) -> Option<Arc<NativeResponses>> {
+    let alias = live.routes.get(model)?;
+    if references || !alias.all().any(|d| d.passes_responses_through()) {
+        return None;
+    }
+    let pinned = match prev {
+        None => None,
+        Some(p) => Some(p.deployment.clone()?),
+    };
+    let body = serde_json::from_slice(bytes).ok()?;
+    Some(Arc::new(NativeResponses { body, pinned }))
 }
 
 /// Stores a finished response with the conversation it ends.
@@ -121,6 +169,10 @@ struct Saver {
 impl Saver {
     fn save(&self, response: &Value) {
         let mut s = self.stored.clone();
+        // A passed-through response has the upstream's id.
+        if let Some(id) = response.get("id").and_then(Value::as_str) {
+            s.id = id.to_owned();
+        }
         s.response = response.clone();
         if let Some(output) = response.get("output").and_then(Value::as_array) {
             s.history.extend(chat_messages(output).unwrap_or_default());
@@ -148,10 +200,33 @@ pub async fn retrieve(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(
     }
 }
 
+/// Deletes a stored response; one an upstream made is deleted there first (when that fails,
+/// the gateway keeps its copy and says so: the upstream still holds the conversation).
 pub async fn delete(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let deleted =
-        find(&st, &headers, &id).and_then(|(owner, _)| st.conversations.delete(&owner, &id).map_err(store_error));
-    match deleted {
+    let (owner, stored) = match find(&st, &headers, &id) {
+        Ok(found) => found,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(name) = &stored.deployment {
+        let live = st.live();
+        let dep = live.routes.aliases.values().flat_map(|a| a.all()).find(|d| d.name() == name);
+        match dep.and_then(|d| d.backend.delete_response(&id)) {
+            Some(forward) => {
+                if let Err(e) = forward.await {
+                    let inner = e.to_api(name);
+                    return ApiError::upstream(format!(
+                        "The upstream '{name}' that holds this response could not delete it: {}",
+                        inner.message
+                    ))
+                    .into_response();
+                }
+            }
+            None => {
+                tracing::warn!(response = %id, deployment = %name, "the deployment that made this response is gone; deleted here only")
+            }
+        }
+    }
+    match st.conversations.delete(&owner, &id).map_err(store_error) {
         Ok(_) => render::json(StatusCode::OK, &json!({"id": id, "object": "response.deleted", "deleted": true})),
         Err(e) => e.into_response(),
     }

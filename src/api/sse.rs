@@ -2,7 +2,8 @@
 //! `: keep-alive` comments while the backend is silent, an OpenAI-shaped in-band error event
 //! when the stream fails after it started (or stalls past the deployment's stall timeout,
 //! or the gateway's shutdown deadline passes). A Responses or Messages stream is the same
-//! chat stream written as that API's typed events ([`Framing`]).
+//! chat stream written as that API's typed events ([`Framing`]); a Responses stream from an
+//! upstream that speaks that API passes through event by event.
 //!
 //! The body owns the deployment's concurrency permit and the request's accounting record:
 //! both are released when the body ends or is dropped (the client went away), and dropping
@@ -224,6 +225,14 @@ pub enum Framing {
         on_complete: Option<OnResponse>,
     },
     Messages(Box<crate::protocol::messages::Stream>),
+    /// A Responses stream passed through from an upstream that speaks the API: each event as
+    /// it came, named by its `type`, the response's `model` written as the alias.
+    Native {
+        alias: Value,
+        /// The number the next event the gateway writes takes (an error event at the end).
+        sequence: u64,
+        on_complete: Option<OnResponse>,
+    },
 }
 
 /// `event: NAME` and `data: JSON`.
@@ -250,6 +259,7 @@ impl Framing {
                     write_event(out, name, &data);
                 }
             }
+            Framing::Native { .. } => {}
         }
     }
 
@@ -279,6 +289,24 @@ impl Framing {
                     write_event(out, name, &data);
                 }
             }
+            Framing::Native { alias, sequence, on_complete } => {
+                if let Some(n) = chunk.get("sequence_number").and_then(Value::as_u64) {
+                    *sequence = n + 1;
+                }
+                let kind = chunk.get("type").and_then(Value::as_str).unwrap_or("message").to_owned();
+                if let Some(Value::Object(r)) = chunk.get_mut("response") {
+                    if r.contains_key("model") {
+                        r.insert("model".into(), alias.clone());
+                    }
+                }
+                let last = matches!(kind.as_str(), "response.completed" | "response.incomplete" | "response.failed");
+                if let (true, Some(r)) = (last, chunk.get("response")) {
+                    if let Some(f) = on_complete.take() {
+                        f(r);
+                    }
+                }
+                write_event(out, &kind, &Value::Object(chunk));
+            }
         }
     }
 
@@ -299,6 +327,8 @@ impl Framing {
                     write_event(out, name, &data);
                 }
             }
+            // The upstream's last event was the end.
+            Framing::Native { .. } => {}
         }
     }
 
@@ -318,6 +348,17 @@ impl Framing {
             Framing::Messages(_) => {
                 let (name, data) = crate::protocol::messages::error_event(e);
                 write_event(out, name, &data);
+            }
+            Framing::Native { sequence, .. } => {
+                // The Responses API's own error event: `code`, `message`, `param`.
+                let mut data = match e.to_json().get("error") {
+                    Some(Value::Object(o)) => o.clone(),
+                    _ => serde_json::Map::new(),
+                };
+                data.remove("type");
+                data.insert("type".into(), "error".into());
+                data.insert("sequence_number".into(), (*sequence).into());
+                write_event(out, "error", &Value::Object(data));
             }
         }
     }

@@ -46,6 +46,32 @@ pub struct BackendRequest {
     /// The seed an embedded engine draws with when the request names none (chosen by the
     /// gateway and recorded, so that the answer can be reproduced).
     pub seed: u32,
+    /// A Responses API request as the client wrote it, for a deployment whose upstream
+    /// speaks that API itself; every other deployment serves `req`, its translation.
+    pub native: Option<Arc<NativeResponses>>,
+}
+
+/// A `/v1/responses` body to pass through as it is (only `model` is rewritten).
+#[derive(Debug)]
+pub struct NativeResponses {
+    pub body: Map<String, Value>,
+    /// The deployment that holds the state `previous_response_id` names: no other upstream
+    /// knows that id, so any other deployment serves the translation (with the gateway's
+    /// copy of the history).
+    pub pinned: Option<String>,
+}
+
+impl NativeResponses {
+    /// Whether the deployment `name` (which passes the Responses API through) may be sent it.
+    pub fn for_deployment(&self, name: &str) -> bool {
+        self.pinned.as_deref().is_none_or(|p| p == name)
+    }
+
+    /// Whether a stream event or a whole body is the Responses API's own (not a chat chunk).
+    pub fn is_native(chunk: &Chunk) -> bool {
+        chunk.get("type").is_some_and(Value::is_string)
+            || chunk.get("object").and_then(Value::as_str) == Some("response")
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -186,6 +212,12 @@ pub trait Backend: Send + Sync + 'static {
     /// The prompt tokens this backend would read for `req`, when it can count them itself
     /// (the engine, with its model's tokenizer and chat template); `None` when it cannot.
     fn count_tokens(&self, _req: &ValidRequest) -> Option<Result<u64, ApiError>> {
+        None
+    }
+
+    /// Deletes a stored response this backend's upstream made (it passes the Responses API
+    /// through); `None` when it keeps no responses of its own.
+    fn delete_response(&self, _id: &str) -> Option<BoxFuture<'static, Result<(), BackendError>>> {
         None
     }
 }

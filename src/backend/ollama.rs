@@ -409,7 +409,14 @@ mod tests {
 
     fn cfg() -> RemoteConfig {
         let (base_url, model) = ("http://127.0.0.1:11434".into(), "llama3.2".into());
-        RemoteConfig { base_url, model, api_key: None, max_tokens_field: "max_tokens".into(), headers: Vec::new() }
+        RemoteConfig {
+            base_url,
+            model,
+            api_key: None,
+            max_tokens_field: "max_tokens".into(),
+            headers: Vec::new(),
+            responses_passthrough: false,
+        }
     }
 
     fn upstream(endpoint: Endpoint, body: &str) -> Result<(&'static str, Map<String, Value>), BackendError> {

@@ -6,6 +6,12 @@
 //! requested on streamed calls (the API layer drops the usage chunk again when the client
 //! did not ask for it). A non-streamed request goes upstream non-streamed and its body
 //! passes through, parsed only for usage.
+//!
+//! A deployment with `responses = "passthrough"` is sent a Responses request as the client
+//! wrote it (`POST {base}/responses`, `model` rewritten) and its answer comes back as the
+//! upstream wrote it: a `response` object, or the typed events of its stream, which end at
+//! `response.completed`, `.incomplete` or `.failed` (there is no `[DONE]`). A stored
+//! response it made is deleted upstream too ([`Backend::delete_response`]).
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
@@ -20,20 +26,34 @@ use crate::protocol::{Endpoint, Usage};
 
 pub struct OpenAiBackend {
     remote: Remote,
-    /// The endpoint URLs, parsed once (chat, completions, embeddings).
-    urls: Option<[reqwest::Url; 3]>,
+    /// The deployment's name (a passed-through conversation is pinned to it).
+    name: String,
+    /// The endpoint URLs, parsed once (chat, completions, embeddings, responses).
+    urls: Option<[reqwest::Url; 4]>,
 }
 
 impl OpenAiBackend {
     pub fn new(dep: &DeploymentConfig, cfg: RemoteConfig) -> Self {
+        let paths = [Endpoint::Chat.path(), Endpoint::Completions.path(), Endpoint::Embeddings.path(), "responses"];
         OpenAiBackend {
-            urls: [Endpoint::Chat, Endpoint::Completions, Endpoint::Embeddings]
-                .map(|e| reqwest::Url::parse(&format!("{}/{}", cfg.base_url, e.path())).ok())
+            urls: paths
+                .map(|p| reqwest::Url::parse(&format!("{}/{p}", cfg.base_url)).ok())
                 .into_iter()
                 .collect::<Option<Vec<_>>>()
                 .and_then(|v| v.try_into().ok()),
+            name: dep.name.clone(),
             remote: Remote::new(dep, cfg),
         }
+    }
+
+    /// The Responses body to pass through, when this deployment passes it through and may
+    /// serve it: the client's, with the upstream's model name.
+    fn native_body(&self, br: &BackendRequest) -> Option<Map<String, Value>> {
+        let native =
+            br.native.as_ref().filter(|n| self.remote.cfg().responses_passthrough && n.for_deployment(&self.name))?;
+        let mut body = native.body.clone();
+        body.insert("model".into(), Value::String(self.remote.cfg().model.clone()));
+        Some(body)
     }
 
     /// The upstream body: the client's, with the few fields tollgate owns rewritten.
@@ -64,10 +84,12 @@ impl OpenAiBackend {
 
 impl Backend for OpenAiBackend {
     fn call(&self, br: BackendRequest) -> BoxFuture<'static, Result<BackendReply, BackendError>> {
-        let idx = match br.req.endpoint {
-            Endpoint::Chat => 0,
-            Endpoint::Completions => 1,
-            Endpoint::Embeddings => 2,
+        let native = self.native_body(&br);
+        let idx = match (br.req.endpoint, &native) {
+            (_, Some(_)) => 3,
+            (Endpoint::Chat, None) => 0,
+            (Endpoint::Completions, None) => 1,
+            (Endpoint::Embeddings, None) => 2,
         };
         let cfg = self.remote.cfg();
         let url = match &self.urls {
@@ -77,8 +99,11 @@ impl Backend for OpenAiBackend {
                 return async move { Err(e) }.boxed();
             }
         };
-        let rb = self.remote.post(url, &br, &Self::upstream_body(cfg, &br));
         let stream = br.req.stream;
+        let (rb, framing) = match native {
+            Some(body) => (self.remote.post(url, &br, &body), Framing::Responses),
+            None => (self.remote.post(url, &br, &Self::upstream_body(cfg, &br)), Framing::Chat),
+        };
         async move {
             let resp = remote::send(rb).await?;
             if !stream {
@@ -89,7 +114,7 @@ impl Backend for OpenAiBackend {
                 let usage = body.get("usage").and_then(Usage::from_json);
                 return Ok(BackendReply::Full { body, usage });
             }
-            Ok(BackendReply::Stream(sse_chunks(resp)))
+            Ok(BackendReply::Stream(sse_chunks(resp, framing)))
         }
         .boxed()
     }
@@ -97,26 +122,70 @@ impl Backend for OpenAiBackend {
     fn health(&self) -> BoxFuture<'static, Result<(), crate::backend::Unhealthy>> {
         self.remote.health("models")
     }
+
+    fn delete_response(&self, id: &str) -> Option<BoxFuture<'static, Result<(), BackendError>>> {
+        let cfg = self.remote.cfg();
+        if !cfg.responses_passthrough {
+            return None;
+        }
+        let url = format!("{}/responses/{}", cfg.base_url, urlencode(id));
+        let rb = self.remote.delete(url);
+        Some(
+            async move {
+                match remote::send(rb).await {
+                    Ok(_) => Ok(()),
+                    // Already gone upstream (expired, or deleted there): deleted all the same.
+                    Err(BackendError::Status { status, .. }) if status == http::StatusCode::NOT_FOUND => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            .boxed(),
+        )
+    }
 }
 
-/// The upstream's SSE body as a stream of chunks; `[DONE]` ends it; an in-band error
-/// event becomes an error item.
-fn sse_chunks(resp: reqwest::Response) -> super::EventStream {
+/// A path segment with everything but unreserved characters percent-encoded.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Which protocol an upstream stream speaks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// Chat or completion chunks, ended by `data: [DONE]`.
+    Chat,
+    /// The Responses API's typed events, ended by the response's last event.
+    Responses,
+}
+
+/// The upstream's SSE body as a stream of chunks; `[DONE]` (or a Responses stream's last
+/// event) ends it; an in-band error event becomes an error item.
+fn sse_chunks(resp: reqwest::Response, framing: Framing) -> super::EventStream {
     struct St {
         body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
         parser: SseParser,
+        framing: Framing,
         done: bool,
     }
-    let st = St { body: resp.bytes_stream().boxed(), parser: SseParser::default(), done: false };
+    let st = St { body: resp.bytes_stream().boxed(), parser: SseParser::default(), framing, done: false };
     futures::stream::unfold(st, |mut st| async move {
         loop {
             if st.done {
                 return None;
             }
             if let Some(ev) = st.parser.next_event() {
-                match parse_event(&ev.data) {
+                match parse_event(&ev.data, st.framing) {
                     Parsed::Done => return None,
                     Parsed::Skip => continue,
+                    Parsed::Last(item) => {
+                        st.done = true;
+                        return Some((Ok(item), st));
+                    }
                     Parsed::Item(item) => {
                         if item.is_err() {
                             st.done = true;
@@ -134,14 +203,16 @@ fn sse_chunks(resp: reqwest::Response) -> super::EventStream {
                 None => {
                     st.done = true;
                     if let Some(ev) = st.parser.finish() {
-                        match parse_event(&ev.data) {
+                        match parse_event(&ev.data, st.framing) {
                             Parsed::Item(item) => return Some((item, st)),
+                            Parsed::Last(item) => return Some((Ok(item), st)),
                             Parsed::Done => return None,
                             Parsed::Skip => {}
                         }
                     }
-                    // The body ended without `[DONE]`: the upstream cut the stream.
-                    return Some((Err(BackendError::Connect("the stream ended before [DONE]".into())), st));
+                    // The body ended before its last event: the upstream cut the stream.
+                    let last = if st.framing == Framing::Chat { "[DONE]" } else { "the response's last event" };
+                    return Some((Err(BackendError::Connect(format!("the stream ended before {last}"))), st));
                 }
             }
         }
@@ -153,9 +224,11 @@ enum Parsed {
     Done,
     Skip,
     Item(Result<Chunk, BackendError>),
+    /// The last event of a Responses stream.
+    Last(Chunk),
 }
 
-fn parse_event(data: &str) -> Parsed {
+fn parse_event(data: &str, framing: Framing) -> Parsed {
     let data = data.trim();
     if data == "[DONE]" {
         return Parsed::Done;
@@ -164,6 +237,19 @@ fn parse_event(data: &str) -> Parsed {
         return Parsed::Skip;
     }
     match serde_json::from_str::<Map<String, Value>>(data) {
+        Ok(obj) if framing == Framing::Responses => match obj.get("type").and_then(Value::as_str) {
+            Some("response.completed" | "response.incomplete" | "response.failed") => Parsed::Last(obj),
+            Some("error") => {
+                // `{"type": "error", "code", "message", "param"}`, as an OpenAI error body.
+                let mut e = obj.clone();
+                e.remove("type");
+                e.remove("sequence_number");
+                let bytes = serde_json::to_vec(&serde_json::json!({"error": e})).unwrap_or_default();
+                Parsed::Item(Err(BackendError::InBand(ApiError::from_upstream(http::StatusCode::BAD_GATEWAY, &bytes))))
+            }
+            Some(_) => Parsed::Item(Ok(obj)),
+            None => Parsed::Item(Err(BackendError::Protocol("a Responses stream event has no type".into()))),
+        },
         Ok(obj) => {
             if let Some(err) = obj.get("error") {
                 let status = err
@@ -177,5 +263,38 @@ fn parse_event(data: &str) -> Parsed {
             Parsed::Item(Ok(obj))
         }
         Err(e) => Parsed::Item(Err(BackendError::Protocol(format!("an SSE event is not JSON: {e}")))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_responses_stream_ends_at_its_last_event_and_its_error_event_is_an_error() {
+        let r = Framing::Responses;
+        assert!(matches!(parse_event(r#"{"type":"response.created","response":{}}"#, r), Parsed::Item(Ok(_))));
+        for last in ["response.completed", "response.incomplete", "response.failed"] {
+            let ev = format!(r#"{{"type":"{last}","response":{{}}}}"#);
+            assert!(matches!(parse_event(&ev, r), Parsed::Last(_)), "{last}");
+        }
+        let err =
+            r#"{"type":"error","code":"rate_limit_exceeded","message":"Slow down.","param":null,"sequence_number":3}"#;
+        match parse_event(err, r) {
+            Parsed::Item(Err(BackendError::InBand(e))) => {
+                assert_eq!((e.message.as_str(), e.code.as_deref()), ("Slow down.", Some("rate_limit_exceeded")))
+            }
+            _ => panic!("an error event is an error"),
+        }
+        assert!(matches!(parse_event(r#"{"id":"x"}"#, r), Parsed::Item(Err(BackendError::Protocol(_)))));
+        // A chat stream's chunk has no type, and its in-band error is `{"error": ...}`.
+        assert!(matches!(parse_event(r#"{"id":"x","choices":[]}"#, Framing::Chat), Parsed::Item(Ok(_))));
+        assert!(matches!(parse_event("[DONE]", Framing::Chat), Parsed::Done));
+    }
+
+    #[test]
+    fn a_response_id_is_one_path_segment() {
+        assert_eq!(urlencode("resp_abc-1.2~"), "resp_abc-1.2~");
+        assert_eq!(urlencode("a/../b?c"), "a%2F..%2Fb%3Fc");
     }
 }

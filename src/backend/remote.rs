@@ -65,6 +65,11 @@ impl Remote {
         self.authorized(rb)
     }
 
+    /// A `DELETE` of `url`, with the deployment's key and headers.
+    pub fn delete(&self, url: impl reqwest::IntoUrl) -> reqwest::RequestBuilder {
+        self.authorized(self.client.delete(url))
+    }
+
     /// Whether `GET {base_url}/{path}` answers with a success status in time.
     pub fn health(&self, path: &'static str) -> BoxFuture<'static, Result<(), Unhealthy>> {
         let rb = self.client.get(format!("{}/{path}", self.cfg.base_url)).timeout(self.health_timeout);

@@ -299,6 +299,9 @@ pub struct RemoteConfig {
     /// The name the upstream takes for the completion length (`max_tokens` by default).
     pub max_tokens_field: String,
     pub headers: Vec<(String, Secret)>,
+    /// The upstream speaks the Responses API itself (`responses = "passthrough"`): a
+    /// `/v1/responses` request goes to it as the client wrote it, not as a chat completion.
+    pub responses_passthrough: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]

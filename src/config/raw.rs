@@ -215,6 +215,9 @@ pub struct DeploymentFile {
     pub max_tokens_field: Option<String>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// `openai` only: `"passthrough"` sends `/v1/responses` to the upstream as the client wrote
+    /// it (OpenAI, vLLM); `"translate"` (the default) serves it as a chat completion.
+    pub responses: Option<String>,
     // Every kind.
     pub max_concurrency: Option<usize>,
     pub weight: Option<u32>,

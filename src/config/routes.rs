@@ -143,6 +143,7 @@ pub(super) fn deployment_config(
         ("api_key", d.api_key.is_some()),
         ("max_tokens_field", d.max_tokens_field.is_some()),
         ("headers", !d.headers.is_empty()),
+        ("responses", d.responses.is_some()),
     ];
     let misplaced = |fields: &[(&str, bool)], kind: &str, errs: &mut Vec<String>| {
         for (name, set) in fields {
@@ -166,6 +167,9 @@ pub(super) fn deployment_config(
                 errs.push(format!("{f}: {at}.{name}: not a setting of kind = \"registry\" (the registry holds it)"));
             }
         }
+        if d.responses.is_some() {
+            errs.push(format!("{f}: {at}.responses: a registry version is served by translation; not a setting of kind = \"registry\""));
+        }
     }
     match d.kind.as_str() {
         "openai" | "ollama" => {
@@ -187,12 +191,27 @@ pub(super) fn deployment_config(
                 String::new()
             });
             let (api_key, max_tokens_field, headers) = remote_auth(&d, at, f, env, errs);
+            let responses_passthrough = match (d.responses.as_deref(), d.kind.as_str()) {
+                (None | Some("translate"), _) => false,
+                (Some("passthrough"), "openai") => true,
+                (Some("passthrough"), _) => {
+                    errs.push(format!(
+                        "{f}: {at}.responses: Ollama has no Responses API; only kind = \"openai\" can pass it through"
+                    ));
+                    false
+                }
+                (Some(other), _) => {
+                    errs.push(format!("{f}: {at}.responses: '{other}' is not \"translate\" or \"passthrough\""));
+                    false
+                }
+            };
             let remote = RemoteConfig {
                 base_url: base_url.unwrap_or_default().trim_end_matches('/').to_owned(),
                 model,
                 api_key,
                 max_tokens_field,
                 headers,
+                responses_passthrough,
             };
             out.kind = if d.kind == "openai" { DeploymentKind::OpenAi(remote) } else { DeploymentKind::Ollama(remote) };
         }

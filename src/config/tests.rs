@@ -79,6 +79,27 @@ fn misplaced_settings_are_refused() {
 }
 
 #[test]
+fn responses_passthrough_is_an_openai_setting() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "tollgate.toml", "");
+    let dep = |kind: &str, base: &str, value: &str| {
+        format!("[[alias]]\nname = \"chat\"\n[[alias.deployment]]\nname = \"up\"\nkind = \"{kind}\"\nbase_url = \"{base}\"\nmodel = \"m\"\nresponses = \"{value}\"\n")
+    };
+    write(d.path(), "routes/a.toml", &dep("openai", "http://h/v1", "passthrough"));
+    let c = load_dir(d.path(), &[]).unwrap();
+    assert!(matches!(&c.aliases[0].deployments[0].kind, DeploymentKind::OpenAi(r) if r.responses_passthrough));
+    write(d.path(), "routes/a.toml", &dep("openai", "http://h/v1", "translate"));
+    let c = load_dir(d.path(), &[]).unwrap();
+    assert!(matches!(&c.aliases[0].deployments[0].kind, DeploymentKind::OpenAi(r) if !r.responses_passthrough));
+    write(d.path(), "routes/a.toml", &dep("openai", "http://h/v1", "native"));
+    let errs = load_dir(d.path(), &[]).unwrap_err().0.join("\n");
+    assert!(errs.contains("deployment[0].responses: 'native' is not \"translate\" or \"passthrough\""), "{errs}");
+    write(d.path(), "routes/a.toml", &dep("ollama", "http://h:11434", "passthrough"));
+    let errs = load_dir(d.path(), &[]).unwrap_err().0.join("\n");
+    assert!(errs.contains("deployment[0].responses: Ollama has no Responses API"), "{errs}");
+}
+
+#[test]
 fn file_errors_name_the_file_line_and_key() {
     let d = tempfile::tempdir().unwrap();
     let missing = d.path().join("none.toml");

@@ -128,6 +128,8 @@ pub enum Event {
     Done {
         choice: u32,
         finish: &'static str,
+        /// The stop string that ended it (`finish` is then `stop`).
+        stop: Option<String>,
         prompt_tokens: u64,
         completion_tokens: u64,
         timings: Timings,

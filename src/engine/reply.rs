@@ -163,6 +163,7 @@ struct Whole {
     text: String,
     logprobs: Vec<TokenLogprob>,
     finish: Option<&'static str>,
+    stop: Option<String>,
 }
 
 /// Reads every choice to its end and writes one body.
@@ -182,9 +183,10 @@ pub async fn full(
                     c.logprobs.extend(logprobs);
                 }
             }
-            Some(Event::Done { choice, finish, prompt_tokens, completion_tokens, timings: t }) => {
+            Some(Event::Done { choice, finish, stop, prompt_tokens, completion_tokens, timings: t }) => {
                 if let Some(c) = choices.get_mut(choice as usize) {
                     c.finish = Some(finish);
+                    c.stop = stop;
                 }
                 completion += completion_tokens;
                 if choice == 0 {
@@ -207,7 +209,7 @@ pub async fn full(
             if !head.is_chat() {
                 let lp = logprobs_value(reading.logprobs, &c.logprobs, echo.len());
                 let text = format!("{echo}{}", c.text);
-                return chunk::completion_choice(i as u32, text.into(), lp, engine_finish.into());
+                return with_stop(chunk::completion_choice(i as u32, text.into(), lp, engine_finish.into()), c.stop);
             }
             let lp = logprobs_value(reading.logprobs, &c.logprobs, 0);
             let (msg, finish) = match &reading.parse {
@@ -228,7 +230,9 @@ pub async fn full(
                     (msg, finish)
                 }
             };
-            chunk::chat_choice(i as u32, msg, lp, finish.into())
+            // A tool call that ended at a stop string ended as a tool call.
+            let stop = c.stop.filter(|_| finish == "stop");
+            with_stop(chunk::chat_choice(i as u32, msg, lp, finish.into()), stop)
         })
         .collect();
     let u = usage(prompt, completion, timings.cache_n);
@@ -306,7 +310,7 @@ pub fn chunks(head: Head, reading: Reading, rx: mpsc::UnboundedReceiver<Event>) 
                     }
                 }
             }
-            Some(Event::Done { choice, finish, prompt_tokens, completion_tokens, timings }) => {
+            Some(Event::Done { choice, finish, stop, prompt_tokens, completion_tokens, timings }) => {
                 let i = choice;
                 completion += completion_tokens;
                 if choice == 0 {
@@ -326,6 +330,9 @@ pub fn chunks(head: Head, reading: Reading, rx: mpsc::UnboundedReceiver<Event>) 
                     let lp = if s.logprobs.is_empty() { Value::Null } else { take_logprobs(shape, s) };
                     let reason = finish_reason(finish, parsed.as_ref());
                     let mut last = head.choice_chunk(i, Map::new(), lp, reason.into());
+                    if let (Some(stop), "stop") = (stop, reason) {
+                        set_stop(&mut last, stop);
+                    }
                     if done == n {
                         last.insert("timings".into(), timings_json(&timings));
                     }
@@ -347,6 +354,22 @@ pub fn chunks(head: Head, reading: Reading, rx: mpsc::UnboundedReceiver<Event>) 
         futures::stream::iter(out)
     });
     events.boxed()
+}
+
+/// A choice that ended at a stop string names it, as vLLM does (`stop_reason`): the Messages
+/// API answers `stop_reason: "stop_sequence"` with it.
+fn with_stop(mut choice: Value, stop: Option<String>) -> Value {
+    if let (Some(s), Some(o)) = (stop, choice.as_object_mut()) {
+        o.insert("stop_reason".into(), s.into());
+    }
+    choice
+}
+
+/// The same on a stream's finish chunk (its first choice).
+fn set_stop(chunk: &mut Map<String, Value>, stop: String) {
+    if let Some(c) = chunk.get_mut("choices").and_then(|c| c.get_mut(0)).and_then(Value::as_object_mut) {
+        c.insert("stop_reason".into(), stop.into());
+    }
 }
 
 fn take_logprobs(shape: Option<LogprobShape>, s: &mut Streamed) -> Value {

@@ -8,8 +8,8 @@
 pub struct Piece {
     /// Text safe to send now.
     pub text: String,
-    /// A stop string matched: generation ends here.
-    pub stopped: bool,
+    /// The stop string that matched: generation ends here.
+    pub stop: Option<String>,
 }
 
 pub struct TextStream {
@@ -58,20 +58,23 @@ impl TextStream {
 
     fn release(&mut self) -> Piece {
         if self.stops.is_empty() {
-            return Piece { text: std::mem::take(&mut self.held), stopped: false };
+            return Piece { text: std::mem::take(&mut self.held), stop: None };
         }
         // A complete stop string: emit what precedes the earliest one, and stop.
-        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+        // (At one place, the first stop listed.)
+        let earliest = self.stops.iter().filter_map(|s| Some((self.held.find(s.as_str())?, s))).min_by_key(|m| m.0);
+        if let Some((at, stop)) = earliest {
             let text = self.held[..at].to_owned();
+            let stop = Some(stop.clone());
             self.held.clear();
-            return Piece { text, stopped: true };
+            return Piece { text, stop };
         }
         // Hold back the longest suffix that is a proper prefix of some stop string.
         let keep = self.longest_partial_stop();
         let cut = self.held.len() - keep;
         let text = self.held[..cut].to_owned();
         self.held.drain(..cut);
-        Piece { text, stopped: false }
+        Piece { text, stop: None }
     }
 
     fn longest_partial_stop(&self) -> usize {
@@ -101,18 +104,22 @@ impl TextStream {
 mod tests {
     use super::*;
 
-    fn run(stops: &[&str], pieces: &[&[u8]]) -> (String, bool) {
+    fn run(stops: &[&str], pieces: &[&[u8]]) -> (String, Option<String>) {
         let mut t = TextStream::new(stops.iter().map(|s| s.to_string()).collect());
         let mut out = String::new();
         for p in pieces {
             let r = t.push(p);
             out.push_str(&r.text);
-            if r.stopped {
-                return (out, true);
+            if r.stop.is_some() {
+                return (out, r.stop);
             }
         }
         out.push_str(&t.finish());
-        (out, false)
+        (out, None)
+    }
+
+    fn stop(s: &str) -> Option<String> {
+        Some(s.to_owned())
     }
 
     #[test]
@@ -131,14 +138,16 @@ mod tests {
 
     #[test]
     fn stop_strings_across_tokens() {
-        assert_eq!(run(&["END"], &[b"abc E", b"N", b"D tail"]), ("abc ".into(), true));
-        assert_eq!(run(&["\n\n"], &[b"one\n", b"\ntwo"]), ("one".into(), true));
+        assert_eq!(run(&["END"], &[b"abc E", b"N", b"D tail"]), ("abc ".into(), stop("END")));
+        assert_eq!(run(&["\n\n"], &[b"one\n", b"\ntwo"]), ("one".into(), stop("\n\n")));
         // A partial match that does not complete is released.
-        assert_eq!(run(&["END"], &[b"abc EN", b"X"]), ("abc ENX".into(), false));
+        assert_eq!(run(&["END"], &[b"abc EN", b"X"]), ("abc ENX".into(), None));
         // Held text is released at the end.
-        assert_eq!(run(&["END"], &[b"abc EN"]), ("abc EN".into(), false));
-        // The earliest of several stops wins.
-        assert_eq!(run(&["b", "a"], &[b"xxab"]), ("xx".into(), true));
+        assert_eq!(run(&["END"], &[b"abc EN"]), ("abc EN".into(), None));
+        // The earliest of several stops wins, and is the one named.
+        assert_eq!(run(&["b", "a"], &[b"xxab"]), ("xx".into(), stop("a")));
+        // Two matching at one place: the one listed first.
+        assert_eq!(run(&["ab", "a"], &[b"xxab"]), ("xx".into(), stop("ab")));
     }
 
     #[test]

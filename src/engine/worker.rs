@@ -380,6 +380,7 @@ pub fn run(
             let now = Instant::now();
             s.first_token.get_or_insert(now);
             let mut finish = None;
+            let mut stop = None;
             if vocab.is_eog(token) {
                 finish = Some("stop");
             } else {
@@ -394,7 +395,8 @@ pub fn run(
                     free_seq(&mut ctx, i);
                     continue;
                 }
-                if piece.stopped {
+                if piece.stop.is_some() {
+                    stop = piece.stop;
                     finish = Some("stop");
                 } else if s.generated >= s.job.params.max_tokens || s.n_past + 1 >= set.ctx_per_seq as usize {
                     finish = Some("length");
@@ -424,6 +426,7 @@ pub fn run(
                     let _ = s.job.tx.send(Event::Done {
                         choice: s.choice,
                         finish: reason,
+                        stop,
                         prompt_tokens: s.job.tokens.len() as u64,
                         completion_tokens: u64::from(s.generated),
                         timings,

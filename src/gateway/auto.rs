@@ -126,6 +126,7 @@ async fn classify(
         fingerprint: 0,
         session: None,
         seed: 0,
+        native: None,
     };
     let outcome = tokio::time::timeout(cl.timeout, router::dispatch(alias, alias.order_for(0, false), &br)).await;
     let answer = match outcome {

@@ -98,6 +98,8 @@ pub struct Origin<'a> {
     pub batch_id: Option<String>,
     /// The API the client spoke (a Responses or Messages request comes as chat).
     pub dialect: Dialect,
+    /// A Responses request as the client wrote it, for the deployments that pass it through.
+    pub native: Option<Arc<crate::backend::NativeResponses>>,
 }
 
 /// A refused or failed request: the error the client gets, and its record when one was
@@ -172,6 +174,24 @@ pub enum Answer {
     Stream { stream: Box<Streaming>, meta: Meta },
 }
 
+impl Answer {
+    pub fn meta(&self) -> &Meta {
+        match self {
+            Answer::Full { meta, .. } | Answer::Replay { meta, .. } | Answer::Stream { meta, .. } => meta,
+        }
+    }
+
+    /// Whether the answer is in the Responses API's own shape (its deployment passed the
+    /// request through), not a chat completion.
+    pub fn is_native_response(&self) -> bool {
+        match self {
+            Answer::Full { body, .. } => crate::backend::NativeResponses::is_native(body),
+            Answer::Stream { stream, .. } => crate::backend::NativeResponses::is_native(&stream.first),
+            Answer::Replay { .. } => false,
+        }
+    }
+}
+
 /// A committed stream and what goes with it to the client's body.
 pub struct Streaming {
     pub first: Box<Chunk>,
@@ -210,8 +230,11 @@ pub async fn serve(
     let seed = engine_seed(req.sampling.seed);
     rec.sampler = Some(req.sampling.clone());
 
-    let cache_key =
-        ctx.cache.and_then(|c| c.key(origin.caller.name(), &alias, canary.as_deref(), &req).map(|k| (c.clone(), k)));
+    // A passed-through Responses request is answered by its upstream's own state: not cached.
+    let cache_key = ctx
+        .cache
+        .filter(|_| origin.native.is_none())
+        .and_then(|c| c.key(origin.caller.name(), &alias, canary.as_deref(), &req).map(|k| (c.clone(), k)));
     let mut leader: Option<Leader> = None;
     if let (Some((cache, key)), true) = (&cache_key, origin.cache.lookup) {
         match cache.lookup(*key).await {
@@ -233,6 +256,7 @@ pub async fn serve(
         fingerprint,
         session: session_key(origin.session, &origin.caller),
         seed,
+        native: origin.native.clone(),
     };
     let mut abandoned = Abandoned { rec: Some(rec.clone()), accounting: ctx.accounting.clone(), start };
     let first_try = canary.is_some();
@@ -398,7 +422,7 @@ async fn dispatch(
     rec: &mut RequestRecord,
     start: Instant,
 ) -> Result<router::Dispatched, router::Failed> {
-    let dispatched = router::dispatch(&alias, alias.order_for(br.fingerprint, canary), br).await;
+    let dispatched = router::dispatch(&alias, order(&alias, br, canary), br).await;
     let Some(esc) = escalation else {
         return dispatched;
     };
@@ -428,7 +452,20 @@ async fn dispatch(
     rec.downgrade_price = None;
     let large = esc.large;
     let canary = large.picks_canary(identity).is_some();
-    router::dispatch(&large, large.order_for(br.fingerprint, canary), br).await
+    router::dispatch(&large, order(&large, br, canary), br).await
+}
+
+/// The deployments to try, in order; the one holding a passed-through conversation's state
+/// comes first.
+fn order(alias: &Alias, br: &BackendRequest, canary: bool) -> Vec<Arc<Deployment>> {
+    let mut v = alias.order_for(br.fingerprint, canary);
+    if let Some(pinned) = br.native.as_ref().and_then(|n| n.pinned.as_deref()) {
+        if let Some(i) = v.iter().position(|d| d.name() == pinned) {
+            let d = v.remove(i);
+            v.insert(0, d);
+        }
+    }
+    v
 }
 
 /// A whole body as the router committed it.
@@ -653,6 +690,7 @@ mod tests {
             cache: ClientPolicy { lookup: true, store: true },
             batch_id: batch.map(str::to_owned),
             dialect: Dialect::OpenAi,
+            native: None,
         };
         let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"metadata":{"team":"x"}}"#;
         let req = protocol::validate(Endpoint::Chat, body).unwrap();

@@ -135,13 +135,19 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// Reads a `usage` object; `None` when it is absent, null, or not usage-shaped.
+    /// Reads a `usage` object (chat's or the Responses API's); `None` when it is absent, null,
+    /// or not usage-shaped.
     pub fn from_json(v: &Value) -> Option<Usage> {
         let o = v.as_object()?;
-        let prompt = o.get("prompt_tokens")?.as_u64()?;
-        let completion = o.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0);
+        // Chat's names, else the Responses API's (`input_tokens`, `output_tokens`).
+        let (p, c, d) = match o.contains_key("prompt_tokens") {
+            true => ("prompt_tokens", "completion_tokens", "prompt_tokens_details"),
+            false => ("input_tokens", "output_tokens", "input_tokens_details"),
+        };
+        let prompt = o.get(p)?.as_u64()?;
+        let completion = o.get(c).and_then(Value::as_u64).unwrap_or(0);
         let total = o.get("total_tokens").and_then(Value::as_u64).unwrap_or(prompt + completion);
-        let cached = o.get("prompt_tokens_details").and_then(|d| d.get("cached_tokens")).and_then(Value::as_u64);
+        let cached = o.get(d).and_then(|d| d.get("cached_tokens")).and_then(Value::as_u64);
         Some(Usage { prompt_tokens: prompt, completion_tokens: completion, total_tokens: total, cached_tokens: cached })
     }
 

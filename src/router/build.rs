@@ -219,6 +219,8 @@ pub fn version_config(template: &DeploymentConfig, meta: &VersionMeta, rel: &Rel
                 api_key: r.and_then(|r| r.api_key.clone()),
                 max_tokens_field: r.map(|r| r.max_tokens_field.clone()).unwrap_or_else(|| "max_tokens".into()),
                 headers: r.map(|r| r.headers.clone()).unwrap_or_default(),
+                // A registry version is served by translation.
+                responses_passthrough: false,
             };
             dc.kind = if e.kind == "ollama" { DeploymentKind::Ollama(remote) } else { DeploymentKind::OpenAi(remote) };
         }
@@ -275,6 +277,7 @@ pub async fn smoke_test(dep: &Deployment) -> Result<(), SmokeError> {
             fingerprint: 0,
             session: None,
             seed: 0,
+            native: None,
         };
         match dep.backend.call(br).await {
             Ok(BackendReply::Full { .. }) => Ok(()),

@@ -87,6 +87,11 @@ impl Deployment {
         &self.cfg.name
     }
 
+    /// Its upstream speaks the Responses API itself (`responses = "passthrough"`).
+    pub fn passes_responses_through(&self) -> bool {
+        matches!(&self.cfg.kind, crate::config::DeploymentKind::OpenAi(r) if r.responses_passthrough)
+    }
+
     /// The model file's SHA-256: the local engine's, else the registry's; `None` for a remote
     /// model the registry does not hold.
     pub fn model_sha256(&self) -> Option<&str> {

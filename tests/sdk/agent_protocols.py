@@ -450,6 +450,27 @@ def messages_stream(base):
     ], raw
 
 
+# The space and three vowels (four: OpenAI's limit, which the gateway keeps): a stop is met
+# within a few tokens, whatever the model says.
+STOP_SEQS = [" ", "e", "a", "o"]
+
+
+def messages_stop_sequence(base):
+    a, m = ant(base), model_id(base)
+    r = a.messages.create(model=m, max_tokens=32, messages=HELLO, stop_sequences=STOP_SEQS)
+    assert r.stop_reason == "stop_sequence", (r.stop_reason, r.content)
+    assert r.stop_sequence in STOP_SEQS, r.stop_sequence
+    text = "".join(b.text for b in r.content if b.type == "text")
+    assert not any(s in text for s in STOP_SEQS), text
+    assert r.usage.output_tokens < 32, r.usage
+    with a.messages.stream(model=m, max_tokens=32, messages=HELLO, stop_sequences=STOP_SEQS) as s:
+        events = list(s)
+        final = s.get_final_message()
+    assert final.stop_reason == "stop_sequence" and final.stop_sequence in STOP_SEQS, final
+    delta = next(e for e in events if e.type == "message_delta")
+    assert delta.delta.stop_sequence == final.stop_sequence, delta
+
+
 def check_tool_use(block, names=("get_weather",)):
     assert block.type == "tool_use" and block.id and block.name in names, block
     assert isinstance(block.input, dict), block.input
@@ -557,7 +578,7 @@ def messages_errors(base):
 
 CHECKS = [responses_plain, responses_stream, responses_tool, responses_tool_stream, responses_chain,
           responses_json, messages_plain, messages_stream, messages_tool, messages_tool_stream,
-          messages_count_tokens, messages_errors]
+          messages_count_tokens, messages_errors, messages_stop_sequence]
 
 
 def explain(e):
