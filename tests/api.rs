@@ -268,3 +268,110 @@ async fn every_answer_carries_the_request_id() {
         assert!(made.starts_with("req_") && made.len() > 8, "{method} {path}: a fresh id, got {made}");
     }
 }
+
+/// Reads until the peer closes the connection: what it sent first, or `None` when it is
+/// still open after `within`.
+async fn closed_within(conn: &mut tokio::net::TcpStream, within: std::time::Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    let read = async {
+        loop {
+            match conn.read(&mut b).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&b[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(within, read).await.ok()?;
+    Some(got)
+}
+
+const BOUND: std::time::Duration = std::time::Duration::from_secs(20);
+
+#[tokio::test]
+async fn silent_trickling_and_idle_connections_close_but_a_long_answer_is_not_cut() {
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let (fake, gw) = gateway("header_read_timeout_ms = 300\n").await;
+    let addr = gw.url("").trim_start_matches("http://").to_owned();
+    // A request whose answer the upstream holds back for longer than the timeout.
+    let release = Arc::new(tokio::sync::Notify::new());
+    fake.push(Reply::Hold(release.clone(), Box::new(Reply::Fixture("chat"))));
+    let body = json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let post = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer key-a\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut busy = TcpStream::connect(&addr).await.unwrap();
+    let held = tokio::spawn(async move { exchange(&mut busy, &post).await.map(|(head, _)| head) });
+
+    let mut silent = TcpStream::connect(&addr).await.unwrap();
+    let mut trickling = TcpStream::connect(&addr).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        // A header begun and never finished, a byte at a time, until the gateway closes.
+        let bytes = b"GET /health HTTP/1.1\r\nx-slow: ".iter().copied().chain(std::iter::repeat(b'a'));
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
+        for b in bytes {
+            tick.tick().await;
+            if trickling.write_all(&[b]).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    let (head, _) = exchange(&mut idle, "GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+
+    assert_eq!(closed_within(&mut silent, BOUND).await, Some(vec![]), "a silent connection is closed");
+    assert_eq!(closed_within(&mut idle, BOUND).await, Some(vec![]), "an idle keep-alive connection is closed");
+    tokio::time::timeout(BOUND, trickle).await.expect("a trickling header is cut off").unwrap();
+    // The timeout has passed (the silent connection's close says so) while the held request
+    // was being answered: its connection is still there for the answer.
+    release.notify_one();
+    let head = tokio::time::timeout(BOUND, held).await.unwrap().unwrap().expect("the long answer arrives");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    // A connection that asks in time is served.
+    let mut prompt = TcpStream::connect(&addr).await.unwrap();
+    let (head, _) = exchange(&mut prompt, "GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_bound_get_a_503_at_once() {
+    use tokio::net::TcpStream;
+    let (_fake, gw) = gateway("max_connections = 2\n").await;
+    let addr = gw.url("").trim_start_matches("http://").to_owned();
+    let mut first = TcpStream::connect(&addr).await.unwrap();
+    let (head, _) = exchange(&mut first, "GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let _second = TcpStream::connect(&addr).await.unwrap();
+    // The third: answered 503 before it says anything, in OpenAI's error shape, and closed.
+    let mut third = TcpStream::connect(&addr).await.unwrap();
+    let got = String::from_utf8(closed_within(&mut third, BOUND).await.expect("answered and closed")).unwrap();
+    let (head, body) = got.split_once("\r\n\r\n").unwrap();
+    let head = head.to_lowercase();
+    assert!(head.starts_with("http/1.1 503"), "{got}");
+    assert!(head.contains("connection: close") && head.contains("x-request-id: req_"), "{got}");
+    let v: Value = serde_json::from_str(body).unwrap();
+    assert_openai_error(&v);
+    assert_eq!(v["error"]["code"], "too_many_connections", "{v}");
+    // The connections within the bound are served as before.
+    let (head, _) = exchange(&mut first, "GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    // One closes: a new connection gets its place (once the gateway has seen it close).
+    drop(first);
+    let mut served = false;
+    for _ in 0..1000 {
+        let mut c = TcpStream::connect(&addr).await.unwrap();
+        if let Some((head, _)) = exchange(&mut c, "GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await {
+            if head.starts_with("http/1.1 200") {
+                served = true;
+                break;
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(served, "a place freed by a closed connection is given to the next");
+}

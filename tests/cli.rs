@@ -132,3 +132,76 @@ fn serve_raises_its_open_file_limit_to_the_hard_limit() {
     let nums: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
     assert_eq!(nums[0], nums[1], "soft = hard once serving: {line}");
 }
+
+/// One request on a new connection: what came back until the gateway closed it or the
+/// answer's head and a little more arrived (`None`: no answer within the bound).
+fn ask_health(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).ok()?;
+    c.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    let _ = c.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    loop {
+        match c.read(&mut b) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && !got.is_empty() => break,
+            Err(_) => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&got).into_owned())
+}
+
+/// 1,100 silent connections to a gateway held to 1,024 open files: a new client gets a 503
+/// at once (not a stalled accept); once the header timeout has closed the silent ones, it is
+/// served again.
+#[test]
+fn eleven_hundred_silent_connections_under_1024_open_files_get_a_503_not_a_stall() {
+    use std::os::unix::process::CommandExt;
+    // This process holds the 1,100 connections: its own soft limit goes to its hard limit.
+    unsafe {
+        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+        if l.rlim_max < 1400 {
+            panic!("this test needs a hard open-file limit of 1,400 (have {})", l.rlim_max);
+        }
+        l.rlim_cur = l.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+    }
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("tollgate.toml"), "header_read_timeout_ms = 15000\n[auth]\nopen = true\n").unwrap();
+    std::fs::create_dir(d.path().join("routes")).unwrap();
+    std::fs::write(d.path().join("routes/a.toml"), common::openai_route("chat", "up", "http://127.0.0.1:9", "m", ""))
+        .unwrap();
+    // The gateway starts with 1,024 open files, soft and hard: it cannot raise them.
+    let (mut child, addr) = common::serve_binary_with(d.path(), |cmd| unsafe {
+        cmd.pre_exec(|| {
+            let l = libc::rlimit { rlim_cur: 1024, rlim_max: 1024 };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+            Ok(())
+        });
+    });
+    let silent: Vec<std::net::TcpStream> =
+        (0..1100).map(|_| std::net::TcpStream::connect(&addr).expect("the gateway accepts")).collect();
+    let during = ask_health(&addr).expect("an answer, not a stall");
+    assert!(during.starts_with("HTTP/1.1 503"), "{during}");
+    assert!(during.contains("\"too_many_connections\""), "{during}");
+    // Each silent connection the gateway took is closed by the header timeout; the rest were
+    // answered 503 and closed at once.
+    for mut s in silent {
+        use std::io::Read;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+        let mut sink = Vec::new();
+        let closed = match s.read_to_end(&mut sink) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        };
+        assert!(closed, "every silent connection is closed");
+        assert!(sink.is_empty() || sink.starts_with(b"HTTP/1.1 503"), "{}", String::from_utf8_lossy(&sink));
+    }
+    let served = (0..1000).find_map(|_| ask_health(&addr).filter(|a| a.starts_with("HTTP/1.1 200")));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(served.is_some(), "served again once the silent connections are gone");
+}

@@ -84,6 +84,17 @@ impl http_body::Body for Tracked {
 
 /// Raises the soft limit on open files to the hard limit (a failure is only logged: the
 /// gateway still runs, with fewer connections).
+/// The process's soft open-file limit (after [`raise_open_file_limit`]); 1,024 when it cannot
+/// be read.
+pub fn open_file_limit() -> u64 {
+    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the plain struct passed by pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+        return 1024;
+    }
+    l.rlim_cur
+}
+
 pub fn raise_open_file_limit() {
     // SAFETY: getrlimit/setrlimit read and write the plain struct passed by pointer.
     unsafe {

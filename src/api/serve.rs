@@ -44,12 +44,8 @@ pub async fn spawn_with_clock(cfg: &Config, listen: SocketAddr, clock: Arc<dyn C
 }
 
 pub async fn serve(listener: TcpListener, st: Arc<AppState>, shutdown: CancellationToken) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        // Nagle's algorithm would hold small SSE events and responses back ~40 ms.
-        let _ = tcp.set_nodelay(true);
-    });
     let app = router(st.clone());
+    let limits = super::listen::Limits::of(&st.server);
     // Batches a previous run left unfinished carry on.
     st.batches.resume(st.batch_exec(), &st.batch_tasks, st.batch_stop.clone());
     let tracker = TaskTracker::new();
@@ -65,7 +61,7 @@ pub async fn serve(listener: TcpListener, st: Arc<AppState>, shutdown: Cancellat
     });
     tracker.close();
     let started = Instant::now();
-    let r = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+    let r = super::listen::serve(listener, app, limits, shutdown.clone()).await;
     st.hard_stop.cancel();
     tracker.wait().await;
     // Batch runners start no new line; lines in flight get the grace period, and any line

@@ -58,6 +58,12 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// SSE keep-alive comment interval while an upstream is silent.
     pub keepalive: Duration,
+    /// A connection must deliver a request's whole header within this time of opening or of
+    /// its previous answer ending: silent, trickling and idle keep-alive connections close.
+    pub header_read_timeout: Duration,
+    /// Client connections open at once (`None`: half the open-file limit, since each may
+    /// need an upstream connection too).
+    pub max_connections: Option<usize>,
     pub log_json: bool,
     pub log_content: bool,
     pub cors_origins: Vec<String>,
@@ -84,6 +90,8 @@ impl Default for ServerConfig {
             max_body_bytes: 16 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
             keepalive: Duration::from_secs(15),
+            header_read_timeout: Duration::from_secs(60),
+            max_connections: None,
             log_json: false,
             log_content: false,
             cors_origins: Vec::new(),

@@ -15,6 +15,11 @@ pub struct GatewayFile {
     pub max_body_bytes: Option<usize>,
     pub shutdown_grace_secs: Option<u64>,
     pub keepalive_secs: Option<u64>,
+    /// A connection must deliver a request's whole header within this time of opening, or
+    /// of its previous answer ending (so it bounds idle keep-alive connections too).
+    pub header_read_timeout_ms: Option<u64>,
+    /// Client connections open at once; beyond it a new one is answered 503 and closed.
+    pub max_connections: Option<usize>,
     #[serde(default)]
     pub log: LogFile,
     #[serde(default)]

@@ -41,6 +41,18 @@ pub(super) fn server_config(
         }
         s.keepalive = Duration::from_secs(k.max(1));
     }
+    if let Some(t) = gw.header_read_timeout_ms {
+        if t < 10 {
+            errs.push(format!("{file}: header_read_timeout_ms: {t} is too short (at least 10)"));
+        }
+        s.header_read_timeout = Duration::from_millis(t.max(10));
+    }
+    if let Some(m) = gw.max_connections {
+        if m == 0 {
+            errs.push(format!("{file}: max_connections: must be at least 1"));
+        }
+        s.max_connections = Some(m.max(1));
+    }
     match gw.log.format.as_deref() {
         None | Some("text") => {}
         Some("json") => s.log_json = true,
