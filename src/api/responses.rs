@@ -58,7 +58,7 @@ async fn serve(st: &AppState, headers: &HeaderMap, body: Body, rid: &str, start:
     let mut req = responses::parse(&bytes).map_err(Refused::bare)?;
     let owner = owner(&caller);
     let now = crate::clock::now_s();
-    let references = req.input.iter().any(|i| i.get("type").and_then(Value::as_str) == Some("item_reference"));
+    let references = req.input.iter().any(responses::is_reference);
     req.resolve(|id| st.conversations.item(&owner, id, now).map_err(store_error)).map_err(Refused::bare)?;
     let prev = match &req.previous_response_id {
         None => None,

@@ -124,11 +124,10 @@ impl Backend for OpenAiBackend {
     }
 
     fn delete_response(&self, id: &str) -> Option<BoxFuture<'static, Result<(), BackendError>>> {
-        let cfg = self.remote.cfg();
-        if !cfg.responses_passthrough {
+        if !self.remote.cfg().responses_passthrough {
             return None;
         }
-        let url = format!("{}/responses/{}", cfg.base_url, urlencode(id));
+        let url = response_url(self.urls.as_ref()?[3].clone(), id)?;
         let rb = self.remote.delete(url);
         Some(
             async move {
@@ -144,14 +143,10 @@ impl Backend for OpenAiBackend {
     }
 }
 
-/// A path segment with everything but unreserved characters percent-encoded.
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// `{base}/responses/{id}`, the id one percent-encoded path segment.
+fn response_url(mut responses: reqwest::Url, id: &str) -> Option<reqwest::Url> {
+    responses.path_segments_mut().ok()?.push(id);
+    Some(responses)
 }
 
 /// Which protocol an upstream stream speaks.
@@ -294,7 +289,10 @@ mod tests {
 
     #[test]
     fn a_response_id_is_one_path_segment() {
-        assert_eq!(urlencode("resp_abc-1.2~"), "resp_abc-1.2~");
-        assert_eq!(urlencode("a/../b?c"), "a%2F..%2Fb%3Fc");
+        let base = reqwest::Url::parse("http://h/v1/responses").unwrap();
+        let path =
+            |id: &str| response_url(base.clone(), id).unwrap().path().trim_start_matches("/v1/responses/").to_owned();
+        assert_eq!(path("resp_abc-1.2~"), "resp_abc-1.2~");
+        assert_eq!(path("a/../b?c"), "a%2F..%2Fb%3Fc");
     }
 }

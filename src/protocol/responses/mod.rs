@@ -45,7 +45,7 @@ pub struct Request {
     pub echo: Map<String, Value>,
 }
 
-fn is_reference(item: &Value) -> bool {
+pub fn is_reference(item: &Value) -> bool {
     item.get("type").and_then(Value::as_str) == Some("item_reference")
 }
 
