@@ -15,6 +15,10 @@
 //! budget limits; a priced deployment; the SQLite ledger; the monitors), against one with all
 //! of them off, in the same interleaved rounds (c=1, c=64, and a fixed 1,000 requests/s).
 //!
+//! `cargo bench --bench overhead -- guardrails` compares a gateway with `[guardrails] default =
+//! "redact"` against one without, both sent a 2 KB chat request of prose, code and JSON
+//! (nothing in it to find: the cost of reading every request and answer).
+//!
 //! `cargo bench --bench overhead -- against BINARY` compares this build with another gateway
 //! binary (e.g. an earlier commit's `target/release/tollgate`, copied aside) in the same way:
 //! a refactor's before and after, measured in one run.
@@ -112,8 +116,14 @@ async fn run(client: &reqwest::Client, url: &str, load: Load, dur: Duration) -> 
     run_as(client, url, None, load, dur).await
 }
 
+/// The non-streamed request body, when a comparison sends another than the default.
+static CHAT_BODY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
 async fn run_as(client: &reqwest::Client, url: &str, key: Option<&'static str>, load: Load, dur: Duration) -> Sample {
-    let chat = br#"{"model":"chat","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":16}"#;
+    let chat: &'static [u8] = CHAT_BODY.get().map_or(
+        br#"{"model":"chat","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":16}"#,
+        Vec::as_slice,
+    );
     let streamed =
         br#"{"model":"chat","messages":[{"role":"user","content":"Say hello."}],"max_tokens":20,"stream":true}"#;
     let stop = Arc::new(AtomicBool::new(false));
@@ -267,6 +277,9 @@ fn main() {
     if args.iter().any(|a| a == "accounting") {
         return rt.block_on(accounting(rounds, secs));
     }
+    if args.iter().any(|a| a == "guardrails") {
+        return rt.block_on(guardrails(rounds, secs));
+    }
     if let Some(i) = args.iter().position(|a| a == "against") {
         let old = args.get(i + 1).expect("against BINARY: the gateway binary to compare this build with");
         return rt.block_on(against(std::path::Path::new(old), rounds, secs));
@@ -360,6 +373,23 @@ async fn accounting(rounds: usize, secs: f64) {
     let (child, addr, _dir) = start_gateway_with(&this_build(), up, &keys, price);
     let on = Side { name: "all on", child, addr, key: Some(KEY), _dir };
     println!("tollgate accounting overhead: all on against all off, {rounds} interleaved rounds of {secs} s; gateways on core 0, load + stub on core 1");
+    compare(off, on, rounds, secs).await;
+}
+
+/// Guardrails on (every detector redacting) against off, a 2 KB request.
+async fn guardrails(rounds: usize, secs: f64) {
+    let text = include_str!("../tests/data/guardrails/prompt_2k.txt");
+    let body = serde_json::json!({"model": "chat", "messages": [{"role": "user", "content": text}], "max_tokens": 16});
+    CHAT_BODY.set(serde_json::to_vec(&body).unwrap()).unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(stub(l));
+    let (child, addr, _dir) = start_gateway_with(&this_build(), up, "open = true\n", "");
+    let off = Side { name: "off", child, addr, key: None, _dir };
+    let on_toml = "open = true\n[guardrails]\ndefault = \"redact\"\n";
+    let (child, addr, _dir) = start_gateway_with(&this_build(), up, on_toml, "");
+    let on = Side { name: "on", child, addr, key: None, _dir };
+    println!("tollgate guardrails overhead: redact-all against off, a {} byte request, {rounds} interleaved rounds of {secs} s; gateways on core 0, load + stub on core 1", CHAT_BODY.get().unwrap().len());
     compare(off, on, rounds, secs).await;
 }
 

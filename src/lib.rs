@@ -20,6 +20,8 @@ pub mod api;
 // One request, in named steps.
 /// From validated bytes to an answer: alias, router, limits, cache, dispatch, escalation.
 pub mod gateway;
+/// Credentials and personal data in requests and answers: detected, blocked, redacted, counted.
+pub mod guardrails;
 
 // Above the routing table.
 /// The Batch API: files, validation, the runner.

@@ -77,7 +77,8 @@ CREATE TABLE IF NOT EXISTS requests (
     model_version TEXT,
     model_sha256 TEXT,
     sampler TEXT,
-    seed INTEGER
+    seed INTEGER,
+    guardrails TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_started ON requests(started_at_ms);
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
@@ -126,6 +127,8 @@ struct Row {
     sampler: Option<serde_json::Value>,
     #[serde(default)]
     seed: Option<i64>,
+    #[serde(default)]
+    guardrails: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -436,7 +439,9 @@ impl Ingester {
         c.busy_timeout(Duration::from_secs(5))?;
         c.execute_batch(SCHEMA)?;
         // Columns added after a database was created: added in place (an error means present).
-        for col in ["route TEXT", "model_version TEXT", "model_sha256 TEXT", "sampler TEXT", "seed INTEGER"] {
+        for col in
+            ["route TEXT", "model_version TEXT", "model_sha256 TEXT", "sampler TEXT", "seed INTEGER", "guardrails TEXT"]
+        {
             let _ = c.execute(&format!("ALTER TABLE requests ADD COLUMN {col}"), []);
         }
         Ok(c)
@@ -504,9 +509,9 @@ impl Ingester {
                 "INSERT INTO requests (id, request_id, started_at_ms, key, user, tags, batch_id, endpoint, alias, \
                  deployment, backend_kind, stream, status, error, attempts, prompt_tokens, completion_tokens, cached_tokens, \
                  tokens_source, ttft_ms, total_ms, finish_reason, client_closed, cache_hit, cost_usd, saved_usd, prefill_saved_ms, route, \
-                 model_version, model_sha256, sampler, seed) \
+                 model_version, model_sha256, sampler, seed, guardrails) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, \
-                 ?29, ?30, ?31, ?32)",
+                 ?29, ?30, ?31, ?32, ?33)",
             )?;
             while lines < BATCH_LINES {
                 let Some(nl) = memchr::memchr(b'\n', &buf[consumed..]) else { break };
@@ -553,6 +558,7 @@ impl Ingester {
                     r.model_sha256,
                     r.sampler.map(|s| s.to_string()),
                     r.seed,
+                    r.guardrails,
                 ])?;
                 stats.ingested.fetch_add(n as u64, Ordering::Relaxed);
             }

@@ -410,7 +410,7 @@ mod tests {
     use std::str::FromStr;
 
     fn key(limits: KeyLimits) -> ApiKeyConfig {
-        ApiKeyConfig { name: "k".into(), sha256: [0; 32], aliases: vec!["*".into()], limits }
+        ApiKeyConfig { name: "k".into(), sha256: [0; 32], aliases: vec!["*".into()], limits, guardrails: None }
     }
 
     #[test]

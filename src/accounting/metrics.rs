@@ -155,10 +155,19 @@ impl Series {
 pub struct Metrics {
     /// alias → deployment (empty when the request had none) → series.
     series: Mutex<HashMap<String, HashMap<String, Series>>>,
+    /// Guardrail findings by (detector, action, direction).
+    guardrails: Mutex<BTreeMap<(&'static str, &'static str, &'static str), u64>>,
 }
 
 impl Metrics {
     pub fn record(&self, r: &RequestRecord) {
+        if let Some(h) = &r.guardrails {
+            let h = h.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut g = self.guardrails.lock().unwrap_or_else(PoisonError::into_inner);
+            for (d, a, w, n) in h.iter() {
+                *g.entry((d, a.name(), w.name())).or_default() += u64::from(n);
+            }
+        }
         let deployment = r.deployment.as_deref().unwrap_or_default();
         let mut all = self.series.lock().unwrap_or_else(PoisonError::into_inner);
         // Looked up by `&str`, one hash per level; the names are copied only the first time.
@@ -205,6 +214,12 @@ impl Collector for Metrics {
         ] {
             family(&mut enc, name, help, all.iter().map(|(l, s)| (*l, h(s).clone())))?;
         }
+        let hits: Vec<_> = self.guardrails.lock().unwrap_or_else(PoisonError::into_inner).clone().into_iter().collect();
+        let hits = hits
+            .iter()
+            .map(|((d, a, w), n)| ([("detector", *d), ("action", *a), ("direction", *w)], ConstCounter::new(*n)));
+        let help = "Values the guardrails found, by detector, action taken and direction (input, output).";
+        family(&mut enc, "tollgate_guardrail_hits_total", help, hits)?;
         Ok(())
     }
 }

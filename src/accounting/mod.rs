@@ -73,6 +73,13 @@ impl Accounting {
         if let (Some(k), Some(c)) = (&rec.key, &rec.cost) {
             self.limits.record_spend(k, c.usd, rec.started_at_ms);
         }
+        // Under guardrails, the text a log keeps has every finding masked, whatever the action.
+        if let (Some(_), Some((prompt, completion))) = (&rec.guardrails, &mut rec.content) {
+            *prompt = crate::guardrails::mask(prompt).into_owned();
+            *completion = crate::guardrails::mask(completion).into_owned();
+        }
+        let guardrails =
+            rec.guardrails.as_ref().map(|h| h.lock().unwrap_or_else(std::sync::PoisonError::into_inner).summary());
         if let Some(l) = &self.ledger {
             l.append(&rec);
         }
@@ -106,6 +113,7 @@ impl Accounting {
             saved_usd = rec.cost.map(|c| c.saved_usd.to_string()),
             prompt = rec.content.as_ref().map(|c| c.0.as_str()),
             completion = rec.content.as_ref().map(|c| c.1.as_str()),
+            guardrails = guardrails.as_deref().filter(|g| !g.is_empty()),
             "request"
         );
     }

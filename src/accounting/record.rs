@@ -94,6 +94,20 @@ pub struct RequestRecord {
     /// Prompt and completion text, only when `log.content` is on.
     #[serde(skip)]
     pub content: Option<(String, String)>,
+    /// What the guardrails found, both ways (`detector:action:direction=n`, never a value);
+    /// shared with a stream's guard, which adds to it as the answer passes.
+    #[serde(serialize_with = "guardrail_summary", skip_serializing_if = "Option::is_none")]
+    pub guardrails: Option<Arc<std::sync::Mutex<crate::guardrails::Hits>>>,
+}
+
+fn guardrail_summary<S: serde::Serializer>(
+    h: &Option<Arc<std::sync::Mutex<crate::guardrails::Hits>>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match h {
+        Some(h) => s.serialize_str(&h.lock().unwrap_or_else(std::sync::PoisonError::into_inner).summary()),
+        None => s.serialize_none(),
+    }
 }
 
 impl RequestRecord {
@@ -136,6 +150,7 @@ impl RequestRecord {
             seed: None,
             release: None,
             admission: None,
+            guardrails: None,
         }
     }
 

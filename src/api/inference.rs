@@ -81,6 +81,7 @@ pub(super) fn origin<'a>(
         batch_id: None,
         dialect,
         native: None,
+        guarded: None,
     }
 }
 
@@ -119,6 +120,7 @@ pub async fn run_line(
         batch_id: Some(batch_id),
         dialect: Dialect::OpenAi,
         native: None,
+        guarded: None,
     };
     let resp = match gateway::serve(&context(&st, &live), endpoint, origin, &body, &rid, start).await {
         Ok(answer) => render::answer(&st, answer),

@@ -74,13 +74,16 @@ async fn serve(st: &AppState, headers: &HeaderMap, body: Body, rid: &str, start:
     let live = st.live();
     let caller = auth::authenticate(&live.auth, headers).map_err(Refused::bare)?;
     let bytes = read_body(body, st.server.max_body_bytes).await.map_err(Refused::bare)?;
+    let ctx = context(st, &live);
+    let (redacted, guarded) = gateway::guard_body(&ctx, &caller, &bytes);
+    let bytes = redacted.map_or(bytes, bytes::Bytes::from);
     let req = messages::parse(&bytes, false).map_err(Refused::bare)?;
     let chat = serde_json::to_vec(&req.chat).unwrap_or_default();
-    let ctx = context(st, &live);
     // `message_start` carries the prompt's tokens: the engine counts them (from the same
     // template and tokenizer) before the stream begins.
     let counted = if req.stream { gateway::count_tokens(&ctx, &caller, &chat).ok().flatten() } else { None };
-    let origin = origin(headers, caller, Dialect::Messages, None);
+    let mut origin = origin(headers, caller, Dialect::Messages, None);
+    origin.guarded = guarded;
     let answer = gateway::serve(&ctx, Endpoint::Chat, origin, &chat, rid, start).await?;
     let id = new_id("msg_");
     let (stream_id, model) = (id.clone(), req.model.clone());

@@ -55,6 +55,9 @@ async fn serve(st: &AppState, headers: &HeaderMap, body: Body, rid: &str, start:
     let live = st.live();
     let caller = auth::authenticate(&live.auth, headers).map_err(Refused::bare)?;
     let bytes = read_body(body, st.server.max_body_bytes).await.map_err(Refused::bare)?;
+    // Redacted before anything keeps it: the stored input items and a passed-through body.
+    let (redacted, guarded) = gateway::guard_body(&context(st, &live), &caller, &bytes);
+    let bytes = redacted.map_or(bytes, bytes::Bytes::from);
     let mut req = responses::parse(&bytes).map_err(Refused::bare)?;
     let owner = owner(&caller);
     let now = crate::clock::now_s();
@@ -84,6 +87,7 @@ async fn serve(st: &AppState, headers: &HeaderMap, body: Body, rid: &str, start:
     let session = req.store.then_some(root.as_str());
     let mut origin = origin(headers, caller, Dialect::Responses, session);
     origin.native = native;
+    origin.guarded = guarded;
     let answer = gateway::serve(&context(st, &live), Endpoint::Chat, origin, &chat, rid, start).await?;
 
     // Passed through: the upstream made the response and keeps its state.

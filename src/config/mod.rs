@@ -80,6 +80,8 @@ pub struct ServerConfig {
     pub registry_dir: PathBuf,
     /// How long a stored response (`/v1/responses` with `store`) is kept.
     pub responses_ttl: Duration,
+    /// `[guardrails]`: the gateway's scope of the guardrails policy.
+    pub guardrails: Option<crate::guardrails::Scope>,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +104,7 @@ impl Default for ServerConfig {
             batch_concurrency: 16,
             registry_dir: PathBuf::from("data/registry"),
             responses_ttl: Duration::from_secs(30 * 24 * 3600),
+            guardrails: None,
         }
     }
 }
@@ -169,6 +172,8 @@ pub struct ApiKeyConfig {
     /// Aliases this key may call; `*` means all.
     pub aliases: Vec<String>,
     pub limits: KeyLimits,
+    /// This key's scope of the guardrails policy.
+    pub guardrails: Option<crate::guardrails::Scope>,
 }
 
 /// A key's rate limits and budgets (none by default).
@@ -198,6 +203,8 @@ pub struct AliasConfig {
     pub deployments: Vec<DeploymentConfig>,
     /// A small-model router instead of deployments.
     pub router: Option<AutoRouterConfig>,
+    /// This alias's scope of the guardrails policy.
+    pub guardrails: Option<crate::guardrails::Scope>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -487,6 +494,7 @@ pub fn load_with_env(opts: &LoadOptions, env: Env<'_>) -> Result<Config, ConfigE
             load_factor: crate::policy::affinity::DEFAULT_LOAD_FACTOR,
             file: PathBuf::from("--model"),
             router: None,
+            guardrails: None,
             deployments: vec![DeploymentConfig {
                 name: format!("{name}-local"),
                 kind: DeploymentKind::Local(LocalConfig::for_path(model.clone())),

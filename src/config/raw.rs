@@ -40,6 +40,17 @@ pub struct GatewayFile {
     pub registry: RegistryFile,
     #[serde(default)]
     pub responses: ResponsesFile,
+    /// `[guardrails]`: what the detectors do by default (a key or an alias may override it).
+    pub guardrails: Option<GuardrailsFile>,
+}
+
+/// A `guardrails` table: `default` and per-detector actions (`block`, `redact`, `log`, `off`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardrailsFile {
+    pub default: Option<String>,
+    #[serde(default)]
+    pub detectors: BTreeMap<String, String>,
 }
 
 /// `[responses]`: stored Responses (`store: true`).
@@ -140,6 +151,8 @@ pub struct KeyFile {
     /// USD, a number or a decimal string.
     pub budget_usd_per_day: Option<toml::Value>,
     pub budget_usd_per_month: Option<toml::Value>,
+    /// This key's guardrails (over its alias's and the gateway's).
+    pub guardrails: Option<GuardrailsFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -189,6 +202,8 @@ pub struct AliasFile {
     pub router: Option<RouterFile>,
     #[serde(default)]
     pub deployment: Vec<DeploymentFile>,
+    /// This alias's guardrails (over the gateway's).
+    pub guardrails: Option<GuardrailsFile>,
 }
 
 #[derive(Debug, Deserialize)]

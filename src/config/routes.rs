@@ -57,6 +57,8 @@ pub(super) fn alias_config(
             timeout: Duration::from_millis(r.classifier_timeout_ms.unwrap_or(500).max(1)),
         }),
     });
+    let guardrails =
+        a.guardrails.as_ref().and_then(|g| super::server::guardrails_scope(g, &format!("{f}: {at}.guardrails"), errs));
     (errs.len() == before).then(|| AliasConfig {
         name: a.name,
         description: a.description,
@@ -65,6 +67,7 @@ pub(super) fn alias_config(
         file: file.to_path_buf(),
         deployments,
         router,
+        guardrails,
     })
 }
 

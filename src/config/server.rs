@@ -53,6 +53,9 @@ pub(super) fn server_config(
         }
         s.max_connections = Some(m.max(1));
     }
+    if let Some(g) = &gw.guardrails {
+        s.guardrails = guardrails_scope(g, &format!("{file}: guardrails"), errs);
+    }
     match gw.log.format.as_deref() {
         None | Some("text") => {}
         Some("json") => s.log_json = true,
@@ -206,8 +209,25 @@ pub(super) fn auth_config(a: &raw::AuthFile, file: &str, env: Env<'_>, errs: &mu
                 .and_then(|v| amount(v, file, &format!("{key}.budget_usd_per_month"), errs)),
         };
         if let Some(sha256) = hash {
-            out.keys.push(ApiKeyConfig { name: k.name.clone(), sha256, aliases: k.aliases.clone(), limits });
+            let guardrails =
+                k.guardrails.as_ref().and_then(|g| guardrails_scope(g, &format!("{file}: {key}.guardrails"), errs));
+            out.keys.push(ApiKeyConfig {
+                name: k.name.clone(),
+                sha256,
+                aliases: k.aliases.clone(),
+                limits,
+                guardrails,
+            });
         }
     }
     out
+}
+
+/// A `guardrails` table, checked (`at` names it in errors).
+pub(super) fn guardrails_scope(
+    g: &raw::GuardrailsFile,
+    at: &str,
+    errs: &mut Vec<String>,
+) -> Option<crate::guardrails::Scope> {
+    crate::guardrails::Scope::parse(g.default.as_deref(), &g.detectors, at).map_err(|e| errs.push(e)).ok()
 }

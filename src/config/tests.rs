@@ -100,6 +100,38 @@ fn responses_passthrough_is_an_openai_setting() {
 }
 
 #[test]
+fn guardrails_are_read_at_each_scope_and_checked() {
+    use crate::guardrails::{detect, Action, Scope};
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "tollgate.toml",
+        "[guardrails]\ndefault = \"redact\"\ndetectors = { email = \"log\" }\n[auth]\n[[auth.keys]]\nname = \"k\"\nsha256 = \"00000000000000000000000000000000000000000000000000000000000000aa\"\naliases = [\"*\"]\nguardrails = { default = \"block\" }\n",
+    );
+    let route = |g: &str| {
+        format!("[[alias]]\nname = \"chat\"\n{g}\n[[alias.deployment]]\nname = \"up\"\nkind = \"openai\"\nbase_url = \"http://h/v1\"\nmodel = \"m\"\n")
+    };
+    write(d.path(), "routes/a.toml", &route("guardrails = { detectors = { jwt = \"off\" } }"));
+    let c = load_dir(d.path(), &[]).unwrap();
+    let email = detect::index("email").unwrap();
+    assert_eq!(
+        c.server.guardrails,
+        Some(Scope { default: Some(Action::Redact), detectors: vec![(email, Action::Log)] })
+    );
+    assert_eq!(c.auth.keys[0].guardrails.as_ref().and_then(|s| s.default), Some(Action::Block));
+    assert_eq!(
+        c.aliases[0].guardrails.as_ref().map(|s| s.detectors.clone()),
+        Some(vec![(detect::index("jwt").unwrap(), Action::Off)])
+    );
+    write(d.path(), "routes/a.toml", &route("guardrails = { default = \"deny\", detectors = { jwts = \"off\" } }"));
+    let errs = load_dir(d.path(), &[]).unwrap_err().0.join("\n");
+    assert!(
+        errs.contains("a.toml: alias[0].guardrails: default = \"deny\" must be one of block, redact, log, off"),
+        "{errs}"
+    );
+}
+
+#[test]
 fn file_errors_name_the_file_line_and_key() {
     let d = tempfile::tempdir().unwrap();
     let missing = d.path().join("none.toml");

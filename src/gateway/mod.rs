@@ -36,6 +36,7 @@ use crate::backend::{BackendRequest, Chunk, EventStream, Priority};
 use crate::cache::{Cached, ClientPolicy, Leader, Lookup, ResponseCache};
 use crate::clock::ms;
 use crate::config::{ApiKeyConfig, AuthConfig, Config, DeploymentKind};
+use crate::guardrails::{self, Policy};
 use crate::pricing::Cost;
 use crate::protocol::error::ApiError;
 use crate::protocol::{self, Dialect, Endpoint, Prompt, ValidRequest};
@@ -100,6 +101,9 @@ pub struct Origin<'a> {
     pub dialect: Dialect,
     /// A Responses request as the client wrote it, for the deployments that pass it through.
     pub native: Option<Arc<crate::backend::NativeResponses>>,
+    /// The guardrails' verdict on the client's body, when its handler scanned it before
+    /// translating it ([`guard_body`]); `None`: [`serve`] scans the body it is given.
+    pub guarded: Option<guardrails::Verdict>,
 }
 
 /// A refused or failed request: the error the client gets, and its record when one was
@@ -213,15 +217,28 @@ pub struct Streaming {
 pub async fn serve(
     ctx: &Context<'_>,
     endpoint: Endpoint,
-    origin: Origin<'_>,
+    mut origin: Origin<'_>,
     bytes: &[u8],
     rid: &str,
     start: Instant,
 ) -> Result<Answer, Refused> {
     let mut req = protocol::validate(endpoint, bytes).map_err(Refused::bare)?;
+    let policy = policy(ctx, &origin.caller, &req.model);
+    let verdict = match (origin.guarded.take(), &policy) {
+        (Some(v), _) => Some(v),
+        (None, Some(p)) => Some(guard_request(p, &mut req)?),
+        (None, None) => None,
+    };
     protocol::apply_named_prompt(&mut req, &ctx.live.prompts).map_err(Refused::bare)?;
     let mut rec = record_for(&req, rid, &origin)?;
+    let blocked = verdict.and_then(|v| {
+        rec.guardrails = (!v.hits.is_empty()).then(|| Arc::new(std::sync::Mutex::new(v.hits)));
+        v.blocked
+    });
     let asked = resolve_alias(ctx, &req, &origin.caller, &mut rec)?;
+    if let Some(e) = blocked {
+        return Err(Refused { error: e, record: Some(Box::new(rec)) });
+    }
     ctx.accounting.monitor.observe_fields(&asked.name, &req.body);
     let (alias, escalation) = auto::choose(ctx, asked, &req, &origin.caller, rid, &mut rec).await?;
     let limits = admit(ctx, &origin, &req, &mut rec)?;
@@ -284,12 +301,32 @@ pub async fn serve(
         route: rec.route.clone(),
     };
     let mut tap = Tap::with_content(start, prompt_text, ctx.log_content);
+    let output = policy;
     match d.reply {
-        Committed::Full { body, usage } => {
+        Committed::Full { mut body, usage } => {
+            if let Some(p) = &output {
+                let hits = rec.guardrails.get_or_insert_with(Default::default).clone();
+                let mut h = hits.lock().expect("the hits lock is never poisoned");
+                if let Some(detector) = guardrails::scan_response(p, &mut body, &mut h) {
+                    drop(h);
+                    // The answer was paid for: its usage is recorded with the refusal.
+                    tap_body(Tap::new(start, None), &body, usage, &mut rec);
+                    return Err(Refused::with(guardrails::withheld(detector), rec));
+                }
+            }
             let full = Full { body, usage, alias: &br.req.model, deployment: &d.deployment, permit: d.permit };
             Ok(answer_full(ctx, full, rec, tap, store, leader, meta).await)
         }
-        Committed::Stream { first, rest } => {
+        Committed::Stream { mut first, mut rest } => {
+            if let Some(p) = output {
+                let hits = rec.guardrails.get_or_insert_with(Default::default).clone();
+                let guard = guardrails::stream::Guard::new(p, hits);
+                rest = match guardrails::stream::guard(guard, &mut first, rest, crate::backend::BackendError::Rejected)
+                {
+                    Ok(s) => s,
+                    Err(detector) => return Err(Refused::with(guardrails::withheld(detector), rec)),
+                };
+            }
             let store = store.map(|(cache, key)| {
                 tap.keep_text();
                 // The leader guard (if this request leads) goes with the stream, so
@@ -311,6 +348,47 @@ pub async fn serve(
             Ok(Answer::Stream { stream: Box::new(stream), meta })
         }
     }
+}
+
+/// The guardrails policy of a request: the caller's key, the alias it names, the gateway's
+/// `[guardrails]` (most specific first); `None` when nothing is configured for it.
+pub fn policy(ctx: &Context<'_>, caller: &Caller, alias: &str) -> Option<Policy> {
+    let key = match caller {
+        Caller::Key(k) => k.guardrails.as_ref(),
+        Caller::Anonymous => None,
+    };
+    let alias = ctx.live.routes.get(alias).and_then(|a| a.guardrails.as_ref());
+    let gateway = ctx.live.config.server.guardrails.as_ref();
+    if key.is_none() && alias.is_none() && gateway.is_none() {
+        return None;
+    }
+    Policy::resolve(&[key, alias, gateway])
+}
+
+/// Scans a validated request's text and redacts it in place: a redacted body is validated
+/// again, so that the prompt every backend reads is the redacted one. A refusal comes back in
+/// the verdict (recorded once the record is open).
+fn guard_request(policy: &Policy, req: &mut ValidRequest) -> Result<guardrails::Verdict, Refused> {
+    let verdict = guardrails::scan_request(policy, &mut req.body);
+    if verdict.redacted {
+        let bytes = serde_json::to_vec(&req.body).map_err(|e| Refused::bare(ApiError::internal(e.to_string())))?;
+        *req = protocol::validate(req.endpoint, &bytes).map_err(Refused::bare)?;
+    }
+    Ok(verdict)
+}
+
+/// The guardrails on a client's body before its handler translates it (the Responses and
+/// Messages APIs), so that what the handler keeps (stored input items, a passed-through body)
+/// is redacted too, and a refusal names the client's own fields. The redacted body, when it
+/// changed, and the verdict for [`Origin::guarded`]; a body that is not a JSON object is left
+/// to the handler's own validation.
+pub fn guard_body(ctx: &Context<'_>, caller: &Caller, bytes: &[u8]) -> (Option<Vec<u8>>, Option<guardrails::Verdict>) {
+    let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(bytes) else { return (None, None) };
+    let model = body.get("model").and_then(Value::as_str).unwrap_or_default();
+    let Some(p) = policy(ctx, caller, model) else { return (None, None) };
+    let verdict = guardrails::scan_request(&p, &mut body);
+    let redacted = verdict.redacted.then(|| serde_json::to_vec(&body).unwrap_or_default());
+    (redacted, Some(verdict))
 }
 
 /// The prompt tokens of a chat request, counted by the first deployment of its alias that
@@ -647,6 +725,7 @@ mod tests {
             sha256: [0; 32],
             aliases: vec!["*".into()],
             limits: Default::default(),
+            guardrails: None,
         })
     }
 
@@ -691,6 +770,7 @@ mod tests {
             batch_id: batch.map(str::to_owned),
             dialect: Dialect::OpenAi,
             native: None,
+            guarded: None,
         };
         let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"metadata":{"team":"x"}}"#;
         let req = protocol::validate(Endpoint::Chat, body).unwrap();

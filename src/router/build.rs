@@ -164,6 +164,7 @@ pub async fn build_routes(
                 auto: a.router.clone(),
                 canary,
                 standby,
+                guardrails: a.guardrails.clone(),
             }),
         );
     }

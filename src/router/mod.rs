@@ -135,6 +135,8 @@ pub struct Alias {
     /// Loaded and warm but given no traffic: the previous production version, the target of
     /// a one-step rollback.
     pub standby: Vec<Arc<Deployment>>,
+    /// The alias's scope of the guardrails policy.
+    pub guardrails: Option<crate::guardrails::Scope>,
 }
 
 impl Alias {
