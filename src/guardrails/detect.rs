@@ -137,7 +137,7 @@ const DETECTORS: &[Detector] = &[
         name: "database_url",
         class: Class::Secret,
         patterns: &[
-            r#"\b(?:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|rediss?|amqps?|mssql|sqlserver|clickhouse|cockroachdb)://[^\s:/@"']+:([^\s@/"']+)@[^\s/"']+"#,
+            r#"\b(?:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|rediss?|amqps?|mssql|sqlserver|clickhouse|cockroachdb)://[^\s:/@"']*:([^\s/"']+)@[^\s/@"']+"#,
         ],
         check: |v, _, _| !placeholder(v),
     },
@@ -145,7 +145,7 @@ const DETECTORS: &[Detector] = &[
         name: "secret_assignment",
         class: Class::Secret,
         patterns: &[
-            r#"(?i:\b(?:password|passwd|pwd|passphrase|secret|secret[_\-]?key|api[_\-]?key|apikey|access[_\-]?token|auth[_\-]?token|refresh[_\-]?token|client[_\-]?secret|private[_\-]?key|token))["']?\s*(?::=|=>|:|=)\s*(?:"([^"\r\n\\]{4,})"|'([^'\r\n\\]{4,})'|([^\s"',;()\[\]{}<>]{6,}))"#,
+            r#"(?i:(?:\b|_)(?:password|passwd|pwd|passphrase|secret|secret[_\-]?key|api[_\- ]?key|apikey|access[_\-]?token|auth[_\-]?token|refresh[_\-]?token|client[_\-]?secret|private[_\-]?key|token))["'*_`]*[ \t]*(?::=|=>|:|=)[*_`]*[ \t]*(?:"([^"\r\n\\]{4,})"|'([^'\r\n\\]{4,})'|`([^`\r\n]{4,})`|([^\s"',;()\[\]{}<>`]{6,}))"#,
             r"(?i:\bbearer\s+)([A-Za-z0-9\-._~+/]{20,}=*)",
         ],
         check: assignment_value,
@@ -200,8 +200,8 @@ const DETECTORS: &[Detector] = &[
 
 /// What ends a file name written like an address (`NAME@VERSION.txt`), not a domain.
 const FILE_EXTENSIONS: &[&str] = &[
-    "txt", "md", "rs", "py", "js", "ts", "json", "toml", "yaml", "yml", "gguf", "bin", "so", "png", "jpg", "jpeg",
-    "gif", "svg", "html", "css", "csv", "jsonl", "lock", "log", "sh", "tar", "gz", "zip", "whl", "cpp", "h",
+    "txt", "js", "ts", "json", "toml", "yaml", "yml", "gguf", "bin", "png", "jpg", "jpeg", "gif", "svg", "html", "css",
+    "csv", "jsonl", "lock", "log", "tar", "gz", "whl", "cpp", "h",
 ];
 
 /// The detectors' names, in the order of their indices.
@@ -350,14 +350,19 @@ fn resolve(mut found: Vec<Finding>) -> Vec<Finding> {
         return found;
     }
     found.sort_by_key(|f| (f.detector, f.start));
+    // Kept in order of position; they do not overlap, so only the neighbours of where a
+    // finding would go can clash with it.
     let mut kept: Vec<Finding> = Vec::with_capacity(found.len());
     for f in found {
-        let clash = kept.iter().any(|k| f.start < k.end && k.start < f.end || (k.from <= f.start && f.end <= k.to));
+        let at = kept.partition_point(|k| k.start < f.start);
+        let lo = at.saturating_sub(2);
+        let hi = (at + 2).min(kept.len());
+        let clash =
+            kept[lo..hi].iter().any(|k| f.start < k.end && k.start < f.end || (k.from <= f.start && f.end <= k.to));
         if !clash {
-            kept.push(f);
+            kept.insert(at, f);
         }
     }
-    kept.sort_by_key(|f| f.start);
     kept
 }
 
@@ -423,7 +428,8 @@ fn assignment_value(v: &str, text: &str, start: usize) -> bool {
         return false;
     }
     let quoted = start > 0 && matches!(text.as_bytes()[start - 1], b'"' | b'\'');
-    let bearer = text[..start].trim_end().to_ascii_lowercase().ends_with("bearer");
+    let before = text[..start].trim_end().as_bytes();
+    let bearer = before.len() >= 6 && before[before.len() - 6..].eq_ignore_ascii_case(b"bearer");
     if bearer {
         return mixed(v) || v.bytes().filter(u8::is_ascii_digit).count() >= 4;
     }
@@ -610,7 +616,9 @@ fn ssn(v: &str) -> bool {
 /// A phone number has 10 to 15 digits (E.164) and is written with separators or a `+`.
 fn phone(v: &str) -> bool {
     let digits = v.bytes().filter(u8::is_ascii_digit).count();
-    (10..=15).contains(&digits)
+    // Numbers separated by spaces alone are a list (`256 512 1024`), unless a `+` leads.
+    let written = v.starts_with('+') || v.bytes().any(|b| b"-.(".contains(&b));
+    (10..=15).contains(&digits) && written
 }
 
 /// A generic token: long, of mixed case with digits, and random in its characters (Shannon
@@ -629,6 +637,7 @@ fn high_entropy(v: &str, text: &str, start: usize) -> bool {
         || v.starts_with("sha256-")
         || v.starts_with("sha384-")
         || v.starts_with("sha512-")
+        || before.ends_with("h1:")
     {
         return false;
     }
@@ -691,6 +700,17 @@ mod tests {
             [("openai_key", "sk-proj-abcdefghijklmnopqrstuvwxyz0123")]
         );
         assert_eq!(found("postgres://app:Hx9v2LmQ@db.internal.example.com:5432/prod"), [("database_url", "Hx9v2LmQ")]);
+    }
+
+    #[test]
+    fn environment_names_urls_and_lists_of_numbers() {
+        assert_eq!(found("export GITHUB_TOKEN=9f8e7d6c5b4aX"), [("secret_assignment", "9f8e7d6c5b4aX")]);
+        assert_eq!(found("**Password:** `hunter2!x`"), [("secret_assignment", "hunter2!x")]);
+        assert_eq!(found("redis://:Sup3rS3cret@redis:6379/0"), [("database_url", "Sup3rS3cret")]);
+        assert_eq!(found("postgres://app:p@ssw0rd@db.example.com/shop"), [("database_url", "p@ssw0rd")]);
+        assert_eq!(found("for n in 256 512 1024; do"), []);
+        assert_eq!(found("github.com/x/y v1.2.3 h1:olpwvP2KacW1ZWvsR7uQhoyTYvKAupfQrRGBFM352Gk="), []);
+        assert_eq!(found("write to ana@example.rs"), [("email", "ana@example.rs")]);
     }
 
     #[test]

@@ -190,7 +190,9 @@ const REQUEST_FIELDS: &[&str] = &["messages", "prompt", "input", "instructions",
 /// The fields of an answer whose strings are the model's text (chat and completions
 /// `choices`, a Responses object's `output`, a message's `content`).
 const RESPONSE_FIELDS: &[&str] = &["choices", "output", "content"];
-/// Keys whose strings are names, ids or encoded data, not text: never read.
+/// Keys of the APIs' own structure whose strings are names, ids or signatures, not text: not
+/// read (except inside a tool call's arguments or input, which are the model's or the
+/// user's data, where every string is read).
 const SKIP: &[&str] = &[
     "type",
     "role",
@@ -202,13 +204,8 @@ const SKIP: &[&str] = &[
     "model",
     "cache_control",
     "signature",
-    "data",
     "media_type",
-    "image_url",
-    "url",
     "file_id",
-    "file_data",
-    "input_audio",
     "encrypted_content",
     "status",
     "format",
@@ -295,6 +292,22 @@ pub(crate) fn push_marker(out: &mut String, detector: usize) {
     out.push(']');
 }
 
+/// A JSON key that names a secret (`password`, `client_secret`, `apiKey`, ...).
+fn secret_key(k: &str) -> bool {
+    let k = k.to_ascii_lowercase();
+    ["password", "passwd", "secret", "token", "api_key", "apikey", "api-key", "private_key", "credential"]
+        .iter()
+        .any(|w| k.contains(w))
+}
+
+/// Encoded data, not text: a data URL (an image, a file, audio), or a long run of base64.
+fn blob(s: &str) -> bool {
+    if s.starts_with("data:") {
+        return s.get(..200).unwrap_or(s).contains(";base64,");
+    }
+    s.len() >= 512 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=\r\n".contains(&b))
+}
+
 /// A walk over a JSON value's strings: counts, redacts, and remembers the first block.
 struct Walk<'a> {
     policy: &'a Policy,
@@ -304,11 +317,21 @@ struct Walk<'a> {
     blocked: Option<(usize, String, usize)>,
     path: String,
     redacted: bool,
+    /// Inside a tool call's arguments or input: no key is structure.
+    free: bool,
 }
 
 impl<'a> Walk<'a> {
     fn new(policy: &'a Policy, direction: Direction) -> Self {
-        Walk { policy, direction, hits: Hits::default(), blocked: None, path: String::new(), redacted: false }
+        Walk {
+            policy,
+            direction,
+            hits: Hits::default(),
+            blocked: None,
+            path: String::new(),
+            redacted: false,
+            free: false,
+        }
     }
 
     /// The body's `fields`, each walked from its own name.
@@ -335,14 +358,22 @@ impl<'a> Walk<'a> {
             }
             Value::Object(o) => {
                 for (k, x) in o.iter_mut() {
-                    if SKIP.contains(&k.as_str()) {
+                    if !self.free && SKIP.contains(&k.as_str()) {
                         continue;
                     }
                     let n = self.path.len();
                     self.path.push('.');
                     self.path.push_str(k);
                     match x {
-                        Value::String(s) if k == "arguments" => self.arguments(s),
+                        Value::String(s) if k == "arguments" && !self.free => self.arguments(s),
+                        // A tool call's input (Anthropic's `tool_use`, Ollama's arguments object).
+                        Value::Object(_) if !self.free && (k == "input" || k == "arguments") => {
+                            self.free = true;
+                            self.value(x);
+                            self.free = false;
+                        }
+                        // `"password": "…"` in data: the key says what the value is.
+                        Value::String(s) if secret_key(k) => self.keyed(k, s),
                         _ => self.value(x),
                     }
                     self.path.truncate(n);
@@ -358,7 +389,9 @@ impl<'a> Walk<'a> {
         match serde_json::from_str::<Value>(s) {
             Ok(mut inner @ (Value::Object(_) | Value::Array(_))) => {
                 let before = std::mem::replace(&mut self.redacted, false);
+                self.free = true;
                 self.value(&mut inner);
+                self.free = false;
                 if self.redacted {
                     *s = inner.to_string();
                 }
@@ -368,7 +401,24 @@ impl<'a> Walk<'a> {
         }
     }
 
+    /// A string under a key that names a secret: read as the assignment `"key": "value"`.
+    fn keyed(&mut self, key: &str, s: &mut String) {
+        let prefix = format!("\"{key}\": \"");
+        let mut text = format!("{prefix}{s}\"");
+        let before = std::mem::replace(&mut self.redacted, false);
+        self.string(&mut text);
+        if self.redacted {
+            if let Some(v) = text.strip_prefix(&prefix).and_then(|t| t.strip_suffix('"')) {
+                *s = v.to_owned();
+            }
+        }
+        self.redacted |= before;
+    }
+
     fn string(&mut self, s: &mut String) {
+        if blob(s) {
+            return;
+        }
         let found = Scanner::get().find(s);
         if found.is_empty() {
             return;

@@ -28,24 +28,14 @@ type Chunk = Map<String, Value>;
 /// The most characters a channel holds back.
 pub const WINDOW: usize = 256;
 
-/// Words that begin an assignment whose value follows (a stream holds them back until the
-/// value is complete).
-const KEYWORDS: &[&str] = &[
-    "password",
-    "passwd",
-    "pwd",
-    "passphrase",
-    "secret",
-    "api_key",
-    "api-key",
-    "apikey",
-    "token",
-    "bearer",
-    "private_key",
-    "accountkey",
-    "sharedaccesskey",
-    "aws_",
-];
+/// An assignment still being written at the end of the text: a keyword, its separator and
+/// what there is of its value (a stream holds it back until the value is complete).
+static OPEN_ASSIGNMENT: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
+    Regex::new(
+        r#"(?i)["']?(?:password|passwd|pwd|passphrase|secret|api[_\- ]?key|apikey|token|bearer|private_key|accountkey|sharedaccesskey|aws_)[a-z_]*["'*_`]*\s*(?::=|=>|:|=)?[*_`]*\s*(?:"[^"\r\n\\]*|'[^'\r\n\\]*|`[^`\r\n]*|[^\s"',;()\[\]{}<>`]*)$"#,
+    )
+    .expect("the open-assignment pattern is valid")
+});
 
 /// How tokens begin, and the detector each belongs to: a word longer than the window that
 /// starts so is withheld whole.
@@ -65,7 +55,7 @@ static TOKEN_START: std::sync::LazyLock<(Regex, Vec<usize>)> = std::sync::LazyLo
         ("hf_", "huggingface_token"),
     ];
     let src = starts.iter().map(|(p, _)| format!("({p})")).collect::<Vec<_>>().join("|");
-    let re = Regex::new(&format!("^(?:{src})")).expect("the token starts are valid patterns");
+    let re = Regex::new(&format!(r"(?-u:\b)(?:{src})")).expect("the token starts are valid patterns");
     let ds = starts.iter().map(|(_, d)| detect::index(d).expect("a known detector")).collect();
     (re, ds)
 });
@@ -74,6 +64,8 @@ static TOKEN_START: std::sync::LazyLock<(Regex, Vec<usize>)> = std::sync::LazyLo
 enum Field {
     Content,
     Reasoning,
+    /// `reasoning`, as vLLM and Ollama name it.
+    ReasoningAlt,
     Text,
     Arguments(u64),
 }
@@ -83,6 +75,7 @@ impl Field {
         match self {
             Field::Content => "content",
             Field::Reasoning => "reasoning_content",
+            Field::ReasoningAlt => "reasoning",
             Field::Text => "text",
             Field::Arguments(_) => "arguments",
         }
@@ -111,13 +104,16 @@ pub struct Guard {
     hits: Arc<Mutex<Hits>>,
     channels: Vec<((u64, Field), Channel)>,
     blocked: Option<usize>,
+    /// Some detector redacts or blocks (a log-only policy changes nothing that is sent).
+    acts: bool,
     /// `id`, `object`, `created`, `model` of the last chunk (for a last chunk of its own).
     template: Map<String, Value>,
 }
 
 impl Guard {
     pub fn new(policy: Policy, hits: Arc<Mutex<Hits>>) -> Self {
-        Guard { policy, hits, channels: Vec::new(), blocked: None, template: Map::new() }
+        let acts = (0..detect::COUNT).any(|d| acts(policy.action(d)));
+        Guard { policy, hits, channels: Vec::new(), blocked: None, acts, template: Map::new() }
     }
 
     /// Passes one chunk through its channels; a `block` finding gives the detector.
@@ -134,11 +130,15 @@ impl Guard {
         for c in choices.iter_mut().filter_map(Value::as_object_mut) {
             let idx = c.get("index").and_then(Value::as_u64).unwrap_or(0);
             let finished = c.get("finish_reason").is_some_and(|f| !f.is_null());
+            // Token log-probabilities would spell out what is held back or redacted.
+            if self.acts && c.get("logprobs").is_some_and(|l| !l.is_null()) {
+                c.insert("logprobs".into(), Value::Null);
+            }
             if let Some(Value::String(t)) = c.get_mut("text") {
                 *t = self.push(idx, Field::Text, t);
             }
             if let Some(Value::Object(delta)) = c.get_mut("delta") {
-                for f in [Field::Content, Field::Reasoning] {
+                for f in [Field::Content, Field::Reasoning, Field::ReasoningAlt] {
                     if let Some(Value::String(t)) = delta.get_mut(f.key()) {
                         *t = self.push(idx, f, t);
                     }
@@ -201,7 +201,7 @@ impl Guard {
             };
             match f {
                 Field::Text => append(c.entry("text").or_insert(Value::Null)),
-                Field::Content | Field::Reasoning => {
+                Field::Content | Field::Reasoning | Field::ReasoningAlt => {
                     let delta = c.entry("delta").or_insert_with(|| Value::Object(Map::new()));
                     if let Value::Object(d) = delta {
                         append(d.entry(f.key()).or_insert(Value::Null));
@@ -305,7 +305,7 @@ impl Guard {
                             break;
                         }
                     },
-                    Skip::Word => match ch.pending.find(char::is_whitespace) {
+                    Skip::Word => match ch.pending.find(boundary) {
                         Some(ws) => {
                             ch.pending.drain(..ws);
                             ch.skip = Skip::None;
@@ -321,35 +321,52 @@ impl Guard {
                     break;
                 }
                 let found = scanner.find(&ch.pending);
-                let mut hold = if last { ch.pending.len() } else { holdback(&ch.pending) };
+                let len = ch.pending.len();
+                let mut hold = if last { len } else { holdback(&ch.pending) };
                 // A finding that reaches into the held part is decided when it is complete.
                 let mut open_key = None;
                 for fd in &found {
-                    if fd.to > hold || (!last && fd.to == ch.pending.len()) {
+                    if fd.to > hold || (!last && fd.to == len) {
                         if fd.detector == PRIVATE_KEY
                             && scanner.pem_footer_after(&ch.pending, fd.from).is_none()
-                            && matches!(policy.action(fd.detector), Action::Redact | Action::Block)
+                            && acts(policy.action(fd.detector))
                         {
                             open_key = Some(*fd);
                         }
                         hold = hold.min(fd.from);
                     }
                 }
-                // Never more than the window.
-                let mut word = None;
-                if !last && ch.pending[hold..].chars().count() > WINDOW {
+                // Never more than the window: the text before the cut goes, except that a
+                // finding across the cut goes whole when it is complete, and is withheld to its
+                // end when it is still growing, as is a word that starts like a token.
+                let mut withhold: Option<(usize, usize)> = None;
+                if !last && open_key.is_none() && ch.pending[hold..].chars().count() > WINDOW {
                     let cut = char_back(&ch.pending, WINDOW);
-                    let word_start = word_start(&ch.pending, cut);
-                    let (re, ds) = &*TOKEN_START;
-                    if let Some(c) = re.captures(&ch.pending[word_start..]) {
-                        let d = (1..c.len()).find(|g| c.get(*g).is_some()).map_or(0, |g| ds[g - 1]);
-                        if matches!(policy.action(d), Action::Redact | Action::Block) {
-                            word = Some((word_start.min(cut), d));
+                    hold = cut;
+                    for fd in found.iter().filter(|fd| fd.from < cut && cut < fd.to) {
+                        if fd.to < len {
+                            hold = hold.max(fd.to);
+                        } else if acts(policy.action(fd.detector)) {
+                            withhold = Some((fd.start, fd.detector));
+                            hold = fd.start;
                         }
                     }
-                    hold = word.map_or(cut, |(s, _)| s);
+                    if withhold.is_none() {
+                        let ws = word_start(&ch.pending, cut);
+                        let (re, ds) = &*TOKEN_START;
+                        if let Some(c) =
+                            re.captures_iter(&ch.pending[ws..]).find(|c| ws + c.get(0).map_or(0, |m| m.start()) < cut)
+                        {
+                            let at = ws + c.get(0).map_or(0, |m| m.start());
+                            let d = (1..c.len()).find(|g| c.get(*g).is_some()).map_or(0, |g| ds[g - 1]);
+                            if acts(policy.action(d)) {
+                                withhold = Some((at, d));
+                                hold = hold.min(at);
+                            }
+                        }
+                    }
                 }
-                let stop = open_key.map_or(hold, |k| k.start.min(hold));
+                let stop = open_key.map_or(hold, |k| k.start);
                 let mut last_end = 0;
                 for fd in found.iter().filter(|fd| fd.to <= stop) {
                     let a = policy.action(fd.detector);
@@ -357,14 +374,14 @@ impl Guard {
                         continue;
                     }
                     hits.add(fd.detector, a, Direction::Output);
-                    match a {
-                        Action::Block => blocked = blocked.or(Some(fd.detector)),
-                        Action::Redact => {
-                            out.push_str(&ch.pending[last_end..fd.start]);
-                            push_marker(&mut out, fd.detector);
-                            last_end = fd.end;
-                        }
-                        _ => {}
+                    if a == Action::Block {
+                        blocked = blocked.or(Some(fd.detector));
+                    }
+                    if acts(a) {
+                        // A blocked value is not sent either (the error follows it).
+                        out.push_str(&ch.pending[last_end..fd.start]);
+                        push_marker(&mut out, fd.detector);
+                        last_end = fd.end;
                     }
                 }
                 out.push_str(&ch.pending[last_end..stop]);
@@ -379,14 +396,14 @@ impl Guard {
                     ch.skip = Skip::Pem;
                     continue;
                 }
-                if let Some((_, d)) = word.filter(|(s, _)| *s == stop) {
+                if let Some((at, d)) = withhold.filter(|(at, _)| *at == stop) {
                     let a = policy.action(d);
                     hits.add(d, a, Direction::Output);
                     if a == Action::Block {
                         blocked = blocked.or(Some(d));
                     }
                     push_marker(&mut out, d);
-                    ch.pending.drain(..stop);
+                    ch.pending.drain(..at);
                     ch.skip = Skip::Word;
                     continue;
                 }
@@ -408,6 +425,10 @@ fn holdback(text: &str) -> usize {
     let b = text.as_bytes();
     // The last word (nothing, when the text ends in whitespace).
     let mut hold = word_start(text, len);
+    // With the quote that opens it (a pattern may begin with it: `"private_key_id"`).
+    if hold > 0 && matches!(b[hold - 1], b'"' | b'\'') {
+        hold -= 1;
+    }
     let line_start = text[..hold].rfind('\n').map_or(0, |i| i + 1);
     // Digit groups written with spaces or dashes: a card, a phone number, an IBAN.
     let mut i = hold;
@@ -419,11 +440,11 @@ fn holdback(text: &str) -> usize {
     if b[i..len].iter().any(u8::is_ascii_digit) && i < hold {
         hold = i;
     }
-    // An assignment's keyword or a private key's header near the end of the line.
-    let tail_from = char_back(text, 48).max(line_start);
-    let tail = text[tail_from..].to_ascii_lowercase();
-    if let Some(k) = KEYWORDS.iter().filter_map(|k| tail.find(k)).min() {
-        hold = hold.min(tail_from + k);
+    // An assignment whose value is not complete yet (its keyword, separator and what there
+    // is of the value), within the window.
+    let tail_from = char_back(text, WINDOW);
+    if let Some(m) = OPEN_ASSIGNMENT.find(&text[tail_from..]) {
+        hold = hold.min(tail_from + m.start());
     }
     if let Some(k) = text[line_start..].find("-----") {
         hold = hold.min(line_start + k);
@@ -431,9 +452,19 @@ fn holdback(text: &str) -> usize {
     hold
 }
 
+/// A character no token, key or address contains: the edge of a word.
+fn boundary(c: char) -> bool {
+    c.is_whitespace() || !c.is_ascii() || "\"'`()<>[]{},;".contains(c)
+}
+
 /// Where the word that contains byte `at` of `s` begins.
 fn word_start(s: &str, at: usize) -> usize {
-    s[..at].char_indices().rev().find(|(_, c)| c.is_whitespace()).map_or(0, |(i, c)| i + c.len_utf8())
+    s[..at].char_indices().rev().find(|(_, c)| boundary(*c)).map_or(0, |(i, c)| i + c.len_utf8())
+}
+
+/// Whether an action changes what is sent.
+fn acts(a: Action) -> bool {
+    matches!(a, Action::Redact | Action::Block)
 }
 
 /// The byte index `n` characters before the end of `s` (0 if it is shorter).
@@ -487,10 +518,14 @@ pub fn guard<E: Send + 'static>(
                 },
                 Some(Err(e)) => {
                     st.done = true;
-                    if let Some(c) = st.guard.rest() {
-                        st.queue.push_back(Ok(c));
+                    let rest = st.guard.rest();
+                    match st.guard.blocked {
+                        Some(d) => st.queue.push_back(Err((st.refuse)(super::withheld(d)))),
+                        None => {
+                            st.queue.extend(rest.map(Ok));
+                            st.queue.push_back(Err(e));
+                        }
                     }
-                    st.queue.push_back(Err(e));
                 }
                 None => {
                     st.done = true;
@@ -582,5 +617,64 @@ mod tests {
         let (got, lag) = run(&blob, 5);
         assert_eq!(got, blob);
         assert!(lag <= WINDOW, "held {lag}");
+    }
+
+    #[test]
+    fn text_without_spaces_and_quoted_tokens_are_cut_at_the_window_without_leaking() {
+        let zh = "您好！请帮我查一下订单状态，谢谢。".repeat(12);
+        let text = format!("{zh}您的邮箱是jane.doe@example.com，卡号4111111111111111，{zh}");
+        for n in [1, 3, 8] {
+            let (got, lag) = run(&text, n);
+            assert!(!got.contains("jane.doe") && !got.contains("4111111111111111"), "pieces of {n}: {got}");
+            assert!(got.contains("[REDACTED:email]") && got.contains("[REDACTED:payment_card]"));
+            assert!(lag <= WINDOW, "held {lag}");
+        }
+        let payload = "eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiYWRtaW4iOnRydWV9".repeat(5);
+        let jwt = format!("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.{payload}.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c");
+        let (got, lag) = run(&format!("{{\"access_token\": \"{jwt}\", \"ok\": true}}"), 4);
+        assert!(!got.contains("eyJ"), "{got}");
+        assert!(got.ends_with("\", \"ok\": true}"), "{got}");
+        assert!(lag <= WINDOW, "held {lag}");
+    }
+
+    #[test]
+    fn an_assignment_is_held_from_its_keyword_until_its_value_is_complete() {
+        let pad = "x ".repeat(30);
+        for text in [
+            format!("{{\"private_key_id\": \"3f1a9c0b7d2e4f6a8b1c3d5e7f9a0b2c4d6e8f01\", {pad}}}"),
+            format!("{{\"client_secret\": \"9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c\", {pad}}}"),
+            format!("export DB_PASSWORD=Xk9mQ2vLp7w0 {pad}"),
+        ] {
+            let (got, _) = run(&text, 3);
+            assert!(got.contains("[REDACTED:"), "{got}");
+            assert!(!got.contains("3f1a9c0b") && !got.contains("9f8e7d6c") && !got.contains("Xk9mQ2"), "{got}");
+        }
+    }
+
+    #[test]
+    fn log_probabilities_are_dropped_and_an_upstream_error_after_a_block_sends_nothing_held() {
+        let block =
+            Policy::resolve(&[Some(&super::super::Scope { default: Some(Action::Block), detectors: vec![] })]).unwrap();
+        let chunk = |t: &str| -> Chunk {
+            serde_json::from_value(serde_json::json!({"choices": [{"index": 0, "delta": {"content": t},
+                "logprobs": {"content": [{"token": t, "logprob": -0.1}]}, "finish_reason": null}]}))
+            .unwrap()
+        };
+        let mut first = chunk("The key is ");
+        let rest: Vec<Result<Chunk, String>> =
+            vec![Ok(chunk("AKIAIOSFODN")), Ok(chunk("N7EXAMPLE")), Err("cut".into())];
+        let s =
+            guard(Guard::new(block, Arc::default()), &mut first, futures::stream::iter(rest).boxed(), |e| e.message)
+                .unwrap();
+        assert_eq!(first["choices"][0]["logprobs"], Value::Null);
+        let items: Vec<Result<Chunk, String>> = futures::executor::block_on(s.collect());
+        let sent: String = items
+            .iter()
+            .filter_map(|i| i.as_ref().ok())
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+            .collect();
+        assert!(!sent.contains("AKIA"), "{sent}");
+        let last = items.last().unwrap().as_ref().unwrap_err();
+        assert!(last.contains("withheld") && last.contains("aws_access_key_id"), "{last}");
     }
 }

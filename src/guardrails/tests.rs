@@ -76,6 +76,25 @@ fn redaction_reads_decoded_text_and_keeps_arguments_valid_json() {
 }
 
 #[test]
+fn a_tool_calls_input_is_read_whole_but_data_urls_are_not() {
+    let p = Policy::resolve(&[Some(&scope(Some("redact"), &[]))]).unwrap();
+    let key = "sk-proj-abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut b = body(json!({"model": "m", "messages": [{"role": "assistant", "content": [
+        {"type": "tool_use", "id": "toolu_1", "name": "fetch", "input": {"url": format!("https://x/?api_key={key}"), "data": {"password": "Hx9!v2LmQ"}}},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo".repeat(60)}},
+        {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{}", "AKIAIOSFODNN7EXAMPLE".repeat(3))}}
+    ]}]}));
+    let before = b.clone();
+    let v = scan_request(&p, &mut b);
+    let input = &b["messages"][0]["content"][0]["input"];
+    assert_eq!(input["url"], "https://x/?api_key=[REDACTED:openai_key]");
+    assert_eq!(input["data"]["password"], "[REDACTED:secret_assignment]");
+    assert_eq!(b["messages"][0]["content"][1], before["messages"][0]["content"][1], "an image's base64 is data");
+    assert_eq!(b["messages"][0]["content"][2], before["messages"][0]["content"][2], "so is a data URL");
+    assert_eq!(v.hits.summary(), "openai_key:redact:input=1,secret_assignment:redact:input=1");
+}
+
+#[test]
 fn a_whole_answer_is_redacted_and_its_logprobs_dropped() {
     let p = Policy::resolve(&[Some(&scope(Some("redact"), &[]))]).unwrap();
     let mut b = body(json!({"id": "x", "choices": [{"index": 0, "finish_reason": "stop",
