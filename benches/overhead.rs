@@ -19,6 +19,10 @@
 //! "redact"` against one without, both sent a 2 KB chat request of prose, code and JSON
 //! (nothing in it to find: the cost of reading every request and answer).
 //!
+//! `cargo bench --bench overhead -- otel` compares a gateway exporting OpenTelemetry traces
+//! (`[otel]`, to an OTLP/HTTP sink on core 1 that reads and discards each batch) against one
+//! without.
+//!
 //! `cargo bench --bench overhead -- against BINARY` compares this build with another gateway
 //! binary (e.g. an earlier commit's `target/release/tollgate`, copied aside) in the same way:
 //! a refactor's before and after, measured in one run.
@@ -277,6 +281,9 @@ fn main() {
     if args.iter().any(|a| a == "accounting") {
         return rt.block_on(accounting(rounds, secs));
     }
+    if args.iter().any(|a| a == "otel") {
+        return rt.block_on(otel(rounds, secs));
+    }
     if args.iter().any(|a| a == "guardrails") {
         return rt.block_on(guardrails(rounds, secs));
     }
@@ -374,6 +381,44 @@ async fn accounting(rounds: usize, secs: f64) {
     let on = Side { name: "all on", child, addr, key: Some(KEY), _dir };
     println!("tollgate accounting overhead: all on against all off, {rounds} interleaved rounds of {secs} s; gateways on core 0, load + stub on core 1");
     compare(off, on, rounds, secs).await;
+}
+
+/// Traces exported (to a sink that reads each batch) against none.
+async fn otel(rounds: usize, secs: f64) {
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    let spans = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let bytes_seen = spans.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = sink.accept().await else { continue };
+            let seen = bytes_seen.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let seen = seen.clone();
+                    async move {
+                        let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                        seen.fetch_add(body.len() as u64, Ordering::Relaxed);
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(sock), svc)
+                    .await;
+            });
+        }
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(stub(l));
+    let (child, addr, _dir) = start_gateway_with(&this_build(), up, "open = true\n", "");
+    let off = Side { name: "off", child, addr, key: None, _dir };
+    let on_toml = format!("open = true\n[otel]\nendpoint = \"http://{sink_addr}\"\nbatch_delay_ms = 1000\n");
+    let (child, addr, _dir) = start_gateway_with(&this_build(), up, &on_toml, "");
+    let on = Side { name: "on", child, addr, key: None, _dir };
+    println!("tollgate OpenTelemetry overhead: traces exported against none, {rounds} interleaved rounds of {secs} s; gateways on core 0, load, stub and OTLP sink on core 1");
+    compare(off, on, rounds, secs).await;
+    println!("\nOTLP bytes received by the sink: {}", spans.load(Ordering::Relaxed));
 }
 
 /// Guardrails on (every detector redacting) against off, a 2 KB request.

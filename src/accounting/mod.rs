@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod percentile;
 pub mod record;
+pub mod telemetry;
 pub mod usage;
 
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub struct Accounting {
     pub monitor: Arc<monitor::Monitor>,
     /// The durable ledger (off with `ledger.enabled = false`).
     pub ledger: Option<Arc<ledger::Ledger>>,
+    /// OpenTelemetry traces (on with `[otel]`).
+    pub telemetry: Option<telemetry::Telemetry>,
 }
 
 impl Accounting {
@@ -50,6 +53,9 @@ impl Accounting {
             limits,
             monitor: Arc::new(monitor::Monitor::new(s.monitor.clone(), clock)),
             ledger,
+            telemetry: s.otel.as_ref().and_then(|o| {
+                telemetry::Telemetry::start(o).map_err(|e| tracing::error!("{e}; no traces are sent")).ok()
+            }),
         }
     }
 
@@ -85,6 +91,9 @@ impl Accounting {
         }
         self.metrics.record(&rec);
         self.monitor.observe(&rec);
+        if let Some(t) = &self.telemetry {
+            t.export(&rec);
+        }
         if let Some(v) = &rec.release {
             v.observe(&rec);
         }

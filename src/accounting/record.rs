@@ -98,6 +98,12 @@ pub struct RequestRecord {
     /// shared with a stream's guard, which adds to it as the answer passes.
     #[serde(serialize_with = "guardrail_summary", skip_serializing_if = "Option::is_none")]
     pub guardrails: Option<Arc<std::sync::Mutex<crate::guardrails::Hits>>>,
+    /// The request's span ids, when traces are exported (`[otel]`).
+    #[serde(skip)]
+    pub trace: Option<Box<super::telemetry::Trace>>,
+    /// When it was first dispatched to a deployment, milliseconds after it started.
+    #[serde(skip)]
+    pub dispatched_ms: Option<f64>,
 }
 
 fn guardrail_summary<S: serde::Serializer>(
@@ -151,6 +157,8 @@ impl RequestRecord {
             release: None,
             admission: None,
             guardrails: None,
+            trace: None,
+            dispatched_ms: None,
         }
     }
 

@@ -75,6 +75,9 @@ pub async fn serve(listener: TcpListener, st: Arc<AppState>, shutdown: Cancellat
     if let Some(l) = st.accounting.ledger.clone() {
         let _ = tokio::task::spawn_blocking(move || l.close()).await;
     }
+    // The spans still in the exporter's batch are sent (bounded by the exporter's timeout).
+    let accounting = st.accounting.clone();
+    let _ = tokio::task::spawn_blocking(move || accounting.telemetry.as_ref().map(|t| t.shutdown())).await;
     tracing::info!(uptime_s = started.elapsed().as_secs(), "server stopped");
     r
 }

@@ -82,6 +82,8 @@ pub struct ServerConfig {
     pub responses_ttl: Duration,
     /// `[guardrails]`: the gateway's scope of the guardrails policy.
     pub guardrails: Option<crate::guardrails::Scope>,
+    /// `[otel]`: where traces are exported (none by default).
+    pub otel: Option<crate::accounting::telemetry::OtelConfig>,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +107,7 @@ impl Default for ServerConfig {
             registry_dir: PathBuf::from("data/registry"),
             responses_ttl: Duration::from_secs(30 * 24 * 3600),
             guardrails: None,
+            otel: None,
         }
     }
 }

@@ -42,6 +42,19 @@ pub struct GatewayFile {
     pub responses: ResponsesFile,
     /// `[guardrails]`: what the detectors do by default (a key or an alias may override it).
     pub guardrails: Option<GuardrailsFile>,
+    /// `[otel]`: OpenTelemetry traces over OTLP/HTTP (off without an endpoint).
+    pub otel: Option<OtelFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtelFile {
+    /// The collector's OTLP/HTTP base URL, e.g. `http://127.0.0.1:4318` (spans go to `/v1/traces`).
+    pub endpoint: Option<String>,
+    /// `service.name` of the spans (default `tollgate`).
+    pub service_name: Option<String>,
+    /// How long spans wait to be sent together (default 1000 ms).
+    pub batch_delay_ms: Option<u64>,
 }
 
 /// A `guardrails` table: `default` and per-detector actions (`block`, `redact`, `log`, `off`).

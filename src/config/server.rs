@@ -53,6 +53,21 @@ pub(super) fn server_config(
         }
         s.max_connections = Some(m.max(1));
     }
+    if let Some(o) = &gw.otel {
+        match o.endpoint.as_deref() {
+            Some(e) if e.starts_with("http://") || e.starts_with("https://") => {
+                s.otel = Some(crate::accounting::telemetry::OtelConfig {
+                    endpoint: e.to_owned(),
+                    service_name: o.service_name.clone().unwrap_or_else(|| "tollgate".into()),
+                    batch_delay: Duration::from_millis(o.batch_delay_ms.unwrap_or(1000).max(1)),
+                })
+            }
+            Some(e) => errs.push(format!("{file}: otel.endpoint: '{e}' is not an http:// or https:// URL")),
+            None => errs.push(format!(
+                "{file}: otel.endpoint: name the collector's OTLP/HTTP URL (e.g. \"http://127.0.0.1:4318\")"
+            )),
+        }
+    }
     if let Some(g) = &gw.guardrails {
         s.guardrails = guardrails_scope(g, &format!("{file}: guardrails"), errs);
     }

@@ -231,6 +231,9 @@ pub async fn serve(
     };
     protocol::apply_named_prompt(&mut req, &ctx.live.prompts).map_err(Refused::bare)?;
     let mut rec = record_for(&req, rid, &origin)?;
+    if ctx.accounting.telemetry.is_some() {
+        rec.trace = Some(Box::new(crate::accounting::telemetry::Trace::start(origin.traceparent)));
+    }
     let blocked = verdict.and_then(|v| {
         rec.guardrails = (!v.hits.is_empty()).then(|| Arc::new(std::sync::Mutex::new(v.hits)));
         v.blocked
@@ -262,19 +265,24 @@ pub async fn serve(
     let cacheable = cache_key.is_some();
     let store = if origin.cache.store { cache_key } else { None };
 
+    let traceparent = match &rec.trace {
+        Some(t) => Some(t.upstream_traceparent()),
+        None => origin.traceparent.map(str::to_owned),
+    };
     let prompt_text = prompt_text(&req.prompt);
     let (include_usage, client_seed, req_endpoint) = (req.include_usage, req.sampling.seed, req.endpoint);
     let fingerprint = crate::policy::affinity::fingerprint(origin.session, &req);
     let br = BackendRequest {
         req: Arc::new(req),
         request_id: rid.to_owned(),
-        traceparent: origin.traceparent.map(str::to_owned),
+        traceparent,
         priority: if origin.batch_id.is_some() { Priority::Batch } else { Priority::Interactive },
         fingerprint,
         session: session_key(origin.session, &origin.caller),
         seed,
         native: origin.native.clone(),
     };
+    rec.dispatched_ms = Some(ms(start.elapsed()));
     let mut abandoned = Abandoned { rec: Some(rec.clone()), accounting: ctx.accounting.clone(), start };
     let first_try = canary.is_some();
     let dispatched = dispatch(ctx, alias, escalation, &br, &identity, first_try, &mut rec, start).await;
@@ -647,6 +655,10 @@ fn tap_body(mut tap: Tap, body: &Map<String, Value>, usage: Option<protocol::Usa
 fn served_by(rec: &mut RequestRecord, dep: &Deployment) {
     rec.deployment = Some(dep.name().to_owned());
     rec.backend_kind = Some(dep.cfg.kind.name());
+    rec.upstream_model = Some(match &dep.cfg.kind {
+        DeploymentKind::OpenAi(r) | DeploymentKind::Ollama(r) => r.model.clone(),
+        DeploymentKind::Local(l) => l.path.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned()),
+    });
     rec.price = dep.cfg.price.clone();
     trace_version(rec, dep);
 }

@@ -392,7 +392,11 @@ def check_message(r, max_tokens):
     assert isinstance(r.model, str), r.model
     assert r.content and r.content[0].type == "text", r.content
     assert r.stop_reason in STOPS, r.stop_reason
-    assert prompt_of(r.usage) > 0 and 0 < r.usage.output_tokens <= max_tokens, r.usage
+    # A model may end its turn at once (zero tokens, an empty text): which it does depends on
+    # the CPU's kernels, so both are valid.
+    assert prompt_of(r.usage) > 0 and 0 <= r.usage.output_tokens <= max_tokens, r.usage
+    if r.usage.output_tokens == 0:
+        assert r.stop_reason == "end_turn" and r.content[0].text == "", (r.stop_reason, r.content)
     if r.stop_reason == "max_tokens":
         assert r.usage.output_tokens == max_tokens, r.usage
 
