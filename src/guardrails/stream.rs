@@ -106,6 +106,10 @@ pub struct Guard {
     blocked: Option<usize>,
     /// Some detector redacts or blocks (a log-only policy changes nothing that is sent).
     acts: bool,
+    /// Events added to a passed-through Responses stream so far (later ones are numbered on).
+    shift: u64,
+    /// The stream is a passed-through Responses stream (its parts end with `.done` events).
+    native: bool,
     /// `id`, `object`, `created`, `model` of the last chunk (for a last chunk of its own).
     template: Map<String, Value>,
 }
@@ -113,11 +117,12 @@ pub struct Guard {
 impl Guard {
     pub fn new(policy: Policy, hits: Arc<Mutex<Hits>>) -> Self {
         let acts = (0..detect::COUNT).any(|d| acts(policy.action(d)));
-        Guard { policy, hits, channels: Vec::new(), blocked: None, acts, template: Map::new() }
+        Guard { policy, hits, channels: Vec::new(), blocked: None, acts, shift: 0, native: false, template: Map::new() }
     }
 
-    /// Passes one chunk through its channels; a `block` finding gives the detector.
-    pub fn chunk(&mut self, chunk: &mut Chunk) -> Result<(), usize> {
+    /// Passes one chunk through its channels: a chunk to send before it, if any; a `block`
+    /// finding gives the detector.
+    pub fn chunk(&mut self, chunk: &mut Chunk) -> Result<Option<Chunk>, usize> {
         if chunk.get("type").is_some_and(Value::is_string) {
             return self.native(chunk);
         }
@@ -126,7 +131,7 @@ impl Guard {
                 self.template.insert(k.into(), v.clone());
             }
         }
-        let Some(Value::Array(choices)) = chunk.get_mut("choices") else { return Ok(()) };
+        let Some(Value::Array(choices)) = chunk.get_mut("choices") else { return Ok(None) };
         for c in choices.iter_mut().filter_map(Value::as_object_mut) {
             let idx = c.get("index").and_then(Value::as_u64).unwrap_or(0);
             let finished = c.get("finish_reason").is_some_and(|f| !f.is_null());
@@ -158,13 +163,19 @@ impl Guard {
         }
         match self.blocked {
             Some(d) => Err(d),
-            None => Ok(()),
+            None => Ok(None),
         }
     }
 
     /// A chunk with what every channel still holds (a stream that ended without its
     /// choices' last chunks), or `None` when they hold nothing.
     pub fn rest(&mut self) -> Option<Chunk> {
+        if self.native {
+            // A Responses stream cut before a part's end: what was held is not sent (the
+            // client gets the error event that ends it).
+            self.channels.clear();
+            return None;
+        }
         let mut indices: Vec<u64> = self.channels.iter().map(|((i, _), _)| *i).collect();
         indices.dedup();
         let mut choices = Vec::new();
@@ -223,34 +234,79 @@ impl Guard {
         added
     }
 
-    /// A Responses event passed through from an upstream: its text fields are read whole (a
-    /// value split across two deltas is not held back; the final response is read whole).
-    fn native(&mut self, event: &mut Chunk) -> Result<(), usize> {
-        let mut hits = Hits::default();
-        let mut blocked = None;
-        for key in ["delta", "text", "arguments"] {
-            if let Some(Value::Object(_) | Value::String(_)) = event.get(key) {
+    /// A Responses event passed through from an upstream. Its deltas (output text, reasoning,
+    /// call arguments) go through channels as a chat stream's do, one per output item and part;
+    /// a part's `.done` event is preceded by a delta with what its channel still held (the
+    /// events after it are numbered on), and its whole text, like every item, part and
+    /// response object, is redacted in place (counted once, on the deltas).
+    fn native(&mut self, event: &mut Chunk) -> Result<Option<Chunk>, usize> {
+        if let Some(n) = event.get("sequence_number").and_then(Value::as_u64) {
+            event.insert("sequence_number".into(), (n + self.shift).into());
+        }
+        self.native = true;
+        if self.acts {
+            if let Some(l) = event.get_mut("logprobs") {
+                *l = Value::Array(Vec::new());
+            }
+        }
+        let kind = event.get("type").and_then(Value::as_str).unwrap_or_default().to_owned();
+        let out = event.get("output_index").and_then(Value::as_u64).unwrap_or(0);
+        let part = event.get("content_index").and_then(Value::as_u64).unwrap_or(0);
+        let idx = out << 16 | part;
+        let field = match kind.as_str() {
+            k if k.starts_with("response.output_text.") => Some((Field::Content, "response.output_text.delta")),
+            k if k.starts_with("response.reasoning_text.") => Some((Field::Reasoning, "response.reasoning_text.delta")),
+            k if k.starts_with("response.reasoning_summary_text.") => {
+                Some((Field::ReasoningAlt, "response.reasoning_summary_text.delta"))
+            }
+            k if k.starts_with("response.function_call_arguments.") => {
+                Some((Field::Arguments(0), "response.function_call_arguments.delta"))
+            }
+            _ => None,
+        };
+        let mut extra = None;
+        if let Some((f, delta_kind)) = field {
+            if kind.ends_with(".delta") {
+                if let Some(Value::String(d)) = event.get_mut("delta") {
+                    *d = self.push(idx, f, d);
+                }
+            } else if kind.ends_with(".done") {
+                let rest = self.settle(idx, f, true);
+                if !rest.is_empty() {
+                    let mut d = Map::new();
+                    d.insert("type".into(), delta_kind.into());
+                    for k in ["item_id", "output_index", "content_index", "summary_index"] {
+                        if let Some(v) = event.get(k) {
+                            d.insert(k.into(), v.clone());
+                        }
+                    }
+                    d.insert("delta".into(), Value::String(rest));
+                    if let Some(n) = event.get("sequence_number").and_then(Value::as_u64) {
+                        d.insert("sequence_number".into(), n.into());
+                        event.insert("sequence_number".into(), (n + 1).into());
+                        self.shift += 1;
+                    }
+                    extra = Some(d);
+                }
+            }
+        }
+        // Whole texts: redacted in place; their findings were counted on the deltas.
+        let mut uncounted = Hits::default();
+        let mut blocked = self.blocked;
+        for key in ["text", "arguments", "part", "item"] {
+            if let Some(v) = event.remove(key) {
                 let mut body = Map::new();
-                body.insert("output".into(), event.remove(key).unwrap_or_default());
-                blocked = blocked.or(super::scan_response(&self.policy, &mut body, &mut hits));
+                body.insert("output".into(), v);
+                blocked = blocked.or(super::scan_response(&self.policy, &mut body, &mut uncounted));
                 event.insert(key.into(), body.remove("output").unwrap_or_default());
             }
         }
         if let Some(Value::Object(r)) = event.get_mut("response") {
-            blocked = blocked.or(super::scan_response(&self.policy, r, &mut hits));
+            blocked = blocked.or(super::scan_response(&self.policy, r, &mut uncounted));
         }
-        if let Some(Value::Object(item)) = event.get_mut("item") {
-            let mut body = Map::new();
-            body.insert("output".into(), Value::Object(std::mem::take(item)));
-            blocked = blocked.or(super::scan_response(&self.policy, &mut body, &mut hits));
-            if let Some(Value::Object(o)) = body.remove("output") {
-                *item = o;
-            }
-        }
-        self.hits.lock().expect("the hits lock is never poisoned").merge(&hits);
         match blocked {
             Some(d) => Err(d),
-            None => Ok(()),
+            None => Ok(extra),
         }
     }
 
@@ -491,6 +547,7 @@ pub fn guard<E: Send + 'static>(
     rest: BoxStream<'static, Result<Chunk, E>>,
     refuse: fn(ApiError) -> E,
 ) -> Result<BoxStream<'static, Result<Chunk, E>>, usize> {
+    // The first chunk is never a part's end: nothing comes before it.
     guard.chunk(first)?;
     struct St<E> {
         guard: Guard,
@@ -510,7 +567,11 @@ pub fn guard<E: Send + 'static>(
             }
             match st.rest.next().await {
                 Some(Ok(mut chunk)) => match st.guard.chunk(&mut chunk) {
-                    Ok(()) => return Some((Ok(chunk), st)),
+                    Ok(None) => return Some((Ok(chunk), st)),
+                    Ok(Some(before)) => {
+                        st.queue.push_back(Ok(chunk));
+                        return Some((Ok(before), st));
+                    }
                     Err(d) => {
                         st.done = true;
                         return Some((Err((st.refuse)(super::withheld(d))), st));
@@ -676,5 +737,44 @@ mod tests {
         assert!(!sent.contains("AKIA"), "{sent}");
         let last = items.last().unwrap().as_ref().unwrap_err();
         assert!(last.contains("withheld") && last.contains("aws_access_key_id"), "{last}");
+    }
+
+    #[test]
+    fn a_passed_through_responses_stream_is_held_back_and_renumbered() {
+        let ev = |v: serde_json::Value| -> Chunk { serde_json::from_value(v).unwrap() };
+        let mut g = Guard::new(redact_all(), Arc::default());
+        let text = "Key: AKIAIOSFODNN7EXAMPLE ok";
+        let mut events = vec![ev(
+            serde_json::json!({"type": "response.created", "sequence_number": 0, "response": {"id": "r", "output": []}}),
+        )];
+        let pieces = ["Key: AK", "IAIOSFOD", "NN7EXAMPLE", " ok"];
+        for (i, p) in pieces.iter().enumerate() {
+            events.push(ev(serde_json::json!({"type": "response.output_text.delta", "sequence_number": i + 1,
+                "item_id": "m", "output_index": 0, "content_index": 0, "delta": p})));
+        }
+        events.push(ev(serde_json::json!({"type": "response.output_text.done", "sequence_number": 5,
+            "item_id": "m", "output_index": 0, "content_index": 0, "text": text})));
+        events.push(ev(serde_json::json!({"type": "response.completed", "sequence_number": 6,
+            "response": {"id": "r", "output": [{"type": "message", "content": [{"type": "output_text", "text": text}]}]}})));
+        let mut sent = Vec::new();
+        for mut e in events {
+            if let Some(before) = g.chunk(&mut e).unwrap() {
+                sent.push(before);
+            }
+            sent.push(e);
+        }
+        let deltas: String = sent
+            .iter()
+            .filter(|e| e["type"] == "response.output_text.delta")
+            .map(|e| e["delta"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(deltas, "Key: [REDACTED:aws_access_key_id] ok");
+        let seq: Vec<u64> = sent.iter().map(|e| e["sequence_number"].as_u64().unwrap()).collect();
+        assert_eq!(seq, (0..seq.len() as u64).collect::<Vec<_>>(), "numbered on after the added delta");
+        let done = sent.iter().find(|e| e["type"] == "response.output_text.done").unwrap();
+        assert_eq!(done["text"], "Key: [REDACTED:aws_access_key_id] ok");
+        let last = sent.last().unwrap();
+        assert_eq!(last["response"]["output"][0]["content"][0]["text"], "Key: [REDACTED:aws_access_key_id] ok");
+        assert_eq!(g.hits.lock().unwrap().summary(), "aws_access_key_id:redact:output=1", "counted once");
     }
 }
