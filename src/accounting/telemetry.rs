@@ -105,7 +105,13 @@ impl Telemetry {
             .with_endpoint(url)
             .build()
             .map_err(|e| format!("otel: the OTLP exporter: {e}"))?;
-        let batch = BatchConfigBuilder::default().with_scheduled_delay(cfg.batch_delay).build();
+        // Room for a few seconds of spans at the rates one core serves, sent in large batches:
+        // a full queue drops spans, and each batch costs an HTTP request.
+        let batch = BatchConfigBuilder::default()
+            .with_scheduled_delay(cfg.batch_delay)
+            .with_max_queue_size(16_384)
+            .with_max_export_batch_size(2_048)
+            .build();
         let processor = BatchSpanProcessor::builder(exporter).with_batch_config(batch).build();
         let resource = opentelemetry_sdk::Resource::builder().with_service_name(cfg.service_name.clone()).build();
         let provider = SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource).build();
@@ -165,7 +171,7 @@ impl Telemetry {
         if let Some(e) = rec.error {
             attrs.push(KeyValue::new("error.type", e));
         }
-        attrs.extend(common.iter().cloned());
+        attrs.extend(common);
         let events = rec
             .ttft_ms
             .map(|ms| {
@@ -195,7 +201,14 @@ impl Telemetry {
                 false,
                 TraceState::default(),
             ));
-            let mut attrs = common;
+            // The usage and outcome are the server span's: the client span says only whom it
+            // called and how often (a smaller batch to encode and send).
+            let mut attrs: Vec<KeyValue> = rec
+                .upstream_model
+                .iter()
+                .map(|m| KeyValue::new("gen_ai.response.model", m.clone()))
+                .chain(rec.deployment.iter().map(|d| KeyValue::new("tollgate.deployment", d.clone())))
+                .collect();
             attrs.push(KeyValue::new("gen_ai.operation.name", operation));
             attrs.push(KeyValue::new("gen_ai.provider.name", provider(kind)));
             attrs.push(KeyValue::new("tollgate.attempts", i64::from(rec.attempts)));
