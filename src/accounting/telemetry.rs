@@ -105,12 +105,12 @@ impl Telemetry {
             .with_endpoint(url)
             .build()
             .map_err(|e| format!("otel: the OTLP exporter: {e}"))?;
-        // Room for a few seconds of spans at the rates one core serves, sent in large batches:
-        // a full queue drops spans, and each batch costs an HTTP request.
+        // Room for a second of spans at the rate one core serves (a full queue drops them),
+        // sent 512 at a time (larger batches stall the core that serves for longer).
         let batch = BatchConfigBuilder::default()
             .with_scheduled_delay(cfg.batch_delay)
             .with_max_queue_size(16_384)
-            .with_max_export_batch_size(2_048)
+            .with_max_export_batch_size(512)
             .build();
         let processor = BatchSpanProcessor::builder(exporter).with_batch_config(batch).build();
         let resource = opentelemetry_sdk::Resource::builder().with_service_name(cfg.service_name.clone()).build();
