@@ -5,5 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/setup.sh)"
+# llama-cpp-sys-2's build script hard-links its libraries into target/ only where no file
+# exists, and panics on a dangling link left by a build of another hash: drop those first.
+find target/release -maxdepth 2 -xtype l -delete 2>/dev/null || true
 cargo build --release --locked
 exec target/release/tollgate serve --model "$TOLLGATE_TEST_MODEL" --name gemma-3-270m "$@"

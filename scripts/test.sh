@@ -31,6 +31,9 @@ export TOLLGATE_TEST_MODEL TOLLGATE_LLAMA_SERVER
 lap setup
 
 cargo fmt --all -- --check
+# llama-cpp-sys-2's build script hard-links its libraries into target/ only where no file
+# exists, and panics on a dangling link left by a build of another hash: drop those first.
+find target/release -maxdepth 2 -xtype l -delete 2>/dev/null || true
 # The JSON lines name the test executables; the compiler's own output goes to build.log.
 if ! cargo test --release --locked --tests --no-run --message-format=json >"$logs/build.json" 2>"$logs/build.log"; then
   echo "FAILED: the build (last 50 lines of $logs/build.log):" >&2
