@@ -23,16 +23,7 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider};
 
 use super::RequestRecord;
-
-/// `[otel]`, checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OtelConfig {
-    /// The collector's OTLP/HTTP base URL (`http://127.0.0.1:4318`); spans go to `/v1/traces`.
-    pub endpoint: String,
-    pub service_name: String,
-    /// How long spans wait to be sent in one batch.
-    pub batch_delay: Duration,
-}
+use crate::config::OtelConfig;
 
 /// The ids of one request's spans, drawn when it starts.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -83,7 +83,7 @@ pub struct ServerConfig {
     /// `[guardrails]`: the gateway's scope of the guardrails policy.
     pub guardrails: Option<crate::guardrails::Scope>,
     /// `[otel]`: where traces are exported (none by default).
-    pub otel: Option<crate::accounting::telemetry::OtelConfig>,
+    pub otel: Option<OtelConfig>,
 }
 
 impl Default for ServerConfig {
@@ -110,6 +110,16 @@ impl Default for ServerConfig {
             otel: None,
         }
     }
+}
+
+/// `[otel]`, checked: where the OpenTelemetry traces go (accounting's `telemetry` exports them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtelConfig {
+    /// The collector's OTLP/HTTP base URL (`http://127.0.0.1:4318`); spans go to `/v1/traces`.
+    pub endpoint: String,
+    pub service_name: String,
+    /// How long spans wait to be sent in one batch.
+    pub batch_delay: Duration,
 }
 
 /// The response cache (`[server.cache]`).

@@ -56,7 +56,7 @@ pub(super) fn server_config(
     if let Some(o) = &gw.otel {
         match o.endpoint.as_deref() {
             Some(e) if e.starts_with("http://") || e.starts_with("https://") => {
-                s.otel = Some(crate::accounting::telemetry::OtelConfig {
+                s.otel = Some(OtelConfig {
                     endpoint: e.to_owned(),
                     service_name: o.service_name.clone().unwrap_or_else(|| "tollgate".into()),
                     batch_delay: Duration::from_millis(o.batch_delay_ms.unwrap_or(1000).max(1)),
