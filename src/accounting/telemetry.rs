@@ -17,7 +17,8 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use opentelemetry::trace::{
-    Event, SpanBuilder, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
+    Event, Span as _, SpanBuilder, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
+    TraceState,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider};
@@ -180,11 +181,9 @@ impl Telemetry {
             .start_with_context(&self.tracer, &parent);
         let failed = rec.status >= 400;
         if failed {
-            use opentelemetry::trace::Span as _;
             server.set_status(Status::error(rec.error.unwrap_or("error")));
         }
         if let (Some(dispatched), Some(kind)) = (rec.dispatched_ms, rec.backend_kind) {
-            use opentelemetry::trace::Span as _;
             let server_cx = Context::new().with_remote_span_context(SpanContext::new(
                 trace_id,
                 SpanId::from_bytes(t.server),
@@ -216,7 +215,6 @@ impl Telemetry {
             }
             client.end_with_timestamp(end.max(at(dispatched)));
         }
-        use opentelemetry::trace::Span as _;
         server.end_with_timestamp(end);
     }
 

@@ -75,8 +75,7 @@ async fn serve(st: &AppState, headers: &HeaderMap, body: Body, rid: &str, start:
     let caller = auth::authenticate(&live.auth, headers).map_err(Refused::bare)?;
     let bytes = read_body(body, st.server.max_body_bytes).await.map_err(Refused::bare)?;
     let ctx = context(st, &live);
-    let (redacted, guarded) = gateway::guard_body(&ctx, &caller, &bytes);
-    let bytes = redacted.map_or(bytes, bytes::Bytes::from);
+    let (bytes, guarded) = gateway::guard_body(&ctx, &caller, bytes);
     let req = messages::parse(&bytes, false).map_err(Refused::bare)?;
     let chat = serde_json::to_vec(&req.chat).unwrap_or_default();
     // `message_start` carries the prompt's tokens: the engine counts them (from the same

@@ -56,8 +56,7 @@ async fn serve(st: &AppState, headers: &HeaderMap, body: Body, rid: &str, start:
     let caller = auth::authenticate(&live.auth, headers).map_err(Refused::bare)?;
     let bytes = read_body(body, st.server.max_body_bytes).await.map_err(Refused::bare)?;
     // Redacted before anything keeps it: the stored input items and a passed-through body.
-    let (redacted, guarded) = gateway::guard_body(&context(st, &live), &caller, &bytes);
-    let bytes = redacted.map_or(bytes, bytes::Bytes::from);
+    let (bytes, guarded) = gateway::guard_body(&context(st, &live), &caller, bytes);
     let mut req = responses::parse(&bytes).map_err(Refused::bare)?;
     let owner = owner(&caller);
     let now = crate::clock::now_s();

@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 use tokio::sync::OwnedSemaphorePermit;
@@ -309,14 +310,16 @@ pub async fn serve(
         route: rec.route.clone(),
     };
     let mut tap = Tap::with_content(start, prompt_text, ctx.log_content);
-    let output = policy;
     match d.reply {
         Committed::Full { mut body, usage } => {
-            if let Some(p) = &output {
-                let hits = rec.guardrails.get_or_insert_with(Default::default).clone();
-                let mut h = hits.lock().expect("the hits lock is never poisoned");
-                if let Some(detector) = guardrails::scan_response(p, &mut body, &mut h) {
-                    drop(h);
+            if let Some(p) = &policy {
+                let mut hits = guardrails::Hits::default();
+                let withheld = guardrails::scan_response(p, &mut body, &mut hits);
+                if !hits.is_empty() {
+                    let all = rec.guardrails.get_or_insert_with(Default::default);
+                    all.lock().expect("the hits lock is never poisoned").merge(&hits);
+                }
+                if let Some(detector) = withheld {
                     // The answer was paid for: its usage is recorded with the refusal.
                     tap_body(Tap::new(start, None), &body, usage, &mut rec);
                     return Err(Refused::with(guardrails::withheld(detector), rec));
@@ -326,7 +329,7 @@ pub async fn serve(
             Ok(answer_full(ctx, full, rec, tap, store, leader, meta).await)
         }
         Committed::Stream { mut first, mut rest } => {
-            if let Some(p) = output {
+            if let Some(p) = policy {
                 let hits = rec.guardrails.get_or_insert_with(Default::default).clone();
                 let guard = guardrails::stream::Guard::new(p, hits);
                 rest = match guardrails::stream::guard(guard, &mut first, rest, crate::backend::BackendError::Rejected)
@@ -387,16 +390,25 @@ fn guard_request(policy: &Policy, req: &mut ValidRequest) -> Result<guardrails::
 
 /// The guardrails on a client's body before its handler translates it (the Responses and
 /// Messages APIs), so that what the handler keeps (stored input items, a passed-through body)
-/// is redacted too, and a refusal names the client's own fields. The redacted body, when it
-/// changed, and the verdict for [`Origin::guarded`]; a body that is not a JSON object is left
-/// to the handler's own validation.
-pub fn guard_body(ctx: &Context<'_>, caller: &Caller, bytes: &[u8]) -> (Option<Vec<u8>>, Option<guardrails::Verdict>) {
-    let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(bytes) else { return (None, None) };
+/// is redacted too, and a refusal names the client's own fields. The body (redacted, when it
+/// changed) and the verdict for [`Origin::guarded`]. Without guardrails configured anywhere
+/// the body is not parsed here; one that is not a JSON object is left to the handler's own
+/// validation.
+pub fn guard_body(ctx: &Context<'_>, caller: &Caller, bytes: Bytes) -> (Bytes, Option<guardrails::Verdict>) {
+    let configured = ctx.live.config.server.guardrails.is_some()
+        || matches!(caller, Caller::Key(k) if k.guardrails.is_some())
+        || ctx.live.config.aliases.iter().any(|a| a.guardrails.is_some());
+    if !configured {
+        return (bytes, None);
+    }
+    let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(&bytes) else { return (bytes, None) };
     let model = body.get("model").and_then(Value::as_str).unwrap_or_default();
-    let Some(p) = policy(ctx, caller, model) else { return (None, None) };
+    let Some(p) = policy(ctx, caller, model) else { return (bytes, None) };
     let verdict = guardrails::scan_request(&p, &mut body);
-    let redacted = verdict.redacted.then(|| serde_json::to_vec(&body).unwrap_or_default());
-    (redacted, Some(verdict))
+    match verdict.redacted {
+        true => (Bytes::from(serde_json::to_vec(&body).unwrap_or_default()), Some(verdict)),
+        false => (bytes, Some(verdict)),
+    }
 }
 
 /// The prompt tokens of a chat request, counted by the first deployment of its alias that

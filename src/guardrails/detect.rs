@@ -14,16 +14,8 @@ use std::sync::LazyLock;
 
 use regex::{Regex, RegexSet};
 
-/// Whether a detector finds credentials or personal data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Class {
-    Secret,
-    Personal,
-}
-
 struct Detector {
     name: &'static str,
-    class: Class,
     patterns: &'static [&'static str],
     /// The value's capture group in each pattern (0: the whole match).
     check: fn(&str, &str, usize) -> bool,
@@ -44,19 +36,16 @@ pub struct Finding {
 const DETECTORS: &[Detector] = &[
     Detector {
         name: "private_key",
-        class: Class::Secret,
         patterns: &[r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----"],
         check: |_, _, _| true,
     },
     Detector {
         name: "aws_access_key_id",
-        class: Class::Secret,
         patterns: &[r"\b((?:AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16})\b"],
         check: |_, _, _| true,
     },
     Detector {
         name: "aws_secret_access_key",
-        class: Class::Secret,
         patterns: &[
             r#"(?i:aws[_\-. ]?(?:secret[_\-. ]?(?:access[_\-. ]?)?key|sk))["']?\s*(?::|=|=>)\s*["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$)"#,
         ],
@@ -64,37 +53,31 @@ const DETECTORS: &[Detector] = &[
     },
     Detector {
         name: "gcp_service_account",
-        class: Class::Secret,
         patterns: &[r#""private_key_id"\s*:\s*"([0-9a-f]{40})""#],
         check: |_, _, _| true,
     },
     Detector {
         name: "gcp_api_key",
-        class: Class::Secret,
         patterns: &[r"\b(AIza[0-9A-Za-z_\-]{35})(?:[^0-9A-Za-z_\-]|$)"],
         check: |_, _, _| true,
     },
     Detector {
         name: "azure_connection_string",
-        class: Class::Secret,
         patterns: &[r"(?i:\b(?:AccountKey|SharedAccessKey|SharedAccessSignature|sig)=)([A-Za-z0-9+/%]{20,}={0,2})"],
         check: |v, _, _| mixed(v),
     },
     Detector {
         name: "github_token",
-        class: Class::Secret,
         patterns: &[r"\b((?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59})\b"],
         check: |_, _, _| true,
     },
     Detector {
         name: "gitlab_token",
-        class: Class::Secret,
         patterns: &[r"\b(gl(?:pat|dt|rt|ptt|cbt|oas|soat|ffct|imt)-[A-Za-z0-9_\-]{20,})"],
         check: |_, _, _| true,
     },
     Detector {
         name: "slack_token",
-        class: Class::Secret,
         patterns: &[
             r"\b(xox[abposr]-[0-9A-Za-z\-]{10,})",
             r"(https://hooks\.slack\.com/services/T[A-Z0-9]{6,}/B[A-Z0-9]{6,}/[A-Za-z0-9]{20,})",
@@ -103,19 +86,16 @@ const DETECTORS: &[Detector] = &[
     },
     Detector {
         name: "stripe_key",
-        class: Class::Secret,
         patterns: &[r"\b((?:sk|rk)_(?:live|test)_[0-9A-Za-z]{24,}|whsec_[0-9A-Za-z]{32,})\b"],
         check: |_, _, _| true,
     },
     Detector {
         name: "anthropic_key",
-        class: Class::Secret,
         patterns: &[r"\b(sk-ant-(?:api|admin|oat)[0-9]{2}-[A-Za-z0-9_\-]{32,})"],
         check: |_, _, _| true,
     },
     Detector {
         name: "openai_key",
-        class: Class::Secret,
         patterns: &[
             r"\b(sk-(?:proj|svcacct|admin|None)-[A-Za-z0-9_\-]{20,}|sk-[A-Za-z0-9]{20}T3BlbkFJ[A-Za-z0-9]{20}|sk-[A-Za-z0-9]{48})",
         ],
@@ -123,19 +103,16 @@ const DETECTORS: &[Detector] = &[
     },
     Detector {
         name: "huggingface_token",
-        class: Class::Secret,
         patterns: &[r"\b(hf_[A-Za-z0-9]{34,40})\b"],
         check: |v, _, _| mixed(&v[3..]),
     },
     Detector {
         name: "jwt",
-        class: Class::Secret,
         patterns: &[r"\b(eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{16,})"],
         check: |v, _, _| jwt_header(v),
     },
     Detector {
         name: "database_url",
-        class: Class::Secret,
         patterns: &[
             r#"\b(?:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|rediss?|amqps?|mssql|sqlserver|clickhouse|cockroachdb)://[^\s:/@"']*:([^\s/"']+)@[^\s/@"']+"#,
         ],
@@ -143,7 +120,6 @@ const DETECTORS: &[Detector] = &[
     },
     Detector {
         name: "secret_assignment",
-        class: Class::Secret,
         patterns: &[
             r#"(?i:(?:\b|_)(?:password|passwd|pwd|passphrase|secret|secret[_\-]?key|api[_\- ]?key|apikey|access[_\-]?token|auth[_\-]?token|refresh[_\-]?token|client[_\-]?secret|private[_\-]?key|token))["'*_`]*[ \t]*(?::=|=>|:|=)[*_`]*[ \t]*(?:"([^"\r\n\\]{4,})"|'([^'\r\n\\]{4,})'|`([^`\r\n]{4,})`|([^\s"',;()\[\]{}<>`]{6,}))"#,
             r"(?i:\bbearer\s+)([A-Za-z0-9\-._~+/]{20,}=*)",
@@ -152,26 +128,18 @@ const DETECTORS: &[Detector] = &[
     },
     Detector {
         name: "payment_card",
-        class: Class::Personal,
         patterns: &[r"\b((?:[0-9]{4}[ \-]){3}[0-9]{1,7}|[0-9]{4}[ \-][0-9]{6}[ \-][0-9]{5}|[0-9]{13,19})\b"],
         check: |v, _, _| card(v),
     },
     Detector {
         name: "iban",
-        class: Class::Personal,
         patterns: &[r"\b([A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30})\b"],
         // Checked (and trimmed to its country's length) by `iban_span`.
         check: |_, _, _| true,
     },
-    Detector {
-        name: "us_ssn",
-        class: Class::Personal,
-        patterns: &[r"\b([0-9]{3}-[0-9]{2}-[0-9]{4})\b"],
-        check: |v, _, _| ssn(v),
-    },
+    Detector { name: "us_ssn", patterns: &[r"\b([0-9]{3}-[0-9]{2}-[0-9]{4})\b"], check: |v, _, _| ssn(v) },
     Detector {
         name: "email",
-        class: Class::Personal,
         patterns: &[
             r"\b([A-Za-z0-9][A-Za-z0-9._%+\-]*@[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,24})\b",
         ],
@@ -181,7 +149,6 @@ const DETECTORS: &[Detector] = &[
     },
     Detector {
         name: "phone_number",
-        class: Class::Personal,
         patterns: &[
             // North American: (415) 555-0134, 415-555-0134, 415.555.0134, +1 415 555 0134.
             r"(?:^|[^0-9A-Za-z+\-.])((?:\+?1[ .\-]?)?(?:\([2-9][0-9]{2}\) ?|[2-9][0-9]{2}[ .\-])[2-9][0-9]{2}[ .\-][0-9]{4})\b",
@@ -190,12 +157,7 @@ const DETECTORS: &[Detector] = &[
         ],
         check: |v, _, _| phone(v),
     },
-    Detector {
-        name: "high_entropy_token",
-        class: Class::Secret,
-        patterns: &[r"([A-Za-z0-9+/_\-]{32,}={0,2})"],
-        check: high_entropy,
-    },
+    Detector { name: "high_entropy_token", patterns: &[r"([A-Za-z0-9+/_\-]{32,}={0,2})"], check: high_entropy },
 ];
 
 /// What ends a file name written like an address (`NAME@VERSION.txt`), not a domain.
@@ -211,10 +173,6 @@ pub fn names() -> impl Iterator<Item = &'static str> {
 
 pub fn name(detector: usize) -> &'static str {
     DETECTORS[detector].name
-}
-
-pub fn class(detector: usize) -> Class {
-    DETECTORS[detector].class
 }
 
 pub fn index(name: &str) -> Option<usize> {

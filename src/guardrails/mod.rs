@@ -135,17 +135,19 @@ pub struct Hits {
 
 impl Hits {
     pub fn add(&mut self, detector: usize, action: Action, direction: Direction) {
+        self.add_n(detector, action, direction, 1);
+    }
+
+    fn add_n(&mut self, detector: usize, action: Action, direction: Direction, n: u32) {
         match self.counts.iter_mut().find(|(d, a, w, _)| (*d, *a, *w) == (detector, action, direction)) {
-            Some(c) => c.3 += 1,
-            None => self.counts.push((detector, action, direction, 1)),
+            Some(c) => c.3 += n,
+            None => self.counts.push((detector, action, direction, n)),
         }
     }
 
     pub fn merge(&mut self, other: &Hits) {
         for &(d, a, w, n) in &other.counts {
-            for _ in 0..n {
-                self.add(d, a, w);
-            }
+            self.add_n(d, a, w, n);
         }
     }
 
