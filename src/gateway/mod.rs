@@ -22,12 +22,14 @@
 //! ([`Abandoned`]): upstream work may have been spent on it.
 
 pub mod auto;
+mod guard;
+
+pub use guard::{guard_body, policy};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 use tokio::sync::OwnedSemaphorePermit;
@@ -37,7 +39,7 @@ use crate::backend::{BackendRequest, Chunk, EventStream, Priority};
 use crate::cache::{Cached, ClientPolicy, Leader, Lookup, ResponseCache};
 use crate::clock::ms;
 use crate::config::{ApiKeyConfig, AuthConfig, Config, DeploymentKind};
-use crate::guardrails::{self, Policy};
+use crate::guardrails;
 use crate::pricing::Cost;
 use crate::protocol::error::ApiError;
 use crate::protocol::{self, Dialect, Endpoint, Prompt, ValidRequest};
@@ -227,7 +229,7 @@ pub async fn serve(
     let policy = policy(ctx, &origin.caller, &req.model);
     let verdict = match (origin.guarded.take(), &policy) {
         (Some(v), _) => Some(v),
-        (None, Some(p)) => Some(guard_request(p, &mut req)?),
+        (None, Some(p)) => Some(guard::guard_request(p, &mut req)?),
         (None, None) => None,
     };
     protocol::apply_named_prompt(&mut req, &ctx.live.prompts).map_err(Refused::bare)?;
@@ -358,56 +360,6 @@ pub async fn serve(
             };
             Ok(Answer::Stream { stream: Box::new(stream), meta })
         }
-    }
-}
-
-/// The guardrails policy of a request: the caller's key, the alias it names, the gateway's
-/// `[guardrails]` (most specific first); `None` when nothing is configured for it.
-pub fn policy(ctx: &Context<'_>, caller: &Caller, alias: &str) -> Option<Policy> {
-    let key = match caller {
-        Caller::Key(k) => k.guardrails.as_ref(),
-        Caller::Anonymous => None,
-    };
-    let alias = ctx.live.routes.get(alias).and_then(|a| a.guardrails.as_ref());
-    let gateway = ctx.live.config.server.guardrails.as_ref();
-    if key.is_none() && alias.is_none() && gateway.is_none() {
-        return None;
-    }
-    Policy::resolve(&[key, alias, gateway])
-}
-
-/// Scans a validated request's text and redacts it in place: a redacted body is validated
-/// again, so that the prompt every backend reads is the redacted one. A refusal comes back in
-/// the verdict (recorded once the record is open).
-fn guard_request(policy: &Policy, req: &mut ValidRequest) -> Result<guardrails::Verdict, Refused> {
-    let verdict = guardrails::scan_request(policy, &mut req.body);
-    if verdict.redacted {
-        let bytes = serde_json::to_vec(&req.body).map_err(|e| Refused::bare(ApiError::internal(e.to_string())))?;
-        *req = protocol::validate(req.endpoint, &bytes).map_err(Refused::bare)?;
-    }
-    Ok(verdict)
-}
-
-/// The guardrails on a client's body before its handler translates it (the Responses and
-/// Messages APIs), so that what the handler keeps (stored input items, a passed-through body)
-/// is redacted too, and a refusal names the client's own fields. The body (redacted, when it
-/// changed) and the verdict for [`Origin::guarded`]. Without guardrails configured anywhere
-/// the body is not parsed here; one that is not a JSON object is left to the handler's own
-/// validation.
-pub fn guard_body(ctx: &Context<'_>, caller: &Caller, bytes: Bytes) -> (Bytes, Option<guardrails::Verdict>) {
-    let configured = ctx.live.config.server.guardrails.is_some()
-        || matches!(caller, Caller::Key(k) if k.guardrails.is_some())
-        || ctx.live.config.aliases.iter().any(|a| a.guardrails.is_some());
-    if !configured {
-        return (bytes, None);
-    }
-    let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(&bytes) else { return (bytes, None) };
-    let model = body.get("model").and_then(Value::as_str).unwrap_or_default();
-    let Some(p) = policy(ctx, caller, model) else { return (bytes, None) };
-    let verdict = guardrails::scan_request(&p, &mut body);
-    match verdict.redacted {
-        true => (Bytes::from(serde_json::to_vec(&body).unwrap_or_default()), Some(verdict)),
-        false => (bytes, Some(verdict)),
     }
 }
 
