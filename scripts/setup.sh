@@ -5,15 +5,18 @@
 #   - with --llama-server: llama.cpp's llama-server, built once from the sources vendored in
 #     PyPI's llama-cpp-python sdist and cached under ~/.cache/tollgate (tests use it as a real
 #     OpenAI-compatible upstream; benchmarks compare against it);
-#   - with --sdk: the official Python clients the tests drive (tests/sdk/requirements.txt).
+#   - with --sdk: the official Python clients the tests drive (tests/sdk/requirements.txt);
+#   - with --servers: Debian's redis-server and PostgreSQL, which the cluster tests start on
+#     loopback ports of their own (never the system's services).
 # Prints nothing on stdout but `export` lines, so callers can `eval "$(scripts/setup.sh)"`.
 set -euo pipefail
 
-want_server=0 want_sdk=0
+want_server=0 want_sdk=0 want_servers=0
 for a in "$@"; do
   case "$a" in
     --llama-server) want_server=1 ;;
     --sdk) want_sdk=1 ;;
+    --servers) want_servers=1 ;;
     *) echo "setup.sh: unknown option $a" >&2; exit 2 ;;
   esac
 done
@@ -23,6 +26,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # 1. Debian packages.
 pkgs=(cmake clang libclang-dev pkg-config python3-pip)
+[ "$want_servers" = 1 ] && pkgs+=(redis-server postgresql)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -32,7 +36,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   # python3-pip may be satisfied by a non-Debian Python; install only what apt really lacks.
   log "installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq >&2
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+  # RUNLEVEL=1 keeps invoke-rc.d from starting the packages' services: the tests start their own.
+  as_root env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq "${missing[@]}" >&2
+fi
+if [ "$want_servers" = 1 ]; then
+  pg=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [ -x "$pg/postgres" ] || { log "PostgreSQL's binaries not found under /usr/lib/postgresql"; exit 1; }
+  echo "export TOLLGATE_REDIS_SERVER='$(command -v redis-server)' TOLLGATE_POSTGRES_BIN='$pg'"
 fi
 command -v cargo >/dev/null 2>&1 || { log "cargo not found: install Rust with rustup first"; exit 1; }
 

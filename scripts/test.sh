@@ -26,8 +26,8 @@ report_times() {
   awk -v s=$SECONDS 'BEGIN { printf "  %-26s %5.1f min\n", "total", s / 60 }'
 }
 
-eval "$(scripts/setup.sh --llama-server --sdk)"
-export TOLLGATE_TEST_MODEL TOLLGATE_LLAMA_SERVER
+eval "$(scripts/setup.sh --llama-server --sdk --servers)"
+export TOLLGATE_TEST_MODEL TOLLGATE_LLAMA_SERVER TOLLGATE_REDIS_SERVER TOLLGATE_POSTGRES_BIN
 lap setup
 
 cargo fmt --all -- --check

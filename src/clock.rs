@@ -7,6 +7,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Time, injectable so that tests of the breaker need no sleeps.
 pub trait Clock: Send + Sync {
     fn now(&self) -> Instant;
+    /// Wall-clock time in Unix microseconds, moving with [`Clock::now`]: what the shared
+    /// limiter's scripts take as `now`, so that replicas (and a test's replicas on one
+    /// [`ManualClock`]) agree on it.
+    fn unix_micros(&self) -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    }
 }
 
 pub struct SystemClock;
@@ -18,14 +24,20 @@ impl Clock for SystemClock {
 
 /// A clock that moves only when told: for tests of anything timed (breakers, rate limits,
 /// windows), in unit tests and in a gateway started by an integration test.
-pub struct ManualClock(Mutex<Instant>);
+pub struct ManualClock {
+    now: Mutex<Instant>,
+    /// Unix microseconds at [`ManualClock::new`]; the wall clock moves with `now` only.
+    epoch_us: u64,
+    start: Instant,
+}
 
 impl ManualClock {
     pub fn new() -> Self {
-        ManualClock(Mutex::new(Instant::now()))
+        let start = Instant::now();
+        ManualClock { now: Mutex::new(start), epoch_us: SystemClock.unix_micros(), start }
     }
     pub fn advance(&self, d: Duration) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) += d;
+        *self.now.lock().unwrap_or_else(|p| p.into_inner()) += d;
     }
 }
 
@@ -37,7 +49,10 @@ impl Default for ManualClock {
 
 impl Clock for ManualClock {
     fn now(&self) -> Instant {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+        *self.now.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn unix_micros(&self) -> u64 {
+        self.epoch_us + self.now().duration_since(self.start).as_micros() as u64
     }
 }
 

@@ -45,6 +45,8 @@ pub mod backend;
 pub mod release;
 /// The per-request record and what consumes it: limits, ledger, metrics, monitors, usage reports.
 pub mod accounting;
+/// State shared by many replicas through Redis: limits, budgets, the response cache.
+pub mod cluster;
 
 // What the operator asked for.
 /// The checked configuration: every section's type, loaded from the gateway file and `routes/`.

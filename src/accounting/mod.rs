@@ -38,15 +38,30 @@ pub struct Accounting {
 impl Accounting {
     /// Opens the ledger under `data_dir` (ingesting what a previous run left in its journal)
     /// and starts the budgets from it.
-    pub fn new(cfg: &crate::config::Config, clock: Arc<dyn crate::clock::Clock>) -> Self {
+    ///
+    /// With `cluster`, the limits and budgets are shared through it, and an empty Redis is
+    /// seeded with the ledger's spend (now, and whenever Redis comes back).
+    pub fn new(
+        cfg: &crate::config::Config,
+        clock: Arc<dyn crate::clock::Clock>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) -> Self {
         let s = &cfg.server;
-        let limits = limits::Limits::new(clock.clone(), s.default_max_tokens);
+        let mut limits = limits::Limits::new(clock.clone(), s.default_max_tokens);
+        if let Some(c) = &cluster {
+            limits = limits.with_cluster(c.clone());
+        }
         limits.configure(&cfg.auth.keys);
         let ledger = s.ledger.then(|| ledger::Ledger::open(&s.data_dir.join("ledger")));
         if let Some(l) = &ledger {
             let now = now_ms();
             let (day, month) = limits::period_starts(now);
             limits.load_spend(now, l.spend_since(day, month));
+        }
+        if let (Some(c), Some(l)) = (&cluster, &ledger) {
+            let seed = seed_budgets(l.clone());
+            c.spawn(seed(c.clone()));
+            c.on_recovery(Box::new(seed));
         }
         Accounting {
             metrics: Arc::default(),
@@ -63,6 +78,9 @@ impl Accounting {
     /// monitors and the ledger, each read at scrape time.
     pub fn register_metrics(&self, registry: &mut metrics::Registry) {
         registry.register_collector(Box::new(self.metrics.clone()));
+        if let Some(c) = self.limits.cluster() {
+            registry.register_collector(Box::new(limits::ClusterMetrics(c.clone())));
+        }
         registry.register_collector(Box::new(self.monitor.clone()));
         if let Some(l) = &self.ledger {
             registry.register_collector(Box::new(l.clone()));
@@ -125,5 +143,27 @@ impl Accounting {
             guardrails = guardrails.as_deref().filter(|g| !g.is_empty()),
             "request"
         );
+    }
+}
+
+/// Seeds an empty Redis with the spend the ledger holds for today and this month.
+fn seed_budgets(
+    ledger: Arc<ledger::Ledger>,
+) -> impl Fn(Arc<crate::cluster::Cluster>) -> futures::future::BoxFuture<'static, ()> + Send + Sync {
+    move |c| {
+        let l = ledger.clone();
+        Box::pin(async move {
+            let now = now_ms();
+            let (day_ms, month_ms) = limits::period_starts(now);
+            let (day, month) = (day_ms / 86_400_000, month_ms / 86_400_000);
+            let Ok(totals) = tokio::task::spawn_blocking(move || l.spend_since(day_ms, month_ms)).await else {
+                return;
+            };
+            let totals: Vec<_> =
+                totals.into_iter().map(|(k, (d, m))| (k, day, month, limits::pico(d), limits::pico(m))).collect();
+            if c.seed_spend(&totals).await == Some(true) {
+                tracing::info!(keys = totals.len(), "Redis was empty: the budgets' spend was seeded from the ledger");
+            }
+        })
     }
 }

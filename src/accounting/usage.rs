@@ -51,12 +51,16 @@ impl GroupBy {
             GroupBy::Endpoint => "endpoint",
         }
     }
-    fn column(self) -> &'static str {
+    /// The group's SQL expression, in SQLite's dialect or PostgreSQL's.
+    pub fn column(self, postgres: bool) -> &'static str {
         match self {
             GroupBy::Key => "key",
-            GroupBy::User => "user",
+            GroupBy::User => "\"user\"",
             GroupBy::Alias => "alias",
             GroupBy::Deployment => "deployment",
+            GroupBy::Day if postgres => {
+                "to_char(to_timestamp(started_at_ms / 1000.0) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+            }
             GroupBy::Day => "strftime('%Y-%m-%d', started_at_ms / 1000, 'unixepoch')",
             GroupBy::Batch => "batch_id",
             GroupBy::Endpoint => "endpoint",
@@ -105,108 +109,175 @@ pub fn percentiles(v: &mut [f64]) -> Option<Percentiles> {
     Some(Percentiles { p50, p95, p99 })
 }
 
-/// Runs the report. Errors are SQLite's (a missing or unreadable database).
-pub fn report(c: &Connection, q: &Query) -> rusqlite::Result<Value> {
+/// The report's SQL over the `requests` table, and its parameters in order (`?N` for
+/// SQLite, `$N` for PostgreSQL): the group columns, then the fields [`UsageRow`] reads.
+pub fn sql(q: &Query, postgres: bool) -> (String, Vec<Param>) {
     let mut sql = String::from("SELECT ");
     for g in &q.group_by {
-        sql.push_str(g.column());
+        sql.push_str(g.column(postgres));
         sql.push_str(", ");
     }
-    sql.push_str(
-        "status, prompt_tokens, completion_tokens, cached_tokens, cost_usd, saved_usd, total_ms, ttft_ms, cache_hit \
-         FROM requests WHERE started_at_ms >= ?1 AND started_at_ms < ?2",
-    );
-    let mut args: Vec<Box<dyn rusqlite::ToSql>> = vec![Box::new(q.start_ms as i64), Box::new(q.end_ms as i64)];
+    let money = if postgres { "cost_usd::text, saved_usd::text" } else { "cost_usd, saved_usd" };
+    let p = |n: usize| if postgres { format!("${n}") } else { format!("?{n}") };
+    sql.push_str(&format!(
+        "status, prompt_tokens, completion_tokens, cached_tokens, {money}, total_ms, ttft_ms, cache_hit \
+         FROM requests WHERE started_at_ms >= {} AND started_at_ms < {}",
+        p(1),
+        p(2)
+    ));
+    let mut args = vec![Param::Int(q.start_ms as i64), Param::Int(q.end_ms as i64)];
     if let Some(k) = &q.key {
-        args.push(Box::new(k.clone()));
-        sql.push_str(&format!(" AND key = ?{}", args.len()));
+        args.push(Param::Text(k.clone()));
+        sql.push_str(&format!(" AND key = {}", p(args.len())));
     }
     if let Some(a) = &q.alias {
-        args.push(Box::new(a.clone()));
-        sql.push_str(&format!(" AND alias = ?{}", args.len()));
+        args.push(Param::Text(a.clone()));
+        sql.push_str(&format!(" AND alias = {}", p(args.len())));
     }
-    let n = q.group_by.len();
-    let mut groups: BTreeMap<Vec<Option<String>>, Acc> = BTreeMap::new();
-    let mut stmt = c.prepare(&sql)?;
-    let mut rows = stmt.query(rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())))?;
-    while let Some(r) = rows.next()? {
-        let mut g = Vec::with_capacity(n);
-        for i in 0..n {
-            g.push(r.get::<_, Option<String>>(i)?);
-        }
-        let a = groups.entry(g).or_default();
-        let status: i64 = r.get(n)?;
-        let (prompt, completion, cached): (i64, i64, i64) = (r.get(n + 1)?, r.get(n + 2)?, r.get(n + 3)?);
-        let cost: Option<String> = r.get(n + 4)?;
-        let saved: Option<String> = r.get(n + 5)?;
-        let total: f64 = r.get(n + 6)?;
-        let ttft: Option<f64> = r.get(n + 7)?;
-        let hit: bool = r.get(n + 8)?;
+    (sql, args)
+}
+
+/// A parameter of [`sql`].
+#[derive(Clone, Debug)]
+pub enum Param {
+    Int(i64),
+    Text(String),
+}
+
+/// One ledger row as the report reads it.
+pub struct UsageRow {
+    pub groups: Vec<Option<String>>,
+    pub status: i64,
+    pub prompt: i64,
+    pub completion: i64,
+    pub cached: i64,
+    pub cost: Option<String>,
+    pub saved: Option<String>,
+    pub total_ms: f64,
+    pub ttft_ms: Option<f64>,
+    pub cache_hit: bool,
+}
+
+/// The report, built row by row from whichever database holds the ledger.
+pub struct Report<'a> {
+    q: &'a Query,
+    groups: BTreeMap<Vec<Option<String>>, Acc>,
+}
+
+impl<'a> Report<'a> {
+    pub fn new(q: &'a Query) -> Self {
+        Report { q, groups: BTreeMap::new() }
+    }
+
+    pub fn add(&mut self, r: UsageRow) {
+        let a = self.groups.entry(r.groups).or_default();
         a.requests += 1;
-        if status >= 500 {
+        if r.status >= 500 {
             a.errors += 1;
-        } else if status >= 400 {
+        } else if r.status >= 400 {
             a.client_errors += 1;
         }
-        a.cache_hits += u64::from(hit);
-        a.prompt += prompt as u64;
-        a.completion += completion as u64;
-        a.cached += cached as u64;
-        if let Some(c) = cost.and_then(|c| c.parse::<Decimal>().ok()) {
+        a.cache_hits += u64::from(r.cache_hit);
+        a.prompt += r.prompt as u64;
+        a.completion += r.completion as u64;
+        a.cached += r.cached as u64;
+        if let Some(c) = r.cost.and_then(|c| c.parse::<Decimal>().ok()) {
             a.cost += c;
             a.priced += 1;
         }
-        if let Some(s) = saved.and_then(|c| c.parse::<Decimal>().ok()) {
+        if let Some(s) = r.saved.and_then(|c| c.parse::<Decimal>().ok()) {
             a.saved += s;
         }
         // Latency figures describe answered requests, not refusals.
-        if status < 400 {
-            a.total.push(total);
-            if let Some(t) = ttft {
+        if r.status < 400 {
+            a.total.push(r.total_ms);
+            if let Some(t) = r.ttft_ms {
                 a.ttft.push(t);
-                if completion >= 2 {
-                    a.tpot.push((total - t).max(0.0) / (completion - 1) as f64);
+                if r.completion >= 2 {
+                    a.tpot.push((r.total_ms - t).max(0.0) / (r.completion - 1) as f64);
                 }
             }
         }
     }
-    let data: Vec<Value> = groups
+
+    pub fn finish(self) -> Value {
+        let q = self.q;
+        let data: Vec<Value> = self
+            .groups
+            .into_iter()
+            .map(|(g, mut a)| {
+                let mut o = serde_json::Map::new();
+                for (k, v) in q.group_by.iter().zip(g) {
+                    o.insert(k.name().into(), v.map_or(Value::Null, Value::String));
+                }
+                let rate = if a.requests > 0 { a.errors as f64 / a.requests as f64 } else { 0.0 };
+                let extra = json!({
+                    "requests": a.requests,
+                    "errors": a.errors,
+                    "client_errors": a.client_errors,
+                    "error_rate": (rate * 1e6).round() / 1e6,
+                    "cache_hits": a.cache_hits,
+                    "prompt_tokens": a.prompt,
+                    "completion_tokens": a.completion,
+                    "cached_tokens": a.cached,
+                    "cost_usd": (a.priced > 0).then(|| a.cost.normalize().to_string()),
+                    "saved_usd": a.saved.normalize().to_string(),
+                    "priced_requests": a.priced,
+                    "latency_ms": percentiles(&mut a.total),
+                    "ttft_ms": percentiles(&mut a.ttft),
+                    "time_per_output_token_ms": percentiles(&mut a.tpot),
+                });
+                if let Value::Object(e) = extra {
+                    o.extend(e);
+                }
+                Value::Object(o)
+            })
+            .collect();
+        json!({
+            "object": "usage.report",
+            "start_time": q.start_ms / 1000,
+            "end_time": q.end_ms / 1000,
+            "group_by": q.group_by.iter().map(|g| g.name()).collect::<Vec<_>>(),
+            "data": data,
+        })
+    }
+}
+
+/// Runs the report on the SQLite ledger. Errors are SQLite's (a missing or unreadable database).
+pub fn report(c: &Connection, q: &Query) -> rusqlite::Result<Value> {
+    let (sql, args) = sql(q, false);
+    let args: Vec<Box<dyn rusqlite::ToSql>> = args
         .into_iter()
-        .map(|(g, mut a)| {
-            let mut o = serde_json::Map::new();
-            for (k, v) in q.group_by.iter().zip(g) {
-                o.insert(k.name().into(), v.map_or(Value::Null, Value::String));
+        .map(|a| -> Box<dyn rusqlite::ToSql> {
+            match a {
+                Param::Int(i) => Box::new(i),
+                Param::Text(t) => Box::new(t),
             }
-            let rate = if a.requests > 0 { a.errors as f64 / a.requests as f64 } else { 0.0 };
-            let extra = json!({
-                "requests": a.requests,
-                "errors": a.errors,
-                "client_errors": a.client_errors,
-                "error_rate": (rate * 1e6).round() / 1e6,
-                "cache_hits": a.cache_hits,
-                "prompt_tokens": a.prompt,
-                "completion_tokens": a.completion,
-                "cached_tokens": a.cached,
-                "cost_usd": (a.priced > 0).then(|| a.cost.normalize().to_string()),
-                "saved_usd": a.saved.normalize().to_string(),
-                "priced_requests": a.priced,
-                "latency_ms": percentiles(&mut a.total),
-                "ttft_ms": percentiles(&mut a.ttft),
-                "time_per_output_token_ms": percentiles(&mut a.tpot),
-            });
-            if let Value::Object(e) = extra {
-                o.extend(e);
-            }
-            Value::Object(o)
         })
         .collect();
-    Ok(json!({
-        "object": "usage.report",
-        "start_time": q.start_ms / 1000,
-        "end_time": q.end_ms / 1000,
-        "group_by": q.group_by.iter().map(|g| g.name()).collect::<Vec<_>>(),
-        "data": data,
-    }))
+    let n = q.group_by.len();
+    let mut report = Report::new(q);
+    let mut stmt = c.prepare(&sql)?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(args.iter().map(|b| b.as_ref())))?;
+    while let Some(r) = rows.next()? {
+        let mut groups = Vec::with_capacity(n);
+        for i in 0..n {
+            groups.push(r.get::<_, Option<String>>(i)?);
+        }
+        report.add(UsageRow {
+            groups,
+            status: r.get(n)?,
+            prompt: r.get(n + 1)?,
+            completion: r.get(n + 2)?,
+            cached: r.get(n + 3)?,
+            cost: r.get(n + 4)?,
+            saved: r.get(n + 5)?,
+            total_ms: r.get(n + 6)?,
+            ttft_ms: r.get(n + 7)?,
+            cache_hit: r.get(n + 8)?,
+        });
+    }
+    Ok(report.finish())
 }
 
 /// The report as a fixed-width table (`tollgate usage`).

@@ -133,7 +133,11 @@ pub async fn state(cfg: &Config) -> anyhow::Result<Arc<AppState>> {
 
 /// With an injected clock (tests move time for rate limits, breakers and windows).
 pub async fn state_with_clock(cfg: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<AppState>> {
-    let accounting = Arc::new(Accounting::new(cfg, clock.clone()));
+    let cluster = match &cfg.server.cluster {
+        Some(c) => Some(crate::cluster::Cluster::connect(c).map_err(|e| anyhow::anyhow!(e))?),
+        None => None,
+    };
+    let accounting = Arc::new(Accounting::new(cfg, clock.clone(), cluster));
     let releases =
         crate::release::Releases::open(cfg, Some(accounting.monitor.clone())).map_err(|e| anyhow::anyhow!(e))?;
     let routes = crate::router::build::build_routes(cfg, None, clock.clone(), Some(&releases), &[])

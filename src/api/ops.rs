@@ -118,7 +118,20 @@ pub(super) async fn ready(State(st): State<Arc<AppState>>) -> Response {
         aliases.insert(name.clone(), json!({ "ready": ok, "deployments": deps }));
     }
     let status = if all_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(json!({ "ready": all_ok, "aliases": aliases }))).into_response()
+    let mut body = json!({ "ready": all_ok, "aliases": aliases });
+    // Shared state is reported, not required: a replica whose Redis is down still serves, on
+    // its fallbacks.
+    if let Some(c) = st.accounting.limits.cluster() {
+        body["cluster"] = json!({
+            "redis": c.state(),
+            "fallback": (!c.is_up()).then(|| format!(
+                "limits are this replica's share (1/{}), fail_mode {}; the shared cache is skipped",
+                c.cfg.replicas,
+                if c.cfg.fail_closed { "closed" } else { "open" }
+            )),
+        });
+    }
+    (status, axum::Json(body)).into_response()
 }
 
 pub(super) async fn metrics(State(st): State<Arc<AppState>>) -> Response {

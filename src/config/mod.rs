@@ -7,6 +7,7 @@
 //! and `serve` refuses to start with all of them printed. Secrets come only from the
 //! environment (`"${VAR}"`); a literal secret in a file is refused.
 
+mod cluster;
 mod env;
 mod prompts;
 pub mod raw;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
+pub use cluster::{ClusterConfig, PostgresConfig};
 use env::{plain, secret};
 use prompts::load_prompts;
 use routes::{alias_config, check_releases, model_config};
@@ -84,6 +86,10 @@ pub struct ServerConfig {
     pub guardrails: Option<crate::guardrails::Scope>,
     /// `[otel]`: where traces are exported (none by default).
     pub otel: Option<OtelConfig>,
+    /// `[cluster]`: state shared with other replicas through Redis (none by default).
+    pub cluster: Option<ClusterConfig>,
+    /// `[ledger] postgres_url`: the one ledger of every replica (SQLite alone by default).
+    pub postgres: Option<PostgresConfig>,
 }
 
 impl Default for ServerConfig {
@@ -108,6 +114,8 @@ impl Default for ServerConfig {
             responses_ttl: Duration::from_secs(30 * 24 * 3600),
             guardrails: None,
             otel: None,
+            cluster: None,
+            postgres: None,
         }
     }
 }
@@ -462,7 +470,8 @@ pub fn load_with_env(opts: &LoadOptions, env: Env<'_>) -> Result<Config, ConfigE
     let base = source.as_ref().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("."));
     let gfile = gateway_path.display().to_string();
 
-    let server = server_config(&gw, &base, &gfile, opts, &mut errs);
+    let mut server = server_config(&gw, &base, &gfile, opts, &mut errs);
+    (server.cluster, server.postgres) = cluster::cluster_config(&gw, &gfile, env, &mut errs);
     let mut auth = auth_config(&gw.auth, &gfile, env, &mut errs);
     if source.is_none() {
         // No gateway file: a local, zero-config start. Said loudly at start.

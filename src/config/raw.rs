@@ -44,6 +44,26 @@ pub struct GatewayFile {
     pub guardrails: Option<GuardrailsFile>,
     /// `[otel]`: OpenTelemetry traces over OTLP/HTTP (off without an endpoint).
     pub otel: Option<OtelFile>,
+    /// `[cluster]`: limits, budgets, the response cache and releases shared through Redis.
+    pub cluster: Option<ClusterFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// `redis://host:port/db`, without a password (or `"${VAR}"` holding the whole URL).
+    pub redis_url: Option<String>,
+    /// `"${VAR}"`: the Redis password.
+    pub redis_password: Option<String>,
+    /// Replicas sharing the limits (each enforces its share while Redis is down; default 1).
+    pub replicas: Option<u32>,
+    /// `open` (default: while Redis is down, a request beyond the share is admitted) or
+    /// `closed` (it is refused with a 429).
+    pub fail_mode: Option<String>,
+    /// How long one Redis call may take (default 250 ms).
+    pub timeout_ms: Option<u64>,
+    /// The prefix of tollgate's keys (default `tollgate`).
+    pub key_prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +113,11 @@ pub struct BatchFile {
 pub struct LedgerFile {
     /// The durable per-request ledger (SQLite under the data directory); on by default.
     pub enabled: Option<bool>,
+    /// One ledger for every replica: records go to this PostgreSQL database (from each
+    /// replica's local journal), and usage is read from it.
+    pub postgres_url: Option<String>,
+    /// `"${VAR}"`: the PostgreSQL password.
+    pub postgres_password: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

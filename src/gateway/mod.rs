@@ -247,7 +247,7 @@ pub async fn serve(
     }
     ctx.accounting.monitor.observe_fields(&asked.name, &req.body);
     let (alias, escalation) = auto::choose(ctx, asked, &req, &origin.caller, rid, &mut rec).await?;
-    let limits = admit(ctx, &origin, &req, &mut rec)?;
+    let limits = admit(ctx, &origin, &req, &mut rec).await?;
     let identity = identity(origin.session, req.user.as_deref(), &origin.caller).to_owned();
     let canary = alias.picks_canary(&identity).cloned();
     let seed = engine_seed(req.sampling.seed);
@@ -423,7 +423,7 @@ pub fn resolve_alias(
 /// The key's limits and budgets: the `x-ratelimit-*` headers for the answer, and the hold
 /// on the record (settled when it is finished). Batch lines run below interactive traffic
 /// and are paced by the batch runner instead.
-pub fn admit(
+pub async fn admit(
     ctx: &Context<'_>,
     origin: &Origin<'_>,
     req: &ValidRequest,
@@ -438,7 +438,7 @@ pub fn admit(
         max_tokens: req.sampling.max_tokens.map(u64::from),
         now_ms: rec.started_at_ms,
     };
-    match ctx.accounting.limits.admit(&ask) {
+    match ctx.accounting.limits.admit(&ask).await {
         Ok(Some(mut a)) => {
             let headers = std::mem::take(&mut a.headers);
             rec.admission = Some(Arc::new(a));

@@ -1,0 +1,261 @@
+//! Many replicas, one gateway: three replicas in this process share one real Redis and one
+//! real PostgreSQL (started by the harness on free ports) and route to one real llama-server.
+//! The limits are exact across replicas on a clock the test holds still; the spend is shared;
+//! Redis killed under load costs no request a 5xx, and exact limits return with it.
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // tests and benches: a panic is the report
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::servers::{Postgres, Redis};
+use common::{openai_route, Gateway};
+use serde_json::{json, Value};
+use tollgate::clock::ManualClock;
+
+const ADMIN: &str = "admin-secret";
+const PRICE: &str = "price = { input = 100, cached_input = 50, output = 200 }";
+
+fn sha(k: &str) -> String {
+    tollgate::config::sha256(k.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A replica's gateway file: the cluster section, an admin key, and the keys (name, limits).
+fn replica_toml(redis: &Redis, pg: &Postgres, cluster_extra: &str, keys: &[(&str, &str)]) -> String {
+    let mut s = format!(
+        "[cluster]\nredis_url = \"{}\"\nreplicas = 3\n{cluster_extra}\n[ledger]\npostgres_url = \"{}\"\n\
+         [auth]\nadmin_key_sha256 = \"{}\"\n",
+        redis.url(),
+        pg.url(),
+        sha(ADMIN)
+    );
+    for (name, lines) in keys {
+        s.push_str(&format!(
+            "[[auth.keys]]\nname = \"{name}\"\nsha256 = \"{}\"\naliases = [\"*\"]\n{lines}\n",
+            sha(name)
+        ));
+    }
+    s
+}
+
+fn route() -> String {
+    openai_route("gemma", "llama-server", &common::llama_server(), "gemma", PRICE)
+}
+
+async fn replicas(toml: &str, clock: Option<Arc<ManualClock>>) -> Vec<Gateway> {
+    let mut out = Vec::new();
+    for _ in 0..3 {
+        let gw = match &clock {
+            Some(c) => Gateway::start_clocked(toml, &[("a.toml", &route())], &[], c.clone()).await,
+            None => Gateway::start(toml, &[("a.toml", &route())]).await,
+        };
+        out.push(gw);
+    }
+    out
+}
+
+fn chat(max_tokens: u32) -> Value {
+    json!({"model": "gemma", "messages": [{"role": "user", "content": "Name a colour."}],
+           "max_tokens": max_tokens, "temperature": 0})
+}
+
+async fn post(c: &reqwest::Client, gw: &Gateway, key: &str, body: &Value) -> reqwest::Response {
+    c.post(gw.url("/v1/chat/completions")).bearer_auth(key).json(body).send().await.unwrap()
+}
+
+/// Sends `n` requests at once, round-robin over the replicas: the statuses, in order.
+async fn burst(gws: &[Gateway], key: &str, n: usize, body: &Value) -> Vec<u16> {
+    let c = reqwest::Client::new();
+    let calls = (0..n).map(|i| {
+        let (c, gw) = (c.clone(), &gws[i % gws.len()]);
+        async move { post(&c, gw, key, body).await.status().as_u16() }
+    });
+    futures::future::join_all(calls).await
+}
+
+/// Polls `f` until it holds (a settlement or a spend lands in Redis just after the answer).
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f().await {
+        assert!(Instant::now() < deadline, "not within 10 s: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn metric(gw: &Gateway, series: &str) -> f64 {
+    let text = reqwest::get(gw.url("/metrics")).await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_per_minute_are_exact_across_replicas_on_a_held_clock() {
+    let (redis, pg) = (Redis::start(), Postgres::start());
+    let clock = Arc::new(ManualClock::new());
+    let gws =
+        replicas(&replica_toml(&redis, &pg, "", &[("team", "requests_per_minute = 60")]), Some(clock.clone())).await;
+    let statuses = burst(&gws, "team", 300, &chat(1)).await;
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((ok, limited), (60, 240), "{statuses:?}");
+    // A second regained on the shared clock is one request, on whichever replica.
+    clock.advance(Duration::from_secs(1));
+    let c = reqwest::Client::new();
+    let r = post(&c, &gws[2], "team", &chat(1)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-ratelimit-limit-requests"], "60");
+    assert_eq!(r.headers()["x-ratelimit-remaining-requests"], "0");
+    let r = post(&c, &gws[0], "team", &chat(1)).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "rate_limit_exceeded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_burst_admits_no_more_than_the_limit_and_its_refill() {
+    let (redis, pg) = (Redis::start(), Postgres::start());
+    let gws = replicas(&replica_toml(&redis, &pg, "", &[("team", "requests_per_minute = 60")]), None).await;
+    let start = Instant::now();
+    let statuses = burst(&gws, "team", 300, &chat(1)).await;
+    let secs = start.elapsed().as_secs_f64();
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+    // One request a second refills; the burst itself is 60.
+    assert!(ok >= 60 && ok as f64 <= 60.0 + secs.ceil() + 1.0, "{ok} admitted in {secs:.1} s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_concurrency_are_shared() {
+    let (redis, pg) = (Redis::start(), Postgres::start());
+    let clock = Arc::new(ManualClock::new());
+    let keys = [("tok", "tokens_per_minute = 1000"), ("one", "max_concurrent = 2")];
+    let gws = replicas(&replica_toml(&redis, &pg, "", &keys), Some(clock.clone())).await;
+    let c = reqwest::Client::new();
+    // "Name a colour." is 14 bytes: 4 tokens estimated, plus max_tokens 96: 100 reserved.
+    let statuses = burst(&gws, "tok", 30, &chat(96)).await;
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+    assert!((10..30).contains(&ok), "{ok} of 30 admitted: at least the quota's worth of reservations");
+    // What was used is charged on every replica: each reports the same level once settled.
+    let left = |gw: usize| {
+        let (c, gws) = (c.clone(), &gws);
+        async move {
+            let r = post(
+                &c,
+                &gws[gw],
+                "tok",
+                &json!({"model": "gemma", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}),
+            )
+            .await;
+            r.headers().get("x-ratelimit-remaining-tokens").map(|v| v.to_str().unwrap().parse::<u64>().unwrap())
+        }
+    };
+    let a = left(0).await.unwrap_or(0);
+    assert!(a < 1000 - 100, "the burst's usage is charged: {a} left");
+
+    // Concurrency: two streams open (on two replicas) fill the key's two slots everywhere.
+    let mut s = chat(48);
+    s["stream"] = json!(true);
+    let mut first = post(&c, &gws[0], "one", &s).await;
+    let mut second = post(&c, &gws[1], "one", &s).await;
+    assert_eq!((first.status().as_u16(), second.status().as_u16()), (200, 200));
+    let r = post(&c, &gws[2], "one", &chat(1)).await;
+    assert_eq!(r.status(), 429, "two in flight on other replicas");
+    assert_eq!(r.headers()["x-ratelimit-limit-concurrent"], "2");
+    while first.chunk().await.unwrap().is_some() {}
+    while second.chunk().await.unwrap().is_some() {}
+    eventually("a slot freed by a finished stream is free on every replica", || async {
+        post(&c, &gws[2], "one", &chat(1)).await.status() == 200
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_budget_spent_across_replicas_stops_all_of_them() {
+    let (redis, pg) = (Redis::start(), Postgres::start());
+    // One request costs about 14 prompt tokens × $100/M + 8 × $200/M ≈ $0.003.
+    let gws = replicas(&replica_toml(&redis, &pg, "", &[("spender", "budget_usd_per_day = 0.004")]), None).await;
+    let c = reqwest::Client::new();
+    assert_eq!(post(&c, &gws[0], "spender", &chat(8)).await.status(), 200);
+    assert_eq!(post(&c, &gws[1], "spender", &chat(8)).await.status(), 200);
+    for gw in &gws {
+        eventually("every replica refuses the key once the shared spend is past its budget", || async {
+            let r = post(&c, gw, "spender", &chat(1)).await;
+            r.status() == 429 && r.json::<Value>().await.unwrap()["error"]["code"] == "insufficient_quota"
+        })
+        .await;
+    }
+    // The spend is Redis's, in pico-USD.
+    let mut con = redis.client().await;
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg("tollgate:lim:{spender}:spend:d*").query_async(&mut con).await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let pico: i64 = redis::cmd("GET").arg(&keys[0]).query_async(&mut con).await.unwrap();
+    assert!(pico >= 4_000_000_000, "{pico} pico-USD spent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_under_load_costs_no_5xx_and_exact_limits_return() {
+    let (mut redis, pg) = (Redis::start(), Postgres::start());
+    let clock = Arc::new(ManualClock::new());
+    let toml = replica_toml(&redis, &pg, "timeout_ms = 200", &[("team", "requests_per_minute = 30")]);
+    let gws = replicas(&toml, Some(clock.clone())).await;
+    let c = reqwest::Client::new();
+    let ready = |gw: &Gateway| {
+        let (c, url) = (c.clone(), gw.url("/ready"));
+        async move { c.get(url).send().await.unwrap().json::<Value>().await.unwrap()["cluster"]["redis"].clone() }
+    };
+    assert_eq!(ready(&gws[0]).await, "up");
+    // Under load, Redis dies: every answer is still a 200 or a 429, never a 5xx.
+    let one = chat(1);
+    let load = burst(&gws, "team", 12, &one);
+    let killer = async {
+        redis.kill();
+    };
+    let (statuses, ()) = tokio::join!(load, killer);
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+    let after = burst(&gws, "team", 30, &chat(1)).await;
+    assert!(after.iter().all(|s| *s == 200 || *s == 429), "{after:?}");
+    for gw in &gws {
+        assert_eq!(ready(gw).await, "down");
+        assert!(metric(gw, "tollgate_cluster_redis_up").await == 0.0);
+    }
+    let fallbacks: f64 = {
+        let mut sum = 0.0;
+        for gw in &gws {
+            sum += metric(gw, "tollgate_cluster_fallback_admissions_total").await;
+        }
+        sum
+    };
+    assert!(fallbacks >= 30.0, "{fallbacks} admissions decided alone");
+    // fail_mode open: beyond a replica's share (30 ÷ 3 = 10) requests are admitted, counted.
+    let ok = after.iter().filter(|s| **s == 200).count();
+    assert_eq!(ok, 30, "{after:?}");
+    // Redis returns (empty): the replicas find it, and the limit is exact again.
+    redis.restart();
+    for gw in &gws {
+        eventually("the replica sees Redis again", || async { ready(gw).await == "up" }).await;
+    }
+    let statuses = burst(&gws, "team", 60, &chat(1)).await;
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 30, "{statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_closed_refuses_beyond_the_share_with_a_429() {
+    let (mut redis, pg) = (Redis::start(), Postgres::start());
+    let clock = Arc::new(ManualClock::new());
+    let toml = replica_toml(&redis, &pg, "fail_mode = \"closed\"", &[("team", "requests_per_minute = 30")]);
+    let gws = replicas(&toml, Some(clock.clone())).await;
+    redis.kill();
+    let statuses = burst(&gws, "team", 60, &chat(1)).await;
+    // Each replica's share is 10 requests a minute.
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 30, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 30, "{statuses:?}");
+}
