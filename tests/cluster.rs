@@ -259,3 +259,67 @@ async fn fail_closed_refuses_beyond_the_share_with_a_429() {
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 30, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 30, "{statuses:?}");
 }
+
+async fn usage(c: &reqwest::Client, gw: &Gateway, query: &str) -> reqwest::Response {
+    c.get(gw.url(&format!("/v1/usage?{query}"))).bearer_auth(ADMIN).send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_covers_every_replica_and_survives_postgres_stopping() {
+    let (redis, mut pg) = (Redis::start(), Postgres::start());
+    let gws = replicas(&replica_toml(&redis, &pg, "", &[("a", ""), ("b", "")]), None).await;
+    let c = reqwest::Client::new();
+    for (i, gw) in gws.iter().enumerate() {
+        assert_eq!(post(&c, gw, "a", &chat(2)).await.status(), 200);
+        assert_eq!(post(&c, gw, if i == 0 { "a" } else { "b" }, &chat(2)).await.status(), 200);
+    }
+    // Any replica's report is every replica's (its own records at once, the others' once
+    // their shippers ran: within a second).
+    let by_key = |r: &Value| -> std::collections::HashMap<String, u64> {
+        r["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| (g["key"].as_str().unwrap().to_owned(), g["requests"].as_u64().unwrap()))
+            .collect()
+    };
+    let want: std::collections::HashMap<String, u64> = [("a".to_owned(), 4), ("b".to_owned(), 2)].into_iter().collect();
+    eventually("the report counts every replica's requests", || async {
+        by_key(&usage(&c, &gws[1], "group_by=key").await.json().await.unwrap()) == want
+    })
+    .await;
+    let r: Value = usage(&c, &gws[1], "group_by=key").await.json().await.unwrap();
+    assert!(r["data"][0]["cost_usd"].as_str().unwrap().parse::<f64>().unwrap() > 0.0, "{r}");
+
+    // PostgreSQL stops: no request fails, the replicas say so, and the records wait.
+    pg.stop();
+    for gw in &gws {
+        assert_eq!(post(&c, gw, "a", &chat(2)).await.status(), 200);
+    }
+    for gw in &gws {
+        eventually("the replica reports the shared ledger down", || async {
+            let r: Value = c.get(gw.url("/ready")).send().await.unwrap().json().await.unwrap();
+            r["ledger"]["postgres"] == "down"
+        })
+        .await;
+    }
+    assert_eq!(usage(&c, &gws[0], "").await.status(), 503);
+    pg.restart();
+    for gw in &gws {
+        eventually("the records that waited are shipped", || async {
+            let r: Value = c.get(gw.url("/ready")).send().await.unwrap().json().await.unwrap();
+            r["ledger"]["postgres"] == "up"
+        })
+        .await;
+    }
+    eventually("the report counts the records that waited", || async {
+        by_key(&usage(&c, &gws[2], "group_by=key").await.json().await.unwrap()).get("a") == Some(&7)
+    })
+    .await;
+    // Each record exactly once, named by the replica that served it.
+    let db = pg.client().await;
+    let rows =
+        db.query("SELECT count(*), count(DISTINCT id), count(DISTINCT replica) FROM requests", &[]).await.unwrap();
+    let (n, ids, reps): (i64, i64, i64) = (rows[0].get(0), rows[0].get(1), rows[0].get(2));
+    assert_eq!((n, ids, reps), (9, 9, 3));
+}

@@ -13,6 +13,7 @@ pub mod limits;
 pub mod metrics;
 pub mod monitor;
 pub mod percentile;
+pub mod postgres;
 pub mod record;
 pub mod telemetry;
 pub mod usage;
@@ -33,6 +34,8 @@ pub struct Accounting {
     pub ledger: Option<Arc<ledger::Ledger>>,
     /// OpenTelemetry traces (on with `[otel]`).
     pub telemetry: Option<telemetry::Telemetry>,
+    /// The one ledger of every replica (on with `[ledger] postgres_url`), fed from `ledger`.
+    pub postgres: Option<Arc<postgres::Postgres>>,
 }
 
 impl Accounting {
@@ -58,8 +61,18 @@ impl Accounting {
             let (day, month) = limits::period_starts(now);
             limits.load_spend(now, l.spend_since(day, month));
         }
+        let postgres = match (&s.postgres, &ledger) {
+            (Some(p), Some(l)) => Some(postgres::Postgres::start(p, l.clone())),
+            (Some(_), None) => {
+                tracing::error!(
+                    "ledger.postgres_url needs the local ledger (ledger.enabled = true): nothing is shipped"
+                );
+                None
+            }
+            _ => None,
+        };
         if let (Some(c), Some(l)) = (&cluster, &ledger) {
-            let seed = seed_budgets(l.clone());
+            let seed = seed_budgets(l.clone(), postgres.clone());
             c.spawn(seed(c.clone()));
             c.on_recovery(Box::new(seed));
         }
@@ -71,6 +84,7 @@ impl Accounting {
             telemetry: s.otel.as_ref().and_then(|o| {
                 telemetry::Telemetry::start(o).map_err(|e| tracing::error!("{e}; no traces are sent")).ok()
             }),
+            postgres,
         }
     }
 
@@ -84,6 +98,9 @@ impl Accounting {
         registry.register_collector(Box::new(self.monitor.clone()));
         if let Some(l) = &self.ledger {
             registry.register_collector(Box::new(l.clone()));
+        }
+        if let Some(p) = &self.postgres {
+            registry.register_collector(Box::new(p.clone()));
         }
     }
 
@@ -146,18 +163,33 @@ impl Accounting {
     }
 }
 
-/// Seeds an empty Redis with the spend the ledger holds for today and this month.
+/// Seeds an empty Redis with the spend the ledger holds for today and this month: every
+/// replica's, from PostgreSQL (this replica's alone without it).
 fn seed_budgets(
     ledger: Arc<ledger::Ledger>,
+    pg: Option<Arc<postgres::Postgres>>,
 ) -> impl Fn(Arc<crate::cluster::Cluster>) -> futures::future::BoxFuture<'static, ()> + Send + Sync {
     move |c| {
-        let l = ledger.clone();
+        let (l, pg) = (ledger.clone(), pg.clone());
         Box::pin(async move {
             let now = now_ms();
             let (day_ms, month_ms) = limits::period_starts(now);
             let (day, month) = (day_ms / 86_400_000, month_ms / 86_400_000);
-            let Ok(totals) = tokio::task::spawn_blocking(move || l.spend_since(day_ms, month_ms)).await else {
-                return;
+            let totals = match pg {
+                Some(pg) => {
+                    pg.flush().await;
+                    match pg.spend_since(day_ms, month_ms).await {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tracing::warn!("budgets not seeded: the PostgreSQL ledger cannot be read ({e})");
+                            return;
+                        }
+                    }
+                }
+                None => match tokio::task::spawn_blocking(move || l.spend_since(day_ms, month_ms)).await {
+                    Ok(t) => t,
+                    Err(_) => return,
+                },
             };
             let totals: Vec<_> =
                 totals.into_iter().map(|(k, (d, m))| (k, day, month, limits::pico(d), limits::pico(m))).collect();

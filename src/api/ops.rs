@@ -131,6 +131,12 @@ pub(super) async fn ready(State(st): State<Arc<AppState>>) -> Response {
             )),
         });
     }
+    if let Some(p) = &st.accounting.postgres {
+        body["ledger"] = json!({
+            "postgres": if p.is_up() { "up" } else { "down" },
+            "fallback": (!p.is_up()).then_some("records wait in this replica's local ledger until PostgreSQL is back"),
+        });
+    }
     (status, axum::Json(body)).into_response()
 }
 

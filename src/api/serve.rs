@@ -75,6 +75,10 @@ pub async fn serve(listener: TcpListener, st: Arc<AppState>, shutdown: Cancellat
     if let Some(l) = st.accounting.ledger.clone() {
         let _ = tokio::task::spawn_blocking(move || l.close()).await;
     }
+    // And from there into the shared ledger, if it answers (what does not waits for the next start).
+    if let Some(pg) = &st.accounting.postgres {
+        let _ = tokio::time::timeout(Duration::from_secs(5), pg.flush()).await;
+    }
     // The spans still in the exporter's batch are sent (bounded by the exporter's timeout).
     let accounting = st.accounting.clone();
     let _ = tokio::task::spawn_blocking(move || accounting.telemetry.as_ref().map(|t| t.shutdown())).await;

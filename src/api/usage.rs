@@ -3,7 +3,7 @@
 //! Query: `start_time` and `end_time` (Unix seconds; default the last 24 hours up to now),
 //! `group_by` (comma-separated or repeated: key, user, alias, deployment, day, batch, endpoint), and the
 //! filters `key` and `alias`. Everything finished before the call is included: the ledger is
-//! flushed first.
+//! flushed first. With `[ledger] postgres_url` the report is every replica's, from PostgreSQL.
 
 use std::sync::Arc;
 
@@ -73,6 +73,14 @@ async fn run(st: &Arc<AppState>, headers: &HeaderMap, uri: &axum::http::Uri) -> 
         return Err(ApiError::invalid_request("The ledger is off (ledger.enabled = false).", None));
     };
     ledger.flush().await;
+    // Every replica's records are in PostgreSQL: this one's are shipped first.
+    if let Some(pg) = &st.accounting.postgres {
+        pg.flush().await;
+        return pg.report(&query).await.map_err(|e| {
+            tracing::error!("usage: the PostgreSQL ledger cannot be read: {e}");
+            ApiError::unavailable("The shared ledger (PostgreSQL) cannot be read right now; retry shortly.")
+        });
+    }
     tokio::task::spawn_blocking(move || {
         let c = ledger.reader().map_err(|e| {
             tracing::error!("usage: cannot open the ledger: {e}");
