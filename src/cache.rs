@@ -12,6 +12,11 @@
 //! Coalescing: the first request for a key leads; identical requests that arrive while it
 //! runs wait for it (up to [`FOLLOW_TIMEOUT`]) and are answered from the cache, so the
 //! upstream sees one call. If the leader fails, a waiting request leads in turn.
+//!
+//! With `[cluster]` a second tier is shared by every replica ([`crate::cluster::cache`]): a
+//! local miss looks in Redis, and a miss there takes the key's short lock, so that identical
+//! requests on two replicas also make one upstream call (the other replica waits for the
+//! stored answer). Answers are stored in both tiers; Redis down, the local tier serves alone.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +25,8 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::cluster::cache::Shared;
+use crate::cluster::Cluster;
 use crate::config::CacheConfig;
 use crate::protocol::chunk::Head;
 use crate::protocol::{Endpoint, Usage, ValidRequest};
@@ -30,7 +37,7 @@ pub const FOLLOW_TIMEOUT: Duration = Duration::from_secs(300);
 pub type Key = [u8; 32];
 
 /// A cached answer: the non-streamed body (its `model` is the alias), and who made it.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Cached {
     pub body: Map<String, Value>,
     pub usage: Option<Usage>,
@@ -41,6 +48,11 @@ pub struct ResponseCache {
     entries: moka::future::Cache<Key, Arc<Cached>>,
     inflight: Mutex<HashMap<Key, tokio::sync::watch::Receiver<()>>>,
     global: bool,
+    /// The shared tier (`[cluster]`), with the bounds its entries keep.
+    shared: Option<Arc<Cluster>>,
+    ttl: Duration,
+    max_entries: u64,
+    max_entry_bytes: usize,
 }
 
 /// What a lookup found.
@@ -55,6 +67,8 @@ pub struct Leader {
     key: Key,
     /// Registered in the in-flight map (a real leader), so its end releases followers.
     registered: bool,
+    /// Holds the key's lock in the shared tier (released when it ends).
+    shared_lock: bool,
     _done: tokio::sync::watch::Sender<()>,
 }
 
@@ -71,6 +85,9 @@ impl Drop for Leader {
     fn drop(&mut self) {
         if self.registered {
             self.cache.inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+        }
+        if let (true, Some(c)) = (self.shared_lock, &self.cache.shared) {
+            c.cache_unlock(&hex::encode(self.key));
         }
     }
 }
@@ -91,12 +108,16 @@ impl ClientPolicy {
 }
 
 impl ResponseCache {
-    pub fn new(cfg: &CacheConfig) -> Option<Arc<Self>> {
+    pub fn new(cfg: &CacheConfig, shared: Option<Arc<Cluster>>) -> Option<Arc<Self>> {
         cfg.enabled.then(|| {
             Arc::new(ResponseCache {
                 entries: moka::future::Cache::builder().max_capacity(cfg.max_entries).time_to_live(cfg.ttl).build(),
                 inflight: Mutex::new(HashMap::new()),
                 global: cfg.global,
+                shared,
+                ttl: cfg.ttl,
+                max_entries: cfg.max_entries,
+                max_entry_bytes: cfg.max_entry_bytes,
             })
         })
     }
@@ -146,16 +167,20 @@ impl ResponseCache {
             if let Some(v) = self.entries.get(&key).await {
                 return Lookup::Hit(v);
             }
-            let mut wait = {
+            let found = {
                 let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
                 match inflight.get(&key) {
-                    Some(rx) => rx.clone(),
+                    Some(rx) => Ok(rx.clone()),
                     None => {
                         let (tx, rx) = tokio::sync::watch::channel(());
                         inflight.insert(key, rx);
-                        return Lookup::Lead(Leader { cache: self.clone(), key, registered: true, _done: tx });
+                        Err(Leader { cache: self.clone(), key, registered: true, shared_lock: false, _done: tx })
                     }
                 }
+            };
+            let mut wait = match found {
+                Ok(rx) => rx,
+                Err(leader) => return self.lead_shared(leader).await,
             };
             // The leader's sender is dropped when it ends, successful or not.
             if tokio::time::timeout_at(deadline, wait.changed()).await.is_err() {
@@ -164,13 +189,43 @@ impl ResponseCache {
         }
     }
 
+    /// This replica leads the key: unless the shared tier has the answer (or another
+    /// replica is computing it and stores it in time), this request computes it.
+    async fn lead_shared(self: &Arc<Self>, mut leader: Leader) -> Lookup {
+        let Some(c) = &self.shared else { return Lookup::Lead(leader) };
+        match c.cache_lookup(&hex::encode(leader.key), Duration::from_millis(crate::cluster::cache::LOCK_MS)).await {
+            Shared::Hit(bytes) => match serde_json::from_slice::<Cached>(&bytes) {
+                Ok(v) => {
+                    let v = Arc::new(v);
+                    self.entries.insert(leader.key, v.clone()).await;
+                    // Dropping the guard releases this replica's followers to the local entry.
+                    Lookup::Hit(v)
+                }
+                Err(_) => Lookup::Lead(leader),
+            },
+            Shared::Lead => {
+                leader.shared_lock = true;
+                Lookup::Lead(leader)
+            }
+            Shared::Alone => Lookup::Lead(leader),
+        }
+    }
+
     /// A guard that stores under `key` without leading (the client skipped the lookup).
     pub fn follower_guard(self: &Arc<Self>, key: Key) -> Leader {
         let (tx, _rx) = tokio::sync::watch::channel(());
-        Leader { cache: self.clone(), key, registered: false, _done: tx }
+        Leader { cache: self.clone(), key, registered: false, shared_lock: false, _done: tx }
     }
 
     pub async fn insert(&self, key: Key, value: Cached) {
+        if let Some(c) = &self.shared {
+            match serde_json::to_vec(&value) {
+                Ok(bytes) if bytes.len() <= self.max_entry_bytes => {
+                    c.cache_put(&hex::encode(key), bytes, self.ttl, self.max_entries).await
+                }
+                _ => {}
+            }
+        }
         self.entries.insert(key, Arc::new(value)).await;
     }
 }

@@ -323,3 +323,44 @@ async fn usage_covers_every_replica_and_survives_postgres_stopping() {
     let (n, ids, reps): (i64, i64, i64) = (rows[0].get(0), rows[0].get(1), rows[0].get(2));
     assert_eq!((n, ids, reps), (9, 9, 3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_response_cache_is_shared_and_identical_requests_make_one_upstream_call() {
+    let (redis, pg) = (Redis::start(), Postgres::start());
+    let toml = replica_toml(&redis, &pg, "[cache]\nenabled = true\nttl_secs = 60\nscope = \"global\"", &[("a", "")]);
+    let gws = replicas(&toml, None).await;
+    let c = reqwest::Client::new();
+    let cache = |r: &reqwest::Response| r.headers()["x-tollgate-cache"].to_str().unwrap().to_owned();
+    // A miss on one replica is a hit on the others, streamed or not.
+    let r = post(&c, &gws[0], "a", &chat(3)).await;
+    assert_eq!(cache(&r), "miss");
+    let first: Value = r.json().await.unwrap();
+    let r = post(&c, &gws[1], "a", &chat(3)).await;
+    assert_eq!(cache(&r), "hit");
+    let second: Value = r.json().await.unwrap();
+    assert_eq!(first["choices"], second["choices"]);
+    assert_eq!(first["id"], second["id"], "the stored answer itself");
+    let mut s = chat(3);
+    s["stream"] = json!(true);
+    let r = post(&c, &gws[2], "a", &s).await;
+    assert_eq!(cache(&r), "hit");
+    let text = r.text().await.unwrap();
+    assert_eq!(common::sse_text(&text), first["choices"][0]["message"]["content"].as_str().unwrap());
+    // Identical requests arriving on three replicas at once: one leads, two wait for it.
+    let body = json!({"model": "gemma", "messages": [{"role": "user", "content": "Count to three."}],
+                      "max_tokens": 6, "temperature": 0});
+    let calls = gws.iter().map(|gw| {
+        let (c, body) = (c.clone(), body.clone());
+        async move { cache(&post(&c, gw, "a", &body).await) }
+    });
+    let mut got = futures::future::join_all(calls).await;
+    got.sort();
+    assert_eq!(got, ["hit", "hit", "miss"]);
+    for gw in &gws {
+        assert!(
+            metric(gw, "tollgate_cluster_cache_hits_total").await
+                + metric(gw, "tollgate_cluster_cache_misses_total").await
+                >= 1.0
+        );
+    }
+}

@@ -137,7 +137,7 @@ pub async fn state_with_clock(cfg: &Config, clock: Arc<dyn Clock>) -> anyhow::Re
         Some(c) => Some(crate::cluster::Cluster::connect(c).map_err(|e| anyhow::anyhow!(e))?),
         None => None,
     };
-    let accounting = Arc::new(Accounting::new(cfg, clock.clone(), cluster));
+    let accounting = Arc::new(Accounting::new(cfg, clock.clone(), cluster.clone()));
     let releases =
         crate::release::Releases::open(cfg, Some(accounting.monitor.clone())).map_err(|e| anyhow::anyhow!(e))?;
     let routes = crate::router::build::build_routes(cfg, None, clock.clone(), Some(&releases), &[])
@@ -165,7 +165,7 @@ pub async fn state_with_clock(cfg: &Config, clock: Arc<dyn Clock>) -> anyhow::Re
         releases,
         hard_stop: CancellationToken::new(),
         clock,
-        cache: crate::cache::ResponseCache::new(&cfg.server.cache),
+        cache: crate::cache::ResponseCache::new(&cfg.server.cache, cluster),
         batches: crate::batch::Batches::open(&cfg.server.data_dir, cfg.server.batch_concurrency),
         batch_tasks: TaskTracker::new(),
         batch_stop: CancellationToken::new(),

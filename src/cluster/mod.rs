@@ -8,7 +8,7 @@
 //! a replica's share of each limit, the cache its in-process tier. What could not be written
 //! meanwhile (spend) waits in memory and is written when Redis is back, before it is used.
 
-// pub mod cache;
+pub mod cache;
 pub mod limits;
 
 use std::collections::HashMap;

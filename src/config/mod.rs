@@ -138,11 +138,19 @@ pub struct CacheConfig {
     pub max_entries: u64,
     /// Shared across API keys (otherwise each key sees only its own entries).
     pub global: bool,
+    /// Answers larger than this (as JSON) are not stored in the shared tier.
+    pub max_entry_bytes: usize,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig { enabled: false, ttl: Duration::from_secs(3600), max_entries: 10_000, global: false }
+        CacheConfig {
+            enabled: false,
+            ttl: Duration::from_secs(3600),
+            max_entries: 10_000,
+            global: false,
+            max_entry_bytes: 1024 * 1024,
+        }
     }
 }
 

@@ -147,6 +147,8 @@ pub struct CacheFile {
     pub max_entries: Option<u64>,
     /// "key" (each API key its own entries, the default) or "global".
     pub scope: Option<String>,
+    /// With `[cluster]`: answers larger than this are kept out of the shared tier (1 MiB).
+    pub max_entry_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

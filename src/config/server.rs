@@ -89,6 +89,9 @@ pub(super) fn server_config(
     if let Some(m) = c.max_entries {
         s.cache.max_entries = m;
     }
+    if let Some(b) = c.max_entry_bytes {
+        s.cache.max_entry_bytes = b;
+    }
     match c.scope.as_deref() {
         None | Some("key") => {}
         Some("global") => s.cache.global = true,
