@@ -364,3 +364,76 @@ async fn the_response_cache_is_shared_and_identical_requests_make_one_upstream_c
         );
     }
 }
+
+/// One admin change on `gw`: (status, body).
+async fn admin(c: &reqwest::Client, gw: &Gateway, path: &str, body: Value) -> (u16, Value) {
+    let r = c.post(gw.url(&format!("/v1/admin/models/{path}"))).bearer_auth(ADMIN).json(&body).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// The version that answers `user` on `gw`.
+async fn version(c: &reqwest::Client, gw: &Gateway, user: &str) -> String {
+    let body = json!({"model": "chat", "user": user, "max_tokens": 1, "messages": [{"role": "user", "content": "Hi"}]});
+    let r = c.post(gw.url("/v1/chat/completions")).bearer_auth("a").json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.headers()["x-tollgate-model-version"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_started_on_one_replica_is_served_by_the_others_and_the_trail_is_one() {
+    let (redis, pg) = (Redis::start(), Postgres::start());
+    // The replicas share the registry (a directory every replica mounts).
+    let shared = tempfile::tempdir().unwrap();
+    let registry = tollgate::registry::Registry::new(shared.path().join("registry"));
+    for v in ["1.0.0", "1.1.0"] {
+        let e = tollgate::registry::Endpoint {
+            kind: "openai".into(),
+            base_url: common::llama_server(),
+            model: "gemma".into(),
+        };
+        registry.add_remote("chat", v, e, None, Default::default()).unwrap();
+    }
+    let toml = replica_toml(&redis, &pg, "", &[("a", "")])
+        + &format!("[registry]\ndir = \"{}\"\n", shared.path().join("registry").display());
+    let routes =
+        "[[alias]]\nname = \"chat\"\n[[alias.deployment]]\nname = \"chat\"\nkind = \"registry\"\nmodel = \"chat\"\n\n\
+                  [[model]]\nname = \"chat\"\nproduction = \"1.0.0\"\n";
+    let mut gws = Vec::new();
+    for _ in 0..3 {
+        gws.push(Gateway::start(&toml, &[("chat.toml", routes)]).await);
+    }
+    let c = reqwest::Client::new();
+    for gw in &gws {
+        assert_eq!(version(&c, gw, "u1").await, "chat@1.0.0");
+    }
+    // A canary at 100% through replica A: B and C serve it on their next requests.
+    let (s, v) =
+        admin(&c, &gws[0], "chat/canary", json!({"version": "1.1.0", "weight": 100, "reason": "try it"})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(version(&c, &gws[0], "u1").await, "chat@1.1.0");
+    let announced = Instant::now();
+    for gw in &gws[1..] {
+        eventually("the other replicas adopt the canary", || async { version(&c, gw, "u1").await == "chat@1.1.0" })
+            .await;
+    }
+    println!("canary adopted by the other replicas {} ms after the change", announced.elapsed().as_millis());
+    // Rolled back (weight 0) through replica C: A and B follow.
+    let (s, v) = admin(&c, &gws[2], "chat/canary", json!({"weight": 0, "reason": "enough"})).await;
+    assert_eq!(s, 200, "{v}");
+    for gw in &gws[..2] {
+        eventually("the other replicas stop the canary", || async { version(&c, gw, "u1").await == "chat@1.0.0" })
+            .await;
+    }
+    // One audit trail, whichever replica is asked.
+    let r: Value =
+        c.get(gws[1].url("/v1/admin/models/chat/audit")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+    let actions: Vec<&str> = r["data"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["seed", "canary", "weight"], "{r}");
+    assert_eq!(r["data"][1]["reason"], "try it");
+    // A change planned against stages that another replica changed meanwhile is refused.
+    let db = pg.client().await;
+    let n = db.execute("UPDATE release_stages SET canary_weight = 5 WHERE model = 'chat'", &[]).await.unwrap();
+    assert_eq!(n, 1);
+    let (s, v) = admin(&c, &gws[0], "chat/canary", json!({"weight": 50})).await;
+    assert_eq!(s, 409, "{v}");
+}

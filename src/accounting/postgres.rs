@@ -16,13 +16,13 @@ use std::time::Duration;
 
 use rust_decimal::Decimal;
 use serde_json::Value;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Notify;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls};
 
 use super::ledger::Ledger;
 use super::metrics::{family, Collector, ConstCounter, ConstGauge, DescriptorEncoder, NO_LABELS};
 use super::usage::{self, Param, Query, UsageRow};
+use crate::cluster::pg::Pg;
 use crate::config::PostgresConfig;
 
 const SHIP_EVERY: Duration = Duration::from_millis(500);
@@ -133,8 +133,7 @@ struct Stats {
 }
 
 pub struct Postgres {
-    cfg: PostgresConfig,
-    client: Mutex<Option<Client>>,
+    pg: Pg,
     stats: Stats,
     wake: Notify,
     shipped: Notify,
@@ -161,8 +160,7 @@ impl Postgres {
             id
         });
         let pg = Arc::new(Postgres {
-            cfg: cfg.clone(),
-            client: Mutex::new(None),
+            pg: Pg::new(cfg, schema()),
             stats: Stats::default(),
             wake: Notify::new(),
             shipped: Notify::new(),
@@ -174,33 +172,6 @@ impl Postgres {
 
     pub fn is_up(&self) -> bool {
         self.stats.up.load(Ordering::Acquire)
-    }
-
-    /// A connected client (connecting, and creating the tables, when there is none).
-    async fn connected(&self) -> Result<tokio::sync::MappedMutexGuard<'_, Client>, String> {
-        let mut g = self.client.lock().await;
-        if g.as_ref().is_none_or(Client::is_closed) {
-            let mut config: tokio_postgres::Config =
-                self.cfg.url.0.parse().map_err(|e| format!("postgres_url: {e}"))?;
-            if let Some(p) = &self.cfg.password {
-                config.password(&p.0);
-            }
-            config.connect_timeout(Duration::from_secs(5));
-            let (mut client, conn) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!("PostgreSQL connection ended: {e}");
-                }
-            });
-            // Replicas starting together create the tables one at a time.
-            let tx = client.transaction().await.map_err(|e| e.to_string())?;
-            tx.batch_execute(&format!("SELECT pg_advisory_xact_lock(7406351); {}", schema()))
-                .await
-                .map_err(|e| e.to_string())?;
-            tx.commit().await.map_err(|e| e.to_string())?;
-            *g = Some(client);
-        }
-        Ok(tokio::sync::MutexGuard::map(g, |c| c.as_mut().expect("connected above")))
     }
 
     fn failed(&self, e: &str) {
@@ -232,7 +203,7 @@ impl Postgres {
             })
             .collect();
         let refs: Vec<&(dyn ToSql + Sync)> = args.iter().map(|b| b.as_ref() as &(dyn ToSql + Sync)).collect();
-        let client = self.connected().await?;
+        let client = self.pg.client().await?;
         let rows = client.query(&sql, &refs).await.map_err(|e| e.to_string())?;
         drop(client);
         let n = q.group_by.len();
@@ -261,7 +232,7 @@ impl Postgres {
 
     /// Spend per key since the given instants (Unix ms), over every replica: (day, month).
     pub async fn spend_since(&self, day_ms: u64, month_ms: u64) -> Result<HashMap<String, (Decimal, Decimal)>, String> {
-        let client = self.connected().await?;
+        let client = self.pg.client().await?;
         let rows = client
             .query(
                 "SELECT key, COALESCE(SUM(cost_usd) FILTER (WHERE started_at_ms >= $1), 0)::text, \
@@ -283,7 +254,7 @@ impl Postgres {
 
     /// Ships the next rows; `Ok(true)` when more may wait.
     async fn ship_batch(&self, ledger: &Arc<Ledger>) -> Result<bool, String> {
-        let mut client = self.connected().await?;
+        let mut client = self.pg.client().await?;
         let last: i64 = client
             .query_opt("SELECT last_rowid FROM ledger_sources WHERE source = $1", &[&self.source])
             .await
@@ -375,7 +346,7 @@ async fn ship_loop(pg: Weak<Postgres>, ledger: Arc<Ledger>) {
                 }
                 Err(e) => {
                     p.failed(&e);
-                    *p.client.lock().await = None;
+                    p.pg.reset().await;
                     break RETRY;
                 }
             }

@@ -147,7 +147,7 @@ pub async fn state_with_clock(cfg: &Config, clock: Arc<dyn Clock>) -> anyhow::Re
         crate::conversation::Conversations::open(&cfg.server.data_dir, cfg.server.responses_ttl)
             .map_err(|e| anyhow::anyhow!(e))?,
     );
-    Ok(Arc::new_cyclic(|me| AppState {
+    let st = Arc::new_cyclic(|me| AppState {
         prometheus: {
             let mut registry = crate::accounting::metrics::Registry::default();
             accounting.register_metrics(&mut registry);
@@ -165,13 +165,19 @@ pub async fn state_with_clock(cfg: &Config, clock: Arc<dyn Clock>) -> anyhow::Re
         releases,
         hard_stop: CancellationToken::new(),
         clock,
-        cache: crate::cache::ResponseCache::new(&cfg.server.cache, cluster),
+        cache: crate::cache::ResponseCache::new(&cfg.server.cache, cluster.clone()),
         batches: crate::batch::Batches::open(&cfg.server.data_dir, cfg.server.batch_concurrency),
         batch_tasks: TaskTracker::new(),
         batch_stop: CancellationToken::new(),
         created: crate::clock::now_s(),
         conversations,
-    }))
+    });
+    // Many replicas: the release stages follow the shared store.
+    if let (Some(c), Some(p)) = (&cluster, &cfg.server.postgres) {
+        let store = Arc::new(crate::release::shared::SharedStore::new(p, c.clone()));
+        models::follow(Arc::downgrade(&st), store);
+    }
+    Ok(st)
 }
 
 pub fn router(st: Arc<AppState>) -> Router {

@@ -6,6 +6,10 @@
 //! question; only then is the change recorded and the routes swapped, in one step, so that
 //! no request reaches a version before it is ready. The version that leaves production
 //! stays loaded (standby), so a rollback is a swap back and takes effect on the next request.
+//!
+//! With `[cluster]` a change is written to the shared store first, and every other replica's
+//! follower ([`follow`]) adopts it: it readies the versions the new stages need (as above)
+//! and swaps its routes, within a second of the announcement.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -141,7 +145,7 @@ async fn change(
                     reason,
                     detail: json!({ "before": before, "error": e }),
                 };
-                let _ = st.releases.commit(&live.name, None, None, entry);
+                let _ = st.releases.record(&live.name, None, None, entry).await;
                 return Err(ApiError::unavailable(format!(
                     "{}@{v} could not be made ready; traffic stays where it was: {e}",
                     live.name
@@ -163,7 +167,7 @@ async fn change(
             "ready_ms": started.elapsed().as_millis() as u64 }),
     };
     // Only an automatic rollback changes stages outside `ops`: one that came first wins.
-    let entry = match st.releases.commit(&live.name, Some(&before), Some(&after), entry) {
+    let entry = match st.releases.record(&live.name, Some(&before), Some(&after), entry).await {
         Ok(e) => e,
         Err(ReleaseError::StagesChanged) => {
             return Err(ApiError::conflict(format!(
@@ -171,6 +175,9 @@ async fn change(
                  changed: read the audit trail and try again.",
                 live.name
             )))
+        }
+        Err(e @ ReleaseError::Shared(_)) => {
+            return Err(ApiError::unavailable(format!("Nothing was changed: {e}; retry when it is back.")))
         }
         Err(e) => return Err(ApiError::internal(e.to_string())),
     };
@@ -186,7 +193,7 @@ async fn change(
             reason: Some(e.clone()),
             detail: json!({ "after": before }),
         };
-        let _ = st.releases.commit(&live.name, None, Some(&before), undo);
+        let _ = st.releases.record(&live.name, None, Some(&before), undo).await;
         return Err(ApiError::unavailable(format!("The change could not be applied: {e}")));
     }
     Ok(axum::Json(json!({ "model": live.name, "stages": live.stages(), "audit": entry })).into_response())
@@ -346,6 +353,54 @@ pub async fn audit(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     auth::authenticate_admin(&st.live().auth, &headers)?;
-    let entries = st.releases.audit(Some(&name)).map_err(|e| ApiError::internal(e.to_string()))?;
+    let entries = st.releases.audit_trail(Some(&name)).await.map_err(|e| match e {
+        ReleaseError::Shared(_) => ApiError::unavailable(e.to_string()),
+        e => ApiError::internal(e.to_string()),
+    })?;
     Ok(axum::Json(json!({ "object": "list", "model": name, "data": entries })).into_response())
+}
+
+/// Keeps this replica's stages those of the shared store: on every announcement (and every
+/// few seconds), the models whose stored stages differ are readied and adopted.
+pub fn follow(st: std::sync::Weak<AppState>, store: Arc<crate::release::shared::SharedStore>) {
+    let mut changes = store.cluster.release_changes();
+    store.cluster.clone().spawn(async move {
+        while changes.recv().await.is_some() {
+            while changes.try_recv().is_ok() {}
+            let Some(st) = st.upgrade() else { return };
+            if let Err(e) = sync(&st, &store).await {
+                tracing::warn!("releases: cannot follow the shared store yet: {e}");
+            }
+        }
+    });
+}
+
+async fn sync(st: &AppState, store: &Arc<crate::release::shared::SharedStore>) -> Result<(), String> {
+    if st.releases.shared().is_none() {
+        st.releases.join(store.clone()).await.map_err(|e| e.to_string())?;
+    }
+    let stored = store.all().await.map_err(|e| e.to_string())?;
+    let _one = st.releases.ops.lock().await;
+    let (mut loaded, mut changed) = (Vec::new(), false);
+    for name in st.releases.names() {
+        let (Some(live), Some(s)) = (st.releases.model(&name), stored.get(&name)) else { continue };
+        let (now, s) = (live.stages(), crate::release::normal(s));
+        if now == s {
+            continue;
+        }
+        // Versions this replica serves or keeps as standby are loaded already.
+        let have = [&now.production, &now.staging, &now.previous];
+        for v in [&s.production, &s.staging].into_iter().flatten() {
+            if !have.iter().any(|h| h.as_ref() == Some(v)) {
+                loaded.extend(prepare(st, &name, v).await.map_err(|e| format!("{name}@{v}: {e}"))?.0);
+            }
+        }
+        st.releases.adopt(&name, &s).map_err(|e| e.to_string())?;
+        tracing::info!(model = %name, stages = ?s, "releases: adopted the shared store's stages");
+        changed = true;
+    }
+    if changed {
+        st.rebuild_routes(&loaded).await?;
+    }
+    Ok(())
 }

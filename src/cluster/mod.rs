@@ -1,6 +1,8 @@
 //! Shared state for many replicas (`[cluster]`): one Redis connection per replica
 //! (multiplexed and reconnecting), its health, and what goes through it: the limits and
-//! budgets' scripts ([`limits`]) and the shared response cache ([`cache`]).
+//! budgets' scripts ([`limits`]), the shared response cache ([`cache`]) and the release
+//! changes' notifications ([`releases`]); and the PostgreSQL connection ([`pg`]) of what
+//! lives in the database.
 //!
 //! Redis is never on a request's critical path for longer than `cluster.timeout_ms`: a call
 //! that fails or times out marks Redis down (logged once, counted), and until a probe (every
@@ -10,6 +12,8 @@
 
 pub mod cache;
 pub mod limits;
+pub mod pg;
+pub mod releases;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -43,6 +47,7 @@ type Hook = Box<dyn Fn(Arc<Cluster>) -> futures::future::BoxFuture<'static, ()> 
 
 pub struct Cluster {
     pub cfg: ClusterConfig,
+    client: redis::Client,
     con: ConnectionManager,
     rt: tokio::runtime::Handle,
     up: AtomicBool,
@@ -78,9 +83,10 @@ impl Cluster {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
-        let con = ConnectionManager::new_lazy_with_config(client, mcfg).map_err(|e| format!("cluster: {e}"))?;
+        let con = ConnectionManager::new_lazy_with_config(client.clone(), mcfg).map_err(|e| format!("cluster: {e}"))?;
         Ok(Arc::new(Cluster {
             cfg: cfg.clone(),
+            client,
             con,
             rt: tokio::runtime::Handle::current(),
             up: AtomicBool::new(true),

@@ -17,4 +17,7 @@ pub enum ReleaseError {
     /// automatic rollback) came first, and nothing was written.
     #[error("the stages changed before the change could be recorded (another change came first)")]
     StagesChanged,
+    /// The shared store (PostgreSQL, with `[cluster]`) could not be read or written.
+    #[error("the shared release store (PostgreSQL): {0}")]
+    Shared(String),
 }

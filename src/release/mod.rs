@@ -16,8 +16,13 @@
 //! Once the canary has `min_requests` of them, it is rolled back (weight 0) when its error
 //! rate exceeds production's by `error_rate_margin`, or its p95 latency exceeds
 //! production's by `p95_margin` (a fraction); an alert fires and the audit record says why.
+//!
+//! Many replicas (`[cluster]`): the stages and the audit trail live in PostgreSQL
+//! ([`shared`]); a change is written there first, then made live here and announced, and the
+//! other replicas adopt it ([`Releases::adopt`], driven by the admin API's follower).
 
 mod error;
+pub mod shared;
 pub mod store;
 
 use std::collections::{HashMap, VecDeque};
@@ -266,6 +271,16 @@ pub struct Releases {
     pub ops: tokio::sync::Mutex<()>,
     monitor: Option<Arc<crate::accounting::monitor::Monitor>>,
     pub auto_rollbacks: AtomicU64,
+    /// The shared store, once joined ([`Releases::join`]).
+    shared: std::sync::OnceLock<Arc<shared::SharedStore>>,
+}
+
+/// Stages as they are kept live (the weight in whole basis points), so that stages read
+/// from a store compare equal to the live ones.
+pub fn normal(s: &Stages) -> Stages {
+    let mut s = s.clone();
+    s.canary_weight = f64::from(basis_points(s.canary_weight)) / 100.0;
+    s
 }
 
 impl Releases {
@@ -284,6 +299,7 @@ impl Releases {
             ops: tokio::sync::Mutex::new(()),
             monitor,
             auto_rollbacks: AtomicU64::new(0),
+            shared: std::sync::OnceLock::new(),
         });
         r.configure(cfg)?;
         Ok(r)
@@ -385,10 +401,81 @@ impl Releases {
         lock(&self.store).audit(model)
     }
 
+    pub fn shared(&self) -> Option<&Arc<shared::SharedStore>> {
+        self.shared.get()
+    }
+
+    /// Joins the replicas' shared store: a model it does not hold yet is seeded with this
+    /// replica's stages (the first replica to arrive wins); adopting what it holds is the
+    /// follower's work, since it may need versions loaded.
+    pub async fn join(self: &Arc<Self>, store: Arc<shared::SharedStore>) -> Result<(), ReleaseError> {
+        for name in self.names() {
+            let Some(live) = self.model(&name) else { continue };
+            let mine = live.stages();
+            let entry = AuditEntry {
+                id: 0,
+                at_ms: now_ms(),
+                model: name.clone(),
+                action: AuditAction::Seed,
+                version: mine.production.clone(),
+                actor: "replica".into(),
+                reason: Some("the first replica in the shared store".into()),
+                detail: json!({ "after": mine }),
+            };
+            store.seed(&mine, &entry).await?;
+        }
+        let _ = self.shared.set(store);
+        Ok(())
+    }
+
+    /// Makes stages read from the shared store live here (and keeps them in the local store).
+    pub fn adopt(&self, model: &str, stages: &Stages) -> Result<(), ReleaseError> {
+        let mut store = lock(&self.store);
+        let Some(live) = self.model(model) else { return Ok(()) };
+        if live.stages() == normal(stages) {
+            return Ok(());
+        }
+        store.set_stages(model, stages, now_ms())?;
+        live.set(stages);
+        Ok(())
+    }
+
+    /// [`Releases::commit`], written first to the shared store when there is one (whose
+    /// stored stages must still be `expected`), then announced to the other replicas.
+    pub async fn record(
+        &self,
+        model: &str,
+        expected: Option<&Stages>,
+        stages: Option<&Stages>,
+        entry: AuditEntry,
+    ) -> Result<AuditEntry, ReleaseError> {
+        let Some(sh) = self.shared.get() else { return self.commit(model, expected, stages, entry) };
+        let stages = stages.map(normal);
+        let mut entry = entry;
+        entry.id = sh.apply(expected.map(normal).as_ref(), stages.as_ref(), &entry).await?;
+        if let Some(s) = &stages {
+            let _ = lock(&self.store).set_stages(model, s, entry.at_ms);
+            if let Some(live) = self.model(model) {
+                live.set(s);
+            }
+            sh.cluster.publish_release(model).await;
+        }
+        Ok(entry)
+    }
+
+    /// The audit trail: the shared one when there is one.
+    pub async fn audit_trail(&self, model: Option<&str>) -> Result<Vec<AuditEntry>, ReleaseError> {
+        match self.shared.get() {
+            Some(sh) => sh.audit(model).await,
+            None => self.audit(model),
+        }
+    }
+
     fn auto_rollback(&self, live: &ModelLive, version: &str, v: Verdict) {
         // Under the store's lock, like every change: the weight drops and is recorded together,
         // and only if `version` is still the canary with traffic (only the first verdict acts).
         let mut store = lock(&self.store);
+        let before = live.stages();
         let Some(stages) = live.stop_canary(version) else { return };
         self.auto_rollbacks.fetch_add(1, Ordering::Relaxed);
         let entry = AuditEntry {
@@ -401,7 +488,19 @@ impl Releases {
             reason: Some(v.why.clone()),
             detail: json!({ "after": stages, "measured": v.detail }),
         };
-        if let Err(e) = store.apply(Some(&stages), &entry) {
+        if let Some(sh) = self.shared.get().cloned() {
+            // The truth is the shared store: written there (unless another replica's rollback
+            // came first) and announced; here it is live already.
+            let _ = store.set_stages(&live.name, &stages, entry.at_ms);
+            let (model, after) = (live.name.clone(), normal(&stages));
+            sh.cluster.clone().spawn(async move {
+                match sh.apply(Some(&normal(&before)), Some(&after), &entry).await {
+                    Ok(_) => sh.cluster.publish_release(&model).await,
+                    Err(ReleaseError::StagesChanged) => {}
+                    Err(e) => tracing::error!(%model, "the automatic rollback could not be recorded: {e}"),
+                }
+            });
+        } else if let Err(e) = store.apply(Some(&stages), &entry) {
             tracing::error!(model = %live.name, "the automatic rollback could not be recorded: {e}");
         }
         drop(store);

@@ -233,6 +233,18 @@ impl Store {
         Ok(id)
     }
 
+    /// Writes stages adopted from the shared store (its audit trail is the one kept there).
+    pub fn set_stages(&mut self, model: &str, s: &Stages, at_ms: u64) -> Result<(), ReleaseError> {
+        self.conn.execute(
+            "INSERT INTO stages (model, production, staging, canary_weight, previous, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(model) DO UPDATE SET production = ?2, staging = ?3, canary_weight = ?4,
+                 previous = ?5, updated_ms = ?6",
+            params![model, s.production, s.staging, s.canary_weight, s.previous, at_ms as i64],
+        )?;
+        Ok(())
+    }
+
     /// The audit trail, oldest first; one model's or every model's.
     pub fn audit(&self, model: Option<&str>) -> Result<Vec<AuditEntry>, ReleaseError> {
         let mut st = self.conn.prepare(
