@@ -6,8 +6,8 @@
 #     PyPI's llama-cpp-python sdist and cached under ~/.cache/tollgate (tests use it as a real
 #     OpenAI-compatible upstream; benchmarks compare against it);
 #   - with --sdk: the official Python clients the tests drive (tests/sdk/requirements.txt);
-#   - with --servers: Debian's redis-server and PostgreSQL, which the cluster tests start on
-#     loopback ports of their own (never the system's services).
+#   - with --servers: Debian's redis-server, PostgreSQL and nginx, which the cluster tests
+#     start on loopback ports of their own (never the system's services).
 # Prints nothing on stdout but `export` lines, so callers can `eval "$(scripts/setup.sh)"`.
 set -euo pipefail
 
@@ -26,7 +26,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # 1. Debian packages.
 pkgs=(cmake clang libclang-dev pkg-config python3-pip)
-[ "$want_servers" = 1 ] && pkgs+=(redis-server postgresql)
+[ "$want_servers" = 1 ] && pkgs+=(redis-server postgresql nginx)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

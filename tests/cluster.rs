@@ -437,3 +437,112 @@ async fn a_canary_started_on_one_replica_is_served_by_the_others_and_the_trail_i
     let (s, v) = admin(&c, &gws[0], "chat/canary", json!({"weight": 50})).await;
     assert_eq!(s, 409, "{v}");
 }
+
+#[test]
+fn the_compose_gateway_file_passes_check_config() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["check-config", "--config", "deploy/compose.toml"])
+        .envs([
+            ("TOLLGATE_MODEL", "/models/gemma.gguf"),
+            ("TOLLGATE_ADMIN_KEY", "a"),
+            ("TOLLGATE_DEV_KEY", "d"),
+            ("TOLLGATE_POSTGRES_PASSWORD", "p"),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("cluster: redis redis:6379/0, 2 replica(s), fail_mode open"), "{stdout}");
+    assert!(stdout.contains("ledger: PostgreSQL postgres:5432/tollgate"), "{stdout}");
+    // A cluster without the shared ledger is refused, and so is a literal password.
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("t.toml"), "[cluster]\nredis_url = \"redis://:hunter2@127.0.0.1:6379/0\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["check-config", "--config"])
+        .arg(d.path().join("t.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(text.contains("cluster.redis_url: a password is not allowed in a config file"), "{text}");
+    assert!(text.contains("the replicas need one ledger: set ledger.postgres_url"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+/// nginx's master, stopped with SIGTERM when the test ends (it stops its workers; a SIGKILL
+/// would orphan them).
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// The load balancer of docker-compose.yml, as shipped but for its upstreams' addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_load_balancer_spreads_requests_and_streams_sse() {
+    let (redis, pg) = (Redis::start(), Postgres::start());
+    let toml = replica_toml(&redis, &pg, "", &[("a", "")]);
+    let a = Gateway::start(&toml, &[("a.toml", &route())]).await;
+    let b = Gateway::start(&toml, &[("a.toml", &route())]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let conf = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx.conf"))
+        .unwrap()
+        .replace("tollgate-1:8080", &a.running.addr.to_string())
+        .replace("tollgate-2:8080", &b.running.addr.to_string())
+        .replace("listen 8080;", &format!("listen 127.0.0.1:{port};"));
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    let conf_path = dir.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let prefix = format!("{}/", dir.path().display());
+    let globals = format!("pid {prefix}nginx.pid; error_log stderr;");
+    let nginx = |extra: &[&str]| {
+        let mut c = std::process::Command::new("nginx");
+        c.args(["-p", &prefix, "-c"]).arg(&conf_path).args(extra);
+        c
+    };
+    let t = nginx(&["-t", "-g", &globals]).output().expect("nginx (scripts/setup.sh --servers installs it)");
+    assert!(t.status.success(), "nginx -t: {}", String::from_utf8_lossy(&t.stderr));
+    let daemon = format!("{globals} daemon off;");
+    // Its output is not the test's: workers must not hold the test's pipes open.
+    let _nginx = Stopped(
+        nginx(&["-g", &daemon])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let lb = format!("http://127.0.0.1:{port}");
+    let c = reqwest::Client::new();
+    eventually("nginx listens", || async { c.get(format!("{lb}/health")).send().await.is_ok() }).await;
+    // A stream arrives as a stream, through the balancer.
+    let mut s = chat(4);
+    s["stream"] = json!(true);
+    let r = c.post(format!("{lb}/v1/chat/completions")).bearer_auth("a").json(&s).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let body = r.text().await.unwrap();
+    assert_eq!(common::sse_data(&body).last().map(String::as_str), Some("[DONE]"), "{body}");
+    // Requests reach both replicas.
+    for _ in 0..6 {
+        let r = c.post(format!("{lb}/v1/chat/completions")).bearer_auth("a").json(&chat(1)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let served = |gw: &Gateway| {
+        let (c, url) = (c.clone(), gw.url("/metrics"));
+        async move {
+            let text = c.get(url).send().await.unwrap().text().await.unwrap();
+            text.lines()
+                .filter(|l| l.starts_with("tollgate_requests_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        }
+    };
+    let (na, nb) = (served(&a).await, served(&b).await);
+    assert!(na >= 1.0 && nb >= 1.0 && na + nb >= 7.0, "a served {na}, b served {nb}");
+}

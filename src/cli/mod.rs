@@ -257,6 +257,19 @@ fn print_config(cfg: &Config) {
         None => println!("config: none (defaults)"),
     }
     println!("listen: {}", cfg.server.listen);
+    if let Some(c) = &cfg.server.cluster {
+        // The URL may hold a password (from the environment): its host part only.
+        let host = c.redis_url.0.rsplit('@').next().unwrap_or("").trim_start_matches("redis://");
+        println!(
+            "cluster: redis {host}, {} replica(s), fail_mode {}",
+            c.replicas,
+            if c.fail_closed { "closed" } else { "open" }
+        );
+    }
+    if let Some(p) = &cfg.server.postgres {
+        let host = p.url.0.rsplit('@').next().unwrap_or("");
+        println!("ledger: PostgreSQL {host}");
+    }
     if cfg.auth.open {
         println!("auth:   OPEN (no key needed)");
     } else {
