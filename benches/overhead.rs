@@ -23,12 +23,21 @@
 //! (`[otel]`, to an OTLP/HTTP sink on core 1 that reads and discards each batch) against one
 //! without.
 //!
+//! `cargo bench --bench overhead -- cluster` compares two all-on gateways (as `accounting`):
+//! one with `[cluster]` (its limits and budgets in a real Redis on core 1, its ledger shipped
+//! to a real PostgreSQL) against one without: what the shared state adds to a request.
+//!
 //! `cargo bench --bench overhead -- against BINARY` compares this build with another gateway
 //! binary (e.g. an earlier commit's `target/release/tollgate`, copied aside) in the same way:
 //! a refactor's before and after, measured in one run.
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // tests and benches: a panic is the report
 
 mod support;
+#[path = "../tests/common/servers.rs"]
+#[allow(dead_code)]
+mod servers;
+
+use support::free_port;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -284,6 +293,9 @@ fn main() {
     if args.iter().any(|a| a == "otel") {
         return rt.block_on(otel(rounds, secs));
     }
+    if args.iter().any(|a| a == "cluster") {
+        return rt.block_on(cluster(rounds, secs));
+    }
     if args.iter().any(|a| a == "guardrails") {
         return rt.block_on(guardrails(rounds, secs));
     }
@@ -380,6 +392,28 @@ async fn accounting(rounds: usize, secs: f64) {
     let (child, addr, _dir) = start_gateway_with(&this_build(), up, &keys, price);
     let on = Side { name: "all on", child, addr, key: Some(KEY), _dir };
     println!("tollgate accounting overhead: all on against all off, {rounds} interleaved rounds of {secs} s; gateways on core 0, load + stub on core 1");
+    compare(off, on, rounds, secs).await;
+}
+
+/// All on with the limits and budgets shared through Redis (and the ledger shipped to
+/// PostgreSQL), against all on in-process.
+async fn cluster(rounds: usize, secs: f64) {
+    // Redis and PostgreSQL share core 1 with the load generator.
+    let (redis, pg) = (servers::Redis::start(), servers::Postgres::start());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(stub(l));
+    let (keys, price) = all_on();
+    let (child, addr, _dir) = start_gateway_with(&this_build(), up, &keys, price);
+    let off = Side { name: "alone", child, addr, key: Some(KEY), _dir };
+    let shared = format!(
+        "{keys}[cluster]\nredis_url = \"{}\"\nreplicas = 2\n[ledger]\npostgres_url = \"{}\"\n",
+        redis.url(),
+        pg.url()
+    );
+    let (child, addr, _dir) = start_gateway_with(&this_build(), up, &shared, price);
+    let on = Side { name: "cluster", child, addr, key: Some(KEY), _dir };
+    println!("tollgate cluster overhead: all on with limits and budgets in Redis (ledger to PostgreSQL) against all on in-process, {rounds} interleaved rounds of {secs} s; gateways on core 0, load + stub + Redis + PostgreSQL on core 1");
     compare(off, on, rounds, secs).await;
 }
 

@@ -108,12 +108,9 @@ impl Accounting {
         if rec.cost.is_none() {
             rec.price_it();
         }
-        if let Some(a) = rec.admission.take() {
-            a.settle(if rec.cache_hit { 0 } else { rec.prompt_tokens + rec.completion_tokens });
-        }
-        if let (Some(k), Some(c)) = (&rec.key, &rec.cost) {
-            self.limits.record_spend(k, c.usd, rec.started_at_ms);
-        }
+        let used = if rec.cache_hit { 0 } else { rec.prompt_tokens + rec.completion_tokens };
+        let usd = rec.cost.map(|c| c.usd);
+        self.limits.finish(rec.admission.take(), used, rec.key.as_deref(), usd, rec.started_at_ms);
         // Under guardrails, the text a log keeps has every finding masked, whatever the action.
         if let (Some(_), Some((prompt, completion))) = (&rec.guardrails, &mut rec.content) {
             *prompt = crate::guardrails::mask(prompt).into_owned();

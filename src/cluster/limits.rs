@@ -88,6 +88,12 @@ if cap > 0 and refund ~= 0 then
   redis.call('PEXPIRE', KEYS[1], 120000)
 end
 if ARGV[4] ~= '' then redis.call('ZREM', KEYS[2], ARGV[4]) end
+if ARGV[5] ~= '0' then
+  redis.call('INCRBY', KEYS[3], ARGV[5])
+  redis.call('PEXPIRE', KEYS[3], ARGV[6])
+  redis.call('INCRBY', KEYS[4], ARGV[5])
+  redis.call('PEXPIRE', KEYS[4], ARGV[7])
+end
 return 1
 ";
 
@@ -139,6 +145,14 @@ pub enum Outcome {
     Requests { day: i64, month: i64, wait_ms: f64 },
 }
 
+/// A finished request's cost, for its key's shared spend.
+#[derive(Clone, Copy, Debug)]
+pub struct Spend {
+    pub pico: i64,
+    pub day: u64,
+    pub month: u64,
+}
+
 const DAY_TTL_MS: u64 = 2 * 86_400_000;
 const MONTH_TTL_MS: u64 = 32 * 86_400_000;
 
@@ -184,18 +198,37 @@ impl Cluster {
         })
     }
 
-    /// Refunds (or charges, when negative) tokens and frees the lease, in the background.
-    pub fn settle(self: &Arc<Self>, name: &str, now_ms: f64, tpm: u64, refund: i64, lease: Option<String>) {
-        if tpm == 0 && lease.is_none() {
+    /// Refunds (or charges, when negative) tokens, frees the lease and adds the request's
+    /// spend (pico-USD on its day and month), in one script, in the background. Spend that
+    /// cannot be written is kept for when Redis is back.
+    pub fn settle(
+        self: &Arc<Self>,
+        name: &str,
+        now_ms: f64,
+        tpm: u64,
+        refund: i64,
+        lease: Option<String>,
+        spend: Option<Spend>,
+    ) {
+        if tpm == 0 && lease.is_none() && spend.is_none() {
             return;
         }
         let me = self.clone();
-        let keys = [self.lim(name, ":tpm"), self.lim(name, ":conc")];
+        let (day, month) = spend.map_or((0, 0), |s| (s.day, s.month));
+        let [d, m] = self.spend_keys(name, day, month);
+        let keys = [self.lim(name, ":tpm"), self.lim(name, ":conc"), d, m];
         self.spawn(async move {
+            let pico = spend.map_or(0, |s| s.pico);
             let mut inv = SCRIPTS[1].prepare_invoke();
-            inv.key(&keys[0]).key(&keys[1]);
+            inv.key(&keys[0]).key(&keys[1]).key(&keys[2]).key(&keys[3]);
             inv.arg(format!("{now_ms:.3}")).arg(tpm).arg(refund).arg(lease.as_deref().unwrap_or(""));
-            let _: Option<i64> = me.call("settle", |mut c| async move { inv.invoke_async(&mut c).await }).await;
+            inv.arg(pico).arg(DAY_TTL_MS).arg(MONTH_TTL_MS);
+            let r: Option<i64> = me.call("settle", |mut c| async move { inv.invoke_async(&mut c).await }).await;
+            if r.is_none() && pico != 0 {
+                let [_, _, d, m] = keys;
+                me.defer(d, pico, DAY_TTL_MS);
+                me.defer(m, pico, MONTH_TTL_MS);
+            }
         });
     }
 

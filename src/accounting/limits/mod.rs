@@ -142,8 +142,14 @@ impl Admission {
     /// Charges the real token usage instead of the reservation and frees the concurrency slot.
     /// Only the first call counts.
     pub fn settle(&self, used_tokens: u64) {
+        self.settle_spending(used_tokens, None);
+    }
+
+    /// [`Admission::settle`], with the request's spend when it goes to the shared spend
+    /// (written in the same script as the settlement). Whether it took the spend.
+    fn settle_spending(&self, used_tokens: u64, spend: Option<shared::Spend>) -> bool {
         if self.settled.swap(true, Ordering::AcqRel) {
-            return;
+            return false;
         }
         match &self.hold {
             Hold::Local(state) => {
@@ -156,13 +162,15 @@ impl Admission {
                     refill(&mut b, cap, self.clock.now());
                     b.level = (b.level + self.reserved as f64 - used_tokens as f64).min(cap);
                 }
+                false
             }
             Hold::Shared { cluster, name, tpm, lease, leases } => {
                 if let Some(l) = lease {
                     leases.lock().unwrap_or_else(|p| p.into_inner()).remove(l);
                 }
                 let refund = self.reserved as i64 - used_tokens as i64;
-                cluster.settle(name, now_ms_of(&*self.clock), *tpm, refund, lease.clone());
+                cluster.settle(name, now_ms_of(&*self.clock), *tpm, refund, lease.clone(), spend);
+                spend.is_some()
             }
         }
     }
@@ -420,24 +428,47 @@ impl Limits {
         }
     }
 
-    /// Adds a finished request's cost to its key's spend (and, for a key with a budget, to
-    /// the shared spend).
+    /// Settles a finished request's admission (`used` tokens charged) and adds its cost to its
+    /// key's spend: here, and for a key with a budget in the shared spend too (in the
+    /// settlement's own script when the admission was shared).
+    pub fn finish(
+        &self,
+        admission: Option<Arc<Admission>>,
+        used: u64,
+        key: Option<&str>,
+        usd: Option<Decimal>,
+        at_ms: u64,
+    ) {
+        let (day, month) = periods(at_ms);
+        let spend = match (key, usd, &self.shared) {
+            (Some(k), Some(u), Some(_)) if !u.is_zero() && self.budgeted(k) => {
+                Some(shared::Spend { pico: pico(u), day, month })
+            }
+            _ => None,
+        };
+        let taken = admission.is_some_and(|a| a.settle_spending(used, spend));
+        if let (Some(s), false, Some(sh), Some(k)) = (spend, taken, &self.shared, key) {
+            sh.cluster.add_spend(k, s.day, s.month, s.pico);
+        }
+        if let (Some(k), Some(u)) = (key, usd) {
+            self.record_spend(k, u, at_ms);
+        }
+    }
+
+    fn budgeted(&self, key: &str) -> bool {
+        self.keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .is_some_and(|s| s.cfg.budget_usd_per_day.is_some() || s.cfg.budget_usd_per_month.is_some())
+    }
+
+    /// Adds a finished request's cost to this replica's view of its key's spend.
     pub fn record_spend(&self, key: &str, usd: Decimal, at_ms: u64) {
         if usd.is_zero() {
             return;
         }
         let (day, month) = periods(at_ms);
-        if let Some(sh) = &self.shared {
-            let budgeted = self
-                .keys
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(key)
-                .is_some_and(|s| s.cfg.budget_usd_per_day.is_some() || s.cfg.budget_usd_per_month.is_some());
-            if budgeted {
-                sh.cluster.add_spend(key, day, month, pico(usd));
-            }
-        }
         let mut m = self.spend.lock().unwrap_or_else(|p| p.into_inner());
         let s = m.entry(key.to_owned()).or_default();
         if s.day != day {
