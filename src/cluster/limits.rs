@@ -199,8 +199,9 @@ impl Cluster {
     }
 
     /// Refunds (or charges, when negative) tokens, frees the lease and adds the request's
-    /// spend (pico-USD on its day and month), in one script, in the background. Spend that
-    /// cannot be written is kept for when Redis is back.
+    /// spend (pico-USD on its day and month), in one script, in the background: settlements
+    /// are sent together, up to [`SETTLE_EVERY`] after they were asked for (one write for many
+    /// requests). Spend that cannot be written is kept for when Redis is back.
     pub fn settle(
         self: &Arc<Self>,
         name: &str,
@@ -213,23 +214,22 @@ impl Cluster {
         if tpm == 0 && lease.is_none() && spend.is_none() {
             return;
         }
-        let me = self.clone();
         let (day, month) = spend.map_or((0, 0), |s| (s.day, s.month));
         let [d, m] = self.spend_keys(name, day, month);
-        let keys = [self.lim(name, ":tpm"), self.lim(name, ":conc"), d, m];
-        self.spawn(async move {
-            let pico = spend.map_or(0, |s| s.pico);
-            let mut inv = SCRIPTS[1].prepare_invoke();
-            inv.key(&keys[0]).key(&keys[1]).key(&keys[2]).key(&keys[3]);
-            inv.arg(format!("{now_ms:.3}")).arg(tpm).arg(refund).arg(lease.as_deref().unwrap_or(""));
-            inv.arg(pico).arg(DAY_TTL_MS).arg(MONTH_TTL_MS);
-            let r: Option<i64> = me.call("settle", |mut c| async move { inv.invoke_async(&mut c).await }).await;
-            if r.is_none() && pico != 0 {
-                let [_, _, d, m] = keys;
-                me.defer(d, pico, DAY_TTL_MS);
-                me.defer(m, pico, MONTH_TTL_MS);
-            }
+        let s = Settle {
+            keys: [self.lim(name, ":tpm"), self.lim(name, ":conc"), d, m],
+            now_ms,
+            tpm,
+            refund,
+            lease: lease.unwrap_or_default(),
+            pico: spend.map_or(0, |s| s.pico),
+        };
+        let tx = self.settles.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            self.spawn(settler(self.clone(), rx));
+            tx
         });
+        let _ = tx.send(s);
     }
 
     /// Adds a finished request's cost to the key's day and month, in the background; kept
@@ -284,5 +284,63 @@ impl Cluster {
                 .ignore();
         }
         let _: Option<()> = self.call("renew", |mut c| async move { pipe.query_async(&mut c).await }).await;
+    }
+}
+
+/// How long a settlement may wait to be sent with others.
+pub const SETTLE_EVERY: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// One settlement, as the script takes it.
+pub struct Settle {
+    keys: [String; 4],
+    now_ms: f64,
+    tpm: u64,
+    refund: i64,
+    lease: String,
+    pico: i64,
+}
+
+/// Sends the settlements asked for, many to a pipeline.
+async fn settler(c: Arc<Cluster>, mut rx: tokio::sync::mpsc::UnboundedReceiver<Settle>) {
+    let hash = SCRIPTS[1].get_hash().to_owned();
+    while let Some(first) = rx.recv().await {
+        tokio::time::sleep(SETTLE_EVERY).await;
+        let mut batch = vec![first];
+        while let Ok(s) = rx.try_recv() {
+            batch.push(s);
+        }
+        let pipe = |hash: &str| {
+            let mut p = redis::pipe();
+            for s in &batch {
+                p.cmd("EVALSHA").arg(hash).arg(4).arg(&s.keys[..]);
+                p.arg(format!("{:.3}", s.now_ms)).arg(s.tpm).arg(s.refund).arg(&s.lease);
+                p.arg(s.pico).arg(DAY_TTL_MS).arg(MONTH_TTL_MS).ignore();
+            }
+            p
+        };
+        let (p, h) = (pipe(&hash), hash.clone());
+        let mut sent: Option<Result<(), redis::RedisError>> = c
+            .call("settle", |mut con| async move {
+                match p.query_async::<()>(&mut con).await {
+                    // The script is not loaded yet (a fresh Redis): load it, then say so.
+                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                        SCRIPTS[1].prepare_invoke().load_async(&mut con).await?;
+                        Ok(Err(e))
+                    }
+                    r => r.map(Ok),
+                }
+            })
+            .await;
+        if matches!(sent, Some(Err(_))) {
+            let p = pipe(&h);
+            sent = c.call("settle", |mut con| async move { p.query_async::<()>(&mut con).await.map(Ok) }).await;
+        }
+        if !matches!(sent, Some(Ok(()))) {
+            for s in batch.into_iter().filter(|s| s.pico != 0) {
+                let [_, _, d, m] = s.keys;
+                c.defer(d, s.pico, DAY_TTL_MS);
+                c.defer(m, s.pico, MONTH_TTL_MS);
+            }
+        }
     }
 }

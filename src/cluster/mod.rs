@@ -58,6 +58,8 @@ pub struct Cluster {
     on_recovery: Mutex<Vec<Hook>>,
     /// A unique name of this replica (leases and locks carry it).
     pub replica: String,
+    /// Where settlements wait to be sent together ([`limits`]).
+    settles: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<limits::Settle>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -95,6 +97,7 @@ impl Cluster {
             unsynced: Mutex::new(HashMap::new()),
             on_recovery: Mutex::new(Vec::new()),
             replica: uuid::Uuid::new_v4().simple().to_string(),
+            settles: std::sync::OnceLock::new(),
         }))
     }
 
