@@ -36,7 +36,15 @@ fn replica_toml(redis: &Redis, pg: &Postgres, cluster_extra: &str, keys: &[(&str
             sha(name)
         ));
     }
+    // Last, so a test may add to the table: the files every replica reads.
+    s.push_str(&format!("[batch]\nfiles_dir = \"{}\"\n", files_dir().display()));
     s
+}
+
+/// The files directory the replicas share (one for the whole binary: file ids are unique).
+fn files_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
 }
 
 fn route() -> String {
@@ -545,4 +553,103 @@ async fn the_compose_load_balancer_spreads_requests_and_streams_sse() {
     };
     let (na, nb) = (served(&a).await, served(&b).await);
     assert!(na >= 1.0 && nb >= 1.0 && na + nb >= 7.0, "a served {na}, b served {nb}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_outlives_a_kill_9_of_a_replica_running_it_and_every_line_appears_once() {
+    let (redis, pg) = (Redis::start(), Postgres::start());
+    let toml = replica_toml(&redis, &pg, "", &[("a", "")]) + "lease_ms = 1500\nconcurrency = 2\n";
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    for d in &dirs {
+        std::fs::write(d.path().join("tollgate.toml"), &toml).unwrap();
+        std::fs::create_dir_all(d.path().join("routes")).unwrap();
+        std::fs::write(d.path().join("routes/a.toml"), route()).unwrap();
+    }
+    let (mut a, a_addr) = common::serve_binary(dirs[0].path());
+    let (_b, b_addr) = common::serve_binary(dirs[1].path());
+    let c = reqwest::Client::new();
+    let n = 16;
+    let mut input = Vec::new();
+    for i in 0..n {
+        let line = json!({"custom_id": format!("line-{i}"), "method": "POST", "url": "/v1/chat/completions",
+                          "body": {"model": "gemma", "max_tokens": 12, "messages": [{"role": "user", "content": format!("Count to {i}.")}]}});
+        input.extend(serde_json::to_vec(&line).unwrap());
+        input.push(b'\n');
+    }
+    // Uploaded to A, created on A, read through B.
+    let form = reqwest::multipart::Form::new()
+        .text("purpose", "batch")
+        .part("file", reqwest::multipart::Part::bytes(input).file_name("in.jsonl"));
+    let f: Value = c
+        .post(format!("http://{a_addr}/v1/files"))
+        .bearer_auth("a")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let body = json!({"input_file_id": f["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"});
+    let r = c.post(format!("http://{a_addr}/v1/batches")).bearer_auth("a").json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let batch: Value = r.json().await.unwrap();
+    let id = batch["id"].as_str().unwrap().to_owned();
+    let get = |addr: String| {
+        let (c, id) = (c.clone(), id.clone());
+        async move {
+            c.get(format!("http://{addr}/v1/batches/{id}"))
+                .bearer_auth("a")
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    eventually("some lines are done", || async {
+        get(b_addr.clone()).await["request_counts"]["completed"].as_u64().unwrap() >= 2
+    })
+    .await;
+    // A dies holding lines: their leases expire and B runs them.
+    let db = pg.client().await;
+    let held: i64 = db
+        .query_one("SELECT count(*) FROM batch_lines WHERE out IS NULL AND owner IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    a.kill().unwrap();
+    a.wait().unwrap();
+    println!("A killed holding {held} line(s)");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done = loop {
+        let b = get(b_addr.clone()).await;
+        if b["status"] == "completed" {
+            break b;
+        }
+        assert!(Instant::now() < deadline, "the batch did not complete: {b}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(done["request_counts"]["total"], n);
+    assert_eq!(done["request_counts"]["completed"], n, "{done}");
+    let out = c
+        .get(format!("http://{b_addr}/v1/files/{}/content", done["output_file_id"].as_str().unwrap()))
+        .bearer_auth("a")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let ids: Vec<String> = out
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["custom_id"].as_str().unwrap().to_owned())
+        .collect();
+    let want: Vec<String> = (0..n).map(|i| format!("line-{i}")).collect();
+    assert_eq!(ids, want, "every line once, in input order");
+    // Batches are the replicas': B lists the one A created.
+    let list: Value =
+        c.get(format!("http://{b_addr}/v1/batches")).bearer_auth("a").send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["data"][0]["id"], id.as_str());
 }

@@ -168,18 +168,35 @@ pub async fn create_batch(
         .map_err(|e| ApiError::invalid_request(format!("The body is not valid JSON: {e}"), None))?;
     let known = move |m: &str| live.routes.get(m).is_some_and(|a| who.allows(&a.name));
     let batches = st.batches.clone();
+    let create_error = |e| match e {
+        CreateError::BadRequest(m, p) => ApiError::invalid_request(m, p),
+        CreateError::NotFound(m) => ApiError::not_found(m).with_code("file_not_found"),
+        CreateError::Io(e) => io_error(&e),
+    };
+    if let Some(sh) = st.batches.shared.clone() {
+        // The replicas' batch: stored in PostgreSQL, run by whichever replicas are up.
+        let k = key.clone();
+        let (b, lines) = tokio::task::spawn_blocking(move || batches.plan(k.as_deref(), &v, &known))
+            .await
+            .map_err(|_| ApiError::internal("The batch could not be created."))?
+            .map_err(create_error)?;
+        sh.create(key.as_deref(), &b, &lines).await.map_err(create_error)?;
+        return Ok(axum::Json(b).into_response());
+    }
     let b = tokio::task::spawn_blocking(move || batches.create(key.as_deref(), &v, &known))
         .await
         .map_err(|_| ApiError::internal("The batch could not be created."))?
-        .map_err(|e| match e {
-            CreateError::BadRequest(m, p) => ApiError::invalid_request(m, p),
-            CreateError::NotFound(m) => ApiError::not_found(m).with_code("file_not_found"),
-            CreateError::Io(e) => io_error(&e),
-        })?;
+        .map_err(create_error)?;
     if b.status == BatchStatus::Validating {
         st.start_batch(&b.id);
     }
     Ok(axum::Json(b).into_response())
+}
+
+/// The shared batch store (PostgreSQL) did not answer.
+fn shared_error(e: String) -> ApiError {
+    tracing::error!("batches: the shared store cannot be read: {e}");
+    ApiError::unavailable("The shared batch store (PostgreSQL) cannot be read right now; retry shortly.")
 }
 
 fn no_batch(id: &str) -> ApiError {
@@ -192,7 +209,11 @@ pub async fn get_batch(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let key = caller(&st, &headers)?;
-    Ok(axum::Json(st.batches.get(&id, key.as_deref()).ok_or_else(|| no_batch(&id))?).into_response())
+    let b = match &st.batches.shared {
+        Some(sh) => sh.get(&id, key.as_deref()).await.map_err(shared_error)?,
+        None => st.batches.get(&id, key.as_deref()),
+    };
+    Ok(axum::Json(b.ok_or_else(|| no_batch(&id))?).into_response())
 }
 
 pub async fn cancel_batch(
@@ -201,7 +222,11 @@ pub async fn cancel_batch(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let key = caller(&st, &headers)?;
-    Ok(axum::Json(st.batches.cancel(&id, key.as_deref()).ok_or_else(|| no_batch(&id))?).into_response())
+    let b = match &st.batches.shared {
+        Some(sh) => sh.cancel(&id, key.as_deref()).await.map_err(shared_error)?,
+        None => st.batches.cancel(&id, key.as_deref()),
+    };
+    Ok(axum::Json(b.ok_or_else(|| no_batch(&id))?).into_response())
 }
 
 pub async fn list_batches(
@@ -211,7 +236,11 @@ pub async fn list_batches(
 ) -> Result<Response, ApiError> {
     let key = caller(&st, &headers)?;
     let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(20).clamp(1, 100);
-    let (data, has_more) = st.batches.list(key.as_deref(), q.get("after").map(String::as_str), limit);
+    let after = q.get("after").map(String::as_str);
+    let (data, has_more) = match &st.batches.shared {
+        Some(sh) => sh.list(key.as_deref(), after, limit).await.map_err(shared_error)?,
+        None => st.batches.list(key.as_deref(), after, limit),
+    };
     let first = data.first().map(|b| b.id.clone());
     let last = data.last().map(|b| b.id.clone());
     let list = json!({"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": has_more});

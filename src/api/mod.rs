@@ -147,6 +147,16 @@ pub async fn state_with_clock(cfg: &Config, clock: Arc<dyn Clock>) -> anyhow::Re
         crate::conversation::Conversations::open(&cfg.server.data_dir, cfg.server.responses_ttl)
             .map_err(|e| anyhow::anyhow!(e))?,
     );
+    // Many replicas: batches are the replicas', run by all of them.
+    let shared_batches = match (&cluster, &cfg.server.postgres) {
+        (Some(c), Some(p)) => Some(crate::batch::shared::SharedBatches::new(
+            p,
+            c.replica.clone(),
+            cfg.server.batch_lease,
+            cfg.server.batch_concurrency,
+        )),
+        _ => None,
+    };
     let st = Arc::new_cyclic(|me| AppState {
         prometheus: {
             let mut registry = crate::accounting::metrics::Registry::default();
@@ -166,7 +176,12 @@ pub async fn state_with_clock(cfg: &Config, clock: Arc<dyn Clock>) -> anyhow::Re
         hard_stop: CancellationToken::new(),
         clock,
         cache: crate::cache::ResponseCache::new(&cfg.server.cache, cluster.clone()),
-        batches: crate::batch::Batches::open(&cfg.server.data_dir, cfg.server.batch_concurrency),
+        batches: crate::batch::Batches::open(
+            &cfg.server.data_dir,
+            cfg.server.files_dir.as_deref(),
+            cfg.server.batch_concurrency,
+            shared_batches,
+        ),
         batch_tasks: TaskTracker::new(),
         batch_stop: CancellationToken::new(),
         created: crate::clock::now_s(),

@@ -26,6 +26,7 @@
 
 pub mod files;
 pub mod input;
+pub mod shared;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
@@ -139,6 +140,9 @@ struct Done {
     out: Value,
 }
 
+/// A validated line of a new batch: its `custom_id` and its request body.
+pub type PlannedLine = (String, Vec<u8>);
+
 /// How a line is run: the gateway's own request path (see `api::inference::run_line`).
 pub type Exec = Arc<
     dyn Fn(Endpoint, Option<String>, String, String, bytes::Bytes) -> futures::future::BoxFuture<'static, (u16, Value)>
@@ -157,6 +161,8 @@ pub struct Batches {
     running: Mutex<HashMap<String, Running>>,
     /// Lines of one batch in flight at once (each deployment bounds its own too).
     pub concurrency: usize,
+    /// With `[cluster]`: the batches every replica shares and runs ([`shared`]).
+    pub shared: Option<Arc<shared::SharedBatches>>,
 }
 
 pub enum CreateError {
@@ -166,8 +172,15 @@ pub enum CreateError {
 }
 
 impl Batches {
-    /// Opens the store under `data_dir` (batches in progress are resumed by [`Batches::resume`]).
-    pub fn open(data_dir: &Path, concurrency: usize) -> Arc<Batches> {
+    /// Opens the store under `data_dir` (batches in progress are resumed by [`Batches::resume`]);
+    /// files under `files_dir` (default `data_dir/files`). With `shared`, batches are the
+    /// replicas' (in PostgreSQL) and this store keeps only what an earlier run left.
+    pub fn open(
+        data_dir: &Path,
+        files_dir: Option<&Path>,
+        concurrency: usize,
+        shared: Option<Arc<shared::SharedBatches>>,
+    ) -> Arc<Batches> {
         let dir = data_dir.join("batches");
         let mut state = HashMap::new();
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
@@ -178,10 +191,11 @@ impl Batches {
         }
         Arc::new(Batches {
             dir,
-            files: FileStore::new(data_dir.join("files")),
+            files: FileStore::new(files_dir.map_or_else(|| data_dir.join("files"), Path::to_path_buf)),
             state: Mutex::new(state),
             running: Mutex::new(HashMap::new()),
             concurrency: concurrency.max(1),
+            shared,
         })
     }
 
@@ -244,6 +258,35 @@ impl Batches {
         body: &Value,
         known_model: &dyn Fn(&str) -> bool,
     ) -> Result<BatchObject, CreateError> {
+        let (b, lines) = self.plan(key, body, known_model)?;
+        let id = b.id.clone();
+        std::fs::create_dir_all(self.bdir(&id)).map_err(CreateError::Io)?;
+        if !lines.is_empty() {
+            let mut out = Vec::new();
+            for (custom_id, body) in &lines {
+                serde_json::to_writer(
+                    &mut out,
+                    &json!({"custom_id": custom_id, "body": serde_json::from_slice::<Value>(body).unwrap_or_default()}),
+                )
+                .map_err(|e| CreateError::Io(e.into()))?;
+                out.push(b'\n');
+            }
+            write_atomic(&self.bdir(&id).join("input.jsonl"), &out).map_err(CreateError::Io)?;
+        }
+        let s = Stored { batch: b.clone(), key: key.map(str::to_owned) };
+        self.save(&s);
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).insert(id, s);
+        Ok(b)
+    }
+
+    /// A new batch's object and its validated lines (custom_id, body), from the request body
+    /// and the uploaded file; a file with a bad line gives a `failed` object and no lines.
+    pub fn plan(
+        &self,
+        key: Option<&str>,
+        body: &Value,
+        known_model: &dyn Fn(&str) -> bool,
+    ) -> Result<(BatchObject, Vec<PlannedLine>), CreateError> {
         let bad = |m: &str, p: &'static str| CreateError::BadRequest(m.to_owned(), Some(p));
         let input_file_id = body
             .get("input_file_id")
@@ -308,17 +351,11 @@ impl Batches {
             request_counts: Counts { total: 0, completed: 0, failed: 0 },
             metadata,
         };
-        std::fs::create_dir_all(self.bdir(&id)).map_err(CreateError::Io)?;
+        let mut out = Vec::new();
         match input::validate(&bytes, endpoint, url, known_model) {
             Ok(lines) => {
                 b.request_counts.total = lines.len() as u64;
-                let mut out = Vec::with_capacity(bytes.len());
-                for l in &lines {
-                    serde_json::to_writer(&mut out, &json!({"custom_id": l.custom_id, "body": serde_json::from_slice::<Value>(&l.body).unwrap_or_default()}))
-                        .map_err(|e| CreateError::Io(e.into()))?;
-                    out.push(b'\n');
-                }
-                write_atomic(&self.bdir(&id).join("input.jsonl"), &out).map_err(CreateError::Io)?;
+                out = lines.into_iter().map(|l| (l.custom_id, l.body)).collect();
             }
             Err(errors) => {
                 b.status = BatchStatus::Failed;
@@ -326,10 +363,7 @@ impl Batches {
                 b.errors = Some(Errors { object: "list".into(), data: errors });
             }
         }
-        let s = Stored { batch: b.clone(), key: key.map(str::to_owned) };
-        self.save(&s);
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).insert(id, s);
-        Ok(b)
+        Ok((b, out))
     }
 
     /// Asks a batch to stop: lines in flight finish, the rest do not start, and what was made
@@ -349,8 +383,12 @@ impl Batches {
         b
     }
 
-    /// Starts (or resumes) every batch that is not finished.
+    /// Starts (or resumes) every batch that is not finished; with shared batches, this
+    /// replica's runner of them.
     pub fn resume(self: &Arc<Self>, exec: Exec, tracker: &tokio_util::task::TaskTracker, stop: CancellationToken) {
+        if let Some(sh) = &self.shared {
+            sh.run(exec.clone(), self.clone(), stop.clone());
+        }
         let ids: Vec<String> = {
             let m = self.state.lock().unwrap_or_else(|p| p.into_inner());
             m.values().filter(|s| !s.batch.status.is_final()).map(|s| s.batch.id.clone()).collect()
@@ -408,11 +446,7 @@ impl Batches {
 
     async fn run(self: &Arc<Self>, id: &str, exec: Exec, cancel: CancellationToken, stop: CancellationToken) {
         let Some(stored) = self.state.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned() else { return };
-        let endpoint = match stored.batch.endpoint.as_str() {
-            "/v1/completions" => Endpoint::Completions,
-            "/v1/embeddings" => Endpoint::Embeddings,
-            _ => Endpoint::Chat,
-        };
+        let endpoint = endpoint_of(&stored.batch.endpoint);
         let lines: Vec<(String, bytes::Bytes)> = std::fs::read(self.bdir(id).join("input.jsonl"))
             .unwrap_or_default()
             .split(|b| *b == b'\n')
@@ -462,41 +496,11 @@ impl Batches {
                 let (stop, cancel) = (stop.clone(), cancel.clone());
                 tasks.spawn(async move {
                     let _permit = permit;
-                    let req_id = format!("batch_req_{}", uuid::Uuid::new_v4().simple());
-                    let mut tries = 0;
-                    let (status, resp) = loop {
-                        let (status, resp) = exec(endpoint, key.clone(), bid.clone(), req_id.clone(), body.clone()).await;
-                        // Every deployment's batch slots are taken: wait for one, not a try.
-                        if status == 429 && resp["error"]["code"] == crate::protocol::error::BUSY {
-                            if stop.is_cancelled() || cancel.is_cancelled() || crate::clock::now_s() >= expires {
-                                return; // never started: not recorded
-                            }
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                        tries += 1;
-                        let transient = status == 429 || status >= 500;
-                        if !transient || tries >= MAX_TRIES || stop.is_cancelled() {
-                            break (status, resp);
-                        }
-                        let wait = Duration::from_millis(200 * (1 << tries.min(5)));
-                        tokio::select! {
-                            _ = tokio::time::sleep(wait) => {}
-                            _ = stop.cancelled() => break (status, resp),
-                        }
-                    };
-                    // Shutting down mid-request: the line is not recorded and runs after the restart.
-                    if stop.is_cancelled() && (status == 499 || status == 503) {
+                    let Some((ok, out)) =
+                        run_line(&exec, endpoint, key, &bid, &custom_id, body, &stop, &cancel, expires).await
+                    else {
                         return;
-                    }
-                    let ok = (200..300).contains(&status);
-                    let error = (!ok).then(|| {
-                        json!({"code": resp["error"]["code"].as_str().or(resp["error"]["type"].as_str()).unwrap_or("request_failed"),
-                               "message": resp["error"]["message"].as_str().unwrap_or("the request failed")})
-                    });
-                    let out = json!({"id": req_id, "custom_id": custom_id,
-                                     "response": {"status_code": status, "request_id": req_id, "body": resp},
-                                     "error": error});
+                    };
                     let mut line = serde_json::to_vec(&Done { i, ok, out }).unwrap_or_default();
                     line.push(b'\n');
                     let written = match &mut *results.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -575,6 +579,69 @@ impl Batches {
             }
         });
         tracing::info!(batch = %id, status = end.as_str(), completed = ok, total, "batch ended");
+    }
+}
+
+/// Runs one line as the runner does: transient failures retried with backoff, and a wait
+/// (not a try) while every deployment's batch slots are taken. Its output line and whether it
+/// succeeded; `None` when it did not finish (the gateway stopping, or the batch cancelled or
+/// expired before it started): not recorded, it runs again.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_line(
+    exec: &Exec,
+    endpoint: Endpoint,
+    key: Option<String>,
+    bid: &str,
+    custom_id: &str,
+    body: bytes::Bytes,
+    stop: &CancellationToken,
+    cancel: &CancellationToken,
+    expires: u64,
+) -> Option<(bool, Value)> {
+    let req_id = format!("batch_req_{}", uuid::Uuid::new_v4().simple());
+    let mut tries = 0;
+    let (status, resp) = loop {
+        let (status, resp) = exec(endpoint, key.clone(), bid.to_owned(), req_id.clone(), body.clone()).await;
+        // Every deployment's batch slots are taken: wait for one, not a try.
+        if status == 429 && resp["error"]["code"] == crate::protocol::error::BUSY {
+            if stop.is_cancelled() || cancel.is_cancelled() || crate::clock::now_s() >= expires {
+                return None; // never started: not recorded
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        tries += 1;
+        let transient = status == 429 || status >= 500;
+        if !transient || tries >= MAX_TRIES || stop.is_cancelled() {
+            break (status, resp);
+        }
+        let wait = Duration::from_millis(200 * (1 << tries.min(5)));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => break (status, resp),
+        }
+    };
+    // Shutting down mid-request: the line is not recorded and runs after the restart.
+    if stop.is_cancelled() && (status == 499 || status == 503) {
+        return None;
+    }
+    let ok = (200..300).contains(&status);
+    let error = (!ok).then(|| {
+        json!({"code": resp["error"]["code"].as_str().or(resp["error"]["type"].as_str()).unwrap_or("request_failed"),
+               "message": resp["error"]["message"].as_str().unwrap_or("the request failed")})
+    });
+    let out = json!({"id": req_id, "custom_id": custom_id,
+                     "response": {"status_code": status, "request_id": req_id, "body": resp},
+                     "error": error});
+    Some((ok, out))
+}
+
+/// The endpoint a batch object's `endpoint` names.
+pub fn endpoint_of(url: &str) -> Endpoint {
+    match url {
+        "/v1/completions" => Endpoint::Completions,
+        "/v1/embeddings" => Endpoint::Embeddings,
+        _ => Endpoint::Chat,
     }
 }
 

@@ -104,6 +104,12 @@ pub(super) fn cluster_config(
             "{file}: cluster: the replicas need one ledger: set ledger.postgres_url (e.g. \"postgres://tollgate@127.0.0.1:5432/tollgate\")"
         ));
     }
+    if gw.batch.files_dir.is_none() {
+        errs.push(format!(
+            "{file}: cluster: uploaded files must be where every replica reads them: set batch.files_dir to a \
+             directory every replica mounts"
+        ));
+    }
     let cluster = redis_url.map(|redis_url| ClusterConfig {
         redis_url,
         redis_password,
@@ -121,8 +127,8 @@ mod tests {
 
     #[test]
     fn a_literal_password_is_found() {
-        assert!(literal_password("redis://:hunter2@127.0.0.1:6379/0"));
-        assert!(literal_password("postgres://tollgate:pw@db/tollgate"));
+        assert!(literal_password("redis://:secret@127.0.0.1:6379/0"));
+        assert!(literal_password("postgres://tollgate:pass@db/tollgate"));
         assert!(!literal_password("postgres://tollgate@db/tollgate"));
         assert!(!literal_password("redis://127.0.0.1:6379/0"));
         assert!(!literal_password("redis://user:@h/0?x=a@b"));

@@ -78,6 +78,10 @@ pub struct ServerConfig {
     pub monitor: MonitorConfig,
     /// Lines of one batch in flight at once.
     pub batch_concurrency: usize,
+    /// `[batch] files_dir`: the files' directory (default `data_dir/files`).
+    pub files_dir: Option<PathBuf>,
+    /// `[batch] lease_ms`: a replica's claim on a shared batch line (`[cluster]`).
+    pub batch_lease: Duration,
     /// The model registry (`crate::registry`).
     pub registry_dir: PathBuf,
     /// How long a stored response (`/v1/responses` with `store`) is kept.
@@ -110,6 +114,8 @@ impl Default for ServerConfig {
             default_max_tokens: 1024,
             monitor: MonitorConfig::default(),
             batch_concurrency: 16,
+            files_dir: None,
+            batch_lease: Duration::from_secs(30),
             registry_dir: PathBuf::from("data/registry"),
             responses_ttl: Duration::from_secs(30 * 24 * 3600),
             guardrails: None,

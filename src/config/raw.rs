@@ -106,6 +106,11 @@ pub struct RegistryFile {
 pub struct BatchFile {
     /// Lines of one batch in flight at once (each deployment also bounds its batch work).
     pub concurrency: Option<usize>,
+    /// Where uploaded and output files live (default `<data_dir>/files`); with `[cluster]`, a
+    /// directory every replica mounts.
+    pub files_dir: Option<String>,
+    /// With `[cluster]`: how long a replica's claim on a batch line lasts unless renewed.
+    pub lease_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -110,6 +110,15 @@ pub(super) fn server_config(
         }
         s.batch_concurrency = c.max(1);
     }
+    if let Some(d) = &gw.batch.files_dir {
+        s.files_dir = Some(base.join(d));
+    }
+    if let Some(l) = gw.batch.lease_ms {
+        if l < 100 {
+            errs.push(format!("{file}: batch.lease_ms: {l} is too short (at least 100)"));
+        }
+        s.batch_lease = Duration::from_millis(l.max(100));
+    }
     if let Some(m) = gw.limits.default_max_tokens {
         s.default_max_tokens = m;
     }
