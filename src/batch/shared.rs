@@ -333,12 +333,17 @@ impl SharedBatches {
     async fn none_left(&self, id: &str, running: bool) -> Result<bool, String> {
         let c = self.pg.client().await?;
         let now = crate::clock::now_ms() as i64;
-        let sql = if running {
-            "SELECT NOT EXISTS (SELECT 1 FROM batch_lines WHERE batch_id = $1 AND out IS NULL) AND $2 > 0"
+        let r = if running {
+            c.query_one("SELECT NOT EXISTS (SELECT 1 FROM batch_lines WHERE batch_id = $1 AND out IS NULL)", &[&id])
+                .await
         } else {
-            "SELECT NOT EXISTS (SELECT 1 FROM batch_lines WHERE batch_id = $1 AND out IS NULL AND lease_until >= $2)"
-        };
-        let r = c.query_one(sql, &[&id, &now]).await.map_err(err)?;
+            c.query_one(
+                "SELECT NOT EXISTS (SELECT 1 FROM batch_lines WHERE batch_id = $1 AND out IS NULL AND lease_until >= $2)",
+                &[&id, &now],
+            )
+            .await
+        }
+        .map_err(err)?;
         Ok(r.get(0))
     }
 
