@@ -653,3 +653,54 @@ async fn a_batch_outlives_a_kill_9_of_a_replica_running_it_and_every_line_appear
         c.get(format!("http://{b_addr}/v1/batches")).bearer_auth("a").send().await.unwrap().json().await.unwrap();
     assert_eq!(list["data"][0]["id"], id.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_response_is_every_replicas_and_its_deletion_too() {
+    let (redis, pg) = (Redis::start(), Postgres::start());
+    let gws = replicas(&replica_toml(&redis, &pg, "", &[("a", ""), ("b", "")]), None).await;
+    let c = reqwest::Client::new();
+    let respond = |gw: &Gateway, key: &'static str, body: Value| {
+        let (c, url) = (c.clone(), gw.url("/v1/responses"));
+        async move {
+            let r = c.post(url).bearer_auth(key).json(&body).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, first) = respond(&gws[0], "a", json!({"model": "gemma", "input": "Say hi.", "max_output_tokens": 4})).await;
+    assert_eq!(s, 200, "{first}");
+    let id = first["id"].as_str().unwrap().to_owned();
+    // Continued on B the moment A answered; its chain is A's.
+    let (s, second) = respond(
+        &gws[1],
+        "a",
+        json!({"model": "gemma", "input": "Again.", "previous_response_id": id, "max_output_tokens": 4}),
+    )
+    .await;
+    assert_eq!(s, 200, "{second}");
+    assert_eq!(second["previous_response_id"], id.as_str());
+    // Retrieved on C, with its input items; another key sees nothing.
+    let get = |gw: &Gateway, key: &'static str, path: String| {
+        let (c, url) = (c.clone(), gw.url(&path));
+        async move { c.get(url).bearer_auth(key).send().await.unwrap() }
+    };
+    let r = get(&gws[2], "a", format!("/v1/responses/{id}")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["id"], id.as_str());
+    let items: Value = get(&gws[2], "a", format!("/v1/responses/{id}/input_items")).await.json().await.unwrap();
+    assert_eq!(items["data"][0]["content"][0]["text"], "Say hi.", "{items}");
+    assert_eq!(get(&gws[2], "b", format!("/v1/responses/{id}")).await.status(), 404);
+    // Deleted through B: gone on A too, whose own copy does not bring it back.
+    let r = c.delete(gws[1].url(&format!("/v1/responses/{id}"))).bearer_auth("a").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    for gw in &gws {
+        assert_eq!(get(gw, "a", format!("/v1/responses/{id}")).await.status(), 404);
+    }
+    let (s, e) = respond(
+        &gws[0],
+        "a",
+        json!({"model": "gemma", "input": "More.", "previous_response_id": id, "max_output_tokens": 4}),
+    )
+    .await;
+    assert_eq!(s, 400, "{e}");
+    assert_eq!(e["error"]["code"], "previous_response_not_found");
+}

@@ -143,10 +143,13 @@ pub async fn state_with_clock(cfg: &Config, clock: Arc<dyn Clock>) -> anyhow::Re
     let routes = crate::router::build::build_routes(cfg, None, clock.clone(), Some(&releases), &[])
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
-    let conversations = Arc::new(
-        crate::conversation::Conversations::open(&cfg.server.data_dir, cfg.server.responses_ttl)
-            .map_err(|e| anyhow::anyhow!(e))?,
-    );
+    let mut conversations = crate::conversation::Conversations::open(&cfg.server.data_dir, cfg.server.responses_ttl)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    // Many replicas: a stored response is every replica's.
+    if let (Some(_), Some(p)) = (&cfg.server.cluster, &cfg.server.postgres) {
+        conversations = conversations.with_shared(crate::conversation::shared::SharedResponses::new(p));
+    }
+    let conversations = Arc::new(conversations);
     // Many replicas: batches are the replicas', run by all of them.
     let shared_batches = match (&cluster, &cfg.server.postgres) {
         (Some(c), Some(p)) => Some(crate::batch::shared::SharedBatches::new(

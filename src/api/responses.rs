@@ -61,10 +61,18 @@ async fn serve(st: &AppState, headers: &HeaderMap, body: Body, rid: &str, start:
     let owner = owner(&caller);
     let now = crate::clock::now_s();
     let references = req.input.iter().any(responses::is_reference);
-    req.resolve(|id| st.conversations.item(&owner, id, now).map_err(store_error)).map_err(Refused::bare)?;
+    // Referenced items are looked up first (here, or in the replicas' store), then resolved.
+    let mut found = std::collections::HashMap::new();
+    for item in req.input.iter().filter(|i| responses::is_reference(i)) {
+        let Some(id) = item.get("id").and_then(Value::as_str) else { continue };
+        if let Some(v) = st.conversations.find_item(&owner, id, now).await.map_err(|e| Refused::bare(store_error(e)))? {
+            found.insert(id.to_owned(), v);
+        }
+    }
+    req.resolve(|id| Ok(found.get(id).cloned())).map_err(Refused::bare)?;
     let prev = match &req.previous_response_id {
         None => None,
-        Some(pid) => match st.conversations.get(&owner, pid, now).map_err(|e| Refused::bare(store_error(e)))? {
+        Some(pid) => match st.conversations.find(&owner, pid, now).await.map_err(|e| Refused::bare(store_error(e)))? {
             Some(prev) => Some(prev),
             None => {
                 return Err(Refused::bare(
@@ -187,17 +195,17 @@ impl Saver {
 }
 
 /// The stored response `id` of the caller, or the 404 every other caller gets.
-fn find(st: &AppState, headers: &HeaderMap, id: &str) -> Result<(String, Stored), ApiError> {
+async fn find(st: &AppState, headers: &HeaderMap, id: &str) -> Result<(String, Stored), ApiError> {
     let caller = auth::authenticate(&st.live().auth, headers)?;
     let owner = owner(&caller);
-    match st.conversations.get(&owner, id, crate::clock::now_s()).map_err(store_error)? {
+    match st.conversations.find(&owner, id, crate::clock::now_s()).await.map_err(store_error)? {
         Some(s) => Ok((owner, s)),
         None => Err(ApiError::not_found(format!("Response with id '{id}' not found."))),
     }
 }
 
 pub async fn retrieve(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    match find(&st, &headers, &id) {
+    match find(&st, &headers, &id).await {
         Ok((_, s)) => render::json(StatusCode::OK, &s.response),
         Err(e) => e.into_response(),
     }
@@ -206,7 +214,7 @@ pub async fn retrieve(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(
 /// Deletes a stored response; one an upstream made is deleted there first (when that fails,
 /// the gateway keeps its copy and says so: the upstream still holds the conversation).
 pub async fn delete(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let (owner, stored) = match find(&st, &headers, &id) {
+    let (owner, stored) = match find(&st, &headers, &id).await {
         Ok(found) => found,
         Err(e) => return e.into_response(),
     };
@@ -229,7 +237,7 @@ pub async fn delete(State(st): State<Arc<AppState>>, headers: HeaderMap, Path(id
             }
         }
     }
-    match st.conversations.delete(&owner, &id).map_err(store_error) {
+    match st.conversations.remove(&owner, &id).await.map_err(store_error) {
         Ok(_) => render::json(StatusCode::OK, &json!({"id": id, "object": "response.deleted", "deleted": true})),
         Err(e) => e.into_response(),
     }
@@ -250,7 +258,7 @@ pub async fn input_items(
     Path(id): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    let (_, s) = match find(&st, &headers, &id) {
+    let (_, s) = match find(&st, &headers, &id).await {
         Ok(found) => found,
         Err(e) => return e.into_response(),
     };

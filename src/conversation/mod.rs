@@ -15,9 +15,14 @@
 //!
 //! Writes are small (one row per response) and synchronous, so a follow-up sent the moment
 //! a response is answered always finds it.
+//!
+//! With `[cluster]`, every response is copied to PostgreSQL too ([`shared`]), and a replica
+//! that does not hold a response (another replica stored it) reads it from there.
+
+pub mod shared;
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -45,6 +50,8 @@ pub struct Stored {
 pub struct Conversations {
     db: Mutex<Connection>,
     ttl: Duration,
+    /// The replicas' copy (`[cluster]`).
+    shared: Option<Arc<shared::SharedResponses>>,
 }
 
 fn err(e: rusqlite::Error) -> String {
@@ -88,7 +95,51 @@ impl Conversations {
         if !has_deployment {
             db.execute_batch("ALTER TABLE responses ADD COLUMN deployment TEXT").map_err(err)?;
         }
-        Ok(Conversations { db: Mutex::new(db), ttl })
+        Ok(Conversations { db: Mutex::new(db), ttl, shared: None })
+    }
+
+    /// Copies every response to the replicas' store, and reads there what is not here.
+    pub fn with_shared(mut self, s: shared::SharedResponses) -> Self {
+        self.shared = Some(Arc::new(s));
+        self
+    }
+
+    /// The response `id` of `key`: the replicas' store's (the truth), else this replica's own
+    /// copy on its way there, else one another replica is still copying (waited for). With
+    /// PostgreSQL down, this replica's own.
+    pub async fn find(&self, key: &str, id: &str, now_s: u64) -> Result<Option<Stored>, String> {
+        let Some(sh) = &self.shared else { return self.get(key, id, now_s) };
+        match sh.lookup(key, id, now_s).await {
+            Ok(shared::Found::Stored(s)) => Ok(Some(*s)),
+            Ok(shared::Found::Deleted) => Ok(None),
+            Ok(shared::Found::Absent) => match self.get(key, id, now_s)? {
+                Some(s) => Ok(Some(s)),
+                None => sh.wait_for(key, id, now_s).await,
+            },
+            Err(e) => {
+                tracing::warn!("{e}; reading this replica's own stored responses");
+                self.get(key, id, now_s)
+            }
+        }
+    }
+
+    /// An item of a response `key` stored: here, or in the replicas' store (waited for
+    /// briefly, as [`Conversations::find`] does).
+    pub async fn find_item(&self, key: &str, id: &str, now_s: u64) -> Result<Option<Value>, String> {
+        match (self.item(key, id, now_s)?, &self.shared) {
+            (Some(v), _) => Ok(Some(v)),
+            (None, Some(sh)) => sh.item(key, id, now_s).await,
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Deletes the response here and in the replicas' store; whether either had it.
+    pub async fn remove(&self, key: &str, id: &str) -> Result<bool, String> {
+        let here = self.delete(key, id)?;
+        match &self.shared {
+            Some(sh) => Ok(sh.delete(key, id).await? || here),
+            None => Ok(here),
+        }
     }
 
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -130,7 +181,18 @@ impl Conversations {
             ],
         )
         .map_err(err)?;
-        tx.commit().map_err(err)
+        tx.commit().map_err(err)?;
+        drop(db);
+        // The replicas' copy, in the background (a replica that asks meanwhile waits for it).
+        if let (Some(sh), Ok(rt)) = (&self.shared, tokio::runtime::Handle::try_current()) {
+            let (sh, s) = (sh.clone(), s.clone());
+            rt.spawn(async move {
+                if let Err(e) = sh.put(&s, now_s, expires).await {
+                    tracing::error!(response = %s.id, "not copied to the replicas' store: {e}");
+                }
+            });
+        }
+        Ok(())
     }
 
     /// An item (input or output) of a response `key` stored, by its id.
