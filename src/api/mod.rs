@@ -191,8 +191,13 @@ pub async fn state_with_clock(cfg: &Config, clock: Arc<dyn Clock>) -> anyhow::Re
         conversations,
     });
     // Many replicas: the release stages follow the shared store.
+    // Joined before the first request, so that no change is made here alone (retried by the
+    // follower when PostgreSQL is not there yet).
     if let (Some(c), Some(p)) = (&cluster, &cfg.server.postgres) {
         let store = Arc::new(crate::release::shared::SharedStore::new(p, c.clone()));
+        if let Err(e) = st.releases.join(store.clone()).await {
+            tracing::warn!("releases: cannot join the shared store yet ({e}); release changes wait for it");
+        }
         models::follow(Arc::downgrade(&st), store);
     }
     Ok(st)

@@ -273,6 +273,9 @@ pub struct Releases {
     pub auto_rollbacks: AtomicU64,
     /// The shared store, once joined ([`Releases::join`]).
     shared: std::sync::OnceLock<Arc<shared::SharedStore>>,
+    /// A shared store is configured: until it is joined, changes are refused (a change
+    /// made here alone would be undone by the store's stages when it is joined).
+    expects_shared: std::sync::atomic::AtomicBool,
 }
 
 /// Stages as they are kept live (the weight in whole basis points), so that stages read
@@ -300,6 +303,7 @@ impl Releases {
             monitor,
             auto_rollbacks: AtomicU64::new(0),
             shared: std::sync::OnceLock::new(),
+            expects_shared: std::sync::atomic::AtomicBool::new(false),
         });
         r.configure(cfg)?;
         Ok(r)
@@ -409,6 +413,7 @@ impl Releases {
     /// replica's stages (the first replica to arrive wins); adopting what it holds is the
     /// follower's work, since it may need versions loaded.
     pub async fn join(self: &Arc<Self>, store: Arc<shared::SharedStore>) -> Result<(), ReleaseError> {
+        self.expects_shared.store(true, Ordering::Release);
         for name in self.names() {
             let Some(live) = self.model(&name) else { continue };
             let mine = live.stages();
@@ -449,7 +454,12 @@ impl Releases {
         stages: Option<&Stages>,
         entry: AuditEntry,
     ) -> Result<AuditEntry, ReleaseError> {
-        let Some(sh) = self.shared.get() else { return self.commit(model, expected, stages, entry) };
+        let Some(sh) = self.shared.get() else {
+            if self.expects_shared.load(Ordering::Acquire) {
+                return Err(ReleaseError::Shared("this replica has not joined it yet".into()));
+            }
+            return self.commit(model, expected, stages, entry);
+        };
         let stages = stages.map(normal);
         let mut entry = entry;
         entry.id = sh.apply(expected.map(normal).as_ref(), stages.as_ref(), &entry).await?;
