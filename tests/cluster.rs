@@ -143,30 +143,36 @@ async fn a_live_burst_admits_no_more_than_the_limit_and_its_refill() {
 async fn tokens_and_concurrency_are_shared() {
     let (redis, pg) = (Redis::start(), Postgres::start());
     let clock = Arc::new(ManualClock::new());
-    let keys = [("tok", "tokens_per_minute = 1000"), ("one", "max_concurrent = 2")];
+    let keys = [("tok", "tokens_per_minute = 160"), ("one", "max_concurrent = 2")];
     let gws = replicas(&replica_toml(&redis, &pg, "", &keys), Some(clock.clone())).await;
     let c = reqwest::Client::new();
-    // "Name a colour." is 14 bytes: 4 tokens estimated, plus max_tokens 96: 100 reserved.
-    let statuses = burst(&gws, "tok", 30, &chat(96)).await;
-    let ok = statuses.iter().filter(|s| **s == 200).count();
-    assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
-    assert!((10..30).contains(&ok), "{ok} of 30 admitted: at least the quota's worth of reservations");
-    // What was used is charged on every replica: each reports the same level once settled.
+    // "Name a colour." is 14 bytes: 4 tokens estimated, plus max_tokens 12: 16 reserved. Thirty
+    // streams at once over three replicas, held open so none ends (and refunds) meanwhile:
+    // exactly ten fit the key's 160 tokens a minute on the held clock.
+    let mut s = chat(12);
+    s["stream"] = json!(true);
+    let calls = (0..30).map(|i| {
+        let (c, gw, s) = (c.clone(), &gws[i % 3], s.clone());
+        async move { post(&c, gw, "tok", &s).await }
+    });
+    let open: Vec<reqwest::Response> = futures::future::join_all(calls).await;
+    let ok = open.iter().filter(|r| r.status() == 200).count();
+    let limited: Vec<&reqwest::Response> = open.iter().filter(|r| r.status() == 429).collect();
+    assert_eq!((ok, limited.len()), (10, 20));
+    assert!(limited.iter().all(|r| r.headers()["x-ratelimit-limit-tokens"] == "160"));
+    drop(open);
+    // What was used is charged on every replica: once the streams ended, each replica reports
+    // the same level, below the quota by their usage.
+    let small = json!({"model": "gemma", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1});
     let left = |gw: usize| {
-        let (c, gws) = (c.clone(), &gws);
+        let (c, gws, small) = (c.clone(), &gws, small.clone());
         async move {
-            let r = post(
-                &c,
-                &gws[gw],
-                "tok",
-                &json!({"model": "gemma", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}),
-            )
-            .await;
+            let r = post(&c, &gws[gw], "tok", &small).await;
             r.headers().get("x-ratelimit-remaining-tokens").map(|v| v.to_str().unwrap().parse::<u64>().unwrap())
         }
     };
     let a = left(0).await.unwrap_or(0);
-    assert!(a < 1000 - 100, "the burst's usage is charged: {a} left");
+    assert!(a < 160 - 16, "the burst's usage is charged: {a} left");
 
     // Concurrency: two streams open (on two replicas) fill the key's two slots everywhere.
     let mut s = chat(48);
