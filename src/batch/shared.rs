@@ -3,9 +3,9 @@
 //! lease (`FOR UPDATE SKIP LOCKED`: no two replicas claim one line), renews the leases it
 //! holds while their requests run, and records a line's result only if none is recorded yet,
 //! so every line appears exactly once. A replica that dies mid-batch stops renewing: its
-//! lines' leases expire and another replica runs them. The replica that sees no line left
-//! finalizes (one does: the status moves by compare-and-set), writing the output and error
-//! files to the files directory every replica mounts.
+//! lines' leases expire and another replica runs them. A replica that sees no line left
+//! finalizes: the file ids are fixed first (under a row lock), so two replicas finalizing at
+//! once (or one after another's crash) write the same files, and the batch ends once.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

@@ -126,10 +126,19 @@ impl Conversations {
     /// An item of a response `key` stored: here, or in the replicas' store (waited for
     /// briefly, as [`Conversations::find`] does).
     pub async fn find_item(&self, key: &str, id: &str, now_s: u64) -> Result<Option<Value>, String> {
-        match (self.item(key, id, now_s)?, &self.shared) {
-            (Some(v), _) => Ok(Some(v)),
-            (None, Some(sh)) => sh.item(key, id, now_s).await,
-            (None, None) => Ok(None),
+        let Some(sh) = &self.shared else { return self.item(key, id, now_s) };
+        // The replicas' store first (a deleted response's items are gone there), then this
+        // replica's own copy in flight, then another's (waited for).
+        match sh.item_now(key, id, now_s).await {
+            Ok(Some(v)) => Ok(Some(v)),
+            Ok(None) => match self.item(key, id, now_s)? {
+                Some(v) => Ok(Some(v)),
+                None => sh.item(key, id, now_s).await,
+            },
+            Err(e) => {
+                tracing::warn!("{e}; reading this replica's own stored responses");
+                self.item(key, id, now_s)
+            }
         }
     }
 

@@ -79,8 +79,11 @@ impl SharedResponses {
             let output = s.response.get("output").and_then(Value::as_array).into_iter().flatten();
             for item in s.input_items.iter().chain(output) {
                 if let Some(id) = item.get("id").and_then(Value::as_str) {
+                    // Not for a response deleted meanwhile (its tombstone says so).
                     tx.execute(
-                        "INSERT INTO response_items (key, id, response_id, expires_at, item) VALUES ($1, $2, $3, $4, $5) \
+                        "INSERT INTO response_items (key, id, response_id, expires_at, item) \
+                         SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS \
+                             (SELECT 1 FROM responses WHERE id = $3 AND deleted) \
                          ON CONFLICT (key, id) DO UPDATE SET response_id = $3, expires_at = $4, item = $5",
                         &[&s.key, &id, &s.id, &(expires as i64), &Json(item)],
                     )
@@ -163,7 +166,23 @@ impl SharedResponses {
         }
     }
 
-    /// An item of a response `key` stored, by its id, waiting as [`SharedResponses::get`] does.
+    /// An item of a response `key` stored, by its id, as the store has it now.
+    pub async fn item_now(&self, key: &str, id: &str, now_s: u64) -> Result<Option<Value>, String> {
+        let row = {
+            let c = self.pg.client().await.map_err(err)?;
+            c.query_opt(
+                "SELECT item FROM response_items WHERE key = $1 AND id = $2 AND expires_at > $3",
+                &[&key, &id, &(now_s as i64)],
+            )
+            .await
+        };
+        match row {
+            Ok(r) => Ok(r.map(|r| r.get::<_, Json<Value>>(0).0)),
+            Err(e) => self.fail(e).await,
+        }
+    }
+
+    /// An item of a response `key` stored, by its id, waiting as [`SharedResponses::wait_for`] does.
     pub async fn item(&self, key: &str, id: &str, now_s: u64) -> Result<Option<Value>, String> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
@@ -189,13 +208,20 @@ impl SharedResponses {
     pub async fn delete(&self, key: &str, id: &str) -> Result<bool, String> {
         let c = self.pg.client().await.map_err(err)?;
         let r = async {
-            let n = c
-                .execute(
-                    "UPDATE responses SET deleted = true, response = 'null', input_items = '[]', history = '[]' \
-                     WHERE id = $1 AND key = $2 AND NOT deleted",
-                    &[&id, &key],
-                )
-                .await?;
+            // The tombstone is written even when the copy has not arrived yet, so the late copy
+            // does not bring the response back.
+            let existed = c
+                .query_opt("SELECT 1 FROM responses WHERE id = $1 AND key = $2 AND NOT deleted", &[&id, &key])
+                .await?
+                .is_some();
+            c.execute(
+                "INSERT INTO responses (id, key, created_at, expires_at, root, response, input_items, history, deleted) \
+                 VALUES ($1, $2, 0, $3, $1, 'null', '[]', '[]', true) ON CONFLICT (id) DO UPDATE SET deleted = true, \
+                 response = 'null', input_items = '[]', history = '[]' WHERE responses.key = $2",
+                &[&id, &key, &(i64::MAX / 2)],
+            )
+            .await?;
+            let n = u64::from(existed);
             c.execute("DELETE FROM response_items WHERE response_id = $1 AND key = $2", &[&id, &key]).await?;
             Ok::<_, tokio_postgres::Error>(n > 0)
         }

@@ -565,20 +565,13 @@ impl Limits {
             day,
             month,
         };
+        // Renewed from now on; dropped (a refusal, no answer, or this request going away
+        // while Redis answers) it is no longer renewed, and expires there.
+        let mut renewed = Renewed { leases: &sh.leases, lease: lease.clone() };
         if let Some(l) = &lease {
-            // Renewed from now on; a refusal takes it back below.
             sh.leases.lock().unwrap_or_else(|p| p.into_inner()).insert(l.clone(), name.clone());
         }
-        let out = sh.cluster.admit(&q).await;
-        let forget_lease = || {
-            if let Some(l) = &lease {
-                sh.leases.lock().unwrap_or_else(|p| p.into_inner()).remove(l);
-            }
-        };
-        let Some(out) = out else {
-            forget_lease();
-            return None;
-        };
+        let out = sh.cluster.admit(&q).await?;
         use shared::Outcome as O;
         let (O::Admitted { day, month, .. }
         | O::Budget { day, month, .. }
@@ -599,6 +592,8 @@ impl Limits {
                     headers.extend(request_headers(rpm, requests_left, reset));
                 }
                 let tpm = cfg.tokens_per_minute.unwrap_or(0);
+                // The admission holds the lease now (released when it is settled).
+                renewed.lease = None;
                 return Some(Ok(Some(Admission {
                     hold: Hold::Shared {
                         cluster: sh.cluster.clone(),
@@ -624,7 +619,6 @@ impl Limits {
                 requests_refused(name, cfg.requests_per_minute.unwrap_or(0), Duration::from_secs_f64(wait_ms / 1000.0))
             }
         };
-        forget_lease();
         Some(Err(refused))
     }
 
@@ -697,6 +691,21 @@ impl Limits {
             settled: AtomicBool::new(false),
             headers,
         }))
+    }
+}
+
+/// A lease being renewed while its admission is decided: forgotten when dropped, unless the
+/// admission took it.
+struct Renewed<'a> {
+    leases: &'a Mutex<HashMap<String, String>>,
+    lease: Option<String>,
+}
+
+impl Drop for Renewed<'_> {
+    fn drop(&mut self) {
+        if let Some(l) = &self.lease {
+            self.leases.lock().unwrap_or_else(|p| p.into_inner()).remove(l);
+        }
     }
 }
 
