@@ -186,19 +186,10 @@ impl SharedResponses {
     pub async fn item(&self, key: &str, id: &str, now_s: u64) -> Result<Option<Value>, String> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let row = {
-                let c = self.pg.client().await.map_err(err)?;
-                c.query_opt(
-                    "SELECT item FROM response_items WHERE key = $1 AND id = $2 AND expires_at > $3",
-                    &[&key, &id, &(now_s as i64)],
-                )
-                .await
-            };
-            match row {
-                Ok(Some(r)) => return Ok(Some(r.get::<_, Json<Value>>(0).0)),
-                Ok(None) if tokio::time::Instant::now() >= deadline => return Ok(None),
-                Ok(None) => tokio::time::sleep(Duration::from_millis(25)).await,
-                Err(e) => return self.fail(e).await,
+            match self.item_now(key, id, now_s).await? {
+                Some(v) => return Ok(Some(v)),
+                None if tokio::time::Instant::now() >= deadline => return Ok(None),
+                None => tokio::time::sleep(Duration::from_millis(25)).await,
             }
         }
     }
