@@ -138,6 +138,9 @@ pub struct Postgres {
     wake: Notify,
     shipped: Notify,
     source: String,
+    /// The last local rowid shipped, once read from `ledger_sources` (this replica is its
+    /// row's only writer); forgotten after an error.
+    shipped_to: std::sync::Mutex<Option<i64>>,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -165,6 +168,7 @@ impl Postgres {
             wake: Notify::new(),
             shipped: Notify::new(),
             source,
+            shipped_to: std::sync::Mutex::new(None),
         });
         tokio::spawn(ship_loop(Arc::downgrade(&pg), ledger));
         pg
@@ -255,11 +259,16 @@ impl Postgres {
     /// Ships the next rows; `Ok(true)` when more may wait.
     async fn ship_batch(&self, ledger: &Arc<Ledger>) -> Result<bool, String> {
         let mut client = self.pg.client().await?;
-        let last: i64 = client
-            .query_opt("SELECT last_rowid FROM ledger_sources WHERE source = $1", &[&self.source])
-            .await
-            .map_err(|e| e.to_string())?
-            .map_or(0, |r| r.get(0));
+        let cached = *self.shipped_to.lock().unwrap_or_else(|p| p.into_inner());
+        let last: i64 = match cached {
+            Some(v) => v,
+            None => client
+                .query_opt("SELECT last_rowid FROM ledger_sources WHERE source = $1", &[&self.source])
+                .await
+                .map_err(|e| e.to_string())?
+                .map_or(0, |r| r.get(0)),
+        };
+        *self.shipped_to.lock().unwrap_or_else(|p| p.into_inner()) = Some(last);
         let l = ledger.clone();
         let rows = tokio::task::spawn_blocking(move || read_rows(&l, last, ROWS_PER_BATCH))
             .await
@@ -300,6 +309,7 @@ impl Postgres {
         .await
         .map_err(|e| e.to_string())?;
         tx.commit().await.map_err(|e| e.to_string())?;
+        *self.shipped_to.lock().unwrap_or_else(|p| p.into_inner()) = Some(max_rowid);
         self.stats.shipped.fetch_add(n, Ordering::Relaxed);
         Ok(rows.len() == ROWS_PER_BATCH)
     }
@@ -331,10 +341,15 @@ fn read_rows(ledger: &Ledger, rowid: i64, limit: usize) -> rusqlite::Result<Vec<
 }
 
 async fn ship_loop(pg: Weak<Postgres>, ledger: Arc<Ledger>) {
+    // The ledger's ingester moves the journal into SQLite on its own every 200 ms; it is asked
+    // to do it now only when a caller waits ([`Postgres::flush`]), and for what a previous
+    // run left.
+    let mut asked = true;
     loop {
         let Some(p) = pg.upgrade() else { return };
-        // What the journal holds goes into SQLite first, then from there to PostgreSQL.
-        ledger.flush().await;
+        if asked {
+            ledger.flush().await;
+        }
         let wait = loop {
             match p.ship_batch(&ledger).await {
                 Ok(true) => continue,
@@ -346,14 +361,14 @@ async fn ship_loop(pg: Weak<Postgres>, ledger: Arc<Ledger>) {
                 }
                 Err(e) => {
                     p.failed(&e);
+                    *p.shipped_to.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     p.pg.reset().await;
                     break RETRY;
                 }
             }
         };
         p.shipped.notify_waiters();
-        let wake = async { p.wake.notified().await };
-        let _ = tokio::time::timeout(wait, wake).await;
+        asked = tokio::time::timeout(wait, p.wake.notified()).await.is_ok();
     }
 }
 
