@@ -269,6 +269,38 @@ async fn every_answer_carries_the_request_id() {
     }
 }
 
+#[tokio::test]
+async fn requests_hyper_cannot_parse_get_an_openai_error_body() {
+    use tokio::io::AsyncReadExt;
+    let (_fake, gw) = gateway("").await;
+    let addr = gw.url("").trim_start_matches("http://").to_owned();
+    let long_url = format!("GET /{} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(70_000));
+    let many_headers = format!("GET /health HTTP/1.1\r\nhost: x\r\n{}\r\n", "x-a: b\r\n".repeat(200));
+    for (req, status, code) in [
+        ("NOT HTTP AT ALL\r\n\r\n".to_owned(), "400", "invalid_http"),
+        ("GET /health HTTP/1.1\r\nhost: x\r\nbad header\r\n\r\n".to_owned(), "400", "invalid_http"),
+        (long_url, "414", "uri_too_long"),
+        (many_headers, "431", "header_too_large"),
+    ] {
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (head, body) = exchange(&mut c, &req).await.unwrap_or_else(|| panic!("{status}: no answer"));
+        assert!(head.starts_with(&format!("http/1.1 {status}")), "{head}");
+        assert!(head.contains("content-type: application/json"), "{status}: {head}");
+        assert!(head.contains("connection: close"), "{status}: {head}");
+        assert!(head.contains("x-request-id: req_"), "{status}: {head}");
+        let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{status}: {e}: {body:?}"));
+        assert_openai_error(&v);
+        assert_eq!(v["error"]["code"], code, "{v}");
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest).await;
+        assert!(rest.is_empty(), "{status}: nothing follows the answer");
+    }
+    // A well-formed request on a fresh connection is served as ever.
+    let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (head, body) = exchange(&mut c, "GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    assert!(head.starts_with("http/1.1 200"), "{head}: {body}");
+}
+
 /// Reads until the peer closes the connection: what it sent first, or `None` when it is
 /// still open after `within`.
 async fn closed_within(conn: &mut tokio::net::TcpStream, within: std::time::Duration) -> Option<Vec<u8>> {

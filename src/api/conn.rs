@@ -82,8 +82,6 @@ impl http_body::Body for Tracked {
     }
 }
 
-/// Raises the soft limit on open files to the hard limit (a failure is only logged: the
-/// gateway still runs, with fewer connections).
 /// The process's soft open-file limit (after [`raise_open_file_limit`]); 1,024 when it cannot
 /// be read.
 pub fn open_file_limit() -> u64 {
@@ -95,6 +93,8 @@ pub fn open_file_limit() -> u64 {
     l.rlim_cur
 }
 
+/// Raises the soft limit on open files to the hard limit (a failure is only logged: the
+/// gateway still runs, with fewer connections).
 pub fn raise_open_file_limit() {
     // SAFETY: getrlimit/setrlimit read and write the plain struct passed by pointer.
     unsafe {

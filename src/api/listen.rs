@@ -12,6 +12,8 @@
 //!   running out of descriptors and `accept` stalling for everyone.
 //! - **Accept errors back off**: out of descriptors (`EMFILE`) or memory, the loop waits a
 //!   moment instead of spinning, and says so in the log at most once a second.
+//! - **hyper's own error answers get bodies** ([`super::framing`]): a request it cannot parse
+//!   is answered in OpenAI's error shape, with an `x-request-id`, like every other error.
 //! - **Graceful shutdown**: on the signal it stops accepting; each connection finishes the
 //!   requests it is answering and closes (streams are cut by the gateway's hard stop when the
 //!   grace period ends, see `serve`).
@@ -30,6 +32,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::framing::Framed;
 use crate::protocol::error::ApiError;
 
 /// Refused connections kept open at once for [`REFUSE_LINGER`]; beyond these a refused
@@ -110,7 +113,7 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
                 },
                 _ => return,
             };
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc).into_owned();
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(Framed::new(tcp)), svc).into_owned();
             // A client that goes away mid-request is an ordinary end of a connection.
             let _ = watcher.watch(conn).await;
             drop(permit);

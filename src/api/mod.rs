@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod batch;
 mod conn;
+mod framing;
 mod listen;
 pub mod error;
 pub mod inference;

@@ -18,7 +18,7 @@ use http::StatusCode;
 use serde_json::{json, Map, Value};
 
 use super::ndjson::NdjsonParser;
-use super::remote::{self, classify_reqwest, Remote};
+use super::remote::{self, Remote};
 use super::{Backend, BackendError, BackendReply, BackendRequest, Chunk, EventStream};
 use crate::config::{DeploymentConfig, RemoteConfig};
 use crate::protocol::chunk::{self, Head};
@@ -80,18 +80,22 @@ impl Backend for OllamaBackend {
             Ok(x) => x,
             Err(e) => return futures::future::ready(Err(e)).boxed(),
         };
-        let rb = self.remote.post(format!("{}/{path}", cfg.base_url), &br, &body);
+        let url = match remote::uri(&format!("{}/{path}", cfg.base_url)) {
+            Ok(u) => u,
+            Err(e) => return futures::future::ready(Err(BackendError::Connect(e))).boxed(),
+        };
+        let sent = self.remote.send(self.remote.post(url, &br, serde_json::to_vec(&body).unwrap_or_default()));
         let model = cfg.model.clone();
         // As for OpenAI upstreams: a whole body gets the first-token budget, stretched.
         async move {
-            let resp = remote::send(rb).await?;
+            let resp = sent.await?;
             let endpoint = req.endpoint;
             if req.stream && endpoint != Endpoint::Embeddings {
                 let tr = StreamTranslator::new(endpoint, head(endpoint, &model));
-                return Ok(BackendReply::Stream(ndjson_chunks(resp.bytes_stream(), tr)));
+                return Ok(BackendReply::Stream(ndjson_chunks(remote::body_stream(resp), tr)));
             }
             // The router bounds the whole attempt (`request_timeout`).
-            let bytes = resp.bytes().await.map_err(classify_reqwest)?;
+            let bytes = remote::read(resp).await?;
             let obj = parse_object(&bytes)?;
             let (body, usage) = if endpoint == Endpoint::Embeddings {
                 let base64 = req.body.get("encoding_format").and_then(Value::as_str) == Some("base64");
@@ -416,6 +420,7 @@ mod tests {
             max_tokens_field: "max_tokens".into(),
             headers: Vec::new(),
             responses_passthrough: false,
+            ca_file: None,
         }
     }
 

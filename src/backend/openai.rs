@@ -17,7 +17,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use serde_json::{Map, Value};
 
-use super::remote::{self, classify_reqwest, Remote};
+use super::remote::{self, Remote};
 use super::sse::SseParser;
 use super::{Backend, BackendError, BackendReply, BackendRequest, Chunk};
 use crate::config::{DeploymentConfig, RemoteConfig};
@@ -29,7 +29,7 @@ pub struct OpenAiBackend {
     /// The deployment's name (a passed-through conversation is pinned to it).
     name: String,
     /// The endpoint URLs, parsed once (chat, completions, embeddings, responses).
-    urls: Option<[reqwest::Url; 4]>,
+    urls: Option<[http::Uri; 4]>,
 }
 
 impl OpenAiBackend {
@@ -37,7 +37,7 @@ impl OpenAiBackend {
         let paths = [Endpoint::Chat.path(), Endpoint::Completions.path(), Endpoint::Embeddings.path(), "responses"];
         OpenAiBackend {
             urls: paths
-                .map(|p| reqwest::Url::parse(&format!("{}/{p}", cfg.base_url)).ok())
+                .map(|p| remote::uri(&format!("{}/{p}", cfg.base_url)).ok())
                 .into_iter()
                 .collect::<Option<Vec<_>>>()
                 .and_then(|v| v.try_into().ok()),
@@ -48,37 +48,67 @@ impl OpenAiBackend {
 
     /// The Responses body to pass through, when this deployment passes it through and may
     /// serve it: the client's, with the upstream's model name.
-    fn native_body(&self, br: &BackendRequest) -> Option<Map<String, Value>> {
+    fn native_body(&self, br: &BackendRequest) -> Option<Vec<u8>> {
         let native =
             br.native.as_ref().filter(|n| self.remote.cfg().responses_passthrough && n.for_deployment(&self.name))?;
-        let mut body = native.body.clone();
-        body.insert("model".into(), Value::String(self.remote.cfg().model.clone()));
-        Some(body)
+        let body = Rewritten { body: &native.body, model: &self.remote.cfg().model, set: Vec::new(), drop: &[] };
+        Some(serde_json::to_vec(&body).unwrap_or_default())
     }
 
-    /// The upstream body: the client's, with the few fields tollgate owns rewritten.
-    pub fn upstream_body(cfg: &RemoteConfig, br: &BackendRequest) -> Map<String, Value> {
+    /// The upstream body: the client's, with the few fields tollgate owns rewritten,
+    /// written straight from the client's body (nothing of it is copied first).
+    pub fn upstream_body(cfg: &RemoteConfig, br: &BackendRequest) -> Vec<u8> {
         let req = &br.req;
-        let mut body = req.body.clone();
-        body.insert("model".into(), Value::String(cfg.model.clone()));
+        let mut set: Vec<(&str, Value)> = Vec::new();
+        let mut drop: &[&str] = &["stream_options"];
         if req.endpoint != Endpoint::Embeddings {
-            body.remove("max_tokens");
-            body.remove("max_completion_tokens");
+            drop = &["max_tokens", "max_completion_tokens", "stream_options"];
             if let Some(n) = req.sampling.max_tokens {
-                body.insert(cfg.max_tokens_field.clone(), n.into());
+                set.push((&cfg.max_tokens_field, n.into()));
             }
         }
         if req.stream {
-            let mut so = match body.remove("stream_options") {
-                Some(Value::Object(o)) => o,
+            let mut so = match req.body.get("stream_options") {
+                Some(Value::Object(o)) => o.clone(),
                 _ => Map::new(),
             };
             so.insert("include_usage".into(), Value::Bool(true));
-            body.insert("stream_options".into(), Value::Object(so));
-        } else {
-            body.remove("stream_options");
+            set.push(("stream_options", Value::Object(so)));
         }
-        body
+        let body = Rewritten { body: &req.body, model: &cfg.model, set, drop };
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+}
+
+/// A client's body as it goes upstream: in its own order, `model` replaced where it stands,
+/// the `drop`ped fields left out, the `set` ones written at the end.
+struct Rewritten<'a> {
+    body: &'a Map<String, Value>,
+    model: &'a str,
+    set: Vec<(&'a str, Value)>,
+    drop: &'a [&'a str],
+}
+
+impl serde::Serialize for Rewritten<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        let mut model = false;
+        for (k, v) in self.body {
+            if k == "model" {
+                m.serialize_entry(k, self.model)?;
+                model = true;
+            } else if !self.drop.contains(&k.as_str()) && !self.set.iter().any(|(s, _)| s == k) {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        if !model {
+            m.serialize_entry("model", self.model)?;
+        }
+        for (k, v) in &self.set {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
     }
 }
 
@@ -100,15 +130,16 @@ impl Backend for OpenAiBackend {
             }
         };
         let stream = br.req.stream;
-        let (rb, framing) = match native {
-            Some(body) => (self.remote.post(url, &br, &body), Framing::Responses),
-            None => (self.remote.post(url, &br, &Self::upstream_body(cfg, &br)), Framing::Chat),
+        let (body, framing) = match native {
+            Some(body) => (body, Framing::Responses),
+            None => (Self::upstream_body(cfg, &br), Framing::Chat),
         };
+        let sent = self.remote.send(self.remote.post(url, &br, body));
         async move {
-            let resp = remote::send(rb).await?;
+            let resp = sent.await?;
             if !stream {
                 // The router bounds the whole attempt (`request_timeout`).
-                let bytes = resp.bytes().await.map_err(classify_reqwest)?;
+                let bytes = remote::read(resp).await?;
                 let body: Map<String, Value> = serde_json::from_slice(&bytes)
                     .map_err(|e| BackendError::Protocol(format!("the body is not a JSON object: {e}")))?;
                 let usage = body.get("usage").and_then(Usage::from_json);
@@ -127,11 +158,11 @@ impl Backend for OpenAiBackend {
         if !self.remote.cfg().responses_passthrough {
             return None;
         }
-        let url = response_url(self.urls.as_ref()?[3].clone(), id)?;
-        let rb = self.remote.delete(url);
+        let url = response_url(&self.urls.as_ref()?[3], id)?;
+        let sent = self.remote.send(self.remote.delete(url));
         Some(
             async move {
-                match remote::send(rb).await {
+                match sent.await {
                     Ok(_) => Ok(()),
                     // Already gone upstream (expired, or deleted there): deleted all the same.
                     Err(BackendError::Status { status, .. }) if status == http::StatusCode::NOT_FOUND => Ok(()),
@@ -144,9 +175,17 @@ impl Backend for OpenAiBackend {
 }
 
 /// `{base}/responses/{id}`, the id one percent-encoded path segment.
-fn response_url(mut responses: reqwest::Url, id: &str) -> Option<reqwest::Url> {
-    responses.path_segments_mut().ok()?.push(id);
-    Some(responses)
+fn response_url(responses: &http::Uri, id: &str) -> Option<http::Uri> {
+    let mut s = responses.to_string();
+    s.push('/');
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            s.push(char::from(b));
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    remote::uri(&s).ok()
 }
 
 /// Which protocol an upstream stream speaks.
@@ -160,14 +199,14 @@ enum Framing {
 
 /// The upstream's SSE body as a stream of chunks; `[DONE]` (or a Responses stream's last
 /// event) ends it; an in-band error event becomes an error item.
-fn sse_chunks(resp: reqwest::Response, framing: Framing) -> super::EventStream {
+fn sse_chunks(resp: remote::Response, framing: Framing) -> super::EventStream {
     struct St {
-        body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+        body: futures::stream::BoxStream<'static, Result<bytes::Bytes, String>>,
         parser: SseParser,
         framing: Framing,
         done: bool,
     }
-    let st = St { body: resp.bytes_stream().boxed(), parser: SseParser::default(), framing, done: false };
+    let st = St { body: remote::body_stream(resp), parser: SseParser::default(), framing, done: false };
     futures::stream::unfold(st, |mut st| async move {
         loop {
             if st.done {
@@ -289,9 +328,8 @@ mod tests {
 
     #[test]
     fn a_response_id_is_one_path_segment() {
-        let base = reqwest::Url::parse("http://h/v1/responses").unwrap();
-        let path =
-            |id: &str| response_url(base.clone(), id).unwrap().path().trim_start_matches("/v1/responses/").to_owned();
+        let base = remote::uri("http://h/v1/responses").unwrap();
+        let path = |id: &str| response_url(&base, id).unwrap().path().trim_start_matches("/v1/responses/").to_owned();
         assert_eq!(path("resp_abc-1.2~"), "resp_abc-1.2~");
         assert_eq!(path("a/../b?c"), "a%2F..%2Fb%3Fc");
     }

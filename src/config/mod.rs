@@ -352,6 +352,9 @@ pub struct RemoteConfig {
     /// The upstream speaks the Responses API itself (`responses = "passthrough"`): a
     /// `/v1/responses` request goes to it as the client wrote it, not as a chat completion.
     pub responses_passthrough: bool,
+    /// PEM certificates trusted for this upstream's HTTPS besides the public roots
+    /// (`ca_file`: a private CA, or the upstream's own self-signed certificate).
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -677,6 +680,19 @@ fn toml_files(dir: &Path) -> Vec<PathBuf> {
 fn parse_sha256(hex_str: &str) -> Option<[u8; 32]> {
     let v = hex::decode(hex_str.trim()).ok()?;
     v.try_into().ok()
+}
+
+/// The PEM certificates in `path` (a deployment's `ca_file`): at least one, each parsed.
+pub fn read_certificates(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read '{}': {e}", path.display()))?;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("'{}' is not PEM certificates: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("'{}' holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
 }
 
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {

@@ -283,6 +283,8 @@ pub struct DeploymentFile {
     /// `openai` only: `"passthrough"` sends `/v1/responses` to the upstream as the client wrote
     /// it (OpenAI, vLLM); `"translate"` (the default) serves it as a chat completion.
     pub responses: Option<String>,
+    /// PEM certificates to trust for an `https://` upstream, besides the public roots.
+    pub ca_file: Option<String>,
     // Every kind.
     pub max_concurrency: Option<usize>,
     pub weight: Option<u32>,

@@ -147,6 +147,7 @@ pub(super) fn deployment_config(
         ("max_tokens_field", d.max_tokens_field.is_some()),
         ("headers", !d.headers.is_empty()),
         ("responses", d.responses.is_some()),
+        ("ca_file", d.ca_file.is_some()),
     ];
     let misplaced = |fields: &[(&str, bool)], kind: &str, errs: &mut Vec<String>| {
         for (name, set) in fields {
@@ -166,7 +167,7 @@ pub(super) fn deployment_config(
             None => errs.push(format!("{f}: {at}.model: required for kind = \"registry\" (NAME or NAME@X.Y.Z)")),
         }
         for (name, set) in remote_only.iter().chain(&local_only[..1]) {
-            if *set && matches!(*name, "base_url" | "path") {
+            if *set && matches!(*name, "base_url" | "path" | "ca_file") {
                 errs.push(format!("{f}: {at}.{name}: not a setting of kind = \"registry\" (the registry holds it)"));
             }
         }
@@ -208,6 +209,13 @@ pub(super) fn deployment_config(
                     false
                 }
             };
+            let ca_file = d.ca_file.as_deref().and_then(|p| plain(p, f, &format!("{at}.ca_file"), env, errs));
+            let ca_file = ca_file.map(|p| beside(file, p));
+            if let Some(p) = &ca_file {
+                if let Err(e) = crate::config::read_certificates(p) {
+                    errs.push(format!("{f}: {at}.ca_file: {e}"));
+                }
+            }
             let remote = RemoteConfig {
                 base_url: base_url.unwrap_or_default().trim_end_matches('/').to_owned(),
                 model,
@@ -215,6 +223,7 @@ pub(super) fn deployment_config(
                 max_tokens_field,
                 headers,
                 responses_passthrough,
+                ca_file,
             };
             out.kind = if d.kind == "openai" { DeploymentKind::OpenAi(remote) } else { DeploymentKind::Ollama(remote) };
         }

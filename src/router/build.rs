@@ -222,6 +222,7 @@ pub fn version_config(template: &DeploymentConfig, meta: &VersionMeta, rel: &Rel
                 headers: r.map(|r| r.headers.clone()).unwrap_or_default(),
                 // A registry version is served by translation.
                 responses_passthrough: false,
+                ca_file: None,
             };
             dc.kind = if e.kind == "ollama" { DeploymentKind::Ollama(remote) } else { DeploymentKind::OpenAi(remote) };
         }

@@ -54,8 +54,17 @@ pub enum End {
     Cut,
 }
 
+/// How the gateway reaches a fake: plain HTTP/1.1, or through an HTTPS front ([`super::tls`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    Http1,
+    Tls(super::tls::Alpn),
+}
+
 pub struct Fake {
     pub addr: SocketAddr,
+    /// The HTTPS front the gateway is pointed at, when there is one.
+    pub front: Option<SocketAddr>,
     /// Notified each time a stalled stream ends because the gateway closed the connection.
     pub peer_closed: Arc<Notify>,
     pub captured: Arc<Mutex<Vec<Captured>>>,
@@ -69,10 +78,20 @@ pub fn fixture_dir() -> PathBuf {
 
 impl Fake {
     pub async fn start(script: Vec<Reply>) -> Fake {
+        Self::start_on(script, Wire::Http1).await
+    }
+
+    /// A fake reached over `wire`.
+    pub async fn start_on(script: Vec<Reply>, wire: Wire) -> Fake {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let front = match wire {
+            Wire::Http1 => None,
+            Wire::Tls(alpn) => Some(super::tls::front(addr, alpn).await),
+        };
         let fake = Fake {
             addr,
+            front,
             peer_closed: Arc::new(Notify::new()),
             captured: Arc::default(),
             script: Arc::new(Mutex::new(script.into())),
@@ -99,11 +118,14 @@ impl Fake {
     }
 
     pub fn base(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        format!("{}/v1", self.root())
     }
 
     pub fn root(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.front {
+            Some(a) => format!("https://{a}"),
+            None => format!("http://{}", self.addr),
+        }
     }
 
     pub fn requests(&self) -> Vec<Captured> {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod tls;
 pub mod servers;
 
 use std::path::{Path, PathBuf};
@@ -121,10 +122,21 @@ pub async fn webhook() -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedRec
 }
 
 /// One route file with a single openai-kind deployment.
+/// An `https://` base URL is a fake's HTTPS front: the deployment trusts the test CA.
 pub fn openai_route(alias: &str, dep: &str, base_url: &str, model: &str, extra: &str) -> String {
     format!(
-        "[[alias]]\nname = \"{alias}\"\n[[alias.deployment]]\nname = \"{dep}\"\nkind = \"openai\"\nbase_url = \"{base_url}\"\nmodel = \"{model}\"\n{extra}\n"
+        "[[alias]]\nname = \"{alias}\"\n[[alias.deployment]]\nname = \"{dep}\"\nkind = \"openai\"\n{}model = \"{model}\"\n{extra}\n",
+        upstream(base_url)
     )
+}
+
+/// A deployment's `base_url` line, with `ca_file` (the test CA) for an `https://` one.
+pub fn upstream(base_url: &str) -> String {
+    if base_url.starts_with("https://") {
+        format!("base_url = \"{base_url}\"\nca_file = \"{}\"\n", tls::ca_file().display())
+    } else {
+        format!("base_url = \"{base_url}\"\n")
+    }
 }
 
 pub const OPEN: &str = "[auth]\nopen = true\n";
