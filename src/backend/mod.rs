@@ -86,6 +86,9 @@ pub enum BackendReply {
     Full {
         body: Map<String, Value>,
         usage: Option<Usage>,
+        /// The bytes `body` was parsed from, when they may go to the client as they are
+        /// (with `model` rewritten in place, [`crate::protocol::raw::set_model`]).
+        raw: Option<Bytes>,
     },
     Stream(EventStream),
 }

@@ -103,7 +103,7 @@ impl Backend for OllamaBackend {
             } else {
                 translate_final(endpoint, &head(endpoint, &model), &obj)?
             };
-            Ok(BackendReply::Full { body, usage: Some(usage) })
+            Ok(BackendReply::Full { body, usage: Some(usage), raw: None })
         }
         .boxed()
     }

@@ -143,7 +143,7 @@ impl Backend for OpenAiBackend {
                 let body: Map<String, Value> = serde_json::from_slice(&bytes)
                     .map_err(|e| BackendError::Protocol(format!("the body is not a JSON object: {e}")))?;
                 let usage = body.get("usage").and_then(Usage::from_json);
-                return Ok(BackendReply::Full { body, usage });
+                return Ok(BackendReply::Full { body, usage, raw: Some(bytes) });
             }
             Ok(BackendReply::Stream(sse_chunks(resp, framing)))
         }

@@ -452,7 +452,7 @@ impl LocalBackend {
             body.insert("data".into(), Value::Array(data));
             body.insert("model".into(), Value::String(model));
             body.insert("usage".into(), json!({"prompt_tokens": tokens, "total_tokens": tokens}));
-            Ok(BackendReply::Full { body, usage: Some(u) })
+            Ok(BackendReply::Full { body, usage: Some(u), raw: None })
         }
         .boxed()
     }

@@ -238,7 +238,7 @@ pub async fn full(
     let u = usage(prompt, completion, timings.cache_n);
     let mut body = head.choices_body(out, Some(u.to_json()));
     body.insert("timings".into(), timings_json(&timings));
-    Ok(BackendReply::Full { body, usage: Some(u) })
+    Ok(BackendReply::Full { body, usage: Some(u), raw: None })
 }
 
 /// One streamed choice's state.

@@ -146,7 +146,7 @@ async fn classify(
             rec.backend_kind = Some(d.deployment.cfg.kind.name());
             rec.price = d.deployment.cfg.price.clone();
             let said = match &d.reply {
-                Committed::Full { body, usage } => {
+                Committed::Full { body, usage, .. } => {
                     super::tap_body(Tap::new(start, None), body, *usage, &mut rec);
                     body.get("choices")
                         .and_then(|c| c.get(0))

@@ -173,8 +173,9 @@ pub struct Meta {
 
 /// What [`serve`] answers.
 pub enum Answer {
-    /// A whole JSON body (`timings`, when the backend sent them, are its own).
-    Full { body: Map<String, Value>, meta: Meta },
+    /// A whole JSON body (`timings`, when the backend sent them, are its own), and the
+    /// upstream's bytes of it while nothing but `model` differs from them.
+    Full { body: Map<String, Value>, meta: Meta, raw: Option<bytes::Bytes> },
     /// A cache hit for a streaming request: the stored answer as chunks, usage priced.
     Replay { chunks: Vec<Chunk>, meta: Meta },
     /// A live stream, with everything its body must release or finish when it ends.
@@ -313,11 +314,13 @@ pub async fn serve(
     };
     let mut tap = Tap::with_content(start, prompt_text, ctx.log_content);
     match d.reply {
-        Committed::Full { mut body, usage } => {
+        Committed::Full { mut body, usage, mut raw } => {
             if let Some(p) = &policy {
                 let mut hits = guardrails::Hits::default();
                 let withheld = guardrails::scan_response(p, &mut body, &mut hits);
                 if !hits.is_empty() {
+                    // A redaction changed the body: it is written from the parse.
+                    raw = None;
                     let all = rec.guardrails.get_or_insert_with(Default::default);
                     all.lock().expect("the hits lock is never poisoned").merge(&hits);
                 }
@@ -327,7 +330,7 @@ pub async fn serve(
                     return Err(Refused::with(guardrails::withheld(detector), rec));
                 }
             }
-            let full = Full { body, usage, alias: &br.req.model, deployment: &d.deployment, permit: d.permit };
+            let full = Full { body, usage, raw, alias: &br.req.model, deployment: &d.deployment, permit: d.permit };
             Ok(answer_full(ctx, full, rec, tap, store, leader, meta).await)
         }
         Committed::Stream { mut first, mut rest } => {
@@ -493,7 +496,7 @@ async fn dispatch(
         small.backend_kind = Some(d.deployment.cfg.kind.name());
         small.price = d.deployment.cfg.price.clone();
         small.downgrade_price = None;
-        if let Committed::Full { body, usage } = &d.reply {
+        if let Committed::Full { body, usage, .. } = &d.reply {
             tap_body(Tap::new(start, None), body, *usage, &mut small);
         }
         ctx.accounting.finish(small);
@@ -522,6 +525,7 @@ fn order(alias: &Alias, br: &BackendRequest, canary: bool) -> Vec<Arc<Deployment
 struct Full<'a> {
     body: Map<String, Value>,
     usage: Option<protocol::Usage>,
+    raw: Option<bytes::Bytes>,
     alias: &'a str,
     deployment: &'a Deployment,
     permit: OwnedSemaphorePermit,
@@ -537,7 +541,7 @@ async fn answer_full(
     leader: Option<Leader>,
     mut meta: Meta,
 ) -> Answer {
-    let Full { mut body, usage, alias, deployment, permit } = full;
+    let Full { mut body, usage, raw, alias, deployment, permit } = full;
     if let Some(m) = body.get_mut("model") {
         *m = Value::String(alias.to_owned());
     }
@@ -551,7 +555,7 @@ async fn answer_full(
     }
     drop(leader);
     ctx.accounting.finish(rec);
-    Answer::Full { body, meta }
+    Answer::Full { body, meta, raw }
 }
 
 /// Answers from the response cache: the stored body, or its chunks for a stream. The
@@ -595,7 +599,7 @@ fn answer_hit(
     };
     ctx.accounting.finish(rec);
     if !req.stream {
-        return Answer::Full { body, meta };
+        return Answer::Full { body, meta, raw: None };
     }
     let mut chunks = crate::cache::as_chunks(&body, req.include_usage);
     if let Some(cost) = meta.cost {

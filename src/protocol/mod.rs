@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 pub mod chunk;
 pub mod error;
+pub mod raw;
 pub mod messages;
 pub mod responses;
 pub mod translate;

@@ -207,12 +207,11 @@ pub enum Committed {
     Full {
         body: Map<String, serde_json::Value>,
         usage: Option<Usage>,
+        /// The upstream's bytes of `body`, while they may go to the client as they are.
+        raw: Option<bytes::Bytes>,
     },
     /// The first chunk, already received, and the rest of the stream.
-    Stream {
-        first: Box<Chunk>,
-        rest: EventStream,
-    },
+    Stream { first: Box<Chunk>, rest: EventStream },
 }
 
 /// The outcome of a walk that produced no response.
@@ -344,7 +343,7 @@ async fn attempt(dep: &Deployment, req: &BackendRequest) -> Result<Committed, Ba
     let timeout = if req.req.stream { dep.cfg.first_token_timeout } else { dep.cfg.request_timeout };
     let fut = async {
         match dep.backend.call(req.clone()).await? {
-            BackendReply::Full { body, usage } => Ok(Committed::Full { body, usage }),
+            BackendReply::Full { body, usage, raw } => Ok(Committed::Full { body, usage, raw }),
             BackendReply::Stream(mut s) => match s.next().await {
                 Some(Ok(first)) => Ok(Committed::Stream { first: Box::new(first), rest: s }),
                 Some(Err(e)) => Err(e),

@@ -112,7 +112,13 @@ async fn full_bodies_pass_through_with_their_extra_fields() {
     body["max_completion_tokens"] = json!(16);
     let r = reqwest::Client::new().post(gw.url("/v1/chat/completions")).json(&body).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let v: Value = r.json().await.unwrap();
+    let bytes = r.bytes().await.unwrap();
+    // The upstream's bytes, every number spelled as it spelled it, only `model` rewritten.
+    let sent = std::fs::read_to_string(crate::common::fake::fixture_dir().join("chat.body")).unwrap();
+    let want = sent.replace(r#""model":"gemma-3-270m-q4_k_m.gguf""#, r#""model":"chat""#);
+    assert_ne!(want, sent);
+    assert_eq!(String::from_utf8_lossy(&bytes), want);
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(v["model"], "chat");
     assert_eq!(v["timings"]["predicted_n"], 16, "fields only full bodies carry survive");
     assert_eq!(v["usage"]["total_tokens"], 45);
