@@ -322,6 +322,47 @@ async fn closed_within(conn: &mut tokio::net::TcpStream, within: std::time::Dura
 const BOUND: std::time::Duration = std::time::Duration::from_secs(20);
 
 #[tokio::test]
+async fn an_idle_http2_connection_is_closed_but_not_while_a_request_is_in_flight() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use std::sync::Arc;
+    let (fake, gw) = gateway("header_read_timeout_ms = 300\n").await;
+    let addr = gw.url("").trim_start_matches("http://").to_owned();
+    let h2 = |addr: String| async move {
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
+        (send, tokio::spawn(conn))
+    };
+    // Nothing sent after the handshake: closed (a GOAWAY, then the end of the connection).
+    let (_idle, conn) = h2(addr.clone()).await;
+    tokio::time::timeout(BOUND, conn).await.expect("an idle HTTP/2 connection is closed").unwrap().unwrap();
+
+    // A request the upstream holds for longer than the bound keeps its connection open.
+    let release = Arc::new(tokio::sync::Notify::new());
+    fake.push(Reply::Hold(release.clone(), Box::new(Reply::Fixture("chat"))));
+    let (mut send, mut conn) = h2(addr.clone()).await;
+    let body = json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let req = hyper::Request::post(format!("http://{addr}/v1/chat/completions"))
+        .header("authorization", "Bearer key-a")
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let answer = tokio::spawn(send.send_request(req));
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(1200), &mut conn).await.is_err(),
+        "the connection stays open while its request is answered"
+    );
+    release.notify_one();
+    let resp = answer.await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(v["model"], "chat");
+    // Answered and idle again: closed.
+    tokio::time::timeout(BOUND, conn).await.expect("closed once idle again").unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn silent_trickling_and_idle_connections_close_but_a_long_answer_is_not_cut() {
     use std::sync::Arc;
     use tokio::io::AsyncWriteExt;

@@ -6,7 +6,9 @@
 //!   it speaks, hyper's own timer takes over, armed whenever the connection waits for a
 //!   request head. So one setting closes the silent connection, the one trickling its
 //!   header, and the idle keep-alive one, and a request being answered (a long generation
-//!   with no traffic on the socket) is never cut by it.
+//!   with no traffic on the socket) is never cut by it. An HTTP/2 connection (which hyper
+//!   does not time out) is closed with a GOAWAY once no request has been in flight on it for
+//!   the same time ([`Idle`]).
 //! - **A bound on open connections** (`max_connections`): beyond it a new connection gets a
 //!   503 with an OpenAI error body and `Connection: close` at once, instead of the process
 //!   running out of descriptors and `accept` stalling for everyone.
@@ -25,12 +27,12 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::framing::Framed;
 use crate::protocol::error::ApiError;
@@ -73,7 +75,7 @@ const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown: CancellationToken) -> io::Result<()> {
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let refusing = Arc::new(Semaphore::new(REFUSING));
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     let mut either = auto::Builder::new(TokioExecutor::new());
     either.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
     either.http2().timer(TokioTimer::new());
@@ -99,29 +101,110 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
             refuse(tcp, limits.max_connections, &refusing);
             continue;
         };
-        let (builders, watcher, svc) = (builders.clone(), graceful.watcher(), TowerToHyperService::new(app.clone()));
+        let (builders, app, shutdown) = (builders.clone(), app.clone(), shutdown.clone());
         let first_bytes = limits.header_read_timeout;
-        tokio::spawn(async move {
+        connections.spawn(async move {
             // hyper's timer starts once it reads a request head: a connection that sends
             // nothing at all is bounded here.
             let mut head = [0u8; 24];
-            let builder = match tokio::time::timeout(first_bytes, tcp.peek(&mut head)).await {
+            let (builder, idle) = match tokio::time::timeout(first_bytes, tcp.peek(&mut head)).await {
                 Ok(Ok(n)) if n > 0 => match (head[..n] == PREFACE[..n], n == PREFACE.len()) {
-                    (false, _) => &builders.http1,
-                    (true, true) => &builders.http2,
-                    (true, false) => &builders.either,
+                    (false, _) => (&builders.http1, None),
+                    (true, true) => (&builders.http2, Some(Idle::new())),
+                    (true, false) => (&builders.either, Some(Idle::new())),
                 },
                 _ => return,
             };
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(Framed::new(tcp)), svc).into_owned();
-            // A client that goes away mid-request is an ordinary end of a connection.
-            let _ = watcher.watch(conn).await;
+            let io = TokioIo::new(Framed::new(tcp));
+            let app = match &idle {
+                Some(idle) => app.layer(axum::middleware::from_fn_with_state(idle.clone(), in_flight)),
+                None => app,
+            };
+            let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(app)).into_owned();
+            tokio::pin!(conn);
+            let idle_for = async {
+                match &idle {
+                    Some(idle) => idle.idle_for(first_bytes).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(idle_for);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    // A client that goes away mid-request is an ordinary end of a connection.
+                    _ = conn.as_mut() => break,
+                    _ = shutdown.cancelled(), if !closing => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    _ = idle_for.as_mut(), if !closing => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            }
             drop(permit);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    connections.close();
+    connections.wait().await;
     Ok(())
+}
+
+/// The requests in flight on one HTTP/2 connection, and a wake-up when that changes.
+#[derive(Clone)]
+struct Idle(Arc<(std::sync::atomic::AtomicUsize, Notify)>);
+
+impl Idle {
+    fn new() -> Idle {
+        Idle(Arc::new((std::sync::atomic::AtomicUsize::new(0), Notify::new())))
+    }
+
+    /// Ready once no request has been in flight for `bound`.
+    async fn idle_for(&self, bound: Duration) {
+        let (count, changed) = &*self.0;
+        loop {
+            let notified = changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if count.load(std::sync::atomic::Ordering::Acquire) > 0 {
+                notified.await;
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(bound) => return,
+                _ = notified => {}
+            }
+        }
+    }
+}
+
+/// Counts a request in flight on its connection until its answer's body is done.
+async fn in_flight(
+    axum::extract::State(idle): axum::extract::State<Idle>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    struct Held(Idle);
+    impl Drop for Held {
+        fn drop(&mut self) {
+            let (count, changed) = &*self.0 .0;
+            count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            changed.notify_waiters();
+        }
+    }
+    idle.0 .0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    idle.0 .1.notify_waiters();
+    let held = Held(idle);
+    let resp = next.run(req).await;
+    let (parts, body) = resp.into_parts();
+    let body = http_body_util::BodyExt::map_frame(body, move |f| {
+        let _ = &held;
+        f
+    });
+    axum::response::Response::from_parts(parts, axum::body::Body::new(body))
 }
 
 /// An accept error: the process's own trouble (descriptors, memory) waits a moment; a
