@@ -51,9 +51,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_http(url, headers=None, timeout=120):
+def wait_http(url, headers=None, timeout=120, proc=None):
     end = time.time() + timeout
     while time.time() < end:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"the process serving {url} exited ({proc.returncode}) before it answered")
         try:
             req = urllib.request.Request(url, headers=headers or {})
             with urllib.request.urlopen(req, timeout=2) as r:
@@ -107,14 +109,33 @@ def rss_mib(pid):
     return total / 1024
 
 
+ANSWER_LUA = r"""
+ngx.req.read_body()
+local b = ngx.req.get_body_data() or ""
+if string.find(b, '"stream"%s*:%s*true') then
+  ngx.header["Content-Type"] = "text/event-stream"
+  for _, ev in ipairs(EVENTS) do
+    ngx.print(ev)
+    ngx.flush(true)
+  end
+  ngx.print(USAGE)
+  ngx.print("data: [DONE]\n\n")
+else
+  ngx.header["Content-Type"] = "application/json"
+  ngx.print(CHAT)
+end
+"""
+
+
 def stub():
     """The nginx + Lua stub on the load's core; returns (process, base URL)."""
     port = free_port()
     d = tempfile.mkdtemp(prefix="tollgate-stub-")
+    os.chmod(d, 0o755)  # nginx's workers (another user, under root) read the Lua files
     chunk = lambda i: json.dumps({"choices": [{"finish_reason": None, "index": 0, "delta": {"content": f"w{i} "}}], "created": 1795983444, "id": "chatcmpl-stub", "model": "m", "object": "chat.completion.chunk"})
     usage = json.dumps({"choices": [], "created": 1795983444, "id": "chatcmpl-stub", "model": "m", "object": "chat.completion.chunk", "usage": {"completion_tokens": 20, "prompt_tokens": 29, "total_tokens": 49}})
-    events = "".join(f"data: {chunk(i)}\n\n" for i in range(20))
     modules = "/usr/lib/nginx/modules"
+    chat_path, usage_lua = json.dumps(CHAT_BODY), json.dumps("data: " + usage + "\n\n")
     conf = f"""
 load_module {modules}/ndk_http_module.so;
 load_module {modules}/ngx_http_lua_module.so;
@@ -130,13 +151,7 @@ http {{
   keepalive_requests 10000000;
   keepalive_timeout 300s;
   client_body_buffer_size 64k;
-  init_by_lua_block {{
-    local f = assert(io.open({json.dumps(CHAT_BODY)}, "rb"))
-    CHAT = f:read("*a")
-    f:close()
-    EVENTS = {json.dumps(events)}
-    USAGE = {json.dumps("data: " + usage + "\n\n")}
-  }}
+  init_by_lua_file {d}/init.lua;
   server {{
     listen 127.0.0.1:{port} backlog=4096;
     location ~ /models$ {{
@@ -144,28 +159,20 @@ http {{
       return 200 '{{"object":"list","data":[{{"id":"m","object":"model","owned_by":"stub"}}]}}';
     }}
     location / {{
-      content_by_lua_block {{
-        ngx.req.read_body()
-        local b = ngx.req.get_body_data() or ""
-        if string.find(b, '"stream"%s*:%s*true') then
-          ngx.header["Content-Type"] = "text/event-stream"
-          for ev in string.gmatch(EVENTS, "data: [^\\n]*\\n\\n") do
-            ngx.print(ev)
-            ngx.flush(true)
-          end
-          ngx.print(USAGE)
-          ngx.print("data: [DONE]\\n\\n")
-        else
-          ngx.header["Content-Type"] = "application/json"
-          ngx.print(CHAT)
-        end
-      }}
+      content_by_lua_file {d}/answer.lua;
     }}
   }}
 }}
 """
     with open(f"{d}/nginx.conf", "w") as f:
         f.write(conf)
+    with open(f"{d}/init.lua", "w") as f:
+        f.write(f"local f = assert(io.open({chat_path}, 'rb'))\nCHAT = f:read('*a')\nf:close()\nEVENTS = {{}}\n")
+        for i in range(20):
+            f.write(f"EVENTS[{i + 1}] = {json.dumps('data: ' + chunk(i) + chr(10) + chr(10))}\n")
+        f.write(f"USAGE = {usage_lua}\n")
+    with open(f"{d}/answer.lua", "w") as f:
+        f.write(ANSWER_LUA)
     p = subprocess.Popen(["taskset", "-c", LOAD_CORE, "nginx", "-p", d, "-c", f"{d}/nginx.conf"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}/v1"
     wait_http(f"{base}/models")
@@ -214,7 +221,7 @@ def tollgate(binary, upstream, all_on, name):
         f.write(f"[[alias]]\nname = \"chat\"\n[[alias.deployment]]\nname = \"stub\"\nkind = \"openai\"\nbase_url = \"{upstream}\"\nmodel = \"m\"\nmax_concurrency = 4096\n{price}")
     env = dict(os.environ, RUST_LOG="warn", TOKIO_WORKER_THREADS="1")
     p = pinned([binary, "serve", "--config", f"{d}/tollgate.toml", "--listen", f"127.0.0.1:{port}"], cwd=d, env=env)
-    wait_http(f"http://127.0.0.1:{port}/health")
+    wait_http(f"http://127.0.0.1:{port}/health", proc=p)
     headers = {"authorization": f"Bearer {KEY}"} if all_on else {}
     return Gateway(name, p, f"http://127.0.0.1:{port}/v1/chat/completions", headers, d)
 
@@ -235,11 +242,11 @@ def litellm(upstream):
     port = free_port()
     with open(f"{d}/config.yaml", "w") as f:
         f.write(f"model_list:\n  - model_name: chat\n    litellm_params:\n      model: openai/m\n      api_base: {upstream}\n      api_key: sk-stub\n"
-                "litellm_settings:\n  telemetry: false\n")
+                f"litellm_settings:\n  telemetry: false\ngeneral_settings:\n  master_key: {KEY}\n")
     env = dict(os.environ, LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False")
     p = pinned([exe, "--config", f"{d}/config.yaml", "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"], cwd=d, env=env)
-    wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=300)
-    return Gateway("LiteLLM 1.108.7", p, f"http://127.0.0.1:{port}/v1/chat/completions", {}, d)
+    wait_http(f"http://127.0.0.1:{port}/health/liveliness", timeout=300, proc=p)
+    return Gateway("LiteLLM 1.108.7", p, f"http://127.0.0.1:{port}/v1/chat/completions", {"authorization": f"Bearer {KEY}"}, d)
 
 
 def portkey(upstream):
@@ -249,8 +256,9 @@ def portkey(upstream):
         os.makedirs(d, exist_ok=True)
         subprocess.check_call(["npm", "install", "--silent", "--prefix", d, "@portkey-ai/gateway@1.15.2"])
     port = free_port()
-    p = pinned(["node", main, "--port", str(port)], cwd=d)
-    wait_http(f"http://127.0.0.1:{port}/", timeout=120)
+    env = dict(os.environ, PORT=str(port), NODE_ENV="production")
+    p = pinned(["node", main, f"--port={port}", "--headless"], cwd=d, env=env)
+    wait_http(f"http://127.0.0.1:{port}/", timeout=120, proc=p)
     headers = {"x-portkey-provider": "openai", "x-portkey-custom-host": upstream, "authorization": "Bearer sk-stub"}
     return Gateway("Portkey 1.15.2", p, f"http://127.0.0.1:{port}/v1/chat/completions", headers, d)
 
@@ -280,9 +288,9 @@ def first_event_ms(url, headers, n=200):
         t0 = time.perf_counter()
         conn.request("POST", u.path, body=STREAM_REQUEST, headers=dict(headers, **{"content-type": "application/json"}))
         r = conn.getresponse()
-        line = r.fp.readline()
+        line = r.readline()
         while line and not line.startswith(b"data:"):
-            line = r.fp.readline()
+            line = r.readline()
         times.append((time.perf_counter() - t0) * 1e3)
         r.read()
     conn.close()

@@ -7,16 +7,18 @@
 #     OpenAI-compatible upstream; benchmarks compare against it);
 #   - with --sdk: the official Python clients the tests drive (tests/sdk/requirements.txt);
 #   - with --servers: Debian's redis-server, PostgreSQL and nginx, which the cluster tests
-#     start on loopback ports of their own (never the system's services).
+#     start on loopback ports of their own (never the system's services);
+#   - with --browser: Debian's chromium and chromium-driver, for the dashboard's browser tests.
 # Prints nothing on stdout but `export` lines, so callers can `eval "$(scripts/setup.sh)"`.
 set -euo pipefail
 
-want_server=0 want_sdk=0 want_servers=0
+want_server=0 want_sdk=0 want_servers=0 want_browser=0
 for a in "$@"; do
   case "$a" in
     --llama-server) want_server=1 ;;
     --sdk) want_sdk=1 ;;
     --servers) want_servers=1 ;;
+    --browser) want_browser=1 ;;
     *) echo "setup.sh: unknown option $a" >&2; exit 2 ;;
   esac
 done
@@ -27,6 +29,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # 1. Debian packages.
 pkgs=(cmake clang libclang-dev pkg-config python3-pip)
 [ "$want_servers" = 1 ] && pkgs+=(redis-server postgresql nginx)
+[ "$want_browser" = 1 ] && pkgs+=(chromium chromium-driver)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -43,6 +46,9 @@ if [ "$want_servers" = 1 ]; then
   pg=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
   [ -x "$pg/postgres" ] || { log "PostgreSQL's binaries not found under /usr/lib/postgresql"; exit 1; }
   echo "export TOLLGATE_REDIS_SERVER='$(command -v redis-server)' TOLLGATE_POSTGRES_BIN='$pg'"
+fi
+if [ "$want_browser" = 1 ]; then
+  echo "export TOLLGATE_CHROMIUM='$(command -v chromium)' TOLLGATE_CHROMEDRIVER='$(command -v chromedriver)'"
 fi
 command -v cargo >/dev/null 2>&1 || { log "cargo not found: install Rust with rustup first"; exit 1; }
 

@@ -26,7 +26,7 @@ report_times() {
   awk -v s=$SECONDS 'BEGIN { printf "  %-26s %5.1f min\n", "total", s / 60 }'
 }
 
-eval "$(scripts/setup.sh --llama-server --sdk --servers)"
+eval "$(scripts/setup.sh --llama-server --sdk --servers --browser)"
 export TOLLGATE_TEST_MODEL TOLLGATE_LLAMA_SERVER TOLLGATE_REDIS_SERVER TOLLGATE_POSTGRES_BIN
 lap setup
 

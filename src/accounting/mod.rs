@@ -8,6 +8,7 @@
 //! over the ledger. [`metrics`] also holds the one Prometheus exposition every layer writes
 //! through, and [`percentile`] the one nearest-rank percentile every report uses.
 
+pub mod dashboard;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;

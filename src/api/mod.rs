@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod batch;
 mod conn;
+pub mod dashboard;
 mod framing;
 mod listen;
 pub mod error;
@@ -63,6 +64,8 @@ pub struct AppState {
     pub prometheus: crate::accounting::metrics::Registry,
     /// Stored Responses (`/v1/responses` with `store`).
     pub conversations: Arc<crate::conversation::Conversations>,
+    /// The dashboard's logged-in sessions.
+    pub dashboard: dashboard::Sessions,
 }
 
 impl AppState {
@@ -190,6 +193,7 @@ pub async fn state_with_clock(cfg: &Config, clock: Arc<dyn Clock>) -> anyhow::Re
         batch_stop: CancellationToken::new(),
         created: crate::clock::now_s(),
         conversations,
+        dashboard: dashboard::Sessions::default(),
     });
     // Many replicas: the release stages follow the shared store.
     // Joined before the first request, so that no change is made here alone (retried by the
@@ -236,6 +240,7 @@ pub fn router(st: Arc<AppState>) -> Router {
         .route("/v1/admin/models/{name}/promote", post(models::promote))
         .route("/v1/admin/models/{name}/canary", post(models::canary))
         .route("/v1/admin/models/{name}/rollback", post(models::rollback))
+        .merge(dashboard::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(st.clone())

@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{auth, AppState};
+use super::AppState;
 use crate::clock::now_ms;
 use crate::protocol::error::ApiError;
 use crate::registry::RegistryError;
@@ -38,7 +38,7 @@ struct ChangeBody {
 }
 
 async fn admin_body(st: &AppState, headers: &HeaderMap, body: Body) -> Result<(String, ChangeBody), ApiError> {
-    let actor = auth::authenticate_admin(&st.live().auth, headers)?;
+    let actor = super::dashboard::admin(st, headers, true)?;
     let bytes = super::inference::read_body(body, 64 * 1024).await?;
     let b = if bytes.iter().all(u8::is_ascii_whitespace) {
         ChangeBody { version: None, weight: None, reason: None }
@@ -320,7 +320,13 @@ pub async fn rollback(
 
 /// `GET /v1/admin/models`: every registry version, with its stage and whether it is loaded.
 pub async fn list(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    auth::authenticate_admin(&st.live().auth, &headers)?;
+    super::dashboard::admin(&st, &headers, false)?;
+    let data = registry_list(&st)?;
+    Ok(axum::Json(json!({ "object": "list", "data": data })).into_response())
+}
+
+/// Every registry version with its stage, canary weight and whether it is loaded.
+pub fn registry_list(st: &AppState) -> Result<Vec<Value>, ApiError> {
     let live = st.live();
     let loaded: Vec<String> = live
         .routes
@@ -341,9 +347,10 @@ pub async fn list(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result
             v["canary_weight"] = json!(s.canary_weight);
         }
         v["loaded"] = json!(loaded.contains(&label));
+        v["previous"] = json!(stages.as_ref().is_some_and(|s| s.previous.as_deref() == Some(meta.version.as_str())));
         data.push(v);
     }
-    Ok(axum::Json(json!({ "object": "list", "data": data })).into_response())
+    Ok(data)
 }
 
 /// `GET /v1/admin/models/{name}/audit`: every change, oldest first.
@@ -352,7 +359,7 @@ pub async fn audit(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    auth::authenticate_admin(&st.live().auth, &headers)?;
+    super::dashboard::admin(&st, &headers, false)?;
     let entries = st.releases.audit_trail(Some(&name)).await.map_err(|e| match e {
         ReleaseError::Shared(_) => ApiError::unavailable(e.to_string()),
         e => ApiError::internal(e.to_string()),

@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
-use super::{auth, AppState};
+use super::AppState;
 use crate::accounting::usage::{GroupBy, Query};
 use crate::protocol::error::ApiError;
 
@@ -67,7 +67,7 @@ fn parse(pairs: Vec<(String, String)>, now_ms: u64) -> Result<Query, ApiError> {
 }
 
 async fn run(st: &Arc<AppState>, headers: &HeaderMap, uri: &axum::http::Uri) -> Result<serde_json::Value, ApiError> {
-    auth::authenticate_admin(&st.live().auth, headers)?;
+    super::dashboard::admin(st, headers, false)?;
     let query = parse(pairs(uri)?, crate::clock::now_ms())?;
     let Some(ledger) = st.accounting.ledger.clone() else {
         return Err(ApiError::invalid_request("The ledger is off (ledger.enabled = false).", None));

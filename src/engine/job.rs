@@ -143,6 +143,10 @@ pub struct Queue {
     pub(super) cv: Condvar,
     /// Occupied sequence slots, as of the engine's last step (reported in /v1/models).
     pub(super) active: AtomicUsize,
+    /// KV cells holding tokens (running sequences and the prefixes kept in idle slots), and
+    /// the sessions whose state this engine has saved, as of its last step.
+    pub(super) kv_cells: AtomicUsize,
+    pub(super) sessions: AtomicUsize,
     /// Jobs accepted and not yet ended, queued or running: the engine is full when this
     /// reaches `slots + depth` (every slot busy and the queue at its bound).
     in_system: Arc<AtomicUsize>,
@@ -168,6 +172,8 @@ impl Queue {
             }),
             cv: Condvar::new(),
             active: AtomicUsize::new(0),
+            kv_cells: AtomicUsize::new(0),
+            sessions: AtomicUsize::new(0),
             in_system: Arc::new(AtomicUsize::new(0)),
             slots,
         }
@@ -202,6 +208,14 @@ impl Queue {
 
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn kv_cells(&self) -> usize {
+        self.kv_cells.load(Ordering::Relaxed)
+    }
+
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::Relaxed)
     }
 
     pub fn waiting(&self) -> usize {

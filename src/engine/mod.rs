@@ -525,6 +525,9 @@ impl Backend for LocalBackend {
         serde_json::to_value(&self.info).ok().map(|mut v| {
             v["waiting"] = self.queue.waiting().into();
             v["active"] = self.queue.active().into();
+            v["kv_cells_used"] = self.queue.kv_cells().into();
+            v["kv_cells"] = (u64::from(self.info.context) * u64::from(self.info.parallel)).into();
+            v["sessions"] = self.queue.sessions().into();
             v["embeddings"] = self.embeddings.into();
             v
         })

@@ -453,6 +453,9 @@ pub fn run(
         // Slots freed this step count as free at once (the admission that follows would
         // say so too, but a request arriving in between must see the room).
         queue.active.store(slots.iter().filter(|s| s.is_some()).count(), Ordering::Relaxed);
+        let cells: usize = slots.iter().zip(&held).map(|(s, h)| s.as_ref().map_or(h.tokens.len(), |s| s.n_past)).sum();
+        queue.kv_cells.store(cells, Ordering::Relaxed);
+        queue.sessions.store(sessions.as_ref().map_or(0, |s| s.known.len()), Ordering::Relaxed);
     }
     tracing::info!(engine = %set.name, "engine thread stopped");
 }

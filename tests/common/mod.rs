@@ -3,6 +3,7 @@
 //! will not produce on demand, speaking its wire format byte for byte.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod fake;
 pub mod tls;
 pub mod servers;
