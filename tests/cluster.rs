@@ -484,17 +484,6 @@ fn the_compose_gateway_file_passes_check_config() {
     assert!(!text.contains("hunter2"), "{text}");
 }
 
-/// nginx's master, stopped with SIGTERM when the test ends (it stops its workers; a SIGKILL
-/// would orphan them).
-struct Stopped(std::process::Child);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
 /// The load balancer of docker-compose.yml, as shipped but for its upstreams' addresses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_compose_load_balancer_spreads_requests_and_streams_sse() {
@@ -502,35 +491,13 @@ async fn the_compose_load_balancer_spreads_requests_and_streams_sse() {
     let toml = replica_toml(&redis, &pg, "", &[("a", "")]);
     let a = Gateway::start(&toml, &[("a.toml", &route())]).await;
     let b = Gateway::start(&toml, &[("a.toml", &route())]).await;
-    let dir = tempfile::tempdir().unwrap();
     let port = common::free_port();
     let conf = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx.conf"))
         .unwrap()
         .replace("tollgate-1:8080", &a.running.addr.to_string())
         .replace("tollgate-2:8080", &b.running.addr.to_string())
         .replace("listen 8080;", &format!("listen 127.0.0.1:{port};"));
-    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-    let conf_path = dir.path().join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let prefix = format!("{}/", dir.path().display());
-    let globals = format!("pid {prefix}nginx.pid; error_log stderr;");
-    let nginx = |extra: &[&str]| {
-        let mut c = std::process::Command::new("nginx");
-        c.args(["-p", &prefix, "-c"]).arg(&conf_path).args(extra);
-        c
-    };
-    let t = nginx(&["-t", "-g", &globals]).output().expect("nginx (scripts/setup.sh --servers installs it)");
-    assert!(t.status.success(), "nginx -t: {}", String::from_utf8_lossy(&t.stderr));
-    let daemon = format!("{globals} daemon off;");
-    // Its output is not the test's: workers must not hold the test's pipes open.
-    let _nginx = Stopped(
-        nginx(&["-g", &daemon])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let (_nginx, _dir) = common::servers::nginx(&conf);
     let lb = format!("http://127.0.0.1:{port}");
     let c = reqwest::Client::new();
     eventually("nginx listens", || async { c.get(format!("{lb}/health")).send().await.is_ok() }).await;

@@ -212,5 +212,36 @@ async fn the_dashboard_shows_live_traffic_and_drives_a_canary_in_a_real_browser(
         .collect();
     assert_eq!(actors.len(), 2, "{audit}");
     assert!(actors.iter().all(|a| a.starts_with("admin:")), "the session acts as the admin: {actors:?}");
+
+    // Behind a reverse proxy, under a prefix: the page, its assets, its data and its login
+    // all work from relative URLs.
+    let port = common::free_port();
+    let addr = gw.running.addr;
+    let (_nginx, _dir) = common::servers::nginx(&format!(
+        "worker_processes 1;\nevents {{}}\nhttp {{\naccess_log off;\nserver {{\n listen 127.0.0.1:{port};\n location /tollgate/ {{\n  proxy_pass http://{addr}/;\n  proxy_http_version 1.1;\n  proxy_set_header Connection \"\";\n }}\n}}\n}}"
+    ));
+    let proxied = format!("http://127.0.0.1:{port}/tollgate/dashboard");
+    let mut up = false;
+    for _ in 0..100 {
+        if http.get(&proxied).send().await.is_ok_and(|r| r.status() == 401) {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "nginx serves the login form at {proxied}");
+    b.goto(&proxied).await;
+    // Logged in already (the cookie is the host's): log out, then in again, through the proxy.
+    b.click("#logout button").await;
+    b.wait_for("return document.getElementById('key') !== null && location.pathname", Duration::from_secs(10))
+        .await
+        .expect("logged out to the login form");
+    b.type_into("#key", ADMIN).await;
+    b.click("button[type=submit]").await;
+    let check = format!("const n = (function() {{ {REQUESTS_TILE} }})(); return n && Number(n.replace(/[^0-9]/g, '')) >= {want} ? location.pathname : false;");
+    let path = b.wait_for(&check, Duration::from_secs(10)).await.expect("the page's figures load through the proxy");
+    assert_eq!(path, "/tollgate/dashboard");
+    let errors = b.eval("return window.dashboardErrors", json!([])).await;
+    assert_eq!(errors, json!([]), "script errors behind the proxy");
     b.quit().await;
 }

@@ -1,7 +1,8 @@
 //! Real Redis and PostgreSQL servers for the cluster tests: Debian's binaries (installed by
 //! `scripts/setup.sh --servers`), each on a free loopback port with a temporary directory,
 //! killed when the thread that started them ends (the test). PostgreSQL refuses to run as
-//! root, so under root it runs as the `postgres` user (or `nobody`).
+//! root, so under root it runs as the `postgres` user (or `nobody`). And nginx, as a reverse
+//! proxy in front of a gateway ([`nginx`]).
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -195,4 +196,36 @@ impl Drop for Postgres {
             let _ = c.wait();
         }
     }
+}
+
+/// nginx's master, stopped with SIGTERM when the test ends (it stops its workers; a SIGKILL
+/// would orphan them).
+pub struct Stopped(pub Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// Debian's nginx running the configuration `conf` (in its own temporary directory, its
+/// output to nowhere, so no worker holds the test's pipes), checked with `nginx -t` first.
+pub fn nginx(conf: &str) -> (Stopped, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    let conf_path = dir.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let prefix = format!("{}/", dir.path().display());
+    let globals = format!("pid {prefix}nginx.pid; error_log stderr;");
+    let run = |extra: &[&str]| {
+        let mut c = Command::new("nginx");
+        c.args(["-p", &prefix, "-c"]).arg(&conf_path).args(extra);
+        c
+    };
+    let t = run(&["-t", "-g", &globals]).output().expect("nginx (scripts/setup.sh --servers installs it)");
+    assert!(t.status.success(), "nginx -t: {}", String::from_utf8_lossy(&t.stderr));
+    let daemon = format!("{globals} daemon off;");
+    let child = run(&["-g", &daemon]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    (Stopped(child), dir)
 }
