@@ -64,7 +64,7 @@ struct Session {
 
 impl Sessions {
     fn open(&self, admin: String, now_ms: u64) -> (String, String) {
-        let token = hex::encode(rand::random::<[u8; 32]>());
+        let cookie_value = hex::encode(rand::random::<[u8; 32]>());
         let csrf = hex::encode(rand::random::<[u8; 16]>());
         let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
         s.retain(|_, v| v.expires_ms > now_ms);
@@ -74,8 +74,8 @@ impl Sessions {
             }
         }
         let session = Session { admin, csrf: csrf.clone(), expires_ms: now_ms + SESSION_MS };
-        s.insert(crate::config::sha256(token.as_bytes()), session);
-        (token, csrf)
+        s.insert(crate::config::sha256(cookie_value.as_bytes()), session);
+        (cookie_value, csrf)
     }
 
     /// The session the request's cookie names: (admin, csrf token).
