@@ -35,8 +35,7 @@ function usd(s) {
 function pct(x) {
   return x == null ? "–" : (x * 100).toFixed(1) + " %";
 }
-function p(lat, key) {
-  const q = lat && lat[key];
+function p(q) {
   return q ? ms(q.p50) + " / " + ms(q.p95) + " / " + ms(q.p99) : "–";
 }
 
@@ -136,7 +135,7 @@ function renderFigures(f) {
   const t = f.totals;
   $("scope").textContent = f.replica ? "(this replica, " + f.replica + ")" : "";
   const secs = (f.to_ms - f.from_ms) / 1000;
-  const errRate = t.requests ? t.errors / t.requests : null;
+  const errRate = t.requests ? t.error_rate : null;
   tiles("tiles", [
     ["Requests", count(t.requests), "total-requests"],
     ["Requests per second", rate(t.requests / secs, "req"), null],
@@ -144,8 +143,8 @@ function renderFigures(f) {
     ["Client errors (4xx)", count(t.client_errors), null],
     ["Tokens, prompt / completion", count(t.prompt_tokens) + " / " + count(t.completion_tokens), null],
     ["Cached prompt tokens", count(t.cached_tokens), null],
-    ["Total time p50 / p95 / p99", p(t.latency, "total_ms"), null],
-    ["Time to first token p50 / p95 / p99", p(t.latency, "ttft_ms"), null],
+    ["Total time p50 / p95 / p99", p(t.latency_ms), null],
+    ["Time to first token p50 / p95 / p99", p(t.ttft_ms), null],
   ]);
   $("empty").hidden = t.requests > 0;
   const s = f.series;
@@ -160,7 +159,7 @@ function renderFigures(f) {
     { label: "Errors", num: true, get: (r) => count(r.errors) },
     { label: "Prompt tokens", num: true, get: (r) => count(r.prompt_tokens) },
     { label: "Completion tokens", num: true, get: (r) => count(r.completion_tokens) },
-    { label: "Total p95", num: true, get: (r) => ms(r.latency.total_ms && r.latency.total_ms.p95) },
+    { label: "Total p95", num: true, get: (r) => ms(r.latency_ms && r.latency_ms.p95) },
     { label: "Cost", num: true, get: (r) => usd(r.cost_usd) },
   ];
   table("t-alias", "By alias and deployment", [

@@ -3,7 +3,8 @@
 //! series in fixed buckets, and the same range's tables by alias and deployment, endpoint,
 //! key, model version and day.
 //!
-//! Counted as in the usage report (`/v1/usage`): an error is a 5xx answer, a 4xx is a client
+//! Counted by the usage report's own accumulator ([`super::usage::Acc`]), so every row has
+//! the fields and meaning of a `/v1/usage` group: an error is a 5xx answer, a 4xx is a client
 //! error; latency percentiles (nearest rank) describe answered requests; time per output
 //! token is `(total − TTFT) / (completion tokens − 1)`. Savings are split by where they came
 //! from: a response-cache hit's under `cache`, a request the small-model router sent to a
@@ -19,7 +20,7 @@ use rusqlite::Connection;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 
-use super::usage::percentiles;
+use super::usage::{money, percentiles, Acc, UsageRow};
 
 /// The most records one answer reads.
 pub const MAX_ROWS: usize = 500_000;
@@ -52,23 +53,15 @@ impl Range {
     }
 }
 
-/// One ledger record, the columns the dashboard reads.
+/// One ledger record: what the usage report reads, and what the dashboard's tables add.
 struct Row {
+    usage: UsageRow,
     at_ms: u64,
     key: Option<String>,
     endpoint: String,
     alias: String,
     deployment: Option<String>,
     backend_kind: Option<String>,
-    status: u16,
-    prompt: u64,
-    completion: u64,
-    cached: u64,
-    ttft_ms: Option<f64>,
-    total_ms: f64,
-    cache_hit: bool,
-    cost: Option<Decimal>,
-    saved: Option<Decimal>,
     route: Option<String>,
     version: Option<String>,
     guardrails: Option<String>,
@@ -76,147 +69,51 @@ struct Row {
     day: String,
 }
 
-#[derive(Default)]
-struct Latency {
-    total: Vec<f64>,
-    ttft: Vec<f64>,
-    tpot: Vec<f64>,
+/// Per-second rates and each bucket's percentiles (`null` where a bucket has none).
+fn series(buckets: &mut [Acc], range: &Range) -> Value {
+    let secs = range.bucket_ms as f64 / 1000.0;
+    let rate =
+        |f: fn(&Acc) -> u64| buckets.iter().map(|a| (f(a) as f64 / secs * 1000.0).round() / 1000.0).collect::<Vec<_>>();
+    let (requests, errors) = (rate(|a| a.requests), rate(|a| a.errors));
+    let (prompt, completion, cached) = (rate(|a| a.prompt), rate(|a| a.completion), rate(|a| a.cached));
+    let counts: Vec<u64> = buckets.iter().map(|a| a.requests).collect();
+    let mut pick = |f: fn(&mut Acc) -> &mut Vec<f64>| {
+        let mut out = [Vec::new(), Vec::new(), Vec::new()];
+        for a in buckets.iter_mut() {
+            let p = percentiles(f(a));
+            out[0].push(p.as_ref().map(|p| p.p50));
+            out[1].push(p.as_ref().map(|p| p.p95));
+            out[2].push(p.as_ref().map(|p| p.p99));
+        }
+        json!({"p50": out[0], "p95": out[1], "p99": out[2]})
+    };
+    let (total, ttft, tpot) = (pick(|a| &mut a.total), pick(|a| &mut a.ttft), pick(|a| &mut a.tpot));
+    let t: Vec<u64> = (0..range.buckets()).map(|i| (range.from_ms + i as u64 * range.bucket_ms) / 1000).collect();
+    json!({
+        "t": t,
+        "requests": counts,
+        "requests_per_s": requests,
+        "errors_per_s": errors,
+        "prompt_tokens_per_s": prompt,
+        "completion_tokens_per_s": completion,
+        "cached_tokens_per_s": cached,
+        "total_ms": total,
+        "ttft_ms": ttft,
+        "time_per_output_token_ms": tpot,
+    })
 }
 
-impl Latency {
-    fn add(&mut self, r: &Row) {
-        // Refusals are no evidence of latency.
-        if r.status >= 400 {
-            return;
-        }
-        self.total.push(r.total_ms);
-        if let Some(t) = r.ttft_ms {
-            self.ttft.push(t);
-            if r.completion >= 2 {
-                self.tpot.push((r.total_ms - t).max(0.0) / (r.completion - 1) as f64);
-            }
-        }
-    }
-
-    fn json(&mut self) -> Value {
-        json!({
-            "total_ms": percentiles(&mut self.total),
-            "ttft_ms": percentiles(&mut self.ttft),
-            "time_per_output_token_ms": percentiles(&mut self.tpot),
+/// A table's rows: each group's figures, with the group's own columns first.
+fn rows<K>(groups: BTreeMap<K, Acc>, columns: impl Fn(K) -> Vec<(&'static str, Value)>) -> Vec<Value> {
+    groups
+        .into_iter()
+        .map(|(k, mut a)| {
+            let mut o: serde_json::Map<String, Value> =
+                columns(k).into_iter().map(|(c, v)| (c.to_owned(), v)).collect();
+            o.extend(a.json());
+            Value::Object(o)
         })
-    }
-}
-
-/// Counts and money of a group of records.
-#[derive(Default)]
-struct Sums {
-    requests: u64,
-    errors: u64,
-    client_errors: u64,
-    prompt: u64,
-    completion: u64,
-    cached: u64,
-    cache_hits: u64,
-    cost: Decimal,
-    saved: Decimal,
-    latency: Latency,
-}
-
-impl Sums {
-    fn add(&mut self, r: &Row) {
-        self.requests += 1;
-        match r.status {
-            500.. => self.errors += 1,
-            400..=499 => self.client_errors += 1,
-            _ => {}
-        }
-        self.prompt += r.prompt;
-        self.completion += r.completion;
-        self.cached += r.cached;
-        self.cache_hits += u64::from(r.cache_hit);
-        self.cost += r.cost.unwrap_or_default();
-        self.saved += r.saved.unwrap_or_default();
-        self.latency.add(r);
-    }
-
-    fn json(&mut self) -> Value {
-        json!({
-            "requests": self.requests,
-            "errors": self.errors,
-            "client_errors": self.client_errors,
-            "prompt_tokens": self.prompt,
-            "completion_tokens": self.completion,
-            "cached_tokens": self.cached,
-            "cache_hits": self.cache_hits,
-            "cost_usd": self.cost.normalize().to_string(),
-            "saved_usd": self.saved.normalize().to_string(),
-            "latency": self.latency.json(),
-        })
-    }
-}
-
-/// The per-bucket series, one array per figure.
-struct Series {
-    requests: Vec<u64>,
-    errors: Vec<u64>,
-    prompt: Vec<u64>,
-    completion: Vec<u64>,
-    cached: Vec<u64>,
-    latency: Vec<Latency>,
-}
-
-impl Series {
-    fn new(n: usize) -> Series {
-        Series {
-            requests: vec![0; n],
-            errors: vec![0; n],
-            prompt: vec![0; n],
-            completion: vec![0; n],
-            cached: vec![0; n],
-            latency: (0..n).map(|_| Latency::default()).collect(),
-        }
-    }
-
-    fn add(&mut self, i: usize, r: &Row) {
-        self.requests[i] += 1;
-        self.errors[i] += u64::from(r.status >= 500);
-        self.prompt[i] += r.prompt;
-        self.completion[i] += r.completion;
-        self.cached[i] += r.cached;
-        self.latency[i].add(r);
-    }
-
-    /// Per-second rates and each bucket's percentiles (`null` where a bucket has none).
-    fn json(mut self, range: &Range) -> Value {
-        let secs = range.bucket_ms as f64 / 1000.0;
-        let rate = |v: &[u64]| v.iter().map(|n| (*n as f64 / secs * 1000.0).round() / 1000.0).collect::<Vec<_>>();
-        let mut pick = |f: fn(&mut Latency) -> &mut Vec<f64>| {
-            let mut out = [Vec::new(), Vec::new(), Vec::new()];
-            for l in &mut self.latency {
-                let p = percentiles(f(l));
-                out[0].push(p.as_ref().map(|p| p.p50));
-                out[1].push(p.as_ref().map(|p| p.p95));
-                out[2].push(p.as_ref().map(|p| p.p99));
-            }
-            json!({"p50": out[0], "p95": out[1], "p99": out[2]})
-        };
-        let total = pick(|l| &mut l.total);
-        let ttft = pick(|l| &mut l.ttft);
-        let tpot = pick(|l| &mut l.tpot);
-        let t: Vec<u64> = (0..range.buckets()).map(|i| (range.from_ms + i as u64 * range.bucket_ms) / 1000).collect();
-        json!({
-            "t": t,
-            "requests": self.requests,
-            "requests_per_s": rate(&self.requests),
-            "errors_per_s": rate(&self.errors),
-            "prompt_tokens_per_s": rate(&self.prompt),
-            "completion_tokens_per_s": rate(&self.completion),
-            "cached_tokens_per_s": rate(&self.cached),
-            "total_ms": total,
-            "ttft_ms": ttft,
-            "time_per_output_token_ms": tpot,
-        })
-    }
+        .collect()
 }
 
 /// The dashboard's figures for `range` from the ledger at `c`.
@@ -224,68 +121,69 @@ pub fn figures(c: &Connection, range: &Range) -> rusqlite::Result<Value> {
     let mut stmt = c.prepare_cached(
         "SELECT started_at_ms, key, endpoint, alias, deployment, backend_kind, status, prompt_tokens, \
          completion_tokens, cached_tokens, ttft_ms, total_ms, cache_hit, cost_usd, saved_usd, route, \
-         model_version, guardrails, strftime('%Y-%m-%d', started_at_ms / 1000, 'unixepoch') FROM requests WHERE started_at_ms >= ?1 AND started_at_ms < ?2 \
-         ORDER BY started_at_ms DESC LIMIT ?3",
+         model_version, guardrails, strftime('%Y-%m-%d', started_at_ms / 1000, 'unixepoch') FROM requests \
+         WHERE started_at_ms >= ?1 AND started_at_ms < ?2 ORDER BY started_at_ms DESC LIMIT ?3",
     )?;
-    let rows = stmt.query_map(rusqlite::params![range.from_ms as i64, range.to_ms as i64, MAX_ROWS as i64], |r| {
-        let dec = |s: Option<String>| s.and_then(|s| s.parse::<Decimal>().ok());
-        Ok(Row {
-            at_ms: r.get::<_, i64>(0)? as u64,
-            key: r.get(1)?,
-            endpoint: r.get(2)?,
-            alias: r.get(3)?,
-            deployment: r.get(4)?,
-            backend_kind: r.get(5)?,
-            status: r.get::<_, i64>(6)? as u16,
-            prompt: r.get::<_, i64>(7)? as u64,
-            completion: r.get::<_, i64>(8)? as u64,
-            cached: r.get::<_, i64>(9)? as u64,
-            ttft_ms: r.get(10)?,
-            total_ms: r.get(11)?,
-            cache_hit: r.get::<_, i64>(12)? != 0,
-            cost: dec(r.get(13)?),
-            saved: dec(r.get(14)?),
-            route: r.get(15)?,
-            version: r.get(16)?,
-            guardrails: r.get(17)?,
-            day: r.get(18)?,
-        })
-    })?;
-    let mut series = Series::new(range.buckets());
-    let mut all = Sums::default();
-    let mut by_alias: BTreeMap<(String, String), Sums> = BTreeMap::new();
-    let mut by_endpoint: BTreeMap<String, Sums> = BTreeMap::new();
-    let mut by_key: BTreeMap<String, Sums> = BTreeMap::new();
-    let mut by_version: BTreeMap<String, Sums> = BTreeMap::new();
-    let mut by_day: BTreeMap<String, (Decimal, Decimal, u64)> = BTreeMap::new();
+    let rows_read =
+        stmt.query_map(rusqlite::params![range.from_ms as i64, range.to_ms as i64, MAX_ROWS as i64], |r| {
+            Ok(Row {
+                usage: UsageRow {
+                    groups: Vec::new(),
+                    status: r.get(6)?,
+                    prompt: r.get(7)?,
+                    completion: r.get(8)?,
+                    cached: r.get(9)?,
+                    cost: money(r.get(13)?),
+                    saved: money(r.get(14)?),
+                    total_ms: r.get(11)?,
+                    ttft_ms: r.get(10)?,
+                    cache_hit: r.get(12)?,
+                },
+                at_ms: r.get::<_, i64>(0)? as u64,
+                key: r.get(1)?,
+                endpoint: r.get(2)?,
+                alias: r.get(3)?,
+                deployment: r.get(4)?,
+                backend_kind: r.get(5)?,
+                route: r.get(15)?,
+                version: r.get(16)?,
+                guardrails: r.get(17)?,
+                day: r.get(18)?,
+            })
+        })?;
+    let mut buckets: Vec<Acc> = (0..range.buckets()).map(|_| Acc::default()).collect();
+    let mut all = Acc::default();
+    let mut by_alias: BTreeMap<(String, String), Acc> = BTreeMap::new();
+    let mut by_endpoint: BTreeMap<String, Acc> = BTreeMap::new();
+    let mut by_key: BTreeMap<String, Acc> = BTreeMap::new();
+    let mut by_version: BTreeMap<String, Acc> = BTreeMap::new();
+    let mut by_day: BTreeMap<String, Acc> = BTreeMap::new();
     let mut local: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut guardrails: BTreeMap<(String, String, String), u64> = BTreeMap::new();
     let (mut saved_cache, mut saved_router, mut saved_prefix) = (Decimal::ZERO, Decimal::ZERO, Decimal::ZERO);
     let mut n = 0usize;
-    for r in rows {
+    for r in rows_read {
         let r = r?;
+        let u = &r.usage;
         n += 1;
         let i = ((r.at_ms - range.from_ms) / range.bucket_ms) as usize;
-        series.add(i.min(range.buckets().saturating_sub(1)), &r);
-        all.add(&r);
+        buckets[i.min(range.buckets().saturating_sub(1))].add(u);
+        all.add(u);
         let dep = r.deployment.clone().unwrap_or_else(|| "-".into());
-        by_alias.entry((r.alias.clone(), dep.clone())).or_default().add(&r);
-        by_endpoint.entry(r.endpoint.clone()).or_default().add(&r);
-        by_key.entry(r.key.clone().unwrap_or_else(|| "(open)".into())).or_default().add(&r);
+        by_alias.entry((r.alias.clone(), dep.clone())).or_default().add(u);
+        by_endpoint.entry(r.endpoint.clone()).or_default().add(u);
+        by_key.entry(r.key.clone().unwrap_or_else(|| "(open)".into())).or_default().add(u);
         if let Some(v) = &r.version {
-            by_version.entry(v.clone()).or_default().add(&r);
+            by_version.entry(v.clone()).or_default().add(u);
         }
-        let day = by_day.entry(r.day.clone()).or_default();
-        day.0 += r.cost.unwrap_or_default();
-        day.1 += r.saved.unwrap_or_default();
-        day.2 += 1;
+        by_day.entry(r.day.clone()).or_default().add(u);
         if r.backend_kind.as_deref() == Some("local") {
             let l = local.entry(dep).or_default();
-            l.0 += r.prompt;
-            l.1 += r.cached;
+            l.0 += u.prompt as u64;
+            l.1 += u.cached as u64;
         }
-        let saved = r.saved.unwrap_or_default();
-        if r.cache_hit {
+        let saved = u.saved.unwrap_or_default();
+        if u.cache_hit {
             saved_cache += saved;
         } else if r.route.is_some() {
             saved_router += saved;
@@ -299,21 +197,21 @@ pub fn figures(c: &Connection, range: &Range) -> rusqlite::Result<Value> {
             *guardrails.entry((d.to_owned(), a.to_owned(), w.to_owned())).or_default() += count.parse().unwrap_or(1);
         }
     }
-    let money = |d: Decimal| d.normalize().to_string();
+    let usd = |d: Decimal| d.normalize().to_string();
     Ok(json!({
         "range": range.name,
         "from_ms": range.from_ms,
         "to_ms": range.to_ms,
         "bucket_ms": range.bucket_ms,
         "truncated": n >= MAX_ROWS,
-        "series": series.json(range),
+        "series": series(&mut buckets, range),
         "totals": all.json(),
-        "saved_usd": {"prefix": money(saved_prefix), "cache": money(saved_cache), "router": money(saved_router)},
-        "by_alias": by_alias.iter_mut().map(|((a, d), s)| { let mut v = s.json(); v["alias"] = json!(a); v["deployment"] = json!(d); v }).collect::<Vec<_>>(),
-        "by_endpoint": by_endpoint.iter_mut().map(|(e, s)| { let mut v = s.json(); v["endpoint"] = json!(e); v }).collect::<Vec<_>>(),
-        "by_key": by_key.iter_mut().map(|(k, s)| { let mut v = s.json(); v["key"] = json!(k); v }).collect::<Vec<_>>(),
-        "by_version": by_version.iter_mut().map(|(m, s)| { let mut v = s.json(); v["model_version"] = json!(m); v }).collect::<Vec<_>>(),
-        "by_day": by_day.iter().map(|(d, (c, s, n))| json!({"day": d, "cost_usd": money(*c), "saved_usd": money(*s), "requests": n})).collect::<Vec<_>>(),
+        "saved_usd": {"prefix": usd(saved_prefix), "cache": usd(saved_cache), "router": usd(saved_router)},
+        "by_alias": rows(by_alias, |(a, d)| vec![("alias", json!(a)), ("deployment", json!(d))]),
+        "by_endpoint": rows(by_endpoint, |e| vec![("endpoint", json!(e))]),
+        "by_key": rows(by_key, |k| vec![("key", json!(k))]),
+        "by_version": rows(by_version, |m| vec![("model_version", json!(m))]),
+        "by_day": rows(by_day, |d| vec![("day", json!(d))]),
         "prefix_reuse": local.iter().map(|(d, (p, c))| json!({
             "deployment": d, "prompt_tokens": p, "cached_tokens": c,
             "hit_rate": if *p > 0 { (*c as f64 / *p as f64 * 1000.0).round() / 1000.0 } else { 0.0 },

@@ -79,21 +79,86 @@ pub struct Query {
     pub alias: Option<String>,
 }
 
+/// The figures of a group of ledger records: counts, tokens, money, and the latencies of the
+/// answered ones (what the usage report writes per group, and the dashboard per table row
+/// and per time bucket).
 #[derive(Default)]
-struct Acc {
-    requests: u64,
-    errors: u64,
-    client_errors: u64,
-    cache_hits: u64,
-    prompt: u64,
-    completion: u64,
-    cached: u64,
-    cost: Decimal,
-    saved: Decimal,
-    priced: u64,
-    total: Vec<f64>,
-    ttft: Vec<f64>,
-    tpot: Vec<f64>,
+pub struct Acc {
+    pub requests: u64,
+    pub errors: u64,
+    pub client_errors: u64,
+    pub cache_hits: u64,
+    pub prompt: u64,
+    pub completion: u64,
+    pub cached: u64,
+    pub cost: Decimal,
+    pub saved: Decimal,
+    pub priced: u64,
+    pub total: Vec<f64>,
+    pub ttft: Vec<f64>,
+    pub tpot: Vec<f64>,
+}
+
+impl Acc {
+    pub fn add(&mut self, r: &UsageRow) {
+        self.requests += 1;
+        if r.status >= 500 {
+            self.errors += 1;
+        } else if r.status >= 400 {
+            self.client_errors += 1;
+        }
+        self.cache_hits += u64::from(r.cache_hit);
+        self.prompt += r.prompt as u64;
+        self.completion += r.completion as u64;
+        self.cached += r.cached as u64;
+        if let Some(c) = r.cost {
+            self.cost += c;
+            self.priced += 1;
+        }
+        if let Some(s) = r.saved {
+            self.saved += s;
+        }
+        // Latency figures describe answered requests, not refusals.
+        if r.status < 400 {
+            self.total.push(r.total_ms);
+            if let Some(t) = r.ttft_ms {
+                self.ttft.push(t);
+                if r.completion >= 2 {
+                    self.tpot.push((r.total_ms - t).max(0.0) / (r.completion - 1) as f64);
+                }
+            }
+        }
+    }
+
+    /// The group's figures as the usage report writes them (the latency vectors are sorted).
+    pub fn json(&mut self) -> serde_json::Map<String, Value> {
+        let rate = if self.requests > 0 { self.errors as f64 / self.requests as f64 } else { 0.0 };
+        let v = json!({
+            "requests": self.requests,
+            "errors": self.errors,
+            "client_errors": self.client_errors,
+            "error_rate": (rate * 1e6).round() / 1e6,
+            "cache_hits": self.cache_hits,
+            "prompt_tokens": self.prompt,
+            "completion_tokens": self.completion,
+            "cached_tokens": self.cached,
+            "cost_usd": (self.priced > 0).then(|| self.cost.normalize().to_string()),
+            "saved_usd": self.saved.normalize().to_string(),
+            "priced_requests": self.priced,
+            "latency_ms": percentiles(&mut self.total),
+            "ttft_ms": percentiles(&mut self.ttft),
+            "time_per_output_token_ms": percentiles(&mut self.tpot),
+        });
+        match v {
+            Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        }
+    }
+}
+
+/// A ledger's money column (a decimal string) as a number; unpriced when absent or unreadable.
+pub fn money(s: Option<String>) -> Option<Decimal> {
+    s.and_then(|s| s.parse().ok())
 }
 
 #[derive(Serialize)]
@@ -151,8 +216,8 @@ pub struct UsageRow {
     pub prompt: i64,
     pub completion: i64,
     pub cached: i64,
-    pub cost: Option<String>,
-    pub saved: Option<String>,
+    pub cost: Option<Decimal>,
+    pub saved: Option<Decimal>,
     pub total_ms: f64,
     pub ttft_ms: Option<f64>,
     pub cache_hit: bool,
@@ -169,35 +234,8 @@ impl<'a> Report<'a> {
         Report { q, groups: BTreeMap::new() }
     }
 
-    pub fn add(&mut self, r: UsageRow) {
-        let a = self.groups.entry(r.groups).or_default();
-        a.requests += 1;
-        if r.status >= 500 {
-            a.errors += 1;
-        } else if r.status >= 400 {
-            a.client_errors += 1;
-        }
-        a.cache_hits += u64::from(r.cache_hit);
-        a.prompt += r.prompt as u64;
-        a.completion += r.completion as u64;
-        a.cached += r.cached as u64;
-        if let Some(c) = r.cost.and_then(|c| c.parse::<Decimal>().ok()) {
-            a.cost += c;
-            a.priced += 1;
-        }
-        if let Some(s) = r.saved.and_then(|c| c.parse::<Decimal>().ok()) {
-            a.saved += s;
-        }
-        // Latency figures describe answered requests, not refusals.
-        if r.status < 400 {
-            a.total.push(r.total_ms);
-            if let Some(t) = r.ttft_ms {
-                a.ttft.push(t);
-                if r.completion >= 2 {
-                    a.tpot.push((r.total_ms - t).max(0.0) / (r.completion - 1) as f64);
-                }
-            }
-        }
+    pub fn add(&mut self, mut r: UsageRow) {
+        self.groups.entry(std::mem::take(&mut r.groups)).or_default().add(&r);
     }
 
     pub fn finish(self) -> Value {
@@ -210,26 +248,7 @@ impl<'a> Report<'a> {
                 for (k, v) in q.group_by.iter().zip(g) {
                     o.insert(k.name().into(), v.map_or(Value::Null, Value::String));
                 }
-                let rate = if a.requests > 0 { a.errors as f64 / a.requests as f64 } else { 0.0 };
-                let extra = json!({
-                    "requests": a.requests,
-                    "errors": a.errors,
-                    "client_errors": a.client_errors,
-                    "error_rate": (rate * 1e6).round() / 1e6,
-                    "cache_hits": a.cache_hits,
-                    "prompt_tokens": a.prompt,
-                    "completion_tokens": a.completion,
-                    "cached_tokens": a.cached,
-                    "cost_usd": (a.priced > 0).then(|| a.cost.normalize().to_string()),
-                    "saved_usd": a.saved.normalize().to_string(),
-                    "priced_requests": a.priced,
-                    "latency_ms": percentiles(&mut a.total),
-                    "ttft_ms": percentiles(&mut a.ttft),
-                    "time_per_output_token_ms": percentiles(&mut a.tpot),
-                });
-                if let Value::Object(e) = extra {
-                    o.extend(e);
-                }
+                o.extend(a.json());
                 Value::Object(o)
             })
             .collect();
@@ -270,8 +289,8 @@ pub fn report(c: &Connection, q: &Query) -> rusqlite::Result<Value> {
             prompt: r.get(n + 1)?,
             completion: r.get(n + 2)?,
             cached: r.get(n + 3)?,
-            cost: r.get(n + 4)?,
-            saved: r.get(n + 5)?,
+            cost: money(r.get(n + 4)?),
+            saved: money(r.get(n + 5)?),
             total_ms: r.get(n + 6)?,
             ttft_ms: r.get(n + 7)?,
             cache_hit: r.get(n + 8)?,

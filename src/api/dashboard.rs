@@ -105,20 +105,26 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// The admin behind a request: the admin key as a bearer token (or an open gateway), else a
 /// dashboard session; a change (`change`) by session must carry the session's CSRF token.
 pub fn admin(st: &AppState, headers: &HeaderMap, change: bool) -> Result<String, ApiError> {
-    let live = st.live();
-    let bearer = auth::authenticate_admin(&live.auth, headers);
+    let (who, csrf) = authorize(st, headers)?;
+    if let (true, Some(csrf)) = (change, csrf) {
+        let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(sent.as_bytes(), csrf.as_bytes())) {
+            return Err(ApiError::unauthorized("A change made from the dashboard must carry its CSRF token."));
+        }
+    }
+    Ok(who)
+}
+
+/// The admin behind a request, and the CSRF token of the session it came by (none for the
+/// key itself or an open gateway).
+fn authorize(st: &AppState, headers: &HeaderMap) -> Result<(String, Option<String>), ApiError> {
+    let bearer = auth::authenticate_admin(&st.live().auth, headers);
     if bearer.is_ok() || auth::presented_key(headers).is_some() {
-        return bearer;
+        return bearer.map(|who| (who, None));
     }
     match st.dashboard.find(headers, crate::clock::now_ms()) {
-        Some((who, csrf)) => {
-            let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
-            if change && !bool::from(subtle::ConstantTimeEq::ct_eq(sent.as_bytes(), csrf.as_bytes())) {
-                return Err(ApiError::unauthorized("A change made from the dashboard must carry its CSRF token."));
-            }
-            Ok(who)
-        }
-        None => bearer,
+        Some((who, csrf)) => Ok((who, Some(csrf))),
+        None => bearer.map(|who| (who, None)),
     }
 }
 
@@ -161,21 +167,18 @@ async fn page(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let csrf = match st.dashboard.find(&headers, crate::clock::now_ms()) {
-        Some((_, csrf)) => csrf,
-        None => match auth::authenticate_admin(&st.live().auth, &headers) {
-            Ok(_) => String::new(),
-            Err(_) if st.live().auth.admin_key_sha256.is_none() => {
-                return login_page(
-                    StatusCode::UNAUTHORIZED,
-                    "This gateway has no admin key: set <code>[auth] admin_key</code> to use the dashboard.",
-                )
-            }
-            Err(_) if q.contains_key("failed") => {
-                return login_page(StatusCode::UNAUTHORIZED, "That is not the admin key.")
-            }
-            Err(_) => return login_page(StatusCode::UNAUTHORIZED, ""),
-        },
+    let csrf = match authorize(&st, &headers) {
+        Ok((_, csrf)) => csrf.unwrap_or_default(),
+        Err(_) if st.live().auth.admin_key_sha256.is_none() => {
+            return login_page(
+                StatusCode::UNAUTHORIZED,
+                "This gateway has no admin key: set <code>[auth] admin_key</code> to use the dashboard.",
+            )
+        }
+        Err(_) if q.contains_key("failed") => {
+            return login_page(StatusCode::UNAUTHORIZED, "That is not the admin key.")
+        }
+        Err(_) => return login_page(StatusCode::UNAUTHORIZED, ""),
     };
     html(StatusCode::OK, INDEX.replace("{{csrf}}", &csrf).replace("{{version}}", env!("CARGO_PKG_VERSION")))
 }
@@ -250,7 +253,7 @@ async fn figures(
         return Ok(axum::Json(json!({"ledger": false, "range": range.name})).into_response());
     };
     ledger.flush().await;
-    let v = tokio::task::spawn_blocking(move || {
+    let mut v = tokio::task::spawn_blocking(move || {
         let c = ledger.reader()?;
         crate::accounting::dashboard::figures(&c, &range)
     })
@@ -260,7 +263,6 @@ async fn figures(
         tracing::error!("dashboard: the ledger cannot be read: {e}");
         ApiError::internal("The ledger cannot be read.")
     })?;
-    let mut v = v;
     v["ledger"] = json!(true);
     v["replica"] = json!(st.accounting.limits.cluster().map(|c| c.replica.clone()));
     Ok(axum::Json(v).into_response())
@@ -270,6 +272,7 @@ async fn state(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result<Re
     let who = admin(&st, &headers, false)?;
     let live = st.live();
     let monitor = &st.accounting.monitor;
+    let error_rate = |d: &str| monitor.error_rate(d).map(|(r, n)| json!({"rate": r, "requests": n}));
     let mut deployments = Vec::new();
     let mut releases = Vec::new();
     for alias in live.routes.order.iter().filter_map(|n| live.routes.get(n)) {
@@ -278,11 +281,11 @@ async fn state(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result<Re
                 "alias": alias.name,
                 "deployment": d.name(),
                 "kind": d.cfg.kind.name(),
-                "in_flight": d.cfg.max_concurrency - d.permits.available_permits(),
+                "in_flight": d.in_flight(),
                 "max_concurrency": d.cfg.max_concurrency,
                 "breaker_open": d.breaker.is_open(),
                 "version": d.version.as_ref().map(|v| v.label()),
-                "error_rate": monitor.error_rate(d.name()).map(|(r, n)| json!({"rate": r, "requests": n})),
+                "error_rate": error_rate(d.name()),
                 "total_ms": monitor.window_quantiles(&alias.name, d.name(), "total"),
             });
             if let Some(info) = d.backend.info() {
@@ -295,7 +298,7 @@ async fn state(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Result<Re
                 json!({
                     "deployment": d.name(),
                     "version": d.version.as_ref().map(|v| v.label()),
-                    "error_rate": monitor.error_rate(d.name()).map(|(r, n)| json!({"rate": r, "requests": n})),
+                    "error_rate": error_rate(d.name()),
                     "p95_ms": monitor.window_quantiles(&alias.name, d.name(), "total").map(|q| q[1]),
                 })
             };

@@ -21,6 +21,7 @@
 //!   grace period ends, see `serve`).
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -122,26 +123,23 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
             };
             let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(app)).into_owned();
             tokio::pin!(conn);
-            let idle_for = async {
+            // The gateway stopping, or an HTTP/2 connection idle for the bound: the
+            // connection finishes what it is answering and closes.
+            let close = async {
                 match &idle {
-                    Some(idle) => idle.idle_for(first_bytes).await,
-                    None => std::future::pending().await,
+                    Some(idle) => tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = idle.idle_for(first_bytes) => {}
+                    },
+                    None => shutdown.cancelled().await,
                 }
             };
-            tokio::pin!(idle_for);
-            let mut closing = false;
-            loop {
-                tokio::select! {
-                    // A client that goes away mid-request is an ordinary end of a connection.
-                    _ = conn.as_mut() => break,
-                    _ = shutdown.cancelled(), if !closing => {
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
-                    _ = idle_for.as_mut(), if !closing => {
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
+            // A client that goes away mid-request is an ordinary end of a connection.
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = close => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.as_mut().await;
                 }
             }
             drop(permit);
@@ -155,21 +153,26 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, shutdown:
 
 /// The requests in flight on one HTTP/2 connection, and a wake-up when that changes.
 #[derive(Clone)]
-struct Idle(Arc<(std::sync::atomic::AtomicUsize, Notify)>);
+struct Idle(Arc<InFlight>);
+
+struct InFlight {
+    count: AtomicUsize,
+    changed: Notify,
+}
 
 impl Idle {
     fn new() -> Idle {
-        Idle(Arc::new((std::sync::atomic::AtomicUsize::new(0), Notify::new())))
+        Idle(Arc::new(InFlight { count: AtomicUsize::new(0), changed: Notify::new() }))
     }
 
     /// Ready once no request has been in flight for `bound`.
     async fn idle_for(&self, bound: Duration) {
-        let (count, changed) = &*self.0;
+        let InFlight { count, changed } = &*self.0;
         loop {
             let notified = changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if count.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            if count.load(Ordering::Acquire) > 0 {
                 notified.await;
                 continue;
             }
@@ -190,13 +193,12 @@ async fn in_flight(
     struct Held(Idle);
     impl Drop for Held {
         fn drop(&mut self) {
-            let (count, changed) = &*self.0 .0;
-            count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-            changed.notify_waiters();
+            self.0 .0.count.fetch_sub(1, Ordering::AcqRel);
+            self.0 .0.changed.notify_waiters();
         }
     }
-    idle.0 .0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-    idle.0 .1.notify_waiters();
+    idle.0.count.fetch_add(1, Ordering::AcqRel);
+    idle.0.changed.notify_waiters();
     let held = Held(idle);
     let resp = next.run(req).await;
     let (parts, body) = resp.into_parts();

@@ -155,10 +155,7 @@ impl Collector for Gateway {
         let live = st.live();
         let aliases = live.routes.order.iter().filter_map(|n| live.routes.get(n));
         let deployments: Vec<_> = aliases.flat_map(|a| a.all()).collect();
-        let in_flight = deployments.iter().map(|d| {
-            let used = d.cfg.max_concurrency - d.permits.available_permits();
-            ([("deployment", d.name())], ConstGauge::new(used))
-        });
+        let in_flight = deployments.iter().map(|d| ([("deployment", d.name())], ConstGauge::new(d.in_flight())));
         let help = "Requests holding a deployment's concurrency permit.";
         metrics::family(&mut enc, "tollgate_deployment_in_flight", help, in_flight)?;
         let open =

@@ -25,23 +25,10 @@ pub const SAVED_HEADER: &str = "x-tollgate-saved-usd";
 /// An answer in the chat API's own shape. A whole body the upstream wrote goes out as its
 /// bytes, `model` rewritten in place (not parsed and written again).
 pub fn answer(st: &AppState, answer: Answer) -> Response {
-    if let Answer::Full { body, meta, raw: Some(raw) } = answer {
-        let model = body.get("model").and_then(Value::as_str).unwrap_or_default();
-        return match crate::protocol::raw::set_model(&raw, model) {
-            Some(bytes) => {
-                let mut h = HeaderMap::new();
-                timing_headers(&body, &mut h);
-                let mut resp =
-                    (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes)
-                        .into_response();
-                resp.headers_mut().extend(h);
-                write_meta(meta, resp.headers_mut());
-                resp
-            }
-            None => full_answer(body, meta, Value::Object),
-        };
+    match answer {
+        Answer::Full { body, meta, raw } => full_answer(body, meta, raw, Value::Object),
+        other => answer_as(st, other, Value::Object, |include_usage| Framing::Chat { include_usage }),
     }
-    answer_as(st, answer, Value::Object, |include_usage| Framing::Chat { include_usage })
 }
 
 /// An answer in another dialect: `full` writes a whole chat body in it, `framing` is how
@@ -53,7 +40,7 @@ pub fn answer_as(
     framing: impl FnOnce(bool) -> Framing,
 ) -> Response {
     match answer {
-        Answer::Full { body, meta, .. } => full_answer(body, meta, full),
+        Answer::Full { body, meta, .. } => full_answer(body, meta, None, full),
         Answer::Replay { chunks, meta } => {
             // The chunks were made for the client's own `include_usage`.
             let mut framing = framing(true);
@@ -86,14 +73,25 @@ pub fn answer_as(
     }
 }
 
-/// A whole body written in the dialect `full` makes of it.
-fn full_answer(body: Map<String, Value>, meta: Meta, full: impl FnOnce(Map<String, Value>) -> Value) -> Response {
+/// A whole body: the upstream's bytes `raw` with `model` rewritten in place, when they may
+/// go as they are, else the body written in the dialect `full` makes of it.
+fn full_answer(
+    body: Map<String, Value>,
+    meta: Meta,
+    raw: Option<bytes::Bytes>,
+    full: impl FnOnce(Map<String, Value>) -> Value,
+) -> Response {
     let mut h = HeaderMap::new();
     // A hit's timings are those of the request that made it, not this one's.
     if meta.cache != Some(CacheStatus::Hit) {
         timing_headers(&body, &mut h);
     }
-    let mut resp = json(StatusCode::OK, &full(body));
+    let model = body.get("model").and_then(Value::as_str).unwrap_or_default();
+    let mut resp = match raw.and_then(|r| crate::protocol::raw::set_model(&r, model)) {
+        Some(bytes) => (StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], bytes)
+            .into_response(),
+        None => json(StatusCode::OK, &full(body)),
+    };
     resp.headers_mut().extend(h);
     write_meta(meta, resp.headers_mut());
     resp

@@ -87,6 +87,11 @@ impl Deployment {
         &self.cfg.name
     }
 
+    /// Requests holding one of its concurrency permits now.
+    pub fn in_flight(&self) -> usize {
+        self.cfg.max_concurrency - self.permits.available_permits()
+    }
+
     /// Its upstream speaks the Responses API itself (`responses = "passthrough"`).
     pub fn passes_responses_through(&self) -> bool {
         matches!(&self.cfg.kind, crate::config::DeploymentKind::OpenAi(r) if r.responses_passthrough)
@@ -170,8 +175,7 @@ impl Alias {
     pub fn order(&self, fingerprint: u64) -> Vec<Arc<Deployment>> {
         let Some(factor) = self.affinity else { return self.deployments.clone() };
         let names: Vec<&str> = self.deployments.iter().map(|d| d.name()).collect();
-        let loads: Vec<u64> =
-            self.deployments.iter().map(|d| (d.cfg.max_concurrency - d.permits.available_permits()) as u64).collect();
+        let loads: Vec<u64> = self.deployments.iter().map(|d| d.in_flight() as u64).collect();
         crate::policy::affinity::order(&names, &loads, fingerprint, factor)
             .into_iter()
             .map(|i| self.deployments[i].clone())
